@@ -1,0 +1,275 @@
+//! Labelled image sets, and MNIST's four files in particular.
+
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+use crate::idx::read_idx_u8;
+
+/// The canonical name of MNIST's training images (the `.gz` suffix is optional on disk).
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+/// The canonical name of MNIST's training labels.
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+/// The canonical name of MNIST's test images.
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+/// The canonical name of MNIST's test labels.
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+/// MNIST's four files, in the order the mirrors list them.
+pub const FILES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+/// The number of classes in MNIST: the digits 0 to 9.
+pub const CLASSES: usize = 10;
+
+/// Labelled grayscale images, kept as `u8` pixels (a quarter of the memory of `f32`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    classes: usize,
+}
+
+impl Dataset {
+    /// A data set of `labels.len()` images of `rows x cols` pixels each, stored one after the
+    /// other in `pixels`, with labels in `0..classes`.
+    ///
+    /// # Panics
+    /// If `pixels` is not `labels.len() * rows * cols` long, if `rows`, `cols` or `classes` is
+    /// zero, or if a label is not below `classes`. Files are validated by
+    /// [`Dataset::from_idx_files`], which returns errors instead.
+    #[track_caller]
+    pub fn new(pixels: Vec<u8>, labels: Vec<u8>, rows: usize, cols: usize, classes: usize) -> Self {
+        assert!(rows > 0 && cols > 0, "images must have at least one pixel, got {rows}x{cols}");
+        assert!(classes > 0 && classes <= 256, "classes must be in 1..=256, got {classes}");
+        assert_eq!(pixels.len(), labels.len() * rows * cols, "pixels do not match {} images of {rows}x{cols}", labels.len());
+        if let Some(bad) = labels.iter().find(|&&l| usize::from(l) >= classes) {
+            panic!("label {bad} is not below {classes}");
+        }
+        Self { pixels, labels, rows, cols, classes }
+    }
+
+    /// Reads an IDX image file (magic `0x00000803`) and an IDX label file (`0x00000801`),
+    /// plain or gzip-compressed, and checks that they agree and that every label is below
+    /// `classes`. The image size comes from the file.
+    ///
+    /// # Errors
+    /// Any [`DataError`] of [`read_idx_u8`](crate::read_idx_u8); also images of zero pixels,
+    /// a label out of range, or image and label counts that differ.
+    pub fn from_idx_files(images: &Path, labels: &Path, classes: usize) -> Result<Self, DataError> {
+        let img = read_idx_u8(images, 3)?;
+        let (count, rows, cols) = (img.dims[0], img.dims[1], img.dims[2]);
+        if rows == 0 || cols == 0 {
+            let dims = img.dims.iter().map(|&d| d as u32).collect();
+            return Err(DataError::EmptyImages { path: images.to_owned(), dims });
+        }
+        let lab = read_idx_u8(labels, 1)?;
+        if lab.data.len() != count {
+            return Err(DataError::CountMismatch {
+                images: images.to_owned(),
+                image_count: count,
+                labels: labels.to_owned(),
+                label_count: lab.data.len(),
+            });
+        }
+        let max = classes.saturating_sub(1).min(255) as u8;
+        if let Some(index) = lab.data.iter().position(|&l| usize::from(l) >= classes) {
+            return Err(DataError::LabelOutOfRange { path: labels.to_owned(), index, label: lab.data[index], max });
+        }
+        Ok(Self::new(img.data, lab.data, rows, cols, classes))
+    }
+
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixel rows per image.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Pixel columns per image.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Pixels per image: `rows * cols`, the width of a flattened batch.
+    pub fn image_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The number of classes; every label is below it.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Image `i`'s pixels, row-major.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    #[track_caller]
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Image `i`'s label.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    #[track_caller]
+    pub fn label(&self, i: usize) -> u8 {
+        self.labels[i]
+    }
+
+    /// All labels, in file order.
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// All pixels, image after image.
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+}
+
+/// MNIST's training set (60,000 images) and test set (10,000 images).
+///
+/// ```no_run
+/// let mnist = data::Mnist::load(std::path::Path::new("data/mnist"))?;
+/// assert_eq!(mnist.train.len(), 60_000);
+/// # Ok::<(), data::DataError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Mnist {
+    /// The training set.
+    pub train: Dataset,
+    /// The test set.
+    pub test: Dataset,
+}
+
+impl Mnist {
+    /// Loads the four MNIST files from `dir`, each under its canonical name, decompressed or
+    /// with a `.gz` suffix (the decompressed file is preferred when both exist).
+    ///
+    /// # Errors
+    /// A missing file, or any fault of [`Dataset::from_idx_files`].
+    pub fn load(dir: &Path) -> Result<Self, DataError> {
+        let train = Dataset::from_idx_files(&locate(dir, TRAIN_IMAGES)?, &locate(dir, TRAIN_LABELS)?, CLASSES)?;
+        let test = Dataset::from_idx_files(&locate(dir, TEST_IMAGES)?, &locate(dir, TEST_LABELS)?, CLASSES)?;
+        Ok(Self { train, test })
+    }
+}
+
+/// `dir/name` if it exists, else `dir/name.gz` if that exists.
+///
+/// # Errors
+/// [`DataError::MissingFile`] when neither exists.
+pub fn locate(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
+    let plain = dir.join(name);
+    if plain.exists() {
+        return Ok(plain);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.exists() {
+        return Ok(gz);
+    }
+    Err(DataError::MissingFile { dir: dir.to_owned(), name: name.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        dims.iter().for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Writes a tiny MNIST-shaped folder: `n` train and `n` test images of 2x3 pixels.
+    fn write_set(dir: &Path, n: u8, labels: &[u8]) {
+        let images = idx(&[u32::from(n), 2, 3], &vec![7; usize::from(n) * 6]);
+        for (name, bytes) in [
+            (TRAIN_IMAGES, images.clone()),
+            (TRAIN_LABELS, idx(&[labels.len() as u32], labels)),
+            (TEST_IMAGES, images),
+            (TEST_LABELS, idx(&[labels.len() as u32], labels)),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn loads_a_folder_with_the_shape_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 3, &[0, 9, 4]);
+        let mnist = Mnist::load(dir.path()).unwrap();
+        assert_eq!((mnist.train.len(), mnist.train.rows(), mnist.train.cols()), (3, 2, 3));
+        assert_eq!(mnist.test.labels(), &[0, 9, 4]);
+        assert_eq!(mnist.train.image(2), &[7; 6]);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 1, &[0]);
+        std::fs::remove_file(dir.path().join(TEST_LABELS)).unwrap();
+        let err = Mnist::load(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: neither {TEST_LABELS} nor {TEST_LABELS}.gz found", dir.path().display())
+        );
+    }
+
+    #[test]
+    fn a_label_out_of_range_is_named_with_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 3, &[0, 1, 10]);
+        let err = Mnist::load(dir.path()).unwrap_err();
+        let path = dir.path().join(TRAIN_LABELS);
+        assert_eq!(err.to_string(), format!("{}: label 10 at index 2 is outside 0..=9", path.display()));
+    }
+
+    #[test]
+    fn image_and_label_counts_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 3, &[0, 1]);
+        let err = Mnist::load(dir.path()).unwrap_err();
+        assert!(matches!(err, DataError::CountMismatch { image_count: 3, label_count: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn images_of_zero_pixels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("i");
+        let labels = dir.path().join("l");
+        std::fs::write(&images, idx(&[2, 0, 28], &[])).unwrap();
+        std::fs::write(&labels, idx(&[2], &[1, 2])).unwrap();
+        let err = Dataset::from_idx_files(&images, &labels, 10).unwrap_err();
+        assert!(matches!(err, DataError::EmptyImages { .. }), "{err}");
+    }
+
+    #[test]
+    fn labels_swapped_for_images_fail_on_the_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 2, &[1, 2]);
+        let err = Dataset::from_idx_files(&dir.path().join(TRAIN_LABELS), &dir.path().join(TRAIN_IMAGES), 10)
+            .unwrap_err();
+        assert!(matches!(err, DataError::WrongRank { found: 1, expected: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_plain_file_is_preferred_over_gz() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.gz"), b"").unwrap();
+        assert_eq!(locate(dir.path(), "a").unwrap(), dir.path().join("a.gz"));
+        std::fs::write(dir.path().join("a"), b"").unwrap();
+        assert_eq!(locate(dir.path(), "a").unwrap(), dir.path().join("a"));
+    }
+}
