@@ -97,21 +97,13 @@ fn decode<R: Read>(
         if magic >> 8 == TYPE_U8 {
             return Err(DataError::WrongRank { path: path.to_owned(), found: header[3], expected: rank });
         }
-        return Err(DataError::BadMagic {
-            path: path.to_owned(),
-            found: magic,
-            expected,
-            what: "IDX, unsigned bytes",
-        });
+        return Err(DataError::BadMagic { path: path.to_owned(), found: magic, expected, what: "IDX, unsigned bytes" });
     }
     let have = 4 + read_full(&mut reader, &mut header[4..]).map_err(&read_err)?;
     if have < header_len {
         return Err(truncated_header(have));
     }
-    let dims: Vec<u32> = header[4..]
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let dims: Vec<u32> = header[4..].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect();
     let need = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)))

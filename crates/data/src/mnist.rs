@@ -40,7 +40,12 @@ impl Dataset {
     pub fn new(pixels: Vec<u8>, labels: Vec<u8>, rows: usize, cols: usize, classes: usize) -> Self {
         assert!(rows > 0 && cols > 0, "images must have at least one pixel, got {rows}x{cols}");
         assert!(classes > 0 && classes <= 256, "classes must be in 1..=256, got {classes}");
-        assert_eq!(pixels.len(), labels.len() * rows * cols, "pixels do not match {} images of {rows}x{cols}", labels.len());
+        assert_eq!(
+            pixels.len(),
+            labels.len() * rows * cols,
+            "pixels do not match {} images of {rows}x{cols}",
+            labels.len()
+        );
         if let Some(bad) = labels.iter().find(|&&l| usize::from(l) >= classes) {
             panic!("label {bad} is not below {classes}");
         }
@@ -259,8 +264,8 @@ mod tests {
     fn labels_swapped_for_images_fail_on_the_magic() {
         let dir = tempfile::tempdir().unwrap();
         write_set(dir.path(), 2, &[1, 2]);
-        let err = Dataset::from_idx_files(&dir.path().join(TRAIN_LABELS), &dir.path().join(TRAIN_IMAGES), 10)
-            .unwrap_err();
+        let err =
+            Dataset::from_idx_files(&dir.path().join(TRAIN_LABELS), &dir.path().join(TRAIN_IMAGES), 10).unwrap_err();
         assert!(matches!(err, DataError::WrongRank { found: 1, expected: 3, .. }), "{err}");
     }
 
