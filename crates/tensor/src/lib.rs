@@ -1,1 +1,17 @@
-//! placeholder
+//! The `f32` kernels a small neural network needs, over ndarray views. Functions take views and
+//! write into outputs the caller owns, so a training loop can reuse its buffers; the matrix
+//! products follow `general_mat_mul`'s `c = alpha * a·b + beta * c` convention and come in the
+//! three shapes training uses: [`matmul`], [`matmul_nt`] and [`matmul_tn`].
+//!
+//! `tensor` knows nothing of layers or gradients: `nn` builds those from these kernels.
+//! A wrong shape is a programmer error and panics with a message naming the shapes.
+
+mod elementwise;
+mod init;
+mod matmul;
+mod softmax;
+
+pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
+pub use init::linear_init;
+pub use matmul::{matmul, matmul_nt, matmul_tn};
+pub use softmax::{argmax_rows, log_softmax_rows, softmax_rows};

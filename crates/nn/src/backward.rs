@@ -1,0 +1,99 @@
+//! The backward pass: every derivative rule in one `match`, read as a table.
+
+use crate::loss::softmax_cross_entropy_backward;
+use crate::params::Params;
+use crate::tape::{Op, Tape, Var};
+
+impl Tape {
+    /// Computes the gradient of the scalar `loss` with respect to every parameter that took part
+    /// in it, writing each into its parameter's gradient buffer (overwriting the last step's: there
+    /// is nothing to zero beforehand). Parameters the loss does not depend on are left with no
+    /// gradient, which optimizers refuse.
+    ///
+    /// # Panics
+    /// If `loss` is not a 1x1 value of this tape.
+    #[track_caller]
+    pub fn backward(&mut self, loss: Var, params: &mut Params) {
+        self.check(loss);
+        let node = &self.nodes[loss.index];
+        assert!(node.rows == 1 && node.cols == 1, "backward needs a scalar loss, got {}x{}", node.rows, node.cols);
+        params.begin_backward();
+        for node in &mut self.nodes[..self.len] {
+            node.grad_written = false;
+        }
+        if self.nodes[loss.index].needs_grad {
+            let (mut seed, _) = self.nodes[loss.index].grad_to_write();
+            seed.fill(1.0);
+        }
+
+        for i in (0..=loss.index).rev() {
+            let (before, rest) = self.nodes.split_at_mut(i);
+            let node = &mut rest[0];
+            if !node.needs_grad || !node.grad_written {
+                continue;
+            }
+            let dy = node.grad();
+            match node.op {
+                Op::Input => {}
+                Op::Linear { x, weight, bias } => {
+                    // y = x·Wᵀ + b:  dW += dyᵀ·x,  db += Σ_rows dy,  dx += dy·W.
+                    let input = &mut before[x.index];
+                    let (w, dw, beta) = params.matrix_grad(weight);
+                    tensor::matmul_tn(1.0, dy, input.value(), beta, dw);
+                    if input.needs_grad {
+                        let (dx, beta) = input.grad_to_write();
+                        tensor::matmul(1.0, dy, w, beta, dx);
+                    }
+                    if let Some(b) = bias {
+                        let (db, beta) = params.vector_grad(b);
+                        tensor::sum_rows(dy, beta, db);
+                    }
+                }
+                Op::AddBias { x, bias } => {
+                    // y = x + b:  db += Σ_rows dy,  dx += dy.
+                    let (db, beta) = params.vector_grad(bias);
+                    tensor::sum_rows(dy, beta, db);
+                    let input = &mut before[x.index];
+                    if input.needs_grad {
+                        let (mut dx, beta) = input.grad_to_write();
+                        dx.zip_mut_with(&dy, |d, &g| *d = beta * *d + g);
+                    }
+                }
+                Op::Relu { x } => {
+                    // y = max(x, 0):  dx += dy where y > 0.
+                    let input = &mut before[x.index];
+                    let (dx, beta) = input.grad_to_write();
+                    #[cfg(test)]
+                    if broken_rule::RELU_WITHOUT_MASK.get() {
+                        // Deliberately wrong, to prove the gradient check can fail.
+                        let mut dx = dx;
+                        dx.zip_mut_with(&dy, |d, &g| *d = beta * *d + g);
+                        continue;
+                    }
+                    tensor::relu_backward(dy, node.value(), beta, dx);
+                }
+                Op::CrossEntropy { logits, ref labels } => {
+                    // L = mean_i -log softmax(z_i)[y_i]:  dz = (softmax(z) - onehot(y)) * dL / N.
+                    let input = &mut before[logits.index];
+                    let scale = dy[[0, 0]] / input.rows as f32;
+                    let probs = ndarray::ArrayView2::from_shape((input.rows, input.cols), &node.aux)
+                        .expect("softmax kept at the loss's shape");
+                    let (dz, beta) = input.grad_to_write();
+                    softmax_cross_entropy_backward(probs, &self.labels[labels.clone()], scale, beta, dz);
+                }
+            }
+        }
+        params.end_backward();
+    }
+}
+
+/// A switch for one deliberately wrong derivative rule, per test thread.
+#[cfg(test)]
+pub(crate) mod broken_rule {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// When set, ReLU's backward ignores its mask (a classic bug).
+        pub(crate) static RELU_WITHOUT_MASK: Cell<bool> = const { Cell::new(false) };
+    }
+}

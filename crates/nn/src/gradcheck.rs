@@ -1,0 +1,380 @@
+//! Gradient checks: every op's analytic gradient from the tape against central differences of
+//! the same function written naively in f64.
+
+use ndarray::{Array1, Array2, ArrayView2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::backward::broken_rule;
+use crate::{Mlp, MlpConfig, ParamId, Params, Tape};
+
+/// Central differences of `f` at `at`, one coordinate at a time, in f64.
+fn numeric_grad(f: impl Fn(&[f64]) -> f64, at: &[f64]) -> Vec<f64> {
+    let h = 1e-6;
+    let mut x = at.to_vec();
+    (0..x.len())
+        .map(|j| {
+            let orig = x[j];
+            x[j] = orig + h;
+            let up = f(&x);
+            x[j] = orig - h;
+            let down = f(&x);
+            x[j] = orig;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// The f32 analytic gradient must match the f64 numeric one to `1e-5 + 1e-3 * |numeric|`;
+/// a wrong rule is off by far more.
+fn compare(what: &str, analytic: &[f32], numeric: &[f64]) -> Result<(), String> {
+    assert_eq!(analytic.len(), numeric.len(), "{what}: lengths differ");
+    for (j, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
+        if (f64::from(a) - n).abs() > 1e-5 + 1e-3 * n.abs() {
+            return Err(format!("{what}[{j}]: analytic {a}, numeric {n}"));
+        }
+    }
+    Ok(())
+}
+
+fn random(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Array2<f64> {
+    Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0..1.0))
+}
+
+fn to_f32(a: &Array2<f64>) -> Array2<f32> {
+    a.mapv(|v| v as f32)
+}
+
+fn as_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// The mean cross-entropy of f64 logits: `mean_i(logsumexp(z_i) - z_i[y_i])`.
+fn ce(z: ArrayView2<f64>, labels: &[usize]) -> f64 {
+    let total: f64 = z
+        .rows()
+        .into_iter()
+        .zip(labels)
+        .map(|(row, &y)| {
+            let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln() - row[y]
+        })
+        .sum();
+    total / z.nrows() as f64
+}
+
+/// `x·Wᵀ + b` in f64, with `w` row-major `[out, in]`.
+fn linear(x: ArrayView2<f64>, w: &[f64], b: Option<&[f64]>, out: usize) -> Array2<f64> {
+    let w = ArrayView2::from_shape((out, x.ncols()), w).unwrap();
+    let mut y = x.dot(&w.t());
+    if let Some(b) = b {
+        y += &Array1::from(b.to_vec());
+    }
+    y
+}
+
+fn relu(x: Array2<f64>) -> Array2<f64> {
+    x.mapv(|v| v.max(0.0))
+}
+
+fn param(params: &Params, id: ParamId) -> Vec<f64> {
+    as_f64(params.get(id).value())
+}
+
+fn grad(params: &Params, id: ParamId) -> &[f32] {
+    params.get(id).grad().expect("backward reached the parameter")
+}
+
+#[test]
+fn cross_entropy_gradient_wrt_logits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (n, k, c) = (5, 3, 4);
+    let x = random(&mut rng, n, k);
+    let labels = [0, 3, 1, 1, 2];
+    let mut params = Params::new();
+    let w = params.add("w", &[c, k], random(&mut rng, c, k).mapv(|v| 3.0 * v as f32).into_raw_vec_and_offset().0);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let logits = tape.matmul_t(&params, input, w);
+    let loss = tape.cross_entropy(logits, &labels);
+    tape.backward(loss, &mut params);
+
+    let z = as_f64(tape.value(logits).as_slice().unwrap());
+    let f = |z: &[f64]| ce(ArrayView2::from_shape((n, c), z).unwrap(), &labels);
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - f(&z)).abs() < 1e-6);
+    let analytic = tape.grad(logits).unwrap().to_owned();
+    compare("dlogits", analytic.as_slice().unwrap(), &numeric_grad(f, &z)).unwrap();
+}
+
+#[test]
+fn linear_gradients_wrt_weight_bias_and_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (n, k, c) = (4, 5, 3);
+    let x0 = random(&mut rng, n, k);
+    let labels = [2, 0, 1, 2];
+    let mut params = Params::new();
+    // a = x0 + shift gives the linear layer an input that needs a gradient.
+    let shift = params.add("shift", &[k], vec![0.1; k]);
+    let w = params.add("w", &[c, k], to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0);
+    let b = params.add("b", &[c], vec![0.2, -0.3, 0.5]);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x0).view());
+    let a = tape.add_bias(&params, input, shift);
+    let y = tape.linear(&params, a, w, b);
+    let loss = tape.cross_entropy(y, &labels);
+    tape.backward(loss, &mut params);
+
+    let av = as_f64(tape.value(a).as_slice().unwrap());
+    let (wv, bv) = (param(&params, w), param(&params, b));
+    let view = |a: &[f64]| ArrayView2::from_shape((n, k), a).unwrap().to_owned();
+    let by_w = |w: &[f64]| ce(linear(view(&av).view(), w, Some(&bv), c).view(), &labels);
+    let by_b = |b: &[f64]| ce(linear(view(&av).view(), &wv, Some(b), c).view(), &labels);
+    let by_a = |a: &[f64]| ce(linear(view(a).view(), &wv, Some(&bv), c).view(), &labels);
+    compare("dW", grad(&params, w), &numeric_grad(by_w, &wv)).unwrap();
+    compare("db", grad(&params, b), &numeric_grad(by_b, &bv)).unwrap();
+    let da = tape.grad(a).unwrap().to_owned();
+    compare("dx", da.as_slice().unwrap(), &numeric_grad(by_a, &av)).unwrap();
+}
+
+#[test]
+fn matmul_and_add_bias_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (n, k, c) = (3, 4, 5);
+    let x = random(&mut rng, n, k);
+    let labels = [4, 0, 2];
+    let mut params = Params::new();
+    let w = params.add("w", &[c, k], to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0);
+    let b = params.add("b", &[c], vec![0.3, -0.1, 0.0, 0.7, -0.4]);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let m = tape.matmul_t(&params, input, w);
+    let y = tape.add_bias(&params, m, b);
+    let loss = tape.cross_entropy(y, &labels);
+    tape.backward(loss, &mut params);
+
+    let (wv, bv) = (param(&params, w), param(&params, b));
+    let xv = x.mapv(|v| f64::from(v as f32));
+    let f_w = |w: &[f64]| ce(linear(xv.view(), w, Some(&bv), c).view(), &labels);
+    let f_b = |b: &[f64]| ce(linear(xv.view(), &wv, Some(b), c).view(), &labels);
+    compare("dW", grad(&params, w), &numeric_grad(f_w, &wv)).unwrap();
+    compare("db", grad(&params, b), &numeric_grad(f_b, &bv)).unwrap();
+    let mv = as_f64(tape.value(m).as_slice().unwrap());
+    let f_m = |m: &[f64]| {
+        let mut z = ArrayView2::from_shape((n, c), m).unwrap().to_owned();
+        z += &Array1::from(bv.clone());
+        ce(z.view(), &labels)
+    };
+    let dm = tape.grad(m).unwrap().to_owned();
+    compare("d(x·Wᵀ)", dm.as_slice().unwrap(), &numeric_grad(f_m, &mv)).unwrap();
+}
+
+#[test]
+fn relu_gradient_wrt_its_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (n, k, c) = (4, 6, 3);
+    let x = random(&mut rng, n, k);
+    let labels = [1, 1, 0, 2];
+    let mut params = Params::new();
+    let shift = params.add("shift", &[k], vec![0.05; k]);
+    let w = params.add("w", &[c, k], to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0);
+    let b = params.add("b", &[c], vec![0.0; c]);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let a = tape.add_bias(&params, input, shift);
+    let r = tape.relu(a);
+    let y = tape.linear(&params, r, w, b);
+    let loss = tape.cross_entropy(y, &labels);
+    tape.backward(loss, &mut params);
+
+    let av = as_f64(tape.value(a).as_slice().unwrap());
+    assert!(av.iter().any(|&v| v < 0.0) && av.iter().all(|&v| v.abs() > 1e-4), "inputs on both sides, off the kink");
+    let (wv, bv) = (param(&params, w), param(&params, b));
+    let f = |a: &[f64]| {
+        let a = relu(ArrayView2::from_shape((n, k), a).unwrap().to_owned());
+        ce(linear(a.view(), &wv, Some(&bv), c).view(), &labels)
+    };
+    let da = tape.grad(a).unwrap().to_owned();
+    compare("drelu", da.as_slice().unwrap(), &numeric_grad(f, &av)).unwrap();
+}
+
+#[test]
+fn a_weight_used_twice_accumulates_both_contributions() {
+    // y = relu(x·Wᵀ)·Wᵀ with a square W: dW is the sum of two terms.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (n, k) = (3, 4);
+    let x = random(&mut rng, n, k);
+    let labels = [3, 1, 0];
+    let mut params = Params::new();
+    let w = params.add("w", &[k, k], to_f32(&random(&mut rng, k, k)).into_raw_vec_and_offset().0);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let h = tape.matmul_t(&params, input, w);
+    let r = tape.relu(h);
+    let y = tape.matmul_t(&params, r, w);
+    let loss = tape.cross_entropy(y, &labels);
+    tape.backward(loss, &mut params);
+
+    let xv = x.mapv(|v| f64::from(v as f32));
+    let f = |w: &[f64]| ce(linear(relu(linear(xv.view(), w, None, k)).view(), w, None, k).view(), &labels);
+    compare("dW (tied)", grad(&params, w), &numeric_grad(f, &param(&params, w))).unwrap();
+}
+
+/// The whole MLP and loss in f64, with every parameter taken from `flat` in `state_dict` order.
+fn mlp_loss(config: &MlpConfig, flat: &[f64], x: ArrayView2<f64>, labels: &[usize]) -> f64 {
+    let mut h = x.to_owned();
+    let mut offset = 0;
+    let layers = config.widths.len() - 1;
+    for (i, w) in config.widths.windows(2).enumerate() {
+        let (inp, out) = (w[0], w[1]);
+        let weight = &flat[offset..offset + out * inp];
+        let bias = &flat[offset + out * inp..offset + out * inp + out];
+        offset += out * inp + out;
+        h = linear(h.view(), weight, Some(bias), out);
+        if i + 1 < layers || config.output_relu {
+            h = relu(h);
+        }
+    }
+    ce(h.view(), labels)
+}
+
+fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
+    let config = MlpConfig { widths: vec![5, 7, 6, 4], output_relu };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut mlp = Mlp::new(&config, &mut rng);
+    let x = random(&mut rng, 6, 5);
+    let labels = [0, 1, 2, 3, 2, 1];
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let logits = mlp.forward(&mut tape, input);
+    let loss = tape.cross_entropy(logits, &labels);
+    tape.backward(loss, mlp.params_mut());
+
+    let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(p.value())).collect();
+    let analytic: Vec<f32> = mlp.params().iter().flat_map(|p| p.grad().unwrap().to_vec()).collect();
+    let xv = x.mapv(|v| f64::from(v as f32));
+    let f = |flat: &[f64]| mlp_loss(&config, flat, xv.view(), &labels);
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - f(&flat)).abs() < 1e-5, "forward matches the f64 model");
+    compare("MLP parameters", &analytic, &numeric_grad(f, &flat))
+}
+
+#[test]
+fn whole_mlp_and_loss_gradients() {
+    check_mlp(false, 6).unwrap();
+    check_mlp(true, 7).unwrap();
+}
+
+#[test]
+fn the_check_catches_a_deliberately_wrong_rule() {
+    broken_rule::RELU_WITHOUT_MASK.set(true);
+    let result = check_mlp(false, 6);
+    broken_rule::RELU_WITHOUT_MASK.set(false);
+    let err = result.expect_err("a ReLU without its mask must fail the check");
+    assert!(err.starts_with("MLP parameters["), "{err}");
+    check_mlp(false, 6).unwrap();
+}
+
+#[test]
+fn backward_overwrites_rather_than_accumulates_across_steps() {
+    let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
+    let mut mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(8));
+    let x = Array2::from_shape_fn((2, 3), |(i, j)| (i + j) as f32 * 0.3);
+    let mut tape = Tape::new();
+    let mut grads = vec![];
+    for _ in 0..2 {
+        tape.clear();
+        let input = tape.input(x.view());
+        let logits = mlp.forward(&mut tape, input);
+        let loss = tape.cross_entropy(logits, &[1, 0]);
+        tape.backward(loss, mlp.params_mut());
+        grads.push(mlp.params().iter().flat_map(|p| p.grad().unwrap().to_vec()).collect::<Vec<_>>());
+    }
+    assert_eq!(grads[0], grads[1]);
+}
+
+#[test]
+fn a_parameter_outside_the_loss_has_no_gradient() {
+    let mut params = Params::new();
+    let used = params.add("used", &[2, 2], vec![1.0, 0.0, 0.0, 1.0]);
+    let unused = params.add("unused", &[2], vec![0.0; 2]);
+    let mut tape = Tape::new();
+    let x = tape.input(Array2::ones((1, 2)).view());
+    let y = tape.matmul_t(&params, x, used);
+    let loss = tape.cross_entropy(y, &[0]);
+    tape.backward(loss, &mut params);
+    assert!(params.get(used).grad().is_some());
+    assert!(params.get(unused).grad().is_none());
+}
+
+#[test]
+fn extreme_logits_give_finite_losses_and_gradients() {
+    // Rows from PyTorch's reference: [1e4, -1e4, 0] label 1 loses 2e4; three equal logits lose
+    // ln 3; a confident right answer loses 0.
+    let mut params = Params::new();
+    let eye = params.add("eye", &[3, 3], vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    let z = ndarray::array![[1e4f32, -1e4, 0.0], [-1e4, -1e4, -1e4], [0.0, 0.0, 0.0], [30.0, 1e4, -5.0]];
+    let mut tape = Tape::new();
+    let x = tape.input(z.view());
+    let logits = tape.matmul_t(&params, x, eye);
+    let loss = tape.cross_entropy(logits, &[1, 2, 0, 1]);
+    tape.backward(loss, &mut params);
+    let expected = (2e4 + 2.0 * 3f64.ln() + 0.0) / 4.0;
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - expected).abs() < 1e-3);
+    assert!(tape.grad(logits).unwrap().iter().all(|g| g.is_finite()));
+    assert!(params.get(eye).grad().unwrap().iter().all(|g| g.is_finite()));
+}
+
+#[test]
+fn a_cleared_tape_reuses_its_buffers() {
+    let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
+    let mut mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(9));
+    let x = Array2::<f32>::ones((5, 3));
+    let mut tape = Tape::new();
+    let mut pointers = vec![];
+    for _ in 0..3 {
+        tape.clear();
+        let input = tape.input(x.view());
+        let logits = mlp.forward(&mut tape, input);
+        let loss = tape.cross_entropy(logits, &[0, 1, 0, 1, 1]);
+        tape.backward(loss, mlp.params_mut());
+        pointers.push(tape.nodes.iter().map(|n| (n.value.as_ptr(), n.grad.as_ptr())).collect::<Vec<_>>());
+    }
+    assert_eq!(pointers[0], pointers[1]);
+    assert_eq!(pointers[1], pointers[2]);
+}
+
+#[test]
+fn inference_matches_the_tape() {
+    let config = MlpConfig { widths: vec![6, 5, 4, 3], output_relu: true };
+    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(10));
+    let x = to_f32(&random(&mut ChaCha8Rng::seed_from_u64(11), 7, 6));
+    let mut tape = Tape::new();
+    let input = tape.input(x.view());
+    let logits = mlp.forward(&mut tape, input);
+    assert_eq!(tape.value(logits), mlp.logits(x.view()));
+    assert_eq!(mlp.predict(x.view()), tensor::argmax_rows(tape.value(logits)));
+}
+
+#[test]
+fn from_named_checks_names_and_shapes() {
+    use crate::NnError;
+    let config = MlpConfig { widths: vec![3, 2], output_relu: false };
+    let good =
+        || vec![("fc1.weight".to_owned(), vec![2, 3], vec![0.5; 6]), ("fc1.bias".to_owned(), vec![2], vec![0.0; 2])];
+    let mlp = Mlp::from_named(&config, good()).unwrap();
+    assert_eq!(mlp.params().get(mlp.layers()[0].weight).value(), &[0.5; 6]);
+
+    let mut missing = good();
+    missing.pop();
+    assert_eq!(Mlp::from_named(&config, missing).unwrap_err(), NnError::MissingParam { name: "fc1.bias".into() });
+    let mut wrong = good();
+    wrong[0].1 = vec![3, 2];
+    assert_eq!(
+        Mlp::from_named(&config, wrong).unwrap_err().to_string(),
+        "parameter fc1.weight has shape [3, 2], expected [2, 3]"
+    );
+    let mut extra = good();
+    extra.push(("fc2.weight".into(), vec![1], vec![0.0]));
+    assert_eq!(Mlp::from_named(&config, extra).unwrap_err(), NnError::UnexpectedParam { name: "fc2.weight".into() });
+    let bad = MlpConfig { widths: vec![3, 0], output_relu: false };
+    assert!(matches!(Mlp::from_named(&bad, good()), Err(NnError::InvalidWidths { .. })));
+}

@@ -1,0 +1,295 @@
+//! The tape: ops recorded in execution order, each with its output value computed eagerly.
+//! Walking the list backwards is a valid order for the backward pass, so no graph is kept.
+//!
+//! Node storage outlives [`Tape::clear`]: the next step's nodes reuse the buffers of the last
+//! step's, so a training loop that records the same ops every step allocates nothing once warm.
+
+use std::ops::Range;
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::params::{ParamId, Params};
+
+/// A value recorded on a [`Tape`]: a matrix, one row per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    pub(crate) index: usize,
+    pub(crate) generation: u64,
+}
+
+/// What produced a node's value: the rows of the table that `backward` differentiates.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Data fed in; no gradient flows into it.
+    Input,
+    /// `y = x·Wᵀ (+ b)` with `W` stored `[out, in]` as in PyTorch.
+    Linear { x: Var, weight: ParamId, bias: Option<ParamId> },
+    /// `y = x + b`, `b` added to every row.
+    AddBias { x: Var, bias: ParamId },
+    /// `y = max(x, 0)`.
+    Relu { x: Var },
+    /// The mean over rows of `-log softmax(logits)[label]`: a 1x1 value. The softmax is kept in
+    /// the node's `aux` buffer for the backward pass; the labels are in the tape's list.
+    CrossEntropy { logits: Var, labels: Range<usize> },
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) op: Op,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) value: Vec<f32>,
+    pub(crate) grad: Vec<f32>,
+    pub(crate) aux: Vec<f32>,
+    /// Whether a gradient must flow into this node (it depends on a parameter).
+    pub(crate) needs_grad: bool,
+    /// Whether the backward pass under way has written `grad` yet.
+    pub(crate) grad_written: bool,
+}
+
+impl Node {
+    pub(crate) fn value(&self) -> ArrayView2<'_, f32> {
+        ArrayView2::from_shape((self.rows, self.cols), &self.value).expect("node buffer matches its shape")
+    }
+
+    pub(crate) fn value_mut(&mut self) -> ArrayViewMut2<'_, f32> {
+        ArrayViewMut2::from_shape((self.rows, self.cols), &mut self.value).expect("node buffer matches its shape")
+    }
+
+    pub(crate) fn grad(&self) -> ArrayView2<'_, f32> {
+        ArrayView2::from_shape((self.rows, self.cols), &self.grad).expect("node buffer matches its shape")
+    }
+
+    /// The gradient buffer to write and the `beta` to write it with: 0 the first time in a
+    /// backward pass (overwrite), 1 after (accumulate).
+    pub(crate) fn grad_to_write(&mut self) -> (ArrayViewMut2<'_, f32>, f32) {
+        let beta = if self.grad_written { 1.0 } else { 0.0 };
+        self.grad_written = true;
+        let view = ArrayViewMut2::from_shape((self.rows, self.cols), &mut self.grad).expect("node buffer matches");
+        (view, beta)
+    }
+}
+
+/// A record of operations for reverse-mode differentiation.
+///
+/// Each op computes its value at once and appends a node; [`Tape::backward`] then walks the
+/// nodes in reverse and writes the gradient of every parameter that took part. Parameters are
+/// read from a [`Params`] set by id, never copied onto the tape.
+///
+/// ```
+/// use ndarray::array;
+/// use nn::{Params, Tape};
+///
+/// // loss = cross_entropy(x·Wᵀ, label 0) for one sample with two features and two classes.
+/// let mut params = Params::new();
+/// let w = params.add("w", &[2, 2], vec![1.0, 0.0, 0.0, 1.0]);
+/// let mut tape = Tape::new();
+/// let x = tape.input(array![[2.0f32, 1.0]].view());
+/// let logits = tape.matmul_t(&params, x, w);
+/// let loss = tape.cross_entropy(logits, &[0]);
+/// tape.backward(loss, &mut params);
+/// // dlogits = softmax - onehot = [p0 - 1, p1]; dW = dlogitsᵀ·x.
+/// let p1 = 1.0 / (1.0 + 1f32.exp());
+/// let g = params.get(w).grad().unwrap();
+/// assert!((g[0] + 2.0 * p1).abs() < 1e-6 && (g[3] - p1).abs() < 1e-6);
+/// ```
+#[derive(Debug, Default)]
+pub struct Tape {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) len: usize,
+    pub(crate) labels: Vec<usize>,
+    generation: u64,
+}
+
+impl Tape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every recorded op, keeping the buffers for the next step. Vars from before the
+    /// clear are no longer valid on this tape.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.labels.clear();
+        self.generation += 1;
+    }
+
+    /// The number of ops recorded since the last clear.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been recorded since the last clear.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records data (one sample per row); no gradient is computed for it.
+    pub fn input(&mut self, x: ArrayView2<f32>) -> Var {
+        let (rows, cols) = x.dim();
+        let var = self.push(Op::Input, rows, cols, false);
+        let node = &mut self.nodes[var.index];
+        match x.as_slice() {
+            Some(src) => node.value.copy_from_slice(src),
+            None => node.value_mut().assign(&x),
+        }
+        var
+    }
+
+    /// Records `x·Wᵀ + b` for a weight `W` of shape `[out, in]` and a bias `b` of `[out]`:
+    /// PyTorch's `nn.Linear`.
+    ///
+    /// # Panics
+    /// If `x` is not `in` wide, or the parameters do not have those shapes.
+    #[track_caller]
+    pub fn linear(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId) -> Var {
+        self.linear_op(params, x, weight, Some(bias))
+    }
+
+    /// Records `x·Wᵀ` for a weight `W` of shape `[out, in]` (a linear layer without bias).
+    ///
+    /// # Panics
+    /// If `x` is not `in` wide or `W` is not a matrix.
+    #[track_caller]
+    pub fn matmul_t(&mut self, params: &Params, x: Var, weight: ParamId) -> Var {
+        self.linear_op(params, x, weight, None)
+    }
+
+    #[track_caller]
+    fn linear_op(&mut self, params: &Params, x: Var, weight: ParamId, bias: Option<ParamId>) -> Var {
+        self.check(x);
+        let w = params.matrix(weight);
+        let (out, inp) = w.dim();
+        let rows = self.nodes[x.index].rows;
+        assert_eq!(
+            self.nodes[x.index].cols,
+            inp,
+            "{}: input is {} wide",
+            params.get(weight).name(),
+            self.nodes[x.index].cols
+        );
+        let y = self.push(Op::Linear { x, weight, bias }, rows, out, true);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        tensor::matmul_nt(1.0, before[x.index].value(), w, 0.0, node.value_mut());
+        if let Some(b) = bias {
+            tensor::add_bias(node.value_mut(), params.vector(b));
+        }
+        y
+    }
+
+    /// Records `x + b` with `b` added to every row.
+    ///
+    /// # Panics
+    /// If `b` is not a vector as long as `x` is wide.
+    #[track_caller]
+    pub fn add_bias(&mut self, params: &Params, x: Var, bias: ParamId) -> Var {
+        self.check(x);
+        let (rows, cols) = (self.nodes[x.index].rows, self.nodes[x.index].cols);
+        let y = self.push(Op::AddBias { x, bias }, rows, cols, true);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        rest[0].value.copy_from_slice(&before[x.index].value);
+        tensor::add_bias(rest[0].value_mut(), params.vector(bias));
+        y
+    }
+
+    /// Records `max(x, 0)`.
+    #[track_caller]
+    pub fn relu(&mut self, x: Var) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        let (rows, cols, needs_grad) = (src.rows, src.cols, src.needs_grad);
+        let y = self.push(Op::Relu { x }, rows, cols, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        for (dst, &v) in rest[0].value.iter_mut().zip(&before[x.index].value) {
+            *dst = v.max(0.0);
+        }
+        y
+    }
+
+    /// Records the cross-entropy of `logits` (one row per sample) against `labels`, averaged
+    /// over the rows: PyTorch's `nn.CrossEntropyLoss()` on logits. The result is 1x1.
+    ///
+    /// Log-softmax and the negative log-likelihood are fused, max-subtracted, so logits as
+    /// large as ±1e4 give finite losses.
+    ///
+    /// # Panics
+    /// If there is not one label per row, or a label is not a column of `logits`.
+    #[track_caller]
+    pub fn cross_entropy(&mut self, logits: Var, labels: &[usize]) -> Var {
+        self.check(logits);
+        let src = &self.nodes[logits.index];
+        let (rows, classes, needs_grad) = (src.rows, src.cols, src.needs_grad);
+        assert_eq!(labels.len(), rows, "cross_entropy: {} labels for {rows} rows", labels.len());
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            panic!("cross_entropy: label {bad} out of range for {classes} classes");
+        }
+        let start = self.labels.len();
+        self.labels.extend_from_slice(labels);
+        let op = Op::CrossEntropy { logits, labels: start..self.labels.len() };
+        let y = self.push(op, 1, 1, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        node.value[0] = crate::loss::softmax_cross_entropy(before[logits.index].value(), labels, &mut node.aux);
+        y
+    }
+
+    /// The value of `v`.
+    ///
+    /// # Panics
+    /// If `v` is not from this tape since its last clear.
+    #[track_caller]
+    pub fn value(&self, v: Var) -> ArrayView2<'_, f32> {
+        self.check(v);
+        self.nodes[v.index].value()
+    }
+
+    /// The gradient of the last backward pass's loss with respect to `v`, if it reached `v`.
+    ///
+    /// # Panics
+    /// If `v` is not from this tape since its last clear.
+    #[track_caller]
+    pub fn grad(&self, v: Var) -> Option<ArrayView2<'_, f32>> {
+        self.check(v);
+        let node = &self.nodes[v.index];
+        (node.needs_grad && node.grad_written).then(|| node.grad())
+    }
+
+    /// Appends a node, reusing the storage of an earlier step's node in the same position.
+    fn push(&mut self, op: Op, rows: usize, cols: usize, needs_grad: bool) -> Var {
+        let size = rows * cols;
+        if self.len == self.nodes.len() {
+            self.nodes.push(Node {
+                op: Op::Input,
+                rows: 0,
+                cols: 0,
+                value: Vec::new(),
+                grad: Vec::new(),
+                aux: Vec::new(),
+                needs_grad: false,
+                grad_written: false,
+            });
+        }
+        let node = &mut self.nodes[self.len];
+        node.op = op;
+        node.rows = rows;
+        node.cols = cols;
+        node.value.resize(size, 0.0);
+        if needs_grad {
+            node.grad.resize(size, 0.0);
+        }
+        node.needs_grad = needs_grad;
+        node.grad_written = false;
+        self.len += 1;
+        Var { index: self.len - 1, generation: self.generation }
+    }
+
+    #[track_caller]
+    pub(crate) fn check(&self, v: Var) {
+        assert!(
+            v.generation == self.generation && v.index < self.len,
+            "this Var belongs to another tape or to a step before the last clear"
+        );
+    }
+}
