@@ -2,3 +2,4 @@
 //! `MNIST_DIR` (see `xtask::mnist_dir_for_tests`); on CI a missing data set fails them.
 
 mod mnist_data;
+mod reference;

@@ -59,6 +59,25 @@ impl Param {
         (&mut self.value, self.has_grad.then_some(self.grad.as_slice()))
     }
 
+    /// Sets the gradient from elsewhere (a gradient computed outside a [`Tape`](crate::Tape),
+    /// or clipped), as if a backward pass had written it.
+    ///
+    /// # Panics
+    /// If `grad` is not as long as the parameter.
+    #[track_caller]
+    pub fn set_grad(&mut self, grad: &[f32]) {
+        assert_eq!(
+            grad.len(),
+            self.grad.len(),
+            "{}: gradient of {} for {} values",
+            self.name,
+            grad.len(),
+            self.grad.len()
+        );
+        self.grad.copy_from_slice(grad);
+        self.has_grad = true;
+    }
+
     /// Marks the gradient as consumed or absent: [`Param::grad`] returns `None` until the next
     /// backward pass.
     pub fn clear_grad(&mut self) {

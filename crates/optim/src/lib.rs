@@ -1,1 +1,72 @@
-//! placeholder
+//! Optimizers over a [`nn::Params`] set, with update rules identical to PyTorch's:
+//! [`Sgd`] (`torch.optim.SGD`) and [`Adam`] (`torch.optim.Adam`, and `torch.optim.AdamW` with
+//! [`WeightDecay::Decoupled`]). Build one from its config, whose `Default` is PyTorch's:
+//!
+//! ```
+//! use optim::{Adam, AdamConfig};
+//! let adam = Adam::new(AdamConfig { lr: 3e-4, ..AdamConfig::default() }).unwrap();
+//! ```
+//!
+//! There is no `zero_grad`: `nn`'s backward pass overwrites every gradient, and a step refuses
+//! a parameter that no backward pass has reached ([`OptimError::MissingGradient`]).
+
+mod adam;
+mod error;
+mod sgd;
+mod state;
+
+pub use adam::{Adam, AdamConfig, AdamState};
+pub use error::OptimError;
+pub use sgd::{Sgd, SgdConfig};
+
+use nn::Params;
+
+/// Updates parameters from their gradients.
+pub trait Optimizer {
+    /// Takes one step over every parameter of `params`.
+    ///
+    /// # Errors
+    /// A parameter without a gradient, or parameters other than those of earlier steps. On
+    /// error no parameter has changed.
+    fn step(&mut self, params: &mut Params) -> Result<(), OptimError>;
+
+    /// The current learning rate.
+    fn learning_rate(&self) -> f32;
+
+    /// Changes the learning rate for the following steps (for schedules).
+    fn set_learning_rate(&mut self, lr: f32);
+}
+
+/// How weight decay enters an update.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum WeightDecay {
+    /// No weight decay.
+    #[default]
+    None,
+    /// Add `λ·p` to the gradient (PyTorch's `weight_decay` for `Adam` and `SGD`).
+    L2(f32),
+    /// Shrink the weights by `1 - lr·λ` before the update (`AdamW`).
+    Decoupled(f32),
+}
+
+impl WeightDecay {
+    fn validate(self) -> Result<(), OptimError> {
+        match self {
+            Self::None => Ok(()),
+            Self::L2(l) | Self::Decoupled(l) => error::check("weight decay", l, 0.0, false),
+        }
+    }
+
+    /// The L2 coefficient to add to gradients and the factor to shrink weights by, if any.
+    fn factors(self, lr: f32) -> (Option<f32>, Option<f32>) {
+        match self {
+            Self::None => (None, None),
+            Self::L2(l) if l != 0.0 => (Some(l), None),
+            Self::Decoupled(l) if l != 0.0 => (None, Some((1.0 - f64::from(lr) * f64::from(l)) as f32)),
+            _ => (None, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

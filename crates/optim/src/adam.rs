@@ -1,0 +1,181 @@
+//! Adam and AdamW, with PyTorch's update rule and bias correction.
+
+use nn::Params;
+
+use crate::error::{check, check_unit};
+use crate::state::{Slots, check_grads};
+use crate::{OptimError, Optimizer, WeightDecay};
+
+/// Adam's hyperparameters. The default is `torch.optim.Adam()`'s: lr 1e-3, betas (0.9, 0.999),
+/// eps 1e-8, no weight decay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rates of the first and second moment estimates.
+    pub betas: (f32, f32),
+    /// Added to the denominator for numerical stability.
+    pub eps: f32,
+    /// `L2` is `torch.optim.Adam(weight_decay=…)`; `Decoupled` is `torch.optim.AdamW`.
+    pub weight_decay: WeightDecay,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: WeightDecay::None }
+    }
+}
+
+impl AdamConfig {
+    /// `torch.optim.AdamW()`'s defaults: as Adam, with decoupled weight decay 0.01.
+    pub fn adamw() -> Self {
+        Self { weight_decay: WeightDecay::Decoupled(0.01), ..Self::default() }
+    }
+
+    /// Checks every hyperparameter's range.
+    ///
+    /// # Errors
+    /// [`OptimError::InvalidConfig`] naming the first one out of range.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        check("learning rate", self.lr, 0.0, false)?;
+        check_unit("beta1", self.betas.0)?;
+        check_unit("beta2", self.betas.1)?;
+        check("eps", self.eps, 0.0, false)?;
+        self.weight_decay.validate()
+    }
+}
+
+/// Adam (Kingma & Ba), exactly as `torch.optim.Adam` and `torch.optim.AdamW` compute it:
+///
+/// ```text
+/// t += 1
+/// p *= 1 - lr·λ                       (decoupled weight decay, AdamW)
+/// g  = grad + λ·p                     (L2 weight decay, Adam)
+/// m  = m + (1 - β1)·(g - m)
+/// v  = β2·v + (1 - β2)·g²
+/// p -= lr / (1 - β1ᵗ) · m / (sqrt(v) / sqrt(1 - β2ᵗ) + ε)
+/// ```
+///
+/// ```
+/// use nn::Params;
+/// use optim::{Adam, AdamConfig, Optimizer};
+/// let mut params = Params::new();
+/// params.add("w", &[1], vec![1.0]);
+/// let mut adam = Adam::new(AdamConfig::default()).unwrap();
+/// // No backward pass yet: the step is refused and nothing changes.
+/// assert!(adam.step(&mut params).is_err());
+/// assert_eq!(params.iter().next().unwrap().value(), &[1.0]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Adam {
+    config: AdamConfig,
+    step: u64,
+    /// Two buffers per parameter: the first moment, then the second.
+    slots: Slots,
+}
+
+impl Adam {
+    /// An optimizer with no state yet; the state is made for the parameters of the first step.
+    ///
+    /// # Errors
+    /// A hyperparameter out of range.
+    pub fn new(config: AdamConfig) -> Result<Self, OptimError> {
+        config.validate()?;
+        Ok(Self { config, step: 0, slots: Slots::default() })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+
+    /// Steps taken so far (PyTorch's `state['step']`).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The state: the step count and, per parameter (by name), `exp_avg` and `exp_avg_sq`.
+    pub fn state(&self) -> AdamState {
+        let buffers = &self.slots.buffers;
+        let moments = self
+            .slots
+            .layout
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), buffers[2 * i].clone(), buffers[2 * i + 1].clone()))
+            .collect();
+        AdamState { step: self.step, moments }
+    }
+
+    /// An optimizer that continues from `state`, as if it had taken those steps itself.
+    ///
+    /// # Errors
+    /// A hyperparameter out of range, or moments whose lengths differ.
+    pub fn from_state(config: AdamConfig, state: AdamState) -> Result<Self, OptimError> {
+        let mut adam = Self::new(config)?;
+        adam.step = state.step;
+        for (name, m, v) in state.moments {
+            if m.len() != v.len() {
+                let found = format!("{name} [{}] and [{}]", m.len(), v.len());
+                let index = adam.slots.layout.len();
+                return Err(OptimError::ParamsChanged { index, expected: "moments of equal length".into(), found });
+            }
+            adam.slots.layout.push((name, m.len()));
+            adam.slots.buffers.push(m);
+            adam.slots.buffers.push(v);
+        }
+        Ok(adam)
+    }
+}
+
+/// Adam's state, PyTorch's `exp_avg` and `exp_avg_sq` per parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamState {
+    /// Steps taken.
+    pub step: u64,
+    /// Per parameter: name, first moment, second moment.
+    pub moments: Vec<(String, Vec<f32>, Vec<f32>)>,
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut Params) -> Result<(), OptimError> {
+        check_grads(params)?;
+        self.slots.bind(params, 2)?;
+        self.step += 1;
+        let AdamConfig { lr, betas: (beta1, beta2), eps, weight_decay } = self.config;
+        // Scalars in f64 and rounded once to f32, as PyTorch computes them in Python floats.
+        let t = self.step as i32;
+        let bias_correction1 = 1.0 - f64::from(beta1).powi(t);
+        let bias_correction2 = 1.0 - f64::from(beta2).powi(t);
+        let step_size = (f64::from(lr) / bias_correction1) as f32;
+        let bc2_sqrt = bias_correction2.sqrt() as f32;
+        let (one_minus_beta1, one_minus_beta2) = ((1.0 - f64::from(beta1)) as f32, (1.0 - f64::from(beta2)) as f32);
+        let (l2, shrink) = weight_decay.factors(lr);
+
+        let mut buffers = self.slots.buffers.chunks_exact_mut(2);
+        for param in params.iter_mut() {
+            let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
+            let (value, grad) = param.value_and_grad();
+            let grad = grad.expect("checked above");
+            for (((p, &g), m), v) in value.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+                if let Some(shrink) = shrink {
+                    *p *= shrink;
+                }
+                let g = if let Some(l2) = l2 { g + l2 * *p } else { g };
+                *m += one_minus_beta1 * (g - *m);
+                *v = *v * beta2 + one_minus_beta2 * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p += -step_size * *m / denom;
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+}

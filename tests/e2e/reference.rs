@@ -1,0 +1,253 @@
+//! The training core against PyTorch's own numbers (`$TORCH_REFERENCE_DIR`): forward, loss,
+//! gradients, and optimizer trajectories, to 1e-5 relative.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2};
+use nn::{Mlp, MlpConfig, Tape};
+use optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig, WeightDecay};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+/// `|got - want| <= 1e-5·|want| + 1e-6`: float32 arithmetic in another order differs in the
+/// last bits, not more.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * w.abs() + 1e-6, "{what}[{i}]: got {g}, PyTorch {w}");
+    }
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().expect("a number") as f32],
+        other => panic!("not a number or array: {other}"),
+    }
+}
+
+fn shape(v: &Value) -> Vec<usize> {
+    match v {
+        Value::Array(items) => {
+            let mut s = vec![items.len()];
+            s.extend(items.first().map(shape).unwrap_or_default());
+            s
+        }
+        _ => vec![],
+    }
+}
+
+fn tiny() -> Option<Value> {
+    let dir = xtask::reference_dir_for_tests()?;
+    Some(serde_json::from_slice(&std::fs::read(dir.join("tiny.json")).unwrap()).unwrap())
+}
+
+/// The tiny model from its `init` (or any other) parameter map.
+fn tiny_model(tiny: &Value, params: &Value) -> Mlp {
+    let widths = tiny["widths"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap() as usize).collect();
+    let named = params.as_object().unwrap().iter().map(|(k, v)| (k.clone(), shape(v), floats(v))).collect();
+    Mlp::from_named(&MlpConfig { widths, output_relu: false }, named).unwrap()
+}
+
+fn batch(tiny: &Value) -> (Array2<f32>, Vec<usize>) {
+    let x = Array2::from_shape_vec((6, 4), floats(&tiny["x"])).unwrap();
+    let y = tiny["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    (x, y)
+}
+
+/// Forward and backward on one batch: returns (loss, logits).
+fn forward_backward(mlp: &mut Mlp, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>) {
+    let mut tape = Tape::new();
+    let input = tape.input(x);
+    let logits = mlp.forward(&mut tape, input);
+    let loss = tape.cross_entropy(logits, y);
+    tape.backward(loss, mlp.params_mut());
+    (tape.value(loss)[[0, 0]], tape.value(logits).iter().copied().collect())
+}
+
+#[test]
+fn tiny_forward_loss_and_gradients_match_pytorch() {
+    let Some(tiny) = tiny() else { return };
+    let mut mlp = tiny_model(&tiny, &tiny["init"]);
+    let (x, y) = batch(&tiny);
+    let (loss, logits) = forward_backward(&mut mlp, x.view(), &y);
+    assert_close("logits", &logits, &floats(&tiny["logits"]));
+    assert_close("loss", &[loss], &[tiny["loss"].as_f64().unwrap() as f32]);
+    for p in mlp.params().iter() {
+        assert_close(&format!("grad {}", p.name()), p.grad().unwrap(), &floats(&tiny["grads"][p.name()]));
+    }
+}
+
+#[test]
+fn extreme_logits_match_pytorch_without_inf_or_nan() {
+    let Some(tiny) = tiny() else { return };
+    let case = &tiny["cross_entropy_extreme"];
+    let z = Array2::from_shape_vec((4, 3), floats(&case["logits"])).unwrap();
+    let y: Vec<usize> = case["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let per_sample: Vec<f32> = (0..4)
+        .map(|i| {
+            let mut tape = Tape::new();
+            let row = tape.input(z.slice(ndarray::s![i..i + 1, ..]));
+            let loss = tape.cross_entropy(row, &y[i..i + 1]);
+            tape.value(loss)[[0, 0]]
+        })
+        .collect();
+    assert_close("per-sample loss", &per_sample, &floats(&case["per_sample_loss"]));
+    let mut tape = Tape::new();
+    let all = tape.input(z.view());
+    let mean = tape.cross_entropy(all, &y);
+    assert_close("mean loss", &[tape.value(mean)[[0, 0]]], &[case["mean_loss"].as_f64().unwrap() as f32]);
+}
+
+/// The optimizer a reference setting's name describes, e.g. `sgd_lr0.1_m0.9_nesterov`.
+fn optimizer_for(name: &str) -> Box<dyn Optimizer> {
+    let mut parts = name.split('_');
+    let kind = parts.next().unwrap();
+    let (mut lr, mut wd, mut momentum, mut dampening, mut nesterov) = (0.0, 0.0, 0.0, 0.0, false);
+    for part in parts {
+        let num = |prefix: &str| part.strip_prefix(prefix).and_then(|v| v.parse::<f32>().ok());
+        if part == "nesterov" {
+            nesterov = true;
+        } else if let Some(v) = num("lr") {
+            lr = v;
+        } else if let Some(v) = num("wd") {
+            wd = v;
+        } else if let Some(v) = num("dampening") {
+            dampening = v;
+        } else if let Some(v) = num("m") {
+            momentum = v;
+        } else {
+            panic!("unknown part {part:?} of {name}");
+        }
+    }
+    match kind {
+        "adam" => {
+            Box::new(Adam::new(AdamConfig { lr, weight_decay: WeightDecay::L2(wd), ..Default::default() }).unwrap())
+        }
+        "adamw" => Box::new(
+            Adam::new(AdamConfig { lr, weight_decay: WeightDecay::Decoupled(wd), ..Default::default() }).unwrap(),
+        ),
+        "sgd" => {
+            let config = SgdConfig { lr, momentum, dampening, nesterov, weight_decay: WeightDecay::L2(wd) };
+            Box::new(Sgd::new(config).unwrap())
+        }
+        other => panic!("unknown optimizer {other}"),
+    }
+}
+
+#[test]
+fn optimizer_trajectories_match_pytorch() {
+    let Some(tiny) = tiny() else { return };
+    let (x, y) = batch(&tiny);
+    let settings = tiny["optimizers"].as_object().unwrap();
+    assert_eq!(settings.len(), 7, "every reference setting is exercised");
+    for (name, steps) in settings {
+        let mut mlp = tiny_model(&tiny, &tiny["init"]);
+        let mut opt = optimizer_for(name);
+        for (k, step) in steps.as_array().unwrap().iter().enumerate() {
+            let (loss, _) = forward_backward(&mut mlp, x.view(), &y);
+            let want = step["loss_before_step"].as_f64().unwrap() as f32;
+            assert_close(&format!("{name} step {k} loss"), &[loss], &[want]);
+            opt.step(mlp.params_mut()).unwrap();
+            for p in mlp.params().iter() {
+                let want = floats(&step["params_after_step"][p.name()]);
+                assert_close(&format!("{name} step {k} {}", p.name()), p.value(), &want);
+            }
+        }
+    }
+}
+
+/// The f32 tensor `name` of a safetensors file.
+fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), Dtype::F32, "{name}");
+    let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    (t.shape().to_vec(), values)
+}
+
+fn first_batch(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("mlp_first_batch.safetensors")).unwrap()
+}
+
+#[test]
+fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
+    let Some(dir) = xtask::reference_dir_for_tests() else { return };
+    let bytes = first_batch(&dir);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let config = MlpConfig::default();
+    let named = config.param_shapes().into_iter().map(|(name, _)| {
+        let (shape, values) = tensor(&st, &format!("init.{name}"));
+        (name, shape, values)
+    });
+    let mut mlp = Mlp::from_named(&config, named.collect()).unwrap();
+    let (_, input) = tensor(&st, "input");
+    let x = Array2::from_shape_vec((64, 784), input).unwrap();
+    let labels = st.tensor("labels").unwrap();
+    assert_eq!(labels.dtype(), Dtype::I64);
+    let y: Vec<usize> =
+        labels.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+
+    let (loss, logits) = forward_backward(&mut mlp, x.view(), &y);
+    assert_close("logits", &logits, &tensor(&st, "logits").1);
+    assert_close("loss", &[loss], &tensor(&st, "loss").1);
+    for p in mlp.params().iter() {
+        assert_close(&format!("grad.{}", p.name()), p.grad().unwrap(), &tensor(&st, &format!("grad.{}", p.name())).1);
+    }
+
+    // Adam fed PyTorch's own gradients must land on PyTorch's parameters.
+    let mut on_torch_grads = mlp.clone();
+    for p in on_torch_grads.params_mut().iter_mut() {
+        let (_, grad) = tensor(&st, &format!("grad.{}", p.name()));
+        p.set_grad(&grad);
+    }
+    Adam::new(AdamConfig::default()).unwrap().step(on_torch_grads.params_mut()).unwrap();
+    for p in on_torch_grads.params().iter() {
+        let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
+        assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), p.value(), &want);
+    }
+
+    // Fed our own gradients, it must too, within what the gradients' last-bit differences
+    // allow: Adam's first step is lr·g/(|g| + eps), whose slope lr·eps/(|g| + eps)² is large
+    // where a gradient is a near-cancelling sum as small as eps.
+    let lr = f64::from(AdamConfig::default().lr);
+    let eps = f64::from(AdamConfig::default().eps);
+    let ours: Vec<Vec<f32>> = mlp.params().iter().map(|p| p.grad().unwrap().to_vec()).collect();
+    Adam::new(AdamConfig::default()).unwrap().step(mlp.params_mut()).unwrap();
+    for (p, our_grad) in mlp.params().iter().zip(&ours) {
+        let (_, torch_grad) = tensor(&st, &format!("grad.{}", p.name()));
+        let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
+        for (i, (&got, &w)) in p.value().iter().zip(&want).enumerate() {
+            let g = f64::from(torch_grad[i]);
+            let slope = lr * eps / (g.abs() + eps).powi(2);
+            let allowed = 1e-5 * f64::from(w.abs()) + 1e-6 + slope * f64::from(our_grad[i] - torch_grad[i]).abs();
+            assert!(
+                f64::from(got - w).abs() <= allowed,
+                "adam_step1.{}[{i}]: got {got}, PyTorch {w}, gradient {} vs {g}",
+                p.name(),
+                our_grad[i]
+            );
+        }
+    }
+    let (loss_after, _) = forward_backward(&mut mlp, x.view(), &y);
+    assert_close("adam_step1.loss", &[loss_after], &tensor(&st, "adam_step1.loss").1);
+}
+
+#[test]
+fn our_first_batch_is_pytorchs_first_batch() {
+    let Some(dir) = xtask::reference_dir_for_tests() else { return };
+    let Some(mnist_dir) = xtask::mnist_dir_for_tests() else { return };
+    let mnist = data::Mnist::load(&mnist_dir).unwrap();
+    let mut loader = data::Loader::all(&mnist.train, 64, data::Order::Sequential);
+    loader.set_epoch(0);
+    let mut batch = data::Batch::new();
+    loader.fill(0, &mut batch);
+    let bytes = first_batch(&dir);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, input) = tensor(&st, "input");
+    // Bit for bit: pixels / 255 in f32, as ToTensor computes them.
+    assert!(batch.x().iter().zip(&input).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let labels = st.tensor("labels").unwrap();
+    let y: Vec<usize> =
+        labels.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+    assert_eq!(batch.labels(), y.as_slice());
+}
