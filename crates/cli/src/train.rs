@@ -1,0 +1,276 @@
+//! The `train` command: the notebook's training loop, then its test-set evaluation, with a
+//! validation split, early stopping, checkpoints, per-epoch CSV and plots on top.
+//!
+//! Randomness comes from one seed through ChaCha8 streams: the initial weights use stream
+//! `u64::MAX - 1`, the validation split `u64::MAX` and epoch `k`'s shuffle stream `k`, so each
+//! is reproducible on its own.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use data::{Batch, Loader, Order};
+use indicatif::{ProgressBar, ProgressStyle};
+use nn::{Mlp, Tape};
+use optim::{Adam, Optimizer, Sgd};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::args::{OptimizerConfig, TrainConfig};
+use crate::eval::{Evaluation, evaluate, print_test_results};
+use crate::fsutil::{check_writable, prepare_dir, write_atomically};
+use crate::{checkpoint, load_mnist, plots};
+
+/// The ChaCha8 stream the initial weights are drawn from.
+const INIT_STREAM: u64 = u64::MAX - 1;
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean of the batch losses, as the notebook prints it.
+    pub train_loss: f64,
+    /// Fraction of training samples classified right during the epoch (as the weights moved).
+    pub train_accuracy: f64,
+    /// Mean loss on the validation set after the epoch, if there is one.
+    pub val_loss: Option<f64>,
+    /// Accuracy on the validation set after the epoch, if there is one.
+    pub val_accuracy: Option<f64>,
+    /// Wall-clock seconds of the epoch's training steps.
+    pub seconds: f64,
+}
+
+/// What a training run produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The trained model (the best epoch's, with early stopping).
+    pub model: Mlp,
+    /// Per-epoch figures.
+    pub history: Vec<EpochRecord>,
+    /// The model's results on the test set.
+    pub test: Evaluation,
+}
+
+/// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
+///
+/// # Errors
+/// Unreadable data, an output that cannot be written (checked before training), or a loss that
+/// stops being finite; in every case nothing is saved from the failed run.
+pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutcome> {
+    if let Some(path) = &cfg.save {
+        check_writable("--save", path)?;
+    }
+    if let Some(path) = &cfg.metrics_csv {
+        check_writable("--metrics-csv", path)?;
+    }
+    if let Some(dir) = &cfg.plots {
+        prepare_dir("--plots", dir)?;
+    }
+    let started = Instant::now();
+    let mnist = load_mnist(&cfg.data_dir)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let train_set = &mnist.train;
+
+    let (train_idx, val_idx) = if cfg.val_split > 0.0 {
+        let (t, v) = data::split_indices(train_set.len(), cfg.val_split, cfg.seed);
+        if v.is_empty() || t.is_empty() {
+            bail!(
+                "--val-split {} leaves {} training and {} validation samples of {}",
+                cfg.val_split,
+                t.len(),
+                v.len(),
+                train_set.len()
+            );
+        }
+        (t, v)
+    } else {
+        ((0..train_set.len()).collect(), Vec::new())
+    };
+    let model_config = cfg.model(train_set.image_len(), train_set.classes());
+    let mut init_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    init_rng.set_stream(INIT_STREAM);
+    let mut mlp = Mlp::new(&model_config, &mut init_rng);
+    let mut optimizer: Box<dyn Optimizer> = match cfg.optimizer {
+        OptimizerConfig::Adam(c) => Box::new(Adam::new(c)?),
+        OptimizerConfig::Sgd(c) => Box::new(Sgd::new(c)?),
+    };
+    let mut loader = Loader::new(train_set, train_idx, cfg.batch_size, Order::Shuffled { seed: cfg.seed });
+    if !cfg.quiet {
+        let widths: Vec<String> = model_config.widths.iter().map(usize::to_string).collect();
+        eprintln!(
+            "MNIST loaded in {load_seconds:.2}s: training on {} images{}, {} test images; model {}{}, {} parameters, {} thread{}",
+            loader.len(),
+            if val_idx.is_empty() { String::new() } else { format!(", validating on {}", val_idx.len()) },
+            mnist.test.len(),
+            widths.join("-"),
+            if model_config.output_relu { " with ReLU on the logits" } else { "" },
+            mlp.params().num_scalars(),
+            cfg.threads,
+            if cfg.threads == 1 { "" } else { "s" },
+        );
+    }
+
+    let mut tape = Tape::new();
+    let mut batch = Batch::new();
+    let mut history: Vec<EpochRecord> = Vec::with_capacity(cfg.epochs);
+    let mut best: Option<(f64, usize, Mlp)> = None;
+    let steps = loader.num_batches();
+    for epoch in 0..cfg.epochs {
+        loader.set_epoch(epoch as u64);
+        let bar = progress_bar(cfg, epoch, steps);
+        let started = Instant::now();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for step in 0..steps {
+            loader.fill(step, &mut batch);
+            tape.clear();
+            let x = tape.input(batch.x());
+            let logits = mlp.forward(&mut tape, x);
+            let loss_var = tape.cross_entropy(logits, batch.labels());
+            let loss = tape.value(loss_var)[[0, 0]];
+            if !loss.is_finite() {
+                bar.abandon();
+                bail!(
+                    "epoch {}, step {}/{steps}: the loss became {loss}; training diverged, most likely because the \
+                     learning rate ({}) is too high",
+                    epoch + 1,
+                    step + 1,
+                    optimizer.learning_rate()
+                );
+            }
+            correct += count_correct(tape.value(logits), batch.labels());
+            tape.backward(loss_var, mlp.params_mut());
+            optimizer.step(mlp.params_mut())?;
+            loss_sum += f64::from(loss);
+            bar.inc(1);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let val = (!val_idx.is_empty()).then(|| evaluate(&mlp, train_set, &val_idx));
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / steps as f64,
+            train_accuracy: correct as f64 / loader.len() as f64,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_accuracy: val.as_ref().map(Evaluation::accuracy),
+            seconds,
+        };
+        if !cfg.quiet {
+            writeln!(out, "{}", epoch_line(&record, cfg.epochs))?;
+        }
+        history.push(record);
+        if let Some(path) = &cfg.metrics_csv {
+            write_atomically(path, |w| write_history_csv(w, &history))?;
+        }
+        if let (Some(patience), Some(val)) = (cfg.early_stop, &val) {
+            if best.as_ref().is_none_or(|(loss, _, _)| val.loss < *loss) {
+                best = Some((val.loss, epoch + 1, mlp.clone()));
+            } else if epoch + 1 - best.as_ref().map_or(0, |b| b.1) >= patience {
+                if !cfg.quiet {
+                    let best_epoch = best.as_ref().map_or(0, |b| b.1);
+                    writeln!(
+                        out,
+                        "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}"
+                    )?;
+                }
+                break;
+            }
+        }
+    }
+    if let Some((_, _, best_model)) = best {
+        mlp = best_model;
+    }
+    if let Some(p) = mlp.params().iter().find(|p| p.value().iter().any(|v| !v.is_finite())) {
+        bail!("training diverged: {} holds non-finite values; nothing saved (try a smaller --lr)", p.name());
+    }
+
+    let all_test: Vec<usize> = (0..mnist.test.len()).collect();
+    let test = evaluate(&mlp, &mnist.test, &all_test);
+    print_test_results(out, &test, cfg.quiet)?;
+    if let Some(path) = &cfg.save {
+        checkpoint::save(path, &mlp, &checkpoint_facts(cfg, &history, &test))?;
+        if !cfg.quiet {
+            eprintln!("Saved the model to {}", path.display());
+        }
+    }
+    if let Some(dir) = &cfg.plots {
+        plots::training_curves(dir, &history)?;
+        plots::confusion_heatmap(dir, &test.confusion)?;
+        plots::misclassified(dir, &mnist.test, &test.predictions)?;
+        if !cfg.quiet {
+            eprintln!("Wrote plots to {}", dir.display());
+        }
+    }
+    Ok(TrainOutcome { model: mlp, history, test })
+}
+
+/// `Epoch 1/10, Loss: 0.2934` as the notebook prints it, then the extra figures.
+fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
+    let mut line =
+        format!("Epoch {}/{epochs}, Loss: {:.4}, Accuracy: {:.2}%", r.epoch, r.train_loss, 100.0 * r.train_accuracy);
+    if let (Some(loss), Some(acc)) = (r.val_loss, r.val_accuracy) {
+        line += &format!(", Val Loss: {loss:.4}, Val Accuracy: {:.2}%", 100.0 * acc);
+    }
+    line += &format!(", Time: {:.2}s", r.seconds);
+    line
+}
+
+/// Rows whose largest logit is at the label.
+fn count_correct(logits: ndarray::ArrayView2<f32>, labels: &[usize]) -> usize {
+    logits
+        .rows()
+        .into_iter()
+        .zip(labels)
+        .filter(|(row, y)| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best == **y
+        })
+        .count()
+}
+
+fn write_history_csv(w: &mut dyn Write, history: &[EpochRecord]) -> std::io::Result<()> {
+    let mut csv = csv::Writer::from_writer(w);
+    csv.write_record(["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"])?;
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    for r in history {
+        csv.write_record([
+            r.epoch.to_string(),
+            format!("{:.6}", r.train_loss),
+            format!("{:.6}", r.train_accuracy),
+            opt(r.val_loss),
+            opt(r.val_accuracy),
+            format!("{:.3}", r.seconds),
+        ])?;
+    }
+    csv.flush()
+}
+
+/// Training facts stored in a checkpoint's metadata.
+fn checkpoint_facts(cfg: &TrainConfig, history: &[EpochRecord], test: &Evaluation) -> Vec<(&'static str, String)> {
+    let optimizer = match cfg.optimizer {
+        OptimizerConfig::Adam(c) => format!("adam lr={} weight_decay={:?}", c.lr, c.weight_decay),
+        OptimizerConfig::Sgd(c) => format!("sgd lr={} momentum={} weight_decay={:?}", c.lr, c.momentum, c.weight_decay),
+    };
+    vec![
+        ("epochs", history.len().to_string()),
+        ("batch_size", cfg.batch_size.to_string()),
+        ("optimizer", optimizer),
+        ("seed", cfg.seed.to_string()),
+        ("test_accuracy", format!("{:.4}", test.accuracy())),
+    ]
+}
+
+fn progress_bar(cfg: &TrainConfig, epoch: usize, steps: usize) -> ProgressBar {
+    if cfg.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template("Epoch {prefix} [{bar:40}] {pos}/{len} steps, {per_sec}, eta {eta}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    ProgressBar::new(steps as u64).with_style(style).with_prefix(format!("{}/{}", epoch + 1, cfg.epochs))
+}
