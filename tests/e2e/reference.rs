@@ -74,7 +74,7 @@ fn tiny_forward_loss_and_gradients_match_pytorch() {
     assert_close("logits", &logits, &floats(&tiny["logits"]));
     assert_close("loss", &[loss], &[tiny["loss"].as_f64().unwrap() as f32]);
     for p in mlp.params().iter() {
-        assert_close(&format!("grad {}", p.name()), p.grad().unwrap(), &floats(&tiny["grads"][p.name()]));
+        assert_close(&format!("grad {}", p.name()), &p.grad_to_row_major().unwrap(), &floats(&tiny["grads"][p.name()]));
     }
 }
 
@@ -151,7 +151,7 @@ fn optimizer_trajectories_match_pytorch() {
             opt.step(mlp.params_mut()).unwrap();
             for p in mlp.params().iter() {
                 let want = floats(&step["params_after_step"][p.name()]);
-                assert_close(&format!("{name} step {k} {}", p.name()), p.value(), &want);
+                assert_close(&format!("{name} step {k} {}", p.name()), &p.to_row_major(), &want);
             }
         }
     }
@@ -191,19 +191,25 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     assert_close("logits", &logits, &tensor(&st, "logits").1);
     assert_close("loss", &[loss], &tensor(&st, "loss").1);
     for p in mlp.params().iter() {
-        assert_close(&format!("grad.{}", p.name()), p.grad().unwrap(), &tensor(&st, &format!("grad.{}", p.name())).1);
+        let want = tensor(&st, &format!("grad.{}", p.name())).1;
+        assert_close(&format!("grad.{}", p.name()), &p.grad_to_row_major().unwrap(), &want);
     }
 
     // Adam fed PyTorch's own gradients must land on PyTorch's parameters.
     let mut on_torch_grads = mlp.clone();
     for p in on_torch_grads.params_mut().iter_mut() {
-        let (_, grad) = tensor(&st, &format!("grad.{}", p.name()));
+        let (shape, grad) = tensor(&st, &format!("grad.{}", p.name()));
+        // PyTorch's gradients are row-major; the parameter may store column-major.
+        let grad = match (p.layout(), &shape[..]) {
+            (nn::Layout::ColumnMajor, &[r, c]) => (0..r * c).map(|i| grad[(i % r) * c + i / r]).collect(),
+            _ => grad,
+        };
         p.set_grad(&grad);
     }
     Adam::new(AdamConfig::default()).unwrap().step(on_torch_grads.params_mut()).unwrap();
     for p in on_torch_grads.params().iter() {
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
-        assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), p.value(), &want);
+        assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), &p.to_row_major(), &want);
     }
 
     // Fed our own gradients, it must too, within what the gradients' last-bit differences
@@ -211,12 +217,12 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     // where a gradient is a near-cancelling sum as small as eps.
     let lr = f64::from(AdamConfig::default().lr);
     let eps = f64::from(AdamConfig::default().eps);
-    let ours: Vec<Vec<f32>> = mlp.params().iter().map(|p| p.grad().unwrap().to_vec()).collect();
+    let ours: Vec<Vec<f32>> = mlp.params().iter().map(|p| p.grad_to_row_major().unwrap()).collect();
     Adam::new(AdamConfig::default()).unwrap().step(mlp.params_mut()).unwrap();
     for (p, our_grad) in mlp.params().iter().zip(&ours) {
         let (_, torch_grad) = tensor(&st, &format!("grad.{}", p.name()));
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
-        for (i, (&got, &w)) in p.value().iter().zip(&want).enumerate() {
+        for (i, (&got, &w)) in p.to_row_major().iter().zip(&want).enumerate() {
             let g = f64::from(torch_grad[i]);
             let slope = lr * eps / (g.abs() + eps).powi(2);
             let allowed = 1e-5 * f64::from(w.abs()) + 1e-6 + slope * f64::from(our_grad[i] - torch_grad[i]).abs();

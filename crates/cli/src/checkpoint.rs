@@ -22,11 +22,8 @@ const FORMAT: &str = "mnist-mlp";
 /// # Errors
 /// The file cannot be written; an earlier file at `path` is then left intact.
 pub fn save(path: &Path, mlp: &Mlp, extra: &[(&str, String)]) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = mlp
-        .params()
-        .iter()
-        .map(|p| (p.name().to_owned(), p.shape().to_vec(), p.value().iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        mlp.params().iter().map(|p| (p.name().to_owned(), p.shape().to_vec(), le_bytes(&p.to_row_major()))).collect();
     let views = bytes
         .iter()
         .map(|(name, shape, data)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
@@ -38,6 +35,11 @@ pub fn save(path: &Path, mlp: &Mlp, extra: &[(&str, String)]) -> Result<()> {
     metadata.insert("output_relu".into(), config.output_relu.to_string());
     let serialized = safetensors::serialize(views, Some(metadata))?;
     write_atomically(path, |w| w.write_all(&serialized))
+}
+
+/// Little-endian bytes of f32 values, safetensors' encoding.
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// Loads a model saved by [`save`], or any safetensors file with an MLP's `fcN.weight` and
@@ -143,8 +145,7 @@ mod tests {
     #[test]
     fn widths_are_inferred_when_the_metadata_is_missing() {
         let mlp = model();
-        let data: Vec<_> =
-            mlp.params().iter().map(|p| p.value().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).collect();
+        let data: Vec<_> = mlp.params().iter().map(|p| le_bytes(&p.to_row_major())).collect();
         let views: Vec<_> = mlp
             .params()
             .iter()
@@ -179,18 +180,12 @@ mod tests {
         let mut mixed: Vec<(String, Vec<usize>, Vec<u8>)> = other
             .params()
             .iter()
-            .map(|p| {
-                (p.name().to_owned(), p.shape().to_vec(), p.value().iter().flat_map(|v| v.to_le_bytes()).collect())
-            })
+            .map(|p| (p.name().to_owned(), p.shape().to_vec(), le_bytes(&p.to_row_major())))
             .collect();
         mixed.truncate(2);
         let m = model();
         for p in m.params().iter().skip(2) {
-            mixed.push((
-                p.name().to_owned(),
-                p.shape().to_vec(),
-                p.value().iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
+            mixed.push((p.name().to_owned(), p.shape().to_vec(), le_bytes(&p.to_row_major())));
         }
         let views: Vec<_> =
             mixed.iter().map(|(n, s, d)| (n.as_str(), TensorView::new(Dtype::F32, s.clone(), d).unwrap())).collect();

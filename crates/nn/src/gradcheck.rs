@@ -78,11 +78,11 @@ fn relu(x: Array2<f64>) -> Array2<f64> {
 }
 
 fn param(params: &Params, id: ParamId) -> Vec<f64> {
-    as_f64(params.get(id).value())
+    as_f64(&params.get(id).to_row_major())
 }
 
-fn grad(params: &Params, id: ParamId) -> &[f32] {
-    params.get(id).grad().expect("backward reached the parameter")
+fn grad(params: &Params, id: ParamId) -> Vec<f32> {
+    params.get(id).grad_to_row_major().expect("backward reached the parameter")
 }
 
 #[test]
@@ -130,8 +130,8 @@ fn linear_gradients_wrt_weight_bias_and_input() {
     let by_w = |w: &[f64]| ce(linear(view(&av).view(), w, Some(&bv), c).view(), &labels);
     let by_b = |b: &[f64]| ce(linear(view(&av).view(), &wv, Some(b), c).view(), &labels);
     let by_a = |a: &[f64]| ce(linear(view(a).view(), &wv, Some(&bv), c).view(), &labels);
-    compare("dW", grad(&params, w), &numeric_grad(by_w, &wv)).unwrap();
-    compare("db", grad(&params, b), &numeric_grad(by_b, &bv)).unwrap();
+    compare("dW", &grad(&params, w), &numeric_grad(by_w, &wv)).unwrap();
+    compare("db", &grad(&params, b), &numeric_grad(by_b, &bv)).unwrap();
     let da = tape.grad(a).unwrap().to_owned();
     compare("dx", da.as_slice().unwrap(), &numeric_grad(by_a, &av)).unwrap();
 }
@@ -156,8 +156,8 @@ fn matmul_and_add_bias_gradients() {
     let xv = x.mapv(|v| f64::from(v as f32));
     let f_w = |w: &[f64]| ce(linear(xv.view(), w, Some(&bv), c).view(), &labels);
     let f_b = |b: &[f64]| ce(linear(xv.view(), &wv, Some(b), c).view(), &labels);
-    compare("dW", grad(&params, w), &numeric_grad(f_w, &wv)).unwrap();
-    compare("db", grad(&params, b), &numeric_grad(f_b, &bv)).unwrap();
+    compare("dW", &grad(&params, w), &numeric_grad(f_w, &wv)).unwrap();
+    compare("db", &grad(&params, b), &numeric_grad(f_b, &bv)).unwrap();
     let mv = as_f64(tape.value(m).as_slice().unwrap());
     let f_m = |m: &[f64]| {
         let mut z = ArrayView2::from_shape((n, c), m).unwrap().to_owned();
@@ -216,7 +216,7 @@ fn a_weight_used_twice_accumulates_both_contributions() {
 
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |w: &[f64]| ce(linear(relu(linear(xv.view(), w, None, k)).view(), w, None, k).view(), &labels);
-    compare("dW (tied)", grad(&params, w), &numeric_grad(f, &param(&params, w))).unwrap();
+    compare("dW (tied)", &grad(&params, w), &numeric_grad(f, &param(&params, w))).unwrap();
 }
 
 /// The whole MLP and loss in f64, with every parameter taken from `flat` in `state_dict` order.
@@ -249,8 +249,8 @@ fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
     let loss = tape.cross_entropy(logits, &labels);
     tape.backward(loss, mlp.params_mut());
 
-    let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(p.value())).collect();
-    let analytic: Vec<f32> = mlp.params().iter().flat_map(|p| p.grad().unwrap().to_vec()).collect();
+    let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(&p.to_row_major())).collect();
+    let analytic: Vec<f32> = mlp.params().iter().flat_map(|p| p.grad_to_row_major().unwrap()).collect();
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |flat: &[f64]| mlp_loss(&config, flat, xv.view(), &labels);
     assert!((f64::from(tape.value(loss)[[0, 0]]) - f(&flat)).abs() < 1e-5, "forward matches the f64 model");
@@ -361,7 +361,7 @@ fn from_named_checks_names_and_shapes() {
     let good =
         || vec![("fc1.weight".to_owned(), vec![2, 3], vec![0.5; 6]), ("fc1.bias".to_owned(), vec![2], vec![0.0; 2])];
     let mlp = Mlp::from_named(&config, good()).unwrap();
-    assert_eq!(mlp.params().get(mlp.layers()[0].weight).value(), &[0.5; 6]);
+    assert_eq!(mlp.params().get(mlp.layers()[0].weight).to_row_major(), [0.5; 6]);
 
     let mut missing = good();
     missing.pop();

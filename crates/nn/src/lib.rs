@@ -32,7 +32,7 @@ mod tape;
 pub use error::NnError;
 pub use linear::Linear;
 pub use mlp::{Mlp, MlpConfig};
-pub use params::{Param, ParamId, Params};
+pub use params::{Layout, Param, ParamId, Params};
 pub use tape::{Tape, Var};
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 
 use rand::Rng;
 
-use crate::params::{ParamId, Params};
+use crate::params::{Layout, ParamId, Params};
 use crate::tape::{Tape, Var};
 
 /// `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of `[out]`, registered in a
-/// [`Params`] set as `{name}.weight` and `{name}.bias` (PyTorch's `state_dict` names).
+/// [`Params`] set as `{name}.weight` and `{name}.bias` (PyTorch's `state_dict` names and
+/// shapes). The weight is stored column-major, each input's weights contiguous, so that a
+/// sparse input (MNIST's pixels are mostly 0) only touches the weights of its nonzero entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linear {
     /// The weight, `[out, in]`.
@@ -42,7 +44,12 @@ impl Linear {
         rng: &mut R,
     ) -> Self {
         let (w, b) = tensor::linear_init(out_features, in_features, rng);
-        let weight = params.add(format!("{name}.weight"), &[out_features, in_features], w.into_raw_vec_and_offset().0);
+        let weight = params.add_with_layout(
+            format!("{name}.weight"),
+            &[out_features, in_features],
+            w.into_raw_vec_and_offset().0,
+            Layout::ColumnMajor,
+        );
         let bias = params.add(format!("{name}.bias"), &[out_features], b.into_raw_vec_and_offset().0);
         Self { weight, bias, in_features, out_features }
     }

@@ -5,7 +5,7 @@ use rand::Rng;
 
 use crate::error::NnError;
 use crate::linear::Linear;
-use crate::params::Params;
+use crate::params::{Layout, Params};
 use crate::tape::{Tape, Var};
 
 /// The shape of an [`Mlp`].
@@ -109,7 +109,9 @@ impl Mlp {
             if found != shape || values.len() != shape.iter().product::<usize>() {
                 return Err(NnError::ShapeMismatch { name, expected: shape, found });
             }
-            params.add(name, &shape, values);
+            // The same storage as `Linear::new` gives its parameters.
+            let layout = if shape.len() == 2 { Layout::ColumnMajor } else { Layout::RowMajor };
+            params.add_with_layout(name, &shape, values, layout);
         }
         if let Some((name, _, _)) = named.into_iter().flatten().next() {
             return Err(NnError::UnexpectedParam { name });

@@ -1,7 +1,7 @@
 //! Parameters live outside the tape, by id and by name, with a gradient buffer each that is
 //! reused from step to step and overwritten by every backward pass.
 
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, ShapeBuilder};
 
 /// A handle to one parameter of a [`Params`] set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,11 +14,25 @@ impl ParamId {
     }
 }
 
-/// One named parameter: its shape, its values and its gradient, stored flat in row-major order.
+/// How a matrix parameter's values are stored. The shape, the name and every view are the same
+/// either way; only the order in memory differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Row after row: element `(i, j)` of an `r x c` matrix is at `i * c + j`.
+    #[default]
+    RowMajor,
+    /// Column after column: element `(i, j)` is at `j * r + i`. For a weight `[out, in]` each
+    /// input's weights are then contiguous, which the sparse-input kernels need.
+    ColumnMajor,
+}
+
+/// One named parameter: its shape, its values and its gradient, stored flat in the same
+/// [`Layout`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
     name: String,
     shape: Vec<usize>,
+    layout: Layout,
     value: Vec<f32>,
     grad: Vec<f32>,
     /// Whether the last backward pass wrote `grad`.
@@ -38,9 +52,34 @@ impl Param {
         &self.shape
     }
 
-    /// The values, row-major.
+    /// How the values are stored (row-major unless the parameter was added otherwise).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The values in storage order (see [`Param::layout`]): what an elementwise optimizer
+    /// walks. [`Param::to_row_major`] gives them in PyTorch's order.
     pub fn value(&self) -> &[f32] {
         &self.value
+    }
+
+    /// The values in row-major order, whatever the storage: PyTorch's order.
+    pub fn to_row_major(&self) -> Vec<f32> {
+        self.reorder(&self.value, Layout::RowMajor)
+    }
+
+    /// The gradient in row-major order, if a backward pass has reached this parameter.
+    pub fn grad_to_row_major(&self) -> Option<Vec<f32>> {
+        self.has_grad.then(|| self.reorder(&self.grad, Layout::RowMajor))
+    }
+
+    /// `data`, stored as this parameter stores its values, reordered into `to`.
+    fn reorder(&self, data: &[f32], to: Layout) -> Vec<f32> {
+        match (self.layout, to, &self.shape[..]) {
+            (Layout::RowMajor, Layout::ColumnMajor, &[r, c]) => transpose(data, r, c),
+            (Layout::ColumnMajor, Layout::RowMajor, &[r, c]) => transpose(data, c, r),
+            _ => data.to_vec(),
+        }
     }
 
     /// The values, for an optimizer or a loader to change.
@@ -48,8 +87,8 @@ impl Param {
         &mut self.value
     }
 
-    /// The gradient from the last backward pass, or `None` if no backward pass has reached
-    /// this parameter.
+    /// The gradient from the last backward pass in storage order, or `None` if no backward pass
+    /// has reached this parameter.
     pub fn grad(&self) -> Option<&[f32]> {
         self.has_grad.then_some(self.grad.as_slice())
     }
@@ -59,8 +98,8 @@ impl Param {
         (&mut self.value, self.has_grad.then_some(self.grad.as_slice()))
     }
 
-    /// Sets the gradient from elsewhere (a gradient computed outside a [`Tape`](crate::Tape),
-    /// or clipped), as if a backward pass had written it.
+    /// Sets the gradient, in storage order, from elsewhere (a gradient computed outside a
+    /// [`Tape`](crate::Tape), or clipped), as if a backward pass had written it.
     ///
     /// # Panics
     /// If `grad` is not as long as the parameter.
@@ -116,17 +155,38 @@ impl Params {
         Self::default()
     }
 
-    /// Adds a parameter with the given shape and row-major values.
+    /// Adds a parameter with the given shape and row-major values, stored row-major.
     ///
     /// # Panics
     /// If the name is taken or `value` does not have the shape's number of elements.
     #[track_caller]
     pub fn add(&mut self, name: impl Into<String>, shape: &[usize], value: Vec<f32>) -> ParamId {
+        self.add_with_layout(name, shape, value, Layout::RowMajor)
+    }
+
+    /// Adds a parameter with the given shape and row-major values, stored in `layout` (which
+    /// only matters for a matrix).
+    ///
+    /// # Panics
+    /// If the name is taken or `value` does not have the shape's number of elements.
+    #[track_caller]
+    pub fn add_with_layout(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        value: Vec<f32>,
+        layout: Layout,
+    ) -> ParamId {
         let name = name.into();
         assert!(self.by_name(&name).is_none(), "parameter {name} already exists");
         assert_eq!(value.len(), shape.iter().product::<usize>(), "parameter {name}: values do not fit {shape:?}");
+        let layout = if shape.len() == 2 { layout } else { Layout::RowMajor };
+        let value = match (layout, shape) {
+            (Layout::ColumnMajor, &[r, c]) => transpose(&value, r, c),
+            _ => value,
+        };
         let grad = vec![0.0; value.len()];
-        self.params.push(Param { name, shape: shape.to_vec(), value, grad, has_grad: false, written: false });
+        self.params.push(Param { name, shape: shape.to_vec(), layout, value, grad, has_grad: false, written: false });
         ParamId(self.params.len() - 1)
     }
 
@@ -186,7 +246,7 @@ impl Params {
     pub fn matrix(&self, id: ParamId) -> ArrayView2<'_, f32> {
         let p = &self.params[id.0];
         let [r, c] = p.shape[..] else { panic!("{} is {:?}, not a matrix", p.name, p.shape) };
-        ArrayView2::from_shape((r, c), &p.value).expect("shape matches length")
+        view2((r, c), p.layout, &p.value)
     }
 
     /// A 1-D parameter as a vector view.
@@ -217,9 +277,12 @@ impl Params {
         let p = &mut self.params[id.0];
         let beta = p.begin_write();
         let [r, c] = p.shape[..] else { panic!("{} is {:?}, not a matrix", p.name, p.shape) };
-        let value = ArrayView2::from_shape((r, c), &p.value).expect("shape matches length");
-        let grad = ArrayViewMut2::from_shape((r, c), &mut p.grad).expect("shape matches length");
-        (value, grad, beta)
+        let value = view2((r, c), p.layout, &p.value);
+        let grad = match p.layout {
+            Layout::RowMajor => ArrayViewMut2::from_shape((r, c), &mut p.grad[..]),
+            Layout::ColumnMajor => ArrayViewMut2::from_shape((r, c).f(), &mut p.grad[..]),
+        };
+        (value, grad.expect("shape matches length"), beta)
     }
 
     /// A vector parameter's gradient to write, with the `beta` to write it with.
@@ -228,5 +291,45 @@ impl Params {
         let beta = p.begin_write();
         assert_eq!(p.shape.len(), 1, "{} is {:?}, not a vector", p.name, p.shape);
         (ArrayViewMut1::from(&mut p.grad[..]), beta)
+    }
+}
+
+fn view2(shape: (usize, usize), layout: Layout, data: &[f32]) -> ArrayView2<'_, f32> {
+    match layout {
+        Layout::RowMajor => ArrayView2::from_shape(shape, data),
+        Layout::ColumnMajor => ArrayView2::from_shape(shape.f(), data),
+    }
+    .expect("shape matches length")
+}
+
+/// The row-major `rows x cols` matrix `data`, transposed (so also its column-major storage).
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for (i, row) in data.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * rows + i] = v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_major_matrix_reads_like_a_row_major_one() {
+        let mut params = Params::new();
+        let values = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [[1, 2, 3], [4, 5, 6]]
+        let r = params.add("r", &[2, 3], values.clone());
+        let c = params.add_with_layout("c", &[2, 3], values.clone(), Layout::ColumnMajor);
+        assert_eq!(params.matrix(r), params.matrix(c));
+        assert_eq!(params.get(c).value(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(params.get(c).to_row_major(), values);
+        let (_, mut grad, beta) = params.matrix_grad(c);
+        assert_eq!(beta, 0.0);
+        grad[[0, 2]] = 9.0;
+        params.end_backward();
+        assert_eq!(params.get(c).grad_to_row_major().unwrap(), [0.0, 0.0, 9.0, 0.0, 0.0, 0.0]);
     }
 }
