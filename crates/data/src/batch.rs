@@ -25,6 +25,30 @@ pub fn pixel_to_f32(v: u8) -> f32 {
     PIXEL_TO_F32[usize::from(v)]
 }
 
+/// Converts a row of pixels with the widest vector instructions the CPU has; every path
+/// computes exactly `v / 255`.
+fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { pixels_to_f32_avx2(src, dst) };
+    }
+    pixels_to_f32_portable(src, dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pixels_to_f32_avx2(src: &[u8], dst: &mut [f32]) {
+    pixels_to_f32_portable(src, dst);
+}
+
+#[inline(always)]
+fn pixels_to_f32_portable(src: &[u8], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f32::from(s) / 255.0;
+    }
+}
+
 /// The order in which a [`Loader`] visits its samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -85,9 +109,7 @@ impl Batch {
         self.x.resize(indices.len() * width, 0.0);
         self.labels.clear();
         for (row, &i) in self.x.chunks_exact_mut(width).zip(indices) {
-            for (dst, &src) in row.iter_mut().zip(data.image(i)) {
-                *dst = pixel_to_f32(src);
-            }
+            pixels_to_f32(data.image(i), row);
             self.labels.push(usize::from(data.label(i)));
         }
     }
@@ -241,8 +263,12 @@ mod tests {
 
     #[test]
     fn pixels_scale_exactly_like_division_by_255() {
+        let all: Vec<u8> = (0..=255).collect();
+        let mut row = vec![0.0; 256];
+        pixels_to_f32(&all, &mut row);
         for v in 0..=255u8 {
             assert_eq!(pixel_to_f32(v).to_bits(), (f32::from(v) / 255.0).to_bits());
+            assert_eq!(row[usize::from(v)].to_bits(), pixel_to_f32(v).to_bits());
         }
         assert_eq!(pixel_to_f32(255), 1.0);
     }

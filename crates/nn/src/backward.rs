@@ -35,11 +35,16 @@ impl Tape {
             let dy = node.grad();
             match node.op {
                 Op::Input => {}
-                Op::Linear { x, weight, bias } => {
+                Op::Linear { x, weight, bias, sparse } => {
                     // y = x·Wᵀ + b:  dW += dyᵀ·x,  db += Σ_rows dy,  dx += dy·W.
                     let input = &mut before[x.index];
                     let (w, dw, beta) = params.matrix_grad(weight);
-                    tensor::matmul_tn(1.0, dy, input.value(), beta, dw);
+                    if sparse {
+                        // dWᵀ += xᵀ·dy over x's nonzero entries, into dW's contiguous columns.
+                        tensor::sparse_matmul_tn(&node.sparse, dy, beta, dw.reversed_axes());
+                    } else {
+                        tensor::matmul_tn(1.0, dy, input.value(), beta, dw);
+                    }
                     if input.needs_grad {
                         let (dx, beta) = input.grad_to_write();
                         tensor::matmul(1.0, dy, w, beta, dx);

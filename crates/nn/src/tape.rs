@@ -10,6 +10,9 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::params::{ParamId, Params};
 
+/// Inputs with at most this share of nonzero entries take the sparse path.
+const SPARSE_MAX_DENSITY: f64 = 0.5;
+
 /// A value recorded on a [`Tape`]: a matrix, one row per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Var {
@@ -22,8 +25,9 @@ pub struct Var {
 pub(crate) enum Op {
     /// Data fed in; no gradient flows into it.
     Input,
-    /// `y = x·Wᵀ (+ b)` with `W` stored `[out, in]` as in PyTorch.
-    Linear { x: Var, weight: ParamId, bias: Option<ParamId> },
+    /// `y = x·Wᵀ (+ b)` with `W` of shape `[out, in]` as in PyTorch. When `sparse`, `x` is data
+    /// whose nonzero entries are kept in the node's `sparse` buffers.
+    Linear { x: Var, weight: ParamId, bias: Option<ParamId>, sparse: bool },
     /// `y = x + b`, `b` added to every row.
     AddBias { x: Var, bias: ParamId },
     /// `y = max(x, 0)`.
@@ -41,6 +45,7 @@ pub(crate) struct Node {
     pub(crate) value: Vec<f32>,
     pub(crate) grad: Vec<f32>,
     pub(crate) aux: Vec<f32>,
+    pub(crate) sparse: tensor::SparseRows,
     /// Whether a gradient must flow into this node (it depends on a parameter).
     pub(crate) needs_grad: bool,
     /// Whether the backward pass under way has written `grad` yet.
@@ -169,10 +174,24 @@ impl Tape {
             params.get(weight).name(),
             self.nodes[x.index].cols
         );
-        let y = self.push(Op::Linear { x, weight, bias }, rows, out, true);
+        let y = self.push(Op::Linear { x, weight, bias, sparse: false }, rows, out, true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        tensor::matmul_nt(1.0, before[x.index].value(), w, 0.0, node.value_mut());
+        let input = &before[x.index];
+        // Data with mostly zero entries, times a weight whose columns are contiguous: only the
+        // nonzero entries' weights are read (and, backwards, their gradients written).
+        let mut sparse = matches!(input.op, Op::Input) && w.strides()[0] == 1;
+        if sparse {
+            node.sparse.assign(input.value());
+            sparse = node.sparse.density() <= SPARSE_MAX_DENSITY;
+        }
+        if sparse {
+            let y_view = ArrayViewMut2::from_shape((rows, out), &mut node.value[..]).expect("node buffer matches");
+            tensor::sparse_matmul(&node.sparse, w.t(), 0.0, y_view);
+            node.op = Op::Linear { x, weight, bias, sparse };
+        } else {
+            tensor::matmul_nt(1.0, input.value(), w, 0.0, node.value_mut());
+        }
         if let Some(b) = bias {
             tensor::add_bias(node.value_mut(), params.vector(b));
         }
@@ -267,6 +286,7 @@ impl Tape {
                 value: Vec::new(),
                 grad: Vec::new(),
                 aux: Vec::new(),
+                sparse: tensor::SparseRows::new(),
                 needs_grad: false,
                 grad_written: false,
             });

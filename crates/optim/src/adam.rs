@@ -152,21 +152,12 @@ impl Optimizer for Adam {
         let (one_minus_beta1, one_minus_beta2) = ((1.0 - f64::from(beta1)) as f32, (1.0 - f64::from(beta2)) as f32);
         let (l2, shrink) = weight_decay.factors(lr);
 
+        let constants = AdamStep { shrink, l2, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, step_size };
         let mut buffers = self.slots.buffers.chunks_exact_mut(2);
         for param in params.iter_mut() {
             let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
             let (value, grad) = param.value_and_grad();
-            let grad = grad.expect("checked above");
-            for (((p, &g), m), v) in value.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
-                if let Some(shrink) = shrink {
-                    *p *= shrink;
-                }
-                let g = if let Some(l2) = l2 { g + l2 * *p } else { g };
-                *m += one_minus_beta1 * (g - *m);
-                *v = *v * beta2 + one_minus_beta2 * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p += -step_size * *m / denom;
-            }
+            constants.apply(value, grad.expect("checked above"), m, v);
         }
         Ok(())
     }
@@ -177,5 +168,73 @@ impl Optimizer for Adam {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.config.lr = lr;
+    }
+}
+
+/// One Adam step's constants, applied element by element.
+#[derive(Debug, Clone, Copy)]
+struct AdamStep {
+    shrink: Option<f32>,
+    l2: Option<f32>,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+impl AdamStep {
+    /// Updates `p` from `g`, with moments `m` and `v`, split across the rayon pool when large.
+    /// Each element is updated alone, so the split changes no result.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        /// Elements per thread below which an update is not split.
+        const PARALLEL_MIN: usize = 8192;
+        if p.len() >= 2 * PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            let mid = p.len() / 2;
+            let (p0, p1) = p.split_at_mut(mid);
+            let (m0, m1) = m.split_at_mut(mid);
+            let (v0, v1) = v.split_at_mut(mid);
+            let (g0, g1) = g.split_at(mid);
+            rayon::join(|| self.apply(p0, g0, m0, v0), || self.apply(p1, g1, m1, v1));
+            return;
+        }
+        self.apply_simd(p, g, m, v);
+    }
+
+    /// The update with the widest vector instructions the CPU has. Every path computes the same
+    /// operations in the same order (no fused multiply-add), so results do not depend on the CPU.
+    fn apply_simd(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.apply_avx2(p, g, m, v) };
+        }
+        self.apply_portable(p, g, m, v);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn apply_avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.apply_portable(p, g, m, v);
+    }
+
+    #[inline(always)]
+    fn apply_portable(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let mut pi = p[i];
+            if let Some(shrink) = self.shrink {
+                pi *= shrink;
+            }
+            let gi = if let Some(l2) = self.l2 { g[i] + l2 * pi } else { g[i] };
+            let mi = m[i] + self.one_minus_beta1 * (gi - m[i]);
+            let vi = v[i] * self.beta2 + self.one_minus_beta2 * gi * gi;
+            let denom = vi.sqrt() / self.bc2_sqrt + self.eps;
+            p[i] = pi + -self.step_size * mi / denom;
+            m[i] = mi;
+            v[i] = vi;
+        }
     }
 }

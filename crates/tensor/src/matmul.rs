@@ -10,7 +10,9 @@
 //! bit-identical whatever the number of threads.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::parallel::for_row_blocks;
 
 /// Below this many multiply-adds a product is not worth splitting across threads.
 const PARALLEL_MIN_WORK: usize = 1 << 17;
@@ -61,18 +63,14 @@ pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, 
 fn gemm(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    let threads = rayon::current_num_threads();
-    if threads < 2 || m < 2 || m * n * k < PARALLEL_MIN_WORK {
+    if m * n * k < PARALLEL_MIN_WORK {
         general_mat_mul(alpha, &a, &b, beta, &mut c);
         return;
     }
-    // Equal row blocks, a multiple of 8 rows each where possible (matrixmultiply's tile height).
-    let rows = m.div_ceil(threads).next_multiple_of(8).min(m);
-    let a_blocks: Vec<_> = a.axis_chunks_iter(Axis(0), rows).collect();
-    rayon::scope(|s| {
-        for (a_block, mut c_block) in a_blocks.into_iter().zip(c.axis_chunks_iter_mut(Axis(0), rows)) {
-            s.spawn(move |_| general_mat_mul(alpha, &a_block, &b, beta, &mut c_block));
-        }
+    // Blocks of at least 8 rows: matrixmultiply's tile height.
+    for_row_blocks(c, 8, &|first, mut block| {
+        let a_block = a.slice(ndarray::s![first..first + block.nrows(), ..]);
+        general_mat_mul(alpha, &a_block, &b, beta, &mut block);
     });
 }
 

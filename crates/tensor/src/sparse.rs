@@ -1,0 +1,353 @@
+//! Products with a sparse left operand. MNIST's pixels are about 81% zeros, so the first
+//! layer's `x·Wᵀ` and its weight gradient `dyᵀ·x` only need the weights and gradients of the
+//! nonzero pixels: the same sums, without the terms that are exactly zero.
+
+use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
+
+use crate::parallel::for_row_blocks;
+
+/// Output rows per thread below which a sparse product is not split.
+const PARALLEL_MIN_ROWS: usize = 8;
+
+/// The nonzero entries of a matrix, by row and by column, in buffers that are reused from
+/// call to call.
+///
+/// ```
+/// use ndarray::{array, Array2};
+/// let x = array![[0.0f32, 2.0, 0.0], [1.0, 0.0, 3.0]];
+/// let mut sx = tensor::SparseRows::new();
+/// sx.assign(x.view());
+/// assert_eq!(sx.nnz(), 3);
+/// // x·w for w = 3x2: row 0 is 2·w[1], row 1 is w[0] + 3·w[2].
+/// let w = array![[1.0f32, 1.0], [10.0, 20.0], [100.0, 200.0]];
+/// let mut y = Array2::zeros((2, 2));
+/// tensor::sparse_matmul(&sx, w.view(), 0.0, y.view_mut());
+/// assert_eq!(y, array![[20.0, 40.0], [301.0, 601.0]]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SparseRows {
+    rows: usize,
+    cols: usize,
+    /// Row `i`'s entries are `row_start[i]..row_start[i + 1]` of `row_col` and `row_val`.
+    row_start: Vec<u32>,
+    row_col: Vec<u32>,
+    row_val: Vec<f32>,
+    /// The same entries by column: column `k`'s are `col_start[k]..col_start[k + 1]`.
+    col_start: Vec<u32>,
+    col_row: Vec<u32>,
+    col_val: Vec<f32>,
+    /// Scratch for the counting sort.
+    next: Vec<u32>,
+}
+
+impl SparseRows {
+    /// An empty matrix.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the contents with the nonzero entries of `x`.
+    ///
+    /// # Panics
+    /// If `x` has more than `u32::MAX` entries.
+    #[track_caller]
+    pub fn assign(&mut self, x: ArrayView2<f32>) {
+        let (rows, cols) = x.dim();
+        assert!(rows.saturating_mul(cols) <= u32::MAX as usize, "SparseRows holds at most u32::MAX entries");
+        self.rows = rows;
+        self.cols = cols;
+        // Room for every entry, so that the scan below writes without checking capacity; the
+        // buffers keep that length, and `row_start` says how much of them is in use.
+        for buffer in [&mut self.row_col, &mut self.col_row] {
+            if buffer.len() < rows * cols {
+                buffer.resize(rows * cols, 0);
+            }
+        }
+        for buffer in [&mut self.row_val, &mut self.col_val] {
+            if buffer.len() < rows * cols {
+                buffer.resize(rows * cols, 0.0);
+            }
+        }
+        self.row_start.clear();
+        self.row_start.push(0);
+        let mut n = 0;
+        for row in x.rows() {
+            match row.as_slice() {
+                Some(row) => n = compact_nonzeros(row, &mut self.row_col, &mut self.row_val, n),
+                None => {
+                    for (k, &v) in row.iter().enumerate() {
+                        self.row_col[n] = k as u32;
+                        self.row_val[n] = v;
+                        n += usize::from(v != 0.0);
+                    }
+                }
+            }
+            self.row_start.push(n as u32);
+        }
+
+        // By column, with a counting sort; within a column the rows stay in ascending order.
+        let (row_col, row_val) = (&self.row_col[..n], &self.row_val[..n]);
+        let col_start = &mut self.col_start;
+        col_start.clear();
+        col_start.resize(cols + 1, 0);
+        for &k in row_col {
+            col_start[k as usize + 1] += 1;
+        }
+        for k in 0..cols {
+            col_start[k + 1] += col_start[k];
+        }
+        let next = &mut self.next;
+        next.clear();
+        next.extend_from_slice(&col_start[..cols]);
+        let (col_row, col_val) = (&mut self.col_row[..n], &mut self.col_val[..n]);
+        for (i, w) in self.row_start.windows(2).enumerate() {
+            for e in w[0] as usize..w[1] as usize {
+                let k = row_col[e] as usize;
+                let slot = next[k] as usize;
+                col_row[slot] = i as u32;
+                col_val[slot] = row_val[e];
+                next[k] += 1;
+            }
+        }
+    }
+
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The number of nonzero entries.
+    pub fn nnz(&self) -> usize {
+        self.row_start.last().map_or(0, |&n| n as usize)
+    }
+
+    /// The share of entries that are nonzero.
+    pub fn density(&self) -> f64 {
+        let total = self.rows * self.cols;
+        if total == 0 { 0.0 } else { self.nnz() as f64 / total as f64 }
+    }
+
+    fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let range = self.row_start[i] as usize..self.row_start[i + 1] as usize;
+        (&self.row_col[range.clone()], &self.row_val[range])
+    }
+
+    fn col(&self, k: usize) -> (&[u32], &[f32]) {
+        let range = self.col_start[k] as usize..self.col_start[k + 1] as usize;
+        (&self.col_row[range.clone()], &self.col_val[range])
+    }
+}
+
+/// Appends the nonzero entries of `row` (column index and value) at position `n` of `cols` and
+/// `vals`, which have room for all of them; returns the new end. Runs of 16 zeros, common at
+/// MNIST's borders, are skipped with one test; elsewhere every entry is written and the end
+/// only advances past nonzero ones, which avoids a branch per entry.
+fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usize) -> usize {
+    const CHUNK: usize = 16;
+    let mut k = 0;
+    for chunk in row.chunks(CHUNK) {
+        // A -0.0 makes the chunk be scanned, but is not kept: it equals 0.
+        if chunk.iter().fold(0, |acc, v| acc | v.to_bits()) != 0 {
+            let (cols, vals) = (&mut cols[n..n + chunk.len()], &mut vals[n..n + chunk.len()]);
+            let mut m = 0;
+            for (j, &v) in chunk.iter().enumerate() {
+                cols[m] = (k + j) as u32;
+                vals[m] = v;
+                m += usize::from(v != 0.0);
+            }
+            n += m;
+        }
+        k += chunk.len();
+    }
+    n
+}
+
+/// `y = beta * y + x·w` for a sparse `x` (`m x k`) and a dense `w` (`k x n`).
+///
+/// # Panics
+/// If `w` is not `x.cols()` tall or `y` is not `x.rows() x w.ncols()`.
+#[track_caller]
+pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, y: ArrayViewMut2<f32>) {
+    assert!(
+        w.nrows() == x.cols() && y.dim() == (x.rows(), w.ncols()),
+        "sparse x·w: shapes do not fit: {}x{} times {:?} into {:?}",
+        x.rows(),
+        x.cols(),
+        w.dim(),
+        y.dim()
+    );
+    for_row_blocks(y, PARALLEL_MIN_ROWS, &|first, mut block| {
+        for (i, out) in block.rows_mut().into_iter().enumerate() {
+            let (cols, vals) = x.row(first + i);
+            gather_rows(cols, vals, w, beta, out);
+        }
+    });
+}
+
+/// `c = beta * c + xᵀ·dy` for a sparse `x` (`m x k`) and a dense `dy` (`m x n`): the weight
+/// gradient of `x·w`. Rows of `c` for columns of `x` without entries are only scaled by `beta`.
+///
+/// # Panics
+/// If `dy` is not `x.rows()` tall or `c` is not `x.cols() x dy.ncols()`.
+#[track_caller]
+pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+    assert!(
+        dy.nrows() == x.rows() && c.dim() == (x.cols(), dy.ncols()),
+        "sparse xᵀ·dy: shapes do not fit: ({}x{})ᵀ times {:?} into {:?}",
+        x.rows(),
+        x.cols(),
+        dy.dim(),
+        c.dim()
+    );
+    for_row_blocks(c, PARALLEL_MIN_ROWS, &|first, mut block| {
+        for (k, out) in block.rows_mut().into_iter().enumerate() {
+            let (rows, vals) = x.col(first + k);
+            gather_rows(rows, vals, dy, beta, out);
+        }
+    });
+}
+
+/// `out = beta * out + Σ_e vals[e] * src[idx[e], :]`, the one loop both products share.
+fn gather_rows(idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta: f32, mut out: ArrayViewMut1<f32>) {
+    let ld = src.strides()[0];
+    if let (Some(out), true, true) = (out.as_slice_mut(), src.strides()[1] == 1 || src.ncols() <= 1, ld >= 0) {
+        // Rows of `src` are contiguous: the fast kernels index the underlying slice directly.
+        let len = if src.nrows() == 0 { 0 } else { (src.nrows() - 1) * ld as usize + src.ncols() };
+        // SAFETY: `src` is a valid view, so its `nrows` rows of `ncols` elements, `ld` apart,
+        // lie within one allocation starting at `as_ptr()`, covering exactly `len` elements.
+        let flat = unsafe { std::slice::from_raw_parts(src.as_ptr(), len) };
+        return gather_rows_contiguous(idx, vals, flat, ld as usize, beta, out);
+    }
+    if beta == 0.0 {
+        out.fill(0.0);
+    } else if beta != 1.0 {
+        out *= beta;
+    }
+    for (&i, &v) in idx.iter().zip(vals) {
+        out.scaled_add(v, &src.row(i as usize));
+    }
+}
+
+/// [`gather_rows`] over a row-major slice with rows `ld` apart, with the widest vector
+/// instructions the CPU has.
+fn gather_rows_contiguous(idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { gather_rows_avx2(idx, vals, src, ld, beta, out) };
+    }
+    gather_rows_blocked::<false>(idx, vals, src, ld, beta, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gather_rows_avx2(idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
+    gather_rows_blocked::<true>(idx, vals, src, ld, beta, out);
+}
+
+/// The output row in blocks whose sums stay in registers while every entry is added in.
+#[inline(always)]
+fn gather_rows_blocked<const FUSED: bool>(
+    idx: &[u32],
+    vals: &[f32],
+    src: &[f32],
+    ld: usize,
+    beta: f32,
+    out: &mut [f32],
+) {
+    let mut j = 0;
+    while j + 64 <= out.len() {
+        block::<64, FUSED>(idx, vals, src, ld, j, beta, &mut out[j..j + 64]);
+        j += 64;
+    }
+    while j + 16 <= out.len() {
+        block::<16, FUSED>(idx, vals, src, ld, j, beta, &mut out[j..j + 16]);
+        j += 16;
+    }
+    while j < out.len() {
+        block::<1, FUSED>(idx, vals, src, ld, j, beta, &mut out[j..j + 1]);
+        j += 1;
+    }
+}
+
+#[inline(always)]
+fn block<const W: usize, const FUSED: bool>(
+    idx: &[u32],
+    vals: &[f32],
+    src: &[f32],
+    ld: usize,
+    j: usize,
+    beta: f32,
+    out: &mut [f32],
+) {
+    let mut acc = [0.0f32; W];
+    if beta != 0.0 {
+        for (a, &o) in acc.iter_mut().zip(out.iter()) {
+            *a = beta * o;
+        }
+    }
+    for (&i, &v) in idx.iter().zip(vals) {
+        let start = i as usize * ld + j;
+        let row: &[f32; W] = src[start..start + W].try_into().expect("a block of W");
+        for (a, &r) in acc.iter_mut().zip(row) {
+            *a = if FUSED { v.mul_add(r, *a) } else { *a + v * r };
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+
+    /// A random matrix with about `density` of its entries nonzero.
+    fn sparse_random(rng: &mut impl Rng, rows: usize, cols: usize, density: f64) -> Array2<f32> {
+        Array2::from_shape_fn(
+            (rows, cols),
+            |_| if rng.random_bool(density) { rng.random_range(-1.0..1.0) } else { 0.0 },
+        )
+    }
+
+    #[test]
+    fn agrees_with_the_dense_products() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (m, k, n) in [(7, 13, 5), (64, 784, 128), (3, 100, 70), (1, 1, 1), (4, 9, 0)] {
+            let x = sparse_random(&mut rng, m, k, 0.2);
+            let w = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
+            let dy = Array2::from_shape_fn((m, n), |_| rng.random_range(-1.0f32..1.0));
+            let mut sx = SparseRows::new();
+            sx.assign(x.view());
+            assert_eq!(sx.nnz(), x.iter().filter(|v| **v != 0.0).count());
+
+            let mut y = Array2::from_elem((m, n), 1.0f32);
+            sparse_matmul(&sx, w.view(), 0.5, y.view_mut());
+            let expected = x.dot(&w) + 0.5;
+            assert!(y.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
+
+            // The weight gradient, into a transposed (column-major) buffer as Linear keeps it.
+            let mut c = Array2::from_elem((n, k), 2.0f32);
+            sparse_matmul_tn(&sx, dy.view(), 1.0, c.view_mut().reversed_axes());
+            let expected = x.t().dot(&dy) + 2.0;
+            assert!(c.t().iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    fn reassigning_replaces_everything() {
+        let mut sx = SparseRows::new();
+        sx.assign(Array2::from_elem((5, 5), 1.0f32).view());
+        sx.assign(ndarray::array![[0.0f32, 0.0], [0.0, 4.0]].view());
+        assert_eq!((sx.rows(), sx.cols(), sx.nnz()), (2, 2, 1));
+        assert_eq!(sx.density(), 0.25);
+        let mut y = Array2::zeros((2, 1));
+        sparse_matmul(&sx, ndarray::array![[1.0f32], [2.0]].view(), 0.0, y.view_mut());
+        assert_eq!(y, ndarray::array![[0.0], [8.0]]);
+    }
+}
