@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ndarray::{Array2, ArrayView2};
-use nn::{Mlp, MlpConfig, Tape};
+use nn::{Grads, Mlp, MlpConfig, Tape};
 use optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig, WeightDecay};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -55,26 +55,37 @@ fn batch(tiny: &Value) -> (Array2<f32>, Vec<usize>) {
     (x, y)
 }
 
-/// Forward and backward on one batch: returns (loss, logits).
-fn forward_backward(mlp: &mut Mlp, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>) {
+/// Forward and backward on one batch: returns (loss, logits, gradients).
+fn forward_backward(mlp: &Mlp, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, Grads) {
     let mut tape = Tape::new();
     let input = tape.input(x);
     let logits = mlp.forward(&mut tape, input);
     let loss = tape.cross_entropy(logits, y);
-    tape.backward(loss, mlp.params_mut());
-    (tape.value(loss)[[0, 0]], tape.value(logits).iter().copied().collect())
+    let mut grads = Grads::new(mlp.params());
+    tape.backward(loss, mlp.params(), &mut grads);
+    (tape.value(loss)[[0, 0]], tape.value(logits).iter().copied().collect(), grads)
+}
+
+/// Each parameter's name with its gradient in row-major (PyTorch's) order.
+fn named_grads(mlp: &Mlp, grads: &Grads) -> Vec<(String, Vec<f32>)> {
+    (0..mlp.params().len())
+        .map(|i| {
+            let id = mlp.param_id(i);
+            (mlp.params().get(id).name().to_owned(), grads.to_row_major(mlp.params(), id).unwrap())
+        })
+        .collect()
 }
 
 #[test]
 fn tiny_forward_loss_and_gradients_match_pytorch() {
     let Some(tiny) = tiny() else { return };
-    let mut mlp = tiny_model(&tiny, &tiny["init"]);
+    let mlp = tiny_model(&tiny, &tiny["init"]);
     let (x, y) = batch(&tiny);
-    let (loss, logits) = forward_backward(&mut mlp, x.view(), &y);
+    let (loss, logits, grads) = forward_backward(&mlp, x.view(), &y);
     assert_close("logits", &logits, &floats(&tiny["logits"]));
     assert_close("loss", &[loss], &[tiny["loss"].as_f64().unwrap() as f32]);
-    for p in mlp.params().iter() {
-        assert_close(&format!("grad {}", p.name()), &p.grad_to_row_major().unwrap(), &floats(&tiny["grads"][p.name()]));
+    for (name, grad) in named_grads(&mlp, &grads) {
+        assert_close(&format!("grad {name}"), &grad, &floats(&tiny["grads"][&name]));
     }
 }
 
@@ -145,10 +156,10 @@ fn optimizer_trajectories_match_pytorch() {
         let mut mlp = tiny_model(&tiny, &tiny["init"]);
         let mut opt = optimizer_for(name);
         for (k, step) in steps.as_array().unwrap().iter().enumerate() {
-            let (loss, _) = forward_backward(&mut mlp, x.view(), &y);
+            let (loss, _, grads) = forward_backward(&mlp, x.view(), &y);
             let want = step["loss_before_step"].as_f64().unwrap() as f32;
             assert_close(&format!("{name} step {k} loss"), &[loss], &[want]);
-            opt.step(mlp.params_mut()).unwrap();
+            opt.step(mlp.params_mut(), &grads).unwrap();
             for p in mlp.params().iter() {
                 let want = floats(&step["params_after_step"][p.name()]);
                 assert_close(&format!("{name} step {k} {}", p.name()), &p.to_row_major(), &want);
@@ -180,6 +191,7 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
         (name, shape, values)
     });
     let mut mlp = Mlp::from_named(&config, named.collect()).unwrap();
+    let ids: Vec<_> = (0..mlp.params().len()).map(|i| mlp.param_id(i)).collect();
     let (_, input) = tensor(&st, "input");
     let x = Array2::from_shape_vec((64, 784), input).unwrap();
     let labels = st.tensor("labels").unwrap();
@@ -187,26 +199,27 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     let y: Vec<usize> =
         labels.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
 
-    let (loss, logits) = forward_backward(&mut mlp, x.view(), &y);
+    let (loss, logits, grads) = forward_backward(&mlp, x.view(), &y);
     assert_close("logits", &logits, &tensor(&st, "logits").1);
     assert_close("loss", &[loss], &tensor(&st, "loss").1);
-    for p in mlp.params().iter() {
-        let want = tensor(&st, &format!("grad.{}", p.name())).1;
-        assert_close(&format!("grad.{}", p.name()), &p.grad_to_row_major().unwrap(), &want);
+    for (name, grad) in named_grads(&mlp, &grads) {
+        assert_close(&format!("grad.{name}"), &grad, &tensor(&st, &format!("grad.{name}")).1);
     }
 
     // Adam fed PyTorch's own gradients must land on PyTorch's parameters.
     let mut on_torch_grads = mlp.clone();
-    for p in on_torch_grads.params_mut().iter_mut() {
+    let mut torch_grads = Grads::new(mlp.params());
+    for &id in &ids {
+        let p = mlp.params().get(id);
         let (shape, grad) = tensor(&st, &format!("grad.{}", p.name()));
         // PyTorch's gradients are row-major; the parameter may store column-major.
-        let grad = match (p.layout(), &shape[..]) {
+        let grad: Vec<f32> = match (p.layout(), &shape[..]) {
             (nn::Layout::ColumnMajor, &[r, c]) => (0..r * c).map(|i| grad[(i % r) * c + i / r]).collect(),
             _ => grad,
         };
-        p.set_grad(&grad);
+        torch_grads.set(id, &grad);
     }
-    Adam::new(AdamConfig::default()).unwrap().step(on_torch_grads.params_mut()).unwrap();
+    Adam::new(AdamConfig::default()).unwrap().step(on_torch_grads.params_mut(), &torch_grads).unwrap();
     for p in on_torch_grads.params().iter() {
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
         assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), &p.to_row_major(), &want);
@@ -217,8 +230,8 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     // where a gradient is a near-cancelling sum as small as eps.
     let lr = f64::from(AdamConfig::default().lr);
     let eps = f64::from(AdamConfig::default().eps);
-    let ours: Vec<Vec<f32>> = mlp.params().iter().map(|p| p.grad_to_row_major().unwrap()).collect();
-    Adam::new(AdamConfig::default()).unwrap().step(mlp.params_mut()).unwrap();
+    let ours: Vec<Vec<f32>> = named_grads(&mlp, &grads).into_iter().map(|(_, g)| g).collect();
+    Adam::new(AdamConfig::default()).unwrap().step(mlp.params_mut(), &grads).unwrap();
     for (p, our_grad) in mlp.params().iter().zip(&ours) {
         let (_, torch_grad) = tensor(&st, &format!("grad.{}", p.name()));
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
@@ -234,7 +247,7 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
             );
         }
     }
-    let (loss_after, _) = forward_backward(&mut mlp, x.view(), &y);
+    let (loss_after, _, _) = forward_backward(&mlp, x.view(), &y);
     assert_close("adam_step1.loss", &[loss_after], &tensor(&st, "adam_step1.loss").1);
 }
 

@@ -3,10 +3,11 @@
 use std::io::Write;
 
 use anyhow::Result;
-use data::{Batch, Dataset, Loader, Order};
+use data::{Batch, Dataset};
 use metrics::ConfusionMatrix;
 use ndarray::Array2;
 use nn::Mlp;
+use rayon::prelude::*;
 
 use crate::args::EvalArgs;
 use crate::{checkpoint, load_mnist, plots};
@@ -32,25 +33,31 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `mlp` on the samples `indices` of `data`, in that order, without a tape.
+/// Evaluates `mlp` on the samples `indices` of `data`, in that order, without a tape. Batches
+/// are evaluated in parallel across the rayon pool and combined in order, so the results do not
+/// depend on the number of threads.
 pub fn evaluate(mlp: &Mlp, data: &Dataset, indices: &[usize]) -> Evaluation {
-    let mut loader = Loader::new(data, indices.to_vec(), EVAL_BATCH, Order::Sequential);
-    loader.set_epoch(0);
-    let mut batch = Batch::new();
+    let parts: Vec<(f64, ConfusionMatrix, Vec<usize>)> = indices
+        .par_chunks(EVAL_BATCH)
+        .map(|chunk| {
+            let mut batch = Batch::new();
+            batch.fill(data, chunk);
+            let logits = mlp.logits(batch.x());
+            let mut log_probs = Array2::zeros(logits.dim());
+            tensor::log_softmax_rows(logits.view(), log_probs.view_mut());
+            let loss = -batch.labels().iter().enumerate().map(|(i, &y)| f64::from(log_probs[[i, y]])).sum::<f64>();
+            let predicted = tensor::argmax_rows(logits.view());
+            let mut confusion = ConfusionMatrix::new(data.classes());
+            confusion.add_batch(batch.labels(), &predicted);
+            (loss, confusion, predicted)
+        })
+        .collect();
     let mut confusion = ConfusionMatrix::new(data.classes());
     let mut predictions = Vec::with_capacity(indices.len());
-    let mut total_loss = 0.0f64;
-    let mut log_probs = Array2::zeros((0, 0));
-    for b in 0..loader.num_batches() {
-        loader.fill(b, &mut batch);
-        let logits = mlp.logits(batch.x());
-        if log_probs.dim() != logits.dim() {
-            log_probs = Array2::zeros(logits.dim());
-        }
-        tensor::log_softmax_rows(logits.view(), log_probs.view_mut());
-        total_loss -= batch.labels().iter().enumerate().map(|(i, &y)| f64::from(log_probs[[i, y]])).sum::<f64>();
-        let predicted = tensor::argmax_rows(logits.view());
-        confusion.add_batch(batch.labels(), &predicted);
+    let mut total_loss = 0.0;
+    for (loss, part, predicted) in parts {
+        total_loss += loss;
+        confusion.merge(&part);
         predictions.extend(predicted);
     }
     let loss = if indices.is_empty() { 0.0 } else { total_loss / indices.len() as f64 };

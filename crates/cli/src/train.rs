@@ -9,12 +9,13 @@ use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use data::{Batch, Loader, Order};
+use data::{Batch, Dataset, Loader, Order};
 use indicatif::{ProgressBar, ProgressStyle};
-use nn::{Mlp, Tape};
+use nn::{Grads, Mlp, Tape};
 use optim::{Adam, Optimizer, Sgd};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::args::{OptimizerConfig, TrainConfig};
 use crate::eval::{Evaluation, evaluate, print_test_results};
@@ -111,8 +112,10 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         );
     }
 
-    let mut tape = Tape::new();
-    let mut batch = Batch::new();
+    // One shard per thread: each takes an equal part of every batch.
+    let threads = cfg.threads.min(cfg.batch_size);
+    let mut shards: Vec<Shard> = (0..threads).map(|_| Shard::new()).collect();
+    let mut grads: Vec<Grads> = (0..threads).map(|_| Grads::new(mlp.params())).collect();
     let mut history: Vec<EpochRecord> = Vec::with_capacity(cfg.epochs);
     let mut best: Option<(f64, usize, Mlp)> = None;
     let steps = loader.num_batches();
@@ -122,12 +125,8 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for step in 0..steps {
-            loader.fill(step, &mut batch);
-            tape.clear();
-            let x = tape.input(batch.x());
-            let logits = mlp.forward(&mut tape, x);
-            let loss_var = tape.cross_entropy(logits, batch.labels());
-            let loss = tape.value(loss_var)[[0, 0]];
+            let (loss, right, parts) =
+                forward_backward(&mut shards, &mut grads, &mlp, train_set, loader.batch_indices(step));
             if !loss.is_finite() {
                 bar.abandon();
                 bail!(
@@ -138,10 +137,9 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
                     optimizer.learning_rate()
                 );
             }
-            correct += count_correct(tape.value(logits), batch.labels());
-            tape.backward(loss_var, mlp.params_mut());
-            optimizer.step(mlp.params_mut())?;
-            loss_sum += f64::from(loss);
+            correct += right;
+            optimizer.step_sum(mlp.params_mut(), &grads[..parts])?;
+            loss_sum += loss;
             bar.inc(1);
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -202,6 +200,61 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         }
     }
     Ok(TrainOutcome { model: mlp, history, test })
+}
+
+/// One thread's part of every batch: its rows and its tape, both reused.
+struct Shard {
+    batch: Batch,
+    tape: Tape,
+    loss: f32,
+    correct: usize,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self { batch: Batch::new(), tape: Tape::new(), loss: 0.0, correct: 0 }
+    }
+
+    /// Forward and backward over the samples `indices`, which are the share `scale` of a batch:
+    /// the gradient written into `grads` is that share of the batch's.
+    fn run(&mut self, mlp: &Mlp, data: &Dataset, indices: &[usize], scale: f32, grads: &mut Grads) {
+        self.batch.fill(data, indices);
+        self.tape.clear();
+        let x = self.tape.input(self.batch.x());
+        let logits = mlp.forward(&mut self.tape, x);
+        let loss = self.tape.cross_entropy(logits, self.batch.labels());
+        self.loss = self.tape.value(loss)[[0, 0]];
+        self.correct = count_correct(self.tape.value(logits), self.batch.labels());
+        self.tape.backward_scaled(loss, scale, mlp.params(), grads);
+    }
+}
+
+/// Forward and backward over one batch, split into equal parts across the shards' threads
+/// (the parts' gradients are summed, in shard order, by the optimizer's step, so a run is
+/// reproducible for a given number of threads). Returns the batch's mean loss, how many of its
+/// samples were classified right, and how many shards took part.
+fn forward_backward(
+    shards: &mut [Shard],
+    grads: &mut [Grads],
+    mlp: &Mlp,
+    data: &Dataset,
+    indices: &[usize],
+) -> (f64, usize, usize) {
+    let n = indices.len();
+    let parts = shards.len().min(n).max(1);
+    let shards = &mut shards[..parts];
+    let range = |s: usize| s * n / parts..(s + 1) * n / parts;
+    if parts == 1 {
+        shards[0].run(mlp, data, indices, 1.0, &mut grads[0]);
+    } else {
+        shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
+            let rows = range(s);
+            let scale = rows.len() as f32 / n as f32;
+            shard.run(mlp, data, &indices[rows], scale, grads);
+        });
+    }
+    let loss = shards.iter().enumerate().map(|(s, sh)| f64::from(sh.loss) * range(s).len() as f64 / n as f64).sum();
+    (loss, shards.iter().map(|sh| sh.correct).sum(), parts)
 }
 
 /// `Epoch 1/10, Loss: 0.2934` as the notebook prints it, then the extra figures.

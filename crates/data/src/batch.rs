@@ -207,16 +207,26 @@ impl<'a> Loader<'a> {
         self.data
     }
 
+    /// The sample indices of batch number `b` of the current epoch, for callers that split a
+    /// batch (filling each part with [`Batch::fill`]).
+    ///
+    /// # Panics
+    /// If `b >= self.num_batches()`.
+    #[track_caller]
+    pub fn batch_indices(&self, b: usize) -> &[usize] {
+        assert!(b < self.num_batches(), "batch {b} out of range for {} batches", self.num_batches());
+        let start = b * self.batch_size;
+        let end = (start + self.batch_size).min(self.order.len());
+        &self.order[start..end]
+    }
+
     /// Fills `batch` with batch number `b` of the current epoch.
     ///
     /// # Panics
     /// If `b >= self.num_batches()`.
     #[track_caller]
     pub fn fill(&self, b: usize, batch: &mut Batch) {
-        assert!(b < self.num_batches(), "batch {b} out of range for {} batches", self.num_batches());
-        let start = b * self.batch_size;
-        let end = (start + self.batch_size).min(self.order.len());
-        batch.fill(self.data, &self.order[start..end]);
+        batch.fill(self.data, self.batch_indices(b));
     }
 
     /// The current epoch's batches as owned arrays: simple, but it allocates each batch.

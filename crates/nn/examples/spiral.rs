@@ -9,7 +9,7 @@ use std::f32::consts::PI;
 use std::process::ExitCode;
 
 use ndarray::Array2;
-use nn::{Mlp, MlpConfig, Tape};
+use nn::{Grads, Mlp, MlpConfig, Tape};
 use optim::{Adam, AdamConfig, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,14 +39,15 @@ fn train(verbose: bool) -> f32 {
     let mut mlp = Mlp::new(&MlpConfig { widths: vec![2, 64, 64, 3], output_relu: false }, &mut rng);
     let mut adam = Adam::new(AdamConfig { lr: 1e-2, ..AdamConfig::default() }).expect("valid config");
     let mut tape = Tape::new();
+    let mut grads = Grads::new(mlp.params());
 
     for epoch in 1..=500 {
         tape.clear();
         let input = tape.input(x.view());
         let logits = mlp.forward(&mut tape, input);
         let loss = tape.cross_entropy(logits, &y);
-        tape.backward(loss, mlp.params_mut());
-        adam.step(mlp.params_mut()).expect("every parameter has a gradient");
+        tape.backward(loss, mlp.params(), &mut grads);
+        adam.step(mlp.params_mut(), &grads).expect("every parameter has a gradient");
         if verbose && epoch % 100 == 0 {
             println!("epoch {epoch:3}: loss {:.4}", tape.value(loss)[[0, 0]]);
         }

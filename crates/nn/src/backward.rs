@@ -1,29 +1,41 @@
 //! The backward pass: every derivative rule in one `match`, read as a table.
 
+use crate::grads::Grads;
 use crate::loss::softmax_cross_entropy_backward;
 use crate::params::Params;
 use crate::tape::{Op, Tape, Var};
 
 impl Tape {
     /// Computes the gradient of the scalar `loss` with respect to every parameter that took part
-    /// in it, writing each into its parameter's gradient buffer (overwriting the last step's: there
-    /// is nothing to zero beforehand). Parameters the loss does not depend on are left with no
-    /// gradient, which optimizers refuse.
+    /// in it, writing each into `grads` (overwriting the last step's: there is nothing to zero
+    /// beforehand). Parameters the loss does not depend on are left with no gradient, which
+    /// optimizers refuse. `params` must be the parameters the ops were recorded with.
     ///
     /// # Panics
-    /// If `loss` is not a 1x1 value of this tape.
+    /// If `loss` is not a 1x1 value of this tape, or `grads` is not for `params`.
     #[track_caller]
-    pub fn backward(&mut self, loss: Var, params: &mut Params) {
+    pub fn backward(&mut self, loss: Var, params: &Params, grads: &mut Grads) {
+        self.backward_scaled(loss, 1.0, params, grads);
+    }
+
+    /// [`Tape::backward`] for `scale * loss`: when a batch is split in parts whose mean losses
+    /// are computed apart, part `i` of `n_i` rows out of `n` has `scale = n_i / n`, and the
+    /// parts' gradients sum to the whole batch's.
+    ///
+    /// # Panics
+    /// As [`Tape::backward`].
+    #[track_caller]
+    pub fn backward_scaled(&mut self, loss: Var, scale: f32, params: &Params, grads: &mut Grads) {
         self.check(loss);
         let node = &self.nodes[loss.index];
         assert!(node.rows == 1 && node.cols == 1, "backward needs a scalar loss, got {}x{}", node.rows, node.cols);
-        params.begin_backward();
+        grads.begin_backward(params);
         for node in &mut self.nodes[..self.len] {
             node.grad_written = false;
         }
         if self.nodes[loss.index].needs_grad {
             let (mut seed, _) = self.nodes[loss.index].grad_to_write();
-            seed.fill(1.0);
+            seed.fill(scale);
         }
 
         for i in (0..=loss.index).rev() {
@@ -38,7 +50,8 @@ impl Tape {
                 Op::Linear { x, weight, bias, sparse } => {
                     // y = x·Wᵀ + b:  dW += dyᵀ·x,  db += Σ_rows dy,  dx += dy·W.
                     let input = &mut before[x.index];
-                    let (w, dw, beta) = params.matrix_grad(weight);
+                    let w = params.matrix(weight);
+                    let (dw, beta) = grads.matrix_mut(params, weight);
                     if sparse {
                         // dWᵀ += xᵀ·dy over x's nonzero entries, into dW's contiguous columns.
                         tensor::sparse_matmul_tn(&node.sparse, dy, beta, dw.reversed_axes());
@@ -50,13 +63,13 @@ impl Tape {
                         tensor::matmul(1.0, dy, w, beta, dx);
                     }
                     if let Some(b) = bias {
-                        let (db, beta) = params.vector_grad(b);
+                        let (db, beta) = grads.vector_mut(b);
                         tensor::sum_rows(dy, beta, db);
                     }
                 }
                 Op::AddBias { x, bias } => {
                     // y = x + b:  db += Σ_rows dy,  dx += dy.
-                    let (db, beta) = params.vector_grad(bias);
+                    let (db, beta) = grads.vector_mut(bias);
                     tensor::sum_rows(dy, beta, db);
                     let input = &mut before[x.index];
                     if input.needs_grad {
@@ -88,7 +101,7 @@ impl Tape {
                 }
             }
         }
-        params.end_backward();
+        grads.end_backward();
     }
 }
 

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::backward::broken_rule;
-use crate::{Mlp, MlpConfig, ParamId, Params, Tape};
+use crate::{Grads, Mlp, MlpConfig, ParamId, Params, Tape};
 
 /// Central differences of `f` at `at`, one coordinate at a time, in f64.
 fn numeric_grad(f: impl Fn(&[f64]) -> f64, at: &[f64]) -> Vec<f64> {
@@ -81,8 +81,15 @@ fn param(params: &Params, id: ParamId) -> Vec<f64> {
     as_f64(&params.get(id).to_row_major())
 }
 
-fn grad(params: &Params, id: ParamId) -> Vec<f32> {
-    params.get(id).grad_to_row_major().expect("backward reached the parameter")
+fn grad(params: &Params, grads: &Grads, id: ParamId) -> Vec<f32> {
+    grads.to_row_major(params, id).expect("backward reached the parameter")
+}
+
+/// Runs the backward pass of `loss` into fresh gradients.
+fn backward(tape: &mut Tape, loss: crate::Var, params: &Params) -> Grads {
+    let mut grads = Grads::new(params);
+    tape.backward(loss, params, &mut grads);
+    grads
 }
 
 #[test]
@@ -97,7 +104,7 @@ fn cross_entropy_gradient_wrt_logits() {
     let input = tape.input(to_f32(&x).view());
     let logits = tape.matmul_t(&params, input, w);
     let loss = tape.cross_entropy(logits, &labels);
-    tape.backward(loss, &mut params);
+    backward(&mut tape, loss, &params);
 
     let z = as_f64(tape.value(logits).as_slice().unwrap());
     let f = |z: &[f64]| ce(ArrayView2::from_shape((n, c), z).unwrap(), &labels);
@@ -122,7 +129,7 @@ fn linear_gradients_wrt_weight_bias_and_input() {
     let a = tape.add_bias(&params, input, shift);
     let y = tape.linear(&params, a, w, b);
     let loss = tape.cross_entropy(y, &labels);
-    tape.backward(loss, &mut params);
+    let grads = backward(&mut tape, loss, &params);
 
     let av = as_f64(tape.value(a).as_slice().unwrap());
     let (wv, bv) = (param(&params, w), param(&params, b));
@@ -130,8 +137,8 @@ fn linear_gradients_wrt_weight_bias_and_input() {
     let by_w = |w: &[f64]| ce(linear(view(&av).view(), w, Some(&bv), c).view(), &labels);
     let by_b = |b: &[f64]| ce(linear(view(&av).view(), &wv, Some(b), c).view(), &labels);
     let by_a = |a: &[f64]| ce(linear(view(a).view(), &wv, Some(&bv), c).view(), &labels);
-    compare("dW", &grad(&params, w), &numeric_grad(by_w, &wv)).unwrap();
-    compare("db", &grad(&params, b), &numeric_grad(by_b, &bv)).unwrap();
+    compare("dW", &grad(&params, &grads, w), &numeric_grad(by_w, &wv)).unwrap();
+    compare("db", &grad(&params, &grads, b), &numeric_grad(by_b, &bv)).unwrap();
     let da = tape.grad(a).unwrap().to_owned();
     compare("dx", da.as_slice().unwrap(), &numeric_grad(by_a, &av)).unwrap();
 }
@@ -150,14 +157,14 @@ fn matmul_and_add_bias_gradients() {
     let m = tape.matmul_t(&params, input, w);
     let y = tape.add_bias(&params, m, b);
     let loss = tape.cross_entropy(y, &labels);
-    tape.backward(loss, &mut params);
+    let grads = backward(&mut tape, loss, &params);
 
     let (wv, bv) = (param(&params, w), param(&params, b));
     let xv = x.mapv(|v| f64::from(v as f32));
     let f_w = |w: &[f64]| ce(linear(xv.view(), w, Some(&bv), c).view(), &labels);
     let f_b = |b: &[f64]| ce(linear(xv.view(), &wv, Some(b), c).view(), &labels);
-    compare("dW", &grad(&params, w), &numeric_grad(f_w, &wv)).unwrap();
-    compare("db", &grad(&params, b), &numeric_grad(f_b, &bv)).unwrap();
+    compare("dW", &grad(&params, &grads, w), &numeric_grad(f_w, &wv)).unwrap();
+    compare("db", &grad(&params, &grads, b), &numeric_grad(f_b, &bv)).unwrap();
     let mv = as_f64(tape.value(m).as_slice().unwrap());
     let f_m = |m: &[f64]| {
         let mut z = ArrayView2::from_shape((n, c), m).unwrap().to_owned();
@@ -184,7 +191,7 @@ fn relu_gradient_wrt_its_input() {
     let r = tape.relu(a);
     let y = tape.linear(&params, r, w, b);
     let loss = tape.cross_entropy(y, &labels);
-    tape.backward(loss, &mut params);
+    backward(&mut tape, loss, &params);
 
     let av = as_f64(tape.value(a).as_slice().unwrap());
     assert!(av.iter().any(|&v| v < 0.0) && av.iter().all(|&v| v.abs() > 1e-4), "inputs on both sides, off the kink");
@@ -212,11 +219,11 @@ fn a_weight_used_twice_accumulates_both_contributions() {
     let r = tape.relu(h);
     let y = tape.matmul_t(&params, r, w);
     let loss = tape.cross_entropy(y, &labels);
-    tape.backward(loss, &mut params);
+    let grads = backward(&mut tape, loss, &params);
 
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |w: &[f64]| ce(linear(relu(linear(xv.view(), w, None, k)).view(), w, None, k).view(), &labels);
-    compare("dW (tied)", &grad(&params, w), &numeric_grad(f, &param(&params, w))).unwrap();
+    compare("dW (tied)", &grad(&params, &grads, w), &numeric_grad(f, &param(&params, w))).unwrap();
 }
 
 /// The whole MLP and loss in f64, with every parameter taken from `flat` in `state_dict` order.
@@ -240,21 +247,74 @@ fn mlp_loss(config: &MlpConfig, flat: &[f64], x: ArrayView2<f64>, labels: &[usiz
 fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
     let config = MlpConfig { widths: vec![5, 7, 6, 4], output_relu };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut mlp = Mlp::new(&config, &mut rng);
+    let mlp = Mlp::new(&config, &mut rng);
     let x = random(&mut rng, 6, 5);
     let labels = [0, 1, 2, 3, 2, 1];
     let mut tape = Tape::new();
     let input = tape.input(to_f32(&x).view());
     let logits = mlp.forward(&mut tape, input);
     let loss = tape.cross_entropy(logits, &labels);
-    tape.backward(loss, mlp.params_mut());
+    let grads = backward(&mut tape, loss, mlp.params());
 
     let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(&p.to_row_major())).collect();
-    let analytic: Vec<f32> = mlp.params().iter().flat_map(|p| p.grad_to_row_major().unwrap()).collect();
+    let analytic: Vec<f32> =
+        (0..mlp.params().len()).flat_map(|i| grads.to_row_major(mlp.params(), mlp.param_id(i)).unwrap()).collect();
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |flat: &[f64]| mlp_loss(&config, flat, xv.view(), &labels);
     assert!((f64::from(tape.value(loss)[[0, 0]]) - f(&flat)).abs() < 1e-5, "forward matches the f64 model");
     compare("MLP parameters", &analytic, &numeric_grad(f, &flat))
+}
+
+#[test]
+fn the_sparse_first_layer_has_the_dense_gradients() {
+    // Data that is 80% zeros takes the sparse path (the weight is column-major as in Linear);
+    // the same values with an explicit dense copy through AddBias take the dense path.
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (n, k, c) = (6, 20, 4);
+    let x = Array2::from_shape_fn((n, k), |_| if rng.random_bool(0.2) { rng.random_range(0.1f32..1.0) } else { 0.0 });
+    let labels = [0, 1, 2, 3, 0, 1];
+    let mut params = Params::new();
+    let w_values = to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0;
+    let w = params.add_with_layout("w", &[c, k], w_values, crate::Layout::ColumnMajor);
+    let b = params.add("b", &[c], vec![0.1, 0.0, -0.1, 0.2]);
+    let mut tape = Tape::new();
+    let input = tape.input(x.view());
+    let y = tape.linear(&params, input, w, b);
+    assert!(matches!(tape.nodes[y.index].op, crate::tape::Op::Linear { sparse: true, .. }), "took the sparse path");
+    let loss = tape.cross_entropy(y, &labels);
+    let grads = backward(&mut tape, loss, &params);
+
+    let (wv, bv) = (param(&params, w), param(&params, b));
+    let xv = x.mapv(f64::from);
+    let f_w = |w: &[f64]| ce(linear(xv.view(), w, Some(&bv), c).view(), &labels);
+    compare("sparse dW", &grad(&params, &grads, w), &numeric_grad(f_w, &wv)).unwrap();
+    let f_b = |b: &[f64]| ce(linear(xv.view(), &wv, Some(b), c).view(), &labels);
+    compare("sparse db", &grad(&params, &grads, b), &numeric_grad(f_b, &bv)).unwrap();
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - f_w(&wv)).abs() < 1e-5);
+}
+
+#[test]
+fn halves_of_a_batch_scaled_by_their_share_sum_to_the_whole_batchs_gradient() {
+    let config = MlpConfig { widths: vec![5, 6, 3], output_relu: false };
+    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(13));
+    let x = to_f32(&random(&mut ChaCha8Rng::seed_from_u64(14), 5, 5));
+    let labels = [0, 1, 2, 1, 0];
+    let run = |rows: std::ops::Range<usize>, scale: f32| {
+        let mut tape = Tape::new();
+        let input = tape.input(x.slice(ndarray::s![rows.clone(), ..]));
+        let logits = mlp.forward(&mut tape, input);
+        let loss = tape.cross_entropy(logits, &labels[rows]);
+        let mut grads = Grads::new(mlp.params());
+        tape.backward_scaled(loss, scale, mlp.params(), &mut grads);
+        grads
+    };
+    let whole = run(0..5, 1.0);
+    let mut parts = run(0..2, 2.0 / 5.0);
+    parts.add(&run(2..5, 3.0 / 5.0));
+    for i in 0..4 {
+        let (a, b) = (whole.get(mlp.param_id(i)).unwrap(), parts.get(mlp.param_id(i)).unwrap());
+        assert!(a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-6), "parameter {i}");
+    }
 }
 
 #[test]
@@ -276,19 +336,20 @@ fn the_check_catches_a_deliberately_wrong_rule() {
 #[test]
 fn backward_overwrites_rather_than_accumulates_across_steps() {
     let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
-    let mut mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(8));
+    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(8));
     let x = Array2::from_shape_fn((2, 3), |(i, j)| (i + j) as f32 * 0.3);
     let mut tape = Tape::new();
-    let mut grads = vec![];
+    let mut grads = Grads::new(mlp.params());
+    let mut seen = vec![];
     for _ in 0..2 {
         tape.clear();
         let input = tape.input(x.view());
         let logits = mlp.forward(&mut tape, input);
         let loss = tape.cross_entropy(logits, &[1, 0]);
-        tape.backward(loss, mlp.params_mut());
-        grads.push(mlp.params().iter().flat_map(|p| p.grad().unwrap().to_vec()).collect::<Vec<_>>());
+        tape.backward(loss, mlp.params(), &mut grads);
+        seen.push((0..4).flat_map(|i| grads.get(mlp.param_id(i)).unwrap().to_vec()).collect::<Vec<_>>());
     }
-    assert_eq!(grads[0], grads[1]);
+    assert_eq!(seen[0], seen[1]);
 }
 
 #[test]
@@ -300,9 +361,9 @@ fn a_parameter_outside_the_loss_has_no_gradient() {
     let x = tape.input(Array2::ones((1, 2)).view());
     let y = tape.matmul_t(&params, x, used);
     let loss = tape.cross_entropy(y, &[0]);
-    tape.backward(loss, &mut params);
-    assert!(params.get(used).grad().is_some());
-    assert!(params.get(unused).grad().is_none());
+    let grads = backward(&mut tape, loss, &params);
+    assert!(grads.get(used).is_some());
+    assert!(grads.get(unused).is_none());
 }
 
 #[test]
@@ -316,26 +377,27 @@ fn extreme_logits_give_finite_losses_and_gradients() {
     let x = tape.input(z.view());
     let logits = tape.matmul_t(&params, x, eye);
     let loss = tape.cross_entropy(logits, &[1, 2, 0, 1]);
-    tape.backward(loss, &mut params);
+    let grads = backward(&mut tape, loss, &params);
     let expected = (2e4 + 2.0 * 3f64.ln() + 0.0) / 4.0;
     assert!((f64::from(tape.value(loss)[[0, 0]]) - expected).abs() < 1e-3);
     assert!(tape.grad(logits).unwrap().iter().all(|g| g.is_finite()));
-    assert!(params.get(eye).grad().unwrap().iter().all(|g| g.is_finite()));
+    assert!(grads.get(eye).unwrap().iter().all(|g| g.is_finite()));
 }
 
 #[test]
 fn a_cleared_tape_reuses_its_buffers() {
     let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
-    let mut mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(9));
+    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(9));
     let x = Array2::<f32>::ones((5, 3));
     let mut tape = Tape::new();
+    let mut grads = Grads::new(mlp.params());
     let mut pointers = vec![];
     for _ in 0..3 {
         tape.clear();
         let input = tape.input(x.view());
         let logits = mlp.forward(&mut tape, input);
         let loss = tape.cross_entropy(logits, &[0, 1, 0, 1, 1]);
-        tape.backward(loss, mlp.params_mut());
+        tape.backward(loss, mlp.params(), &mut grads);
         pointers.push(tape.nodes.iter().map(|n| (n.value.as_ptr(), n.grad.as_ptr())).collect::<Vec<_>>());
     }
     assert_eq!(pointers[0], pointers[1]);

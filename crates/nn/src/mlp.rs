@@ -145,9 +145,19 @@ impl Mlp {
         &self.params
     }
 
-    /// The parameters, for a backward pass or an optimizer to write.
+    /// The parameters, for an optimizer or a loader to change.
     pub fn params_mut(&mut self) -> &mut Params {
         &mut self.params
+    }
+
+    /// The id of the `i`-th parameter in `state_dict` order (`fc1.weight`, `fc1.bias`, ...).
+    ///
+    /// # Panics
+    /// If there are not that many parameters.
+    #[track_caller]
+    pub fn param_id(&self, i: usize) -> crate::ParamId {
+        let layer = &self.layers[i / 2];
+        if i.is_multiple_of(2) { layer.weight } else { layer.bias }
     }
 
     /// Records the forward pass on `tape` and returns the logits.

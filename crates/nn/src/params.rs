@@ -1,7 +1,7 @@
-//! Parameters live outside the tape, by id and by name, with a gradient buffer each that is
-//! reused from step to step and overwritten by every backward pass.
+//! Parameters live outside the tape, by id and by name. Their gradients live apart, in
+//! [`Grads`](crate::Grads), so that several tapes can read the same parameters at once.
 
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, ShapeBuilder};
+use ndarray::{ArrayView1, ArrayView2, ShapeBuilder};
 
 /// A handle to one parameter of a [`Params`] set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,19 +26,13 @@ pub enum Layout {
     ColumnMajor,
 }
 
-/// One named parameter: its shape, its values and its gradient, stored flat in the same
-/// [`Layout`].
+/// One named parameter: its shape and its values, stored flat in its [`Layout`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
     name: String,
     shape: Vec<usize>,
     layout: Layout,
     value: Vec<f32>,
-    grad: Vec<f32>,
-    /// Whether the last backward pass wrote `grad`.
-    has_grad: bool,
-    /// Whether the backward pass under way has written `grad` yet.
-    written: bool,
 }
 
 impl Param {
@@ -68,13 +62,8 @@ impl Param {
         self.reorder(&self.value, Layout::RowMajor)
     }
 
-    /// The gradient in row-major order, if a backward pass has reached this parameter.
-    pub fn grad_to_row_major(&self) -> Option<Vec<f32>> {
-        self.has_grad.then(|| self.reorder(&self.grad, Layout::RowMajor))
-    }
-
     /// `data`, stored as this parameter stores its values, reordered into `to`.
-    fn reorder(&self, data: &[f32], to: Layout) -> Vec<f32> {
+    pub(crate) fn reorder(&self, data: &[f32], to: Layout) -> Vec<f32> {
         match (self.layout, to, &self.shape[..]) {
             (Layout::RowMajor, Layout::ColumnMajor, &[r, c]) => transpose(data, r, c),
             (Layout::ColumnMajor, Layout::RowMajor, &[r, c]) => transpose(data, c, r),
@@ -87,51 +76,10 @@ impl Param {
         &mut self.value
     }
 
-    /// The gradient from the last backward pass in storage order, or `None` if no backward pass
-    /// has reached this parameter.
-    pub fn grad(&self) -> Option<&[f32]> {
-        self.has_grad.then_some(self.grad.as_slice())
-    }
-
-    /// The values to update and the gradient to update them with, borrowed together.
-    pub fn value_and_grad(&mut self) -> (&mut [f32], Option<&[f32]>) {
-        (&mut self.value, self.has_grad.then_some(self.grad.as_slice()))
-    }
-
-    /// Sets the gradient, in storage order, from elsewhere (a gradient computed outside a
-    /// [`Tape`](crate::Tape), or clipped), as if a backward pass had written it.
-    ///
-    /// # Panics
-    /// If `grad` is not as long as the parameter.
-    #[track_caller]
-    pub fn set_grad(&mut self, grad: &[f32]) {
-        assert_eq!(
-            grad.len(),
-            self.grad.len(),
-            "{}: gradient of {} for {} values",
-            self.name,
-            grad.len(),
-            self.grad.len()
-        );
-        self.grad.copy_from_slice(grad);
-        self.has_grad = true;
-    }
-
-    /// Marks the gradient as consumed or absent: [`Param::grad`] returns `None` until the next
-    /// backward pass.
-    pub fn clear_grad(&mut self) {
-        self.has_grad = false;
-    }
-
-    /// Makes ready to write the gradient in this backward pass: returns the `beta` to use,
-    /// 0 for the first write (overwrite) and 1 after (accumulate).
-    fn begin_write(&mut self) -> f32 {
-        if self.written {
-            1.0
-        } else {
-            self.written = true;
-            0.0
-        }
+    /// A matrix parameter's shape.
+    pub(crate) fn dim2(&self) -> (usize, usize) {
+        let [r, c] = self.shape[..] else { panic!("{} is {:?}, not a matrix", self.name, self.shape) };
+        (r, c)
     }
 }
 
@@ -142,7 +90,6 @@ impl Param {
 /// let w = params.add("fc1.weight", &[2, 3], vec![0.0; 6]);
 /// assert_eq!(params.by_name("fc1.weight"), Some(w));
 /// assert_eq!(params.matrix(w).dim(), (2, 3));
-/// assert!(params.get(w).grad().is_none());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Params {
@@ -185,8 +132,7 @@ impl Params {
             (Layout::ColumnMajor, &[r, c]) => transpose(&value, r, c),
             _ => value,
         };
-        let grad = vec![0.0; value.len()];
-        self.params.push(Param { name, shape: shape.to_vec(), layout, value, grad, has_grad: false, written: false });
+        self.params.push(Param { name, shape: shape.to_vec(), layout, value });
         ParamId(self.params.len() - 1)
     }
 
@@ -228,6 +174,11 @@ impl Params {
         &mut self.params[id.0]
     }
 
+    /// The ids of all parameters, in the order they were added.
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> + use<> {
+        (0..self.params.len()).map(ParamId)
+    }
+
     /// All parameters, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
         self.params.iter()
@@ -245,8 +196,7 @@ impl Params {
     #[track_caller]
     pub fn matrix(&self, id: ParamId) -> ArrayView2<'_, f32> {
         let p = &self.params[id.0];
-        let [r, c] = p.shape[..] else { panic!("{} is {:?}, not a matrix", p.name, p.shape) };
-        view2((r, c), p.layout, &p.value)
+        view2(p.dim2(), p.layout, &p.value)
     }
 
     /// A 1-D parameter as a vector view.
@@ -259,42 +209,9 @@ impl Params {
         assert_eq!(p.shape.len(), 1, "{} is {:?}, not a vector", p.name, p.shape);
         ArrayView1::from(&p.value)
     }
-
-    /// Starts a backward pass: every gradient will be overwritten by its first contribution.
-    pub(crate) fn begin_backward(&mut self) {
-        self.params.iter_mut().for_each(|p| p.written = false);
-    }
-
-    /// Ends a backward pass: parameters the pass did not reach have no gradient.
-    pub(crate) fn end_backward(&mut self) {
-        for p in &mut self.params {
-            p.has_grad = p.written;
-        }
-    }
-
-    /// A matrix parameter's value and its gradient to write, with the `beta` to write it with.
-    pub(crate) fn matrix_grad(&mut self, id: ParamId) -> (ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>, f32) {
-        let p = &mut self.params[id.0];
-        let beta = p.begin_write();
-        let [r, c] = p.shape[..] else { panic!("{} is {:?}, not a matrix", p.name, p.shape) };
-        let value = view2((r, c), p.layout, &p.value);
-        let grad = match p.layout {
-            Layout::RowMajor => ArrayViewMut2::from_shape((r, c), &mut p.grad[..]),
-            Layout::ColumnMajor => ArrayViewMut2::from_shape((r, c).f(), &mut p.grad[..]),
-        };
-        (value, grad.expect("shape matches length"), beta)
-    }
-
-    /// A vector parameter's gradient to write, with the `beta` to write it with.
-    pub(crate) fn vector_grad(&mut self, id: ParamId) -> (ArrayViewMut1<'_, f32>, f32) {
-        let p = &mut self.params[id.0];
-        let beta = p.begin_write();
-        assert_eq!(p.shape.len(), 1, "{} is {:?}, not a vector", p.name, p.shape);
-        (ArrayViewMut1::from(&mut p.grad[..]), beta)
-    }
 }
 
-fn view2(shape: (usize, usize), layout: Layout, data: &[f32]) -> ArrayView2<'_, f32> {
+pub(crate) fn view2(shape: (usize, usize), layout: Layout, data: &[f32]) -> ArrayView2<'_, f32> {
     match layout {
         Layout::RowMajor => ArrayView2::from_shape(shape, data),
         Layout::ColumnMajor => ArrayView2::from_shape(shape.f(), data),
@@ -326,10 +243,5 @@ mod tests {
         assert_eq!(params.matrix(r), params.matrix(c));
         assert_eq!(params.get(c).value(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         assert_eq!(params.get(c).to_row_major(), values);
-        let (_, mut grad, beta) = params.matrix_grad(c);
-        assert_eq!(beta, 0.0);
-        grad[[0, 2]] = 9.0;
-        params.end_backward();
-        assert_eq!(params.get(c).grad_to_row_major().unwrap(), [0.0, 0.0, 9.0, 0.0, 0.0, 0.0]);
     }
 }

@@ -78,12 +78,13 @@ impl Node {
 /// A record of operations for reverse-mode differentiation.
 ///
 /// Each op computes its value at once and appends a node; [`Tape::backward`] then walks the
-/// nodes in reverse and writes the gradient of every parameter that took part. Parameters are
-/// read from a [`Params`] set by id, never copied onto the tape.
+/// nodes in reverse and writes the gradient of every parameter that took part into a
+/// [`Grads`](crate::Grads). Parameters are read from a [`Params`] set by id, never copied onto
+/// the tape.
 ///
 /// ```
 /// use ndarray::array;
-/// use nn::{Params, Tape};
+/// use nn::{Grads, Params, Tape};
 ///
 /// // loss = cross_entropy(x·Wᵀ, label 0) for one sample with two features and two classes.
 /// let mut params = Params::new();
@@ -92,10 +93,11 @@ impl Node {
 /// let x = tape.input(array![[2.0f32, 1.0]].view());
 /// let logits = tape.matmul_t(&params, x, w);
 /// let loss = tape.cross_entropy(logits, &[0]);
-/// tape.backward(loss, &mut params);
+/// let mut grads = Grads::new(&params);
+/// tape.backward(loss, &params, &mut grads);
 /// // dlogits = softmax - onehot = [p0 - 1, p1]; dW = dlogitsᵀ·x.
 /// let p1 = 1.0 / (1.0 + 1f32.exp());
-/// let g = params.get(w).grad().unwrap();
+/// let g = grads.get(w).unwrap();
 /// assert!((g[0] + 2.0 * p1).abs() < 1e-6 && (g[3] - p1).abs() < 1e-6);
 /// ```
 #[derive(Debug, Default)]

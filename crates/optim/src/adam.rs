@@ -1,9 +1,9 @@
 //! Adam and AdamW, with PyTorch's update rule and bias correction.
 
-use nn::Params;
+use nn::{Grads, Params};
 
 use crate::error::{check, check_unit};
-use crate::state::{Slots, check_grads};
+use crate::state::{GradSum, Slots, check_grads};
 use crate::{OptimError, Optimizer, WeightDecay};
 
 /// Adam's hyperparameters. The default is `torch.optim.Adam()`'s: lr 1e-3, betas (0.9, 0.999),
@@ -57,14 +57,19 @@ impl AdamConfig {
 /// ```
 ///
 /// ```
-/// use nn::Params;
+/// use nn::{Grads, Params};
 /// use optim::{Adam, AdamConfig, Optimizer};
 /// let mut params = Params::new();
-/// params.add("w", &[1], vec![1.0]);
+/// let w = params.add("w", &[1], vec![1.0]);
+/// let mut grads = Grads::new(&params);
 /// let mut adam = Adam::new(AdamConfig::default()).unwrap();
 /// // No backward pass yet: the step is refused and nothing changes.
-/// assert!(adam.step(&mut params).is_err());
-/// assert_eq!(params.iter().next().unwrap().value(), &[1.0]);
+/// assert!(adam.step(&mut params, &grads).is_err());
+/// assert_eq!(params.get(w).value(), &[1.0]);
+/// // The first step moves each weight by about the learning rate, against its gradient.
+/// grads.set(w, &[0.25]);
+/// adam.step(&mut params, &grads).unwrap();
+/// assert!((params.get(w).value()[0] - 0.999).abs() < 1e-6);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Adam {
@@ -72,6 +77,8 @@ pub struct Adam {
     step: u64,
     /// Two buffers per parameter: the first moment, then the second.
     slots: Slots,
+    /// Where more than two gradient parts are added up.
+    scratch: Vec<f32>,
 }
 
 impl Adam {
@@ -81,7 +88,7 @@ impl Adam {
     /// A hyperparameter out of range.
     pub fn new(config: AdamConfig) -> Result<Self, OptimError> {
         config.validate()?;
-        Ok(Self { config, step: 0, slots: Slots::default() })
+        Ok(Self { config, step: 0, slots: Slots::default(), scratch: Vec::new() })
     }
 
     /// The hyperparameters.
@@ -138,8 +145,8 @@ pub struct AdamState {
 }
 
 impl Optimizer for Adam {
-    fn step(&mut self, params: &mut Params) -> Result<(), OptimError> {
-        check_grads(params)?;
+    fn step_sum(&mut self, params: &mut Params, parts: &[Grads]) -> Result<(), OptimError> {
+        check_grads(params, parts)?;
         self.slots.bind(params, 2)?;
         self.step += 1;
         let AdamConfig { lr, betas: (beta1, beta2), eps, weight_decay } = self.config;
@@ -154,10 +161,9 @@ impl Optimizer for Adam {
 
         let constants = AdamStep { shrink, l2, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, step_size };
         let mut buffers = self.slots.buffers.chunks_exact_mut(2);
-        for param in params.iter_mut() {
+        for (id, param) in params.ids().zip(params.iter_mut()) {
             let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
-            let (value, grad) = param.value_and_grad();
-            constants.apply(value, grad.expect("checked above"), m, v);
+            constants.apply(param.value_mut(), GradSum::of(parts, id, &mut self.scratch), m, v);
         }
         Ok(())
     }
@@ -187,9 +193,9 @@ struct AdamStep {
 impl AdamStep {
     /// Updates `p` from `g`, with moments `m` and `v`, split across the rayon pool when large.
     /// Each element is updated alone, so the split changes no result.
-    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    fn apply(&self, p: &mut [f32], g: GradSum, m: &mut [f32], v: &mut [f32]) {
         /// Elements per thread below which an update is not split.
-        const PARALLEL_MIN: usize = 8192;
+        const PARALLEL_MIN: usize = 4096;
         if p.len() >= 2 * PARALLEL_MIN && rayon::current_num_threads() > 1 {
             let mid = p.len() / 2;
             let (p0, p1) = p.split_at_mut(mid);
@@ -199,12 +205,16 @@ impl AdamStep {
             rayon::join(|| self.apply(p0, g0, m0, v0), || self.apply(p1, g1, m1, v1));
             return;
         }
-        self.apply_simd(p, g, m, v);
+        match g {
+            GradSum::One(g) => self.apply_simd(p, |i| g[i], m, v),
+            GradSum::Two(a, b) => self.apply_simd(p, |i| a[i] + b[i], m, v),
+        }
     }
 
     /// The update with the widest vector instructions the CPU has. Every path computes the same
     /// operations in the same order (no fused multiply-add), so results do not depend on the CPU.
-    fn apply_simd(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    #[inline(always)]
+    fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has the feature the function is compiled for.
@@ -215,20 +225,20 @@ impl AdamStep {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn apply_avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    fn apply_avx2(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         self.apply_portable(p, g, m, v);
     }
 
     #[inline(always)]
-    fn apply_portable(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    fn apply_portable(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         let n = p.len();
-        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        let (m, v) = (&mut m[..n], &mut v[..n]);
         for i in 0..n {
             let mut pi = p[i];
             if let Some(shrink) = self.shrink {
                 pi *= shrink;
             }
-            let gi = if let Some(l2) = self.l2 { g[i] + l2 * pi } else { g[i] };
+            let gi = if let Some(l2) = self.l2 { g(i) + l2 * pi } else { g(i) };
             let mi = m[i] + self.one_minus_beta1 * (gi - m[i]);
             let vi = v[i] * self.beta2 + self.one_minus_beta2 * gi * gi;
             let denom = vi.sqrt() / self.bc2_sqrt + self.eps;

@@ -20,6 +20,14 @@ pub enum OptimError {
         /// The parameter.
         name: String,
     },
+    /// The gradients are not shaped like the parameters.
+    #[error("gradients for another parameter set: {grads} gradients for {params} parameters, or of other sizes")]
+    GradsMismatch {
+        /// Parameters given.
+        params: usize,
+        /// Gradient buffers given.
+        grads: usize,
+    },
     /// The parameters differ from those the optimizer's state was built for.
     #[error("parameter {index} is {found}, but the optimizer's state is for {expected}")]
     ParamsChanged {

@@ -7,8 +7,9 @@
 //! let adam = Adam::new(AdamConfig { lr: 3e-4, ..AdamConfig::default() }).unwrap();
 //! ```
 //!
-//! There is no `zero_grad`: `nn`'s backward pass overwrites every gradient, and a step refuses
-//! a parameter that no backward pass has reached ([`OptimError::MissingGradient`]).
+//! There is no `zero_grad`: `nn`'s backward pass overwrites every gradient in its
+//! [`nn::Grads`], and a step refuses a parameter that no backward pass has reached
+//! ([`OptimError::MissingGradient`]).
 
 mod adam;
 mod error;
@@ -19,16 +20,26 @@ pub use adam::{Adam, AdamConfig, AdamState};
 pub use error::OptimError;
 pub use sgd::{Sgd, SgdConfig};
 
-use nn::Params;
+use nn::{Grads, Params};
 
 /// Updates parameters from their gradients.
 pub trait Optimizer {
-    /// Takes one step over every parameter of `params`.
+    /// Takes one step over every parameter of `params`, with the gradients in `grads`.
     ///
     /// # Errors
-    /// A parameter without a gradient, or parameters other than those of earlier steps. On
-    /// error no parameter has changed.
-    fn step(&mut self, params: &mut Params) -> Result<(), OptimError>;
+    /// A parameter without a gradient, gradients for another parameter set, or parameters
+    /// other than those of earlier steps. On error no parameter has changed.
+    fn step(&mut self, params: &mut Params, grads: &Grads) -> Result<(), OptimError> {
+        self.step_sum(params, std::slice::from_ref(grads))
+    }
+
+    /// Takes one step with the sum of `parts`, the gradients of the parts of one batch
+    /// (computed on several threads, say), added in the order given. With two parts the sum is
+    /// formed inside the update, without a pass of its own.
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`], for any part.
+    fn step_sum(&mut self, params: &mut Params, parts: &[Grads]) -> Result<(), OptimError>;
 
     /// The current learning rate.
     fn learning_rate(&self) -> f32;

@@ -1,9 +1,9 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov, as `torch.optim.SGD`.
 
-use nn::Params;
+use nn::{Grads, Params};
 
 use crate::error::{check, check_unit};
-use crate::state::{Slots, check_grads};
+use crate::state::{GradSum, Slots, check_grads};
 use crate::{OptimError, Optimizer, WeightDecay};
 
 /// SGD's hyperparameters; the default is plain SGD with lr 0.01.
@@ -62,6 +62,8 @@ pub struct Sgd {
     /// One momentum buffer per parameter, made on the first step when momentum is on.
     slots: Slots,
     started: bool,
+    /// Where more than two gradient parts are added up.
+    scratch: Vec<f32>,
 }
 
 impl Sgd {
@@ -71,7 +73,7 @@ impl Sgd {
     /// A hyperparameter out of range.
     pub fn new(config: SgdConfig) -> Result<Self, OptimError> {
         config.validate()?;
-        Ok(Self { config, slots: Slots::default(), started: false })
+        Ok(Self { config, slots: Slots::default(), started: false, scratch: Vec::new() })
     }
 
     /// The hyperparameters.
@@ -81,8 +83,8 @@ impl Sgd {
 }
 
 impl Optimizer for Sgd {
-    fn step(&mut self, params: &mut Params) -> Result<(), OptimError> {
-        check_grads(params)?;
+    fn step_sum(&mut self, params: &mut Params, parts: &[Grads]) -> Result<(), OptimError> {
+        check_grads(params, parts)?;
         let SgdConfig { lr, momentum, dampening, nesterov, weight_decay } = self.config;
         let (l2, shrink) = weight_decay.factors(lr);
         let first = !self.started;
@@ -90,11 +92,11 @@ impl Optimizer for Sgd {
             self.slots.bind(params, 1)?;
         }
         let one_minus_dampening = (1.0 - f64::from(dampening)) as f32;
-        for (i, param) in params.iter_mut().enumerate() {
-            let (value, grad) = param.value_and_grad();
-            let grad = grad.expect("checked above");
+        for (i, (id, param)) in params.ids().zip(params.iter_mut()).enumerate() {
+            let grad = GradSum::of(parts, id, &mut self.scratch);
             let mut buf = self.slots.buffers.get_mut(i).map(Vec::as_mut_slice);
-            for (j, (p, &g)) in value.iter_mut().zip(grad).enumerate() {
+            for (j, p) in param.value_mut().iter_mut().enumerate() {
+                let g = grad.at(j);
                 if let Some(shrink) = shrink {
                     *p *= shrink;
                 }

@@ -1,7 +1,7 @@
 //! What every optimizer shares: the check that the gradients are there, and the binding of
 //! per-parameter state to the parameters it was built for.
 
-use nn::Params;
+use nn::{Grads, ParamId, Params};
 
 use crate::OptimError;
 
@@ -34,11 +34,65 @@ impl Slots {
     }
 }
 
-/// Every parameter must have a gradient before any is updated, so that a failed step changes
-/// nothing.
-pub(crate) fn check_grads(params: &Params) -> Result<(), OptimError> {
-    match params.iter().find(|p| p.grad().is_none()) {
-        Some(p) => Err(OptimError::MissingGradient { name: p.name().to_owned() }),
+/// Every parameter must have a gradient in every part before any is updated, so that a
+/// failed step changes nothing.
+pub(crate) fn check_grads(params: &Params, parts: &[Grads]) -> Result<(), OptimError> {
+    if let Some(grads) = parts.iter().find(|g| !g.fits(params)) {
+        return Err(OptimError::GradsMismatch { params: params.len(), grads: grads.len() });
+    }
+    let missing = |id| parts.is_empty() || parts.iter().any(|g| g.get(id).is_none());
+    match params.ids().find(|&id| missing(id)) {
+        Some(id) => Err(OptimError::MissingGradient { name: params.get(id).name().to_owned() }),
         None => Ok(()),
+    }
+}
+
+/// One parameter's gradient: a single part, or two parts added element by element.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GradSum<'a> {
+    One(&'a [f32]),
+    Two(&'a [f32], &'a [f32]),
+}
+
+impl<'a> GradSum<'a> {
+    /// Parameter `id`'s gradient over `parts`; more than two parts are first added in order
+    /// into `scratch`.
+    pub(crate) fn of(parts: &'a [Grads], id: ParamId, scratch: &'a mut Vec<f32>) -> Self {
+        let part = |k: usize| parts[k].get(id).expect("checked by check_grads");
+        match parts.len() {
+            1 => Self::One(part(0)),
+            2 => Self::Two(part(0), part(1)),
+            _ => {
+                scratch.clear();
+                scratch.extend_from_slice(part(0));
+                for k in 1..parts.len() {
+                    scratch.iter_mut().zip(part(k)).for_each(|(s, g)| *s += g);
+                }
+                Self::One(scratch)
+            }
+        }
+    }
+
+    /// Element `i` of the sum.
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize) -> f32 {
+        match self {
+            Self::One(a) => a[i],
+            Self::Two(a, b) => a[i] + b[i],
+        }
+    }
+
+    /// The two halves, at `mid`.
+    pub(crate) fn split_at(self, mid: usize) -> (Self, Self) {
+        match self {
+            Self::One(a) => {
+                let (x, y) = a.split_at(mid);
+                (Self::One(x), Self::One(y))
+            }
+            Self::Two(a, b) => {
+                let ((a0, a1), (b0, b1)) = (a.split_at(mid), b.split_at(mid));
+                (Self::Two(a0, b0), Self::Two(a1, b1))
+            }
+        }
     }
 }

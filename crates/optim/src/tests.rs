@@ -1,28 +1,34 @@
 //! Hand-derived steps; the comparison with PyTorch's own trajectories is in the workspace's
 //! end-to-end tests.
 
-use nn::Params;
+use nn::{Grads, Params};
 
 use crate::*;
 
-fn params(values: &[f32], grad: &[f32]) -> Params {
+/// One parameter `w` with `values`, and gradients `grad` for it.
+fn params(values: &[f32], grad: &[f32]) -> (Params, Grads) {
     let mut params = Params::new();
     let id = params.add("w", &[values.len()], values.to_vec());
-    params.get_mut(id).set_grad(grad);
-    params
+    let mut grads = Grads::new(&params);
+    grads.set(id, grad);
+    (params, grads)
 }
 
 fn values(params: &Params) -> Vec<f32> {
     params.iter().next().unwrap().value().to_vec()
 }
 
+fn set_grad(params: &Params, grads: &mut Grads, grad: &[f32]) {
+    grads.set(params.by_name("w").unwrap(), grad);
+}
+
 #[test]
 fn adam_first_step_moves_each_weight_by_about_lr() {
     // t = 1: m = (1-β1)g, v = (1-β2)g², and the bias corrections cancel the (1-β) factors:
     // p -= lr · g / (|g| + ε).
-    let mut p = params(&[1.0, -2.0, 0.5], &[0.3, -4.0, 0.0]);
+    let (mut p, g) = params(&[1.0, -2.0, 0.5], &[0.3, -4.0, 0.0]);
     let mut adam = Adam::new(AdamConfig { lr: 0.1, ..AdamConfig::default() }).unwrap();
-    adam.step(&mut p).unwrap();
+    adam.step(&mut p, &g).unwrap();
     let expected = [1.0 - 0.1 * 0.3 / (0.3 + 1e-8), -2.0 + 0.1 * 4.0 / (4.0 + 1e-8), 0.5];
     for (got, want) in values(&p).iter().zip(expected) {
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
@@ -41,62 +47,65 @@ fn adam_second_step_follows_the_formula() {
     let v2 = b2 * v1 + (1.0 - b2) * g * g;
     let p2 = p1 - lr / (1.0 - b1 * b1) * m2 / (v2.sqrt() / (1.0 - b2 * b2).sqrt() + eps);
 
-    let mut p = params(&[1.0], &[0.5]);
+    let (mut p, mut g) = params(&[1.0], &[0.5]);
     let mut adam = Adam::new(AdamConfig { lr: 0.01, ..AdamConfig::default() }).unwrap();
-    adam.step(&mut p).unwrap();
+    adam.step(&mut p, &g).unwrap();
     assert!((f64::from(values(&p)[0]) - p1).abs() < 1e-6);
-    p.get_mut(p.by_name("w").unwrap()).set_grad(&[0.5]);
-    adam.step(&mut p).unwrap();
+    set_grad(&p, &mut g, &[0.5]);
+    adam.step(&mut p, &g).unwrap();
     assert!((f64::from(values(&p)[0]) - p2).abs() < 1e-6);
 }
 
 #[test]
 fn adamw_shrinks_before_the_update_and_adam_l2_adds_to_the_gradient() {
     // AdamW, t = 1, g = 0: p = p·(1 - lr·λ) and the Adam update is 0.
-    let mut p = params(&[2.0], &[0.0]);
+    let (mut p, g) = params(&[2.0], &[0.0]);
     let mut adamw =
         Adam::new(AdamConfig { lr: 0.1, weight_decay: WeightDecay::Decoupled(0.5), ..Default::default() }).unwrap();
-    adamw.step(&mut p).unwrap();
+    adamw.step(&mut p, &g).unwrap();
     assert!((values(&p)[0] - 2.0 * (1.0 - 0.05)).abs() < 1e-7);
     // Adam with L2, t = 1, g = 0: g' = λ·p = 1 > 0, so p moves by -lr (first step).
-    let mut p = params(&[2.0], &[0.0]);
+    let (mut p, g) = params(&[2.0], &[0.0]);
     let mut adam = Adam::new(AdamConfig { lr: 0.1, weight_decay: WeightDecay::L2(0.5), ..Default::default() }).unwrap();
-    adam.step(&mut p).unwrap();
+    adam.step(&mut p, &g).unwrap();
     assert!((values(&p)[0] - 1.9).abs() < 1e-6);
 }
 
 #[test]
 fn sgd_plain_momentum_and_nesterov_by_hand() {
     // Plain: p -= lr·g.
-    let mut p = params(&[1.0], &[2.0]);
+    let (mut p, mut g) = params(&[1.0], &[2.0]);
     let mut sgd = Sgd::new(SgdConfig { lr: 0.1, ..Default::default() }).unwrap();
-    sgd.step(&mut p).unwrap();
+    sgd.step(&mut p, &g).unwrap();
     assert!((values(&p)[0] - 0.8).abs() < 1e-7);
 
     // Momentum 0.9, dampening 0.5, g = 2 twice: b1 = 2, b2 = 0.9·2 + 0.5·2 = 2.8.
-    let mut p = params(&[1.0], &[2.0]);
+    (p, g) = params(&[1.0], &[2.0]);
     let mut sgd = Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, dampening: 0.5, ..Default::default() }).unwrap();
-    sgd.step(&mut p).unwrap();
-    p.get_mut(p.by_name("w").unwrap()).set_grad(&[2.0]);
-    sgd.step(&mut p).unwrap();
+    sgd.step(&mut p, &g).unwrap();
+    set_grad(&p, &mut g, &[2.0]);
+    sgd.step(&mut p, &g).unwrap();
     assert!((values(&p)[0] - (1.0 - 0.2 - 0.28)).abs() < 1e-6);
 
     // Nesterov 0.9, g = 2: b1 = 2, update g + 0.9·b1 = 3.8.
-    let mut p = params(&[1.0], &[2.0]);
+    (p, g) = params(&[1.0], &[2.0]);
     let mut sgd = Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() }).unwrap();
-    sgd.step(&mut p).unwrap();
+    sgd.step(&mut p, &g).unwrap();
     assert!((values(&p)[0] - (1.0 - 0.38)).abs() < 1e-6);
 }
 
 #[test]
 fn a_step_without_gradients_is_refused_and_changes_nothing() {
-    let mut p = params(&[1.0], &[1.0]);
+    let mut p = Params::new();
+    let w = p.add("w", &[1], vec![1.0]);
     let id = p.add("v", &[2], vec![3.0, 4.0]); // never given a gradient
+    let mut g = Grads::new(&p);
+    g.set(w, &[1.0]);
     for opt in [
         &mut Adam::new(AdamConfig::default()).unwrap() as &mut dyn Optimizer,
         &mut Sgd::new(SgdConfig::default()).unwrap(),
     ] {
-        let err = opt.step(&mut p).unwrap_err();
+        let err = opt.step(&mut p, &g).unwrap_err();
         assert_eq!(err, OptimError::MissingGradient { name: "v".into() });
         assert_eq!(values(&p), [1.0]);
         assert_eq!(p.get(id).value(), &[3.0, 4.0]);
@@ -106,9 +115,14 @@ fn a_step_without_gradients_is_refused_and_changes_nothing() {
 #[test]
 fn state_is_bound_to_the_parameters_it_was_made_for() {
     let mut adam = Adam::new(AdamConfig::default()).unwrap();
-    adam.step(&mut params(&[1.0, 2.0], &[0.1, 0.1])).unwrap();
-    let err = adam.step(&mut params(&[1.0, 2.0, 3.0], &[0.1; 3])).unwrap_err();
+    let (mut p, g) = params(&[1.0, 2.0], &[0.1, 0.1]);
+    adam.step(&mut p, &g).unwrap();
+    let (mut p3, g3) = params(&[1.0, 2.0, 3.0], &[0.1; 3]);
+    let err = adam.step(&mut p3, &g3).unwrap_err();
     assert_eq!(err.to_string(), "parameter 0 is w [3], but the optimizer's state is for w [2]");
+    // Gradients made for other parameters are refused too.
+    let err = adam.step(&mut p, &g3).unwrap_err();
+    assert!(matches!(err, OptimError::GradsMismatch { .. }), "{err}");
 }
 
 #[test]
@@ -127,11 +141,11 @@ fn bad_hyperparameters_are_named() {
 fn adam_resumed_from_its_state_continues_bit_for_bit() {
     let grads = [[0.3f32, -0.2], [0.1, 0.4], [-0.5, 0.05], [0.2, 0.2]];
     let run = |resume_after: Option<usize>| {
-        let mut p = params(&[1.0, -1.0], &grads[0]);
+        let (mut p, mut gr) = params(&[1.0, -1.0], &grads[0]);
         let mut adam = Adam::new(AdamConfig::default()).unwrap();
         for (k, g) in grads.iter().enumerate() {
-            p.get_mut(p.by_name("w").unwrap()).set_grad(g);
-            adam.step(&mut p).unwrap();
+            set_grad(&p, &mut gr, g);
+            adam.step(&mut p, &gr).unwrap();
             if resume_after == Some(k) {
                 adam = Adam::from_state(*adam.config(), adam.state()).unwrap();
             }

@@ -3,19 +3,18 @@
 //! products follow `general_mat_mul`'s `c = alpha * a·b + beta * c` convention and come in the
 //! three shapes training uses: [`matmul`], [`matmul_nt`] and [`matmul_tn`].
 //!
-//! `tensor` knows nothing of layers or gradients: `nn` builds those from these kernels.
+//! `tensor` knows nothing of layers or gradients: `nn` builds those from these kernels. The
+//! kernels run on the calling thread; callers parallelise across batches or samples.
 //! A wrong shape is a programmer error and panics with a message naming the shapes.
 
 mod elementwise;
 mod init;
 mod matmul;
-mod parallel;
 mod softmax;
 mod sparse;
 
 pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};
-pub use parallel::for_ranges;
 pub use softmax::{argmax_rows, log_softmax_rows, softmax_rows};
 pub use sparse::{SparseRows, sparse_matmul, sparse_matmul_tn};

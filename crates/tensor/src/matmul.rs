@@ -4,18 +4,9 @@
 //!
 //! Each computes `c = alpha * product + beta * c`, so `beta = 0` overwrites and `beta = 1`
 //! accumulates in place.
-//!
-//! Large products are split by rows of `c` across the current rayon pool. Every element of
-//! `c` is still computed by one thread, in the same order as without the split, so results are
-//! bit-identical whatever the number of threads.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
-
-use crate::parallel::for_row_blocks;
-
-/// Below this many multiply-adds a product is not worth splitting across threads.
-const PARALLEL_MIN_WORK: usize = 1 << 17;
 
 /// `c = alpha * a·b + beta * c`.
 ///
@@ -33,7 +24,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 17;
 #[track_caller]
 pub fn matmul(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     check_shapes("a·b", a.dim(), b.dim(), c.dim());
-    gemm(alpha, a, b, beta, c.view_mut());
+    general_mat_mul(alpha, &a, &b, beta, &mut c);
 }
 
 /// `c = alpha * a·bᵀ + beta * c`.
@@ -44,7 +35,7 @@ pub fn matmul(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut
 pub fn matmul_nt(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     let bt = b.t();
     check_shapes("a·bᵀ", a.dim(), bt.dim(), c.dim());
-    gemm(alpha, a, bt, beta, c.view_mut());
+    general_mat_mul(alpha, &a, &bt, beta, &mut c);
 }
 
 /// `c = alpha * aᵀ·b + beta * c`.
@@ -55,23 +46,7 @@ pub fn matmul_nt(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, 
 pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     let at = a.t();
     check_shapes("aᵀ·b", at.dim(), b.dim(), c.dim());
-    gemm(alpha, at, b, beta, c.view_mut());
-}
-
-/// `c = alpha * a·b + beta * c` for any strides, split by rows of `c` across threads when the
-/// product is large enough.
-fn gemm(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
-    let (m, k) = a.dim();
-    let n = b.ncols();
-    if m * n * k < PARALLEL_MIN_WORK {
-        general_mat_mul(alpha, &a, &b, beta, &mut c);
-        return;
-    }
-    // Blocks of at least 8 rows: matrixmultiply's tile height.
-    for_row_blocks(c, 8, &|first, mut block| {
-        let a_block = a.slice(ndarray::s![first..first + block.nrows(), ..]);
-        general_mat_mul(alpha, &a_block, &b, beta, &mut block);
-    });
+    general_mat_mul(alpha, &at, &b, beta, &mut c);
 }
 
 #[track_caller]
@@ -121,25 +96,6 @@ mod tests {
         // c = 0.5 * 11 + 1 * 100
         matmul(0.5, a.view(), b.view(), 1.0, c.view_mut());
         assert_eq!(c, array![[105.5]]);
-    }
-
-    #[test]
-    fn splitting_across_threads_changes_no_bit() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let a = Array2::from_shape_fn((67, 301), |_| rng.random_range(-1.0f32..1.0));
-        let b = Array2::from_shape_fn((301, 45), |_| rng.random_range(-1.0f32..1.0));
-        let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut c = Array2::from_elem((67, 45), 0.5f32);
-            pool.install(|| matmul(1.0, a.view(), b.view(), 1.0, c.view_mut()));
-            c
-        };
-        let one = run(1);
-        assert_eq!(run(2), one);
-        assert_eq!(run(3), one);
-        let expected = a.dot(&b) + 0.5;
-        assert!(one.iter().zip(&expected).all(|(x, y)| (x - y).abs() < 1e-4));
     }
 
     #[test]

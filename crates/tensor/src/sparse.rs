@@ -4,11 +4,6 @@
 
 use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use crate::parallel::for_row_blocks;
-
-/// Output rows per thread below which a sparse product is not split.
-const PARALLEL_MIN_ROWS: usize = 8;
-
 /// The nonzero entries of a matrix, by row and by column, in buffers that are reused from
 /// call to call.
 ///
@@ -172,7 +167,7 @@ fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usiz
 /// # Panics
 /// If `w` is not `x.cols()` tall or `y` is not `x.rows() x w.ncols()`.
 #[track_caller]
-pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, y: ArrayViewMut2<f32>) {
+pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: ArrayViewMut2<f32>) {
     assert!(
         w.nrows() == x.cols() && y.dim() == (x.rows(), w.ncols()),
         "sparse x·w: shapes do not fit: {}x{} times {:?} into {:?}",
@@ -181,12 +176,10 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, y: ArrayView
         w.dim(),
         y.dim()
     );
-    for_row_blocks(y, PARALLEL_MIN_ROWS, &|first, mut block| {
-        for (i, out) in block.rows_mut().into_iter().enumerate() {
-            let (cols, vals) = x.row(first + i);
-            gather_rows(cols, vals, w, beta, out);
-        }
-    });
+    for (i, out) in y.rows_mut().into_iter().enumerate() {
+        let (cols, vals) = x.row(i);
+        gather_rows(cols, vals, w, beta, out);
+    }
 }
 
 /// `c = beta * c + xᵀ·dy` for a sparse `x` (`m x k`) and a dense `dy` (`m x n`): the weight
@@ -195,7 +188,7 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, y: ArrayView
 /// # Panics
 /// If `dy` is not `x.rows()` tall or `c` is not `x.cols() x dy.ncols()`.
 #[track_caller]
-pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     assert!(
         dy.nrows() == x.rows() && c.dim() == (x.cols(), dy.ncols()),
         "sparse xᵀ·dy: shapes do not fit: ({}x{})ᵀ times {:?} into {:?}",
@@ -204,12 +197,10 @@ pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, c: Array
         dy.dim(),
         c.dim()
     );
-    for_row_blocks(c, PARALLEL_MIN_ROWS, &|first, mut block| {
-        for (k, out) in block.rows_mut().into_iter().enumerate() {
-            let (rows, vals) = x.col(first + k);
-            gather_rows(rows, vals, dy, beta, out);
-        }
-    });
+    for (k, out) in c.rows_mut().into_iter().enumerate() {
+        let (rows, vals) = x.col(k);
+        gather_rows(rows, vals, dy, beta, out);
+    }
 }
 
 /// `out = beta * out + Σ_e vals[e] * src[idx[e], :]`, the one loop both products share.
