@@ -89,7 +89,9 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let mnist = load_mnist(&args.data.data_dir)?;
     crate::check_model_fits(&mlp, &mnist.test, &args.model)?;
     let all: Vec<usize> = (0..mnist.test.len()).collect();
+    let started = std::time::Instant::now();
     let eval = evaluate(&mlp, &mnist.test, &all);
+    eprintln!("Evaluated {} test images in {:.1} ms", all.len(), started.elapsed().as_secs_f64() * 1e3);
     print_test_results(out, &eval, false)?;
     if let Some(dir) = &args.plots {
         plots::confusion_heatmap(dir, &eval.confusion)?;

@@ -183,7 +183,11 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
     }
 
     let all_test: Vec<usize> = (0..mnist.test.len()).collect();
+    let started = Instant::now();
     let test = evaluate(&mlp, &mnist.test, &all_test);
+    if !cfg.quiet {
+        eprintln!("Evaluated {} test images in {:.1} ms", all_test.len(), started.elapsed().as_secs_f64() * 1e3);
+    }
     print_test_results(out, &test, cfg.quiet)?;
     if let Some(path) = &cfg.save {
         checkpoint::save(path, &mlp, &checkpoint_facts(cfg, &history, &test))?;

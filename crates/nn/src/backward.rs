@@ -44,6 +44,9 @@ impl Tape {
             if !node.needs_grad || !node.grad_written {
                 continue;
             }
+            if let Op::Linear { sparse: true, .. } = node.op {
+                node.sparse.index_columns();
+            }
             let dy = node.grad();
             match node.op {
                 Op::Input => {}

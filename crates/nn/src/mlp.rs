@@ -185,6 +185,7 @@ impl Mlp {
     pub fn logits(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let last = self.layers.len() - 1;
         let mut h: Option<Array2<f32>> = None;
+        let mut sparse = tensor::SparseRows::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let input = h.as_ref().map_or(x.view(), |h| h.view());
             assert_eq!(
@@ -195,8 +196,9 @@ impl Mlp {
                 layer.in_features
             );
             let mut y = Array2::zeros((input.nrows(), layer.out_features));
-            tensor::matmul_nt(1.0, input, self.params.matrix(layer.weight), 0.0, y.view_mut());
-            tensor::add_bias(y.view_mut(), self.params.vector(layer.bias));
+            let (w, b) = (self.params.matrix(layer.weight), self.params.vector(layer.bias));
+            // The first layer reads the data, which may be mostly zeros, as in training.
+            crate::tape::linear_forward(input, w, Some(b), i == 0, &mut sparse, y.view_mut());
             if i < last || self.config.output_relu {
                 tensor::relu_inplace(y.view_mut());
             }

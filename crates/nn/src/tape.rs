@@ -13,6 +13,33 @@ use crate::params::{ParamId, Params};
 /// Inputs with at most this share of nonzero entries take the sparse path.
 const SPARSE_MAX_DENSITY: f64 = 0.5;
 
+/// `y = x·Wᵀ (+ b)` for `W` of shape `[out, in]`. When `may_be_sparse`, `W` is stored
+/// column-major and `x` is mostly zeros, only the weights of `x`'s nonzero entries are read
+/// (their positions are left in `sparse`, for the weight gradient); returns whether it did so.
+pub(crate) fn linear_forward(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ndarray::ArrayView1<f32>>,
+    may_be_sparse: bool,
+    sparse: &mut tensor::SparseRows,
+    mut y: ArrayViewMut2<f32>,
+) -> bool {
+    let mut use_sparse = may_be_sparse && w.strides()[0] == 1;
+    if use_sparse {
+        sparse.assign(x);
+        use_sparse = sparse.density() <= SPARSE_MAX_DENSITY;
+    }
+    if use_sparse {
+        tensor::sparse_matmul(sparse, w.t(), 0.0, y.view_mut());
+    } else {
+        tensor::matmul_nt(1.0, x, w, 0.0, y.view_mut());
+    }
+    if let Some(b) = bias {
+        tensor::add_bias(y, b);
+    }
+    use_sparse
+}
+
 /// A value recorded on a [`Tape`]: a matrix, one row per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Var {
@@ -180,23 +207,11 @@ impl Tape {
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
         let input = &before[x.index];
-        // Data with mostly zero entries, times a weight whose columns are contiguous: only the
-        // nonzero entries' weights are read (and, backwards, their gradients written).
-        let mut sparse = matches!(input.op, Op::Input) && w.strides()[0] == 1;
-        if sparse {
-            node.sparse.assign(input.value());
-            sparse = node.sparse.density() <= SPARSE_MAX_DENSITY;
-        }
-        if sparse {
-            let y_view = ArrayViewMut2::from_shape((rows, out), &mut node.value[..]).expect("node buffer matches");
-            tensor::sparse_matmul(&node.sparse, w.t(), 0.0, y_view);
-            node.op = Op::Linear { x, weight, bias, sparse };
-        } else {
-            tensor::matmul_nt(1.0, input.value(), w, 0.0, node.value_mut());
-        }
-        if let Some(b) = bias {
-            tensor::add_bias(node.value_mut(), params.vector(b));
-        }
+        // Only data may take the sparse path: its gradient is never needed.
+        let data = matches!(input.op, Op::Input);
+        let y_view = ArrayViewMut2::from_shape((rows, out), &mut node.value[..]).expect("node buffer matches");
+        let sparse = linear_forward(input.value(), w, bias.map(|b| params.vector(b)), data, &mut node.sparse, y_view);
+        node.op = Op::Linear { x, weight, bias, sparse };
         y
     }
 

@@ -4,8 +4,8 @@
 
 use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-/// The nonzero entries of a matrix, by row and by column, in buffers that are reused from
-/// call to call.
+/// The nonzero entries of a matrix, by row (for `x·w`) and, once [`SparseRows::index_columns`]
+/// has run, by column (for `xᵀ·dy`), in buffers that are reused from call to call.
 ///
 /// ```
 /// use ndarray::{array, Array2};
@@ -33,6 +33,8 @@ pub struct SparseRows {
     col_val: Vec<f32>,
     /// Scratch for the counting sort.
     next: Vec<u32>,
+    /// Whether the by-column entries are those of the current contents.
+    columns_indexed: bool,
 }
 
 impl SparseRows {
@@ -41,7 +43,7 @@ impl SparseRows {
         Self::default()
     }
 
-    /// Replaces the contents with the nonzero entries of `x`.
+    /// Replaces the contents with the nonzero entries of `x`, indexed by row.
     ///
     /// # Panics
     /// If `x` has more than `u32::MAX` entries.
@@ -51,22 +53,17 @@ impl SparseRows {
         assert!(rows.saturating_mul(cols) <= u32::MAX as usize, "SparseRows holds at most u32::MAX entries");
         self.rows = rows;
         self.cols = cols;
-        // Room for every entry, so that the scan below writes without checking capacity; the
-        // buffers keep that length, and `row_start` says how much of them is in use.
-        for buffer in [&mut self.row_col, &mut self.col_row] {
-            if buffer.len() < rows * cols {
-                buffer.resize(rows * cols, 0);
-            }
-        }
-        for buffer in [&mut self.row_val, &mut self.col_val] {
-            if buffer.len() < rows * cols {
-                buffer.resize(rows * cols, 0.0);
-            }
-        }
         self.row_start.clear();
         self.row_start.push(0);
         let mut n = 0;
         for row in x.rows() {
+            // Room for a whole row, so that the scan writes without checking capacity; the
+            // buffers keep their length, and `row_start` says how much of them is in use.
+            if self.row_col.len() < n + cols + SLACK {
+                let len = (n + cols + SLACK).max(2 * self.row_col.len());
+                self.row_col.resize(len, 0);
+                self.row_val.resize(len, 0.0);
+            }
             match row.as_slice() {
                 Some(row) => n = compact_nonzeros(row, &mut self.row_col, &mut self.row_val, n),
                 None => {
@@ -79,8 +76,21 @@ impl SparseRows {
             }
             self.row_start.push(n as u32);
         }
+        self.columns_indexed = false;
+    }
 
-        // By column, with a counting sort; within a column the rows stay in ascending order.
+    /// Indexes the entries by column too, as [`sparse_matmul_tn`] needs; does nothing if they
+    /// already are. Within a column the rows stay in ascending order.
+    pub fn index_columns(&mut self) {
+        if self.columns_indexed {
+            return;
+        }
+        let (n, cols) = (self.nnz(), self.cols);
+        if self.col_row.len() < n {
+            self.col_row.resize(n, 0);
+            self.col_val.resize(n, 0.0);
+        }
+        // A counting sort by column.
         let (row_col, row_val) = (&self.row_col[..n], &self.row_val[..n]);
         let col_start = &mut self.col_start;
         col_start.clear();
@@ -104,6 +114,7 @@ impl SparseRows {
                 next[k] += 1;
             }
         }
+        self.columns_indexed = true;
     }
 
     /// Rows of the matrix.
@@ -139,27 +150,82 @@ impl SparseRows {
 }
 
 /// Appends the nonzero entries of `row` (column index and value) at position `n` of `cols` and
-/// `vals`, which have room for all of them; returns the new end. Runs of 16 zeros, common at
-/// MNIST's borders, are skipped with one test; elsewhere every entry is written and the end
-/// only advances past nonzero ones, which avoids a branch per entry.
-fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usize) -> usize {
-    const CHUNK: usize = 16;
-    let mut k = 0;
-    for chunk in row.chunks(CHUNK) {
-        // A -0.0 makes the chunk be scanned, but is not kept: it equals 0.
-        if chunk.iter().fold(0, |acc, v| acc | v.to_bits()) != 0 {
-            let (cols, vals) = (&mut cols[n..n + chunk.len()], &mut vals[n..n + chunk.len()]);
-            let mut m = 0;
-            for (j, &v) in chunk.iter().enumerate() {
-                cols[m] = (k + j) as u32;
-                vals[m] = v;
-                m += usize::from(v != 0.0);
-            }
-            n += m;
-        }
-        k += chunk.len();
+/// `vals`, which have room for all of them plus [`SLACK`]; returns the new end.
+fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -> usize {
+    assert!(cols.len() >= n + row.len() + SLACK && vals.len() >= n + row.len() + SLACK, "room for the row");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, and the buffers have the room asserted above.
+        return unsafe { compact_nonzeros_avx2(row, cols, vals, n) };
+    }
+    compact_nonzeros_portable(row, cols, vals, n, 0)
+}
+
+/// Entries written past the end of what is kept: the vector path stores whole vectors.
+const SLACK: usize = 8;
+
+/// One entry at a time: every entry is written, and the end only advances past nonzero ones,
+/// which avoids a branch per entry. `first` is the column of `row[0]`.
+fn compact_nonzeros_portable(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usize, first: usize) -> usize {
+    for (k, &v) in row.iter().enumerate() {
+        cols[n] = (first + k) as u32;
+        vals[n] = v;
+        // NaN is kept, as the dense product would propagate it; -0.0 equals 0 and is dropped.
+        n += usize::from(v != 0.0);
     }
     n
+}
+
+/// For each 8-bit mask, the positions of its set bits, in order, padded with zeros: the lane
+/// permutation that packs a vector's selected lanes to its front.
+#[cfg(target_arch = "x86_64")]
+static PACK: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let (mut bit, mut n) = (0, 0);
+        while bit < 8 {
+            if mask & (1 << bit) != 0 {
+                table[mask][n] = bit as u32;
+                n += 1;
+            }
+            bit += 1;
+        }
+        mask += 1;
+    }
+    table
+};
+
+/// Eight entries at a time: compare with zero, then pack the nonzero lanes (and their column
+/// numbers) to the front with one permutation and store the whole vector.
+///
+/// # Safety
+/// The CPU must have AVX2, and `cols` and `vals` must have room for `n + row.len() + SLACK`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn compact_nonzeros_avx2(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let chunks = row.len() / 8;
+    let zero = _mm256_setzero_ps();
+    for c in 0..chunks {
+        // SAFETY: `c * 8 + 8 <= row.len()`.
+        let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(c * 8)) };
+        // Not-equal, unordered: NaN counts as nonzero, as in the portable path.
+        let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(v, zero)) as usize;
+        if mask == 0 {
+            continue;
+        }
+        // SAFETY: `PACK[mask]` is eight u32s; the stores write 8 entries from `n`, which the
+        // caller guarantees room for, as `n` stays at most the entries scanned so far.
+        unsafe {
+            let perm = _mm256_loadu_si256(PACK[mask].as_ptr().cast());
+            let columns = _mm256_add_epi32(perm, _mm256_set1_epi32((c * 8) as i32));
+            _mm256_storeu_ps(vals.as_mut_ptr().add(n), _mm256_permutevar8x32_ps(v, perm));
+            _mm256_storeu_si256(cols.as_mut_ptr().add(n).cast(), columns);
+        }
+        n += mask.count_ones() as usize;
+    }
+    compact_nonzeros_portable(&row[chunks * 8..], cols, vals, n, chunks * 8)
 }
 
 /// `y = beta * y + x·w` for a sparse `x` (`m x k`) and a dense `w` (`k x n`).
@@ -186,9 +252,11 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: Array
 /// gradient of `x·w`. Rows of `c` for columns of `x` without entries are only scaled by `beta`.
 ///
 /// # Panics
-/// If `dy` is not `x.rows()` tall or `c` is not `x.cols() x dy.ncols()`.
+/// If `x`'s columns are not indexed ([`SparseRows::index_columns`]), `dy` is not `x.rows()`
+/// tall or `c` is not `x.cols() x dy.ncols()`.
 #[track_caller]
 pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
+    assert!(x.columns_indexed, "sparse xᵀ·dy: index the columns first (SparseRows::index_columns)");
     assert!(
         dy.nrows() == x.rows() && c.dim() == (x.cols(), dy.ncols()),
         "sparse xᵀ·dy: shapes do not fit: ({}x{})ᵀ times {:?} into {:?}",
@@ -323,10 +391,38 @@ mod tests {
             assert!(y.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
 
             // The weight gradient, into a transposed (column-major) buffer as Linear keeps it.
+            sx.index_columns();
             let mut c = Array2::from_elem((n, k), 2.0f32);
             sparse_matmul_tn(&sx, dy.view(), 1.0, c.view_mut().reversed_axes());
             let expected = x.t().dot(&dy) + 2.0;
             assert!(c.t().iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    fn every_nonzero_is_found_whatever_the_row_length() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for cols in [1, 7, 8, 9, 16, 31, 784] {
+            let mut x = sparse_random(&mut rng, 5, cols, 0.3);
+            x[[0, 0]] = -0.0;
+            x[[4, cols - 1]] = f32::NAN;
+            let mut sx = SparseRows::new();
+            sx.assign(x.view());
+            for i in 0..5 {
+                let (idx, vals) = sx.row(i);
+                let expected: Vec<(u32, f32)> = x
+                    .row(i)
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v != 0.0 || v.is_nan())
+                    .map(|(k, &v)| (k as u32, v))
+                    .collect();
+                let got: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();
+                assert_eq!(got.len(), expected.len(), "{cols} columns, row {i}");
+                for ((gk, gv), (ek, ev)) in got.iter().zip(&expected) {
+                    assert!(gk == ek && (gv == ev || (gv.is_nan() && ev.is_nan())), "{cols} columns, row {i}");
+                }
+            }
         }
     }
 
