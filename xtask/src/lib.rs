@@ -1,9 +1,24 @@
 //! The project's chores as a library, so that tests can run them in process:
-//! [`fetch`] downloads and verifies MNIST.
+//! [`fetch`] downloads and verifies MNIST, [`bench`] measures the `mnist` program.
 
+pub mod bench;
 pub mod fetch;
 
 use std::path::PathBuf;
+
+/// Writes `path` whole or not at all: a temporary file in the same folder, renamed into place.
+///
+/// # Errors
+/// The folder is not writable.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    Ok(())
+}
 
 /// The workspace root: the parent of this crate's folder.
 pub fn repo_root() -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::fetch;
+use xtask::{bench, fetch};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project chores: fetch MNIST, run the benchmarks")]
@@ -29,6 +29,28 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Build in release and measure training speed, memory, evaluation and loading times, and
+    /// scaling; write BENCHMARKS.md.
+    Bench {
+        /// Folder with MNIST [default: data/mnist in the workspace].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Full 10-epoch training runs per thread count.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Epochs per configuration of the scaling table.
+        #[arg(long, default_value_t = 2)]
+        scaling_epochs: usize,
+        /// Also run this PyTorch script (with --python) for a ratio measured in the same session.
+        #[arg(long, value_name = "SCRIPT", requires = "python")]
+        pytorch: Option<PathBuf>,
+        /// The Python interpreter that has torch and numpy, for --pytorch.
+        #[arg(long, value_name = "PATH", requires = "pytorch")]
+        python: Option<PathBuf>,
+        /// Where to write the report.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +72,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.force = force;
             opts.progress_bars = std::io::stderr().is_terminal();
             fetch::fetch(&opts, &mut std::io::stderr())?;
+            Ok(())
+        }
+        Command::Bench { data_dir, runs, scaling_epochs, pytorch, python, output } => {
+            if runs == 0 || scaling_epochs == 0 {
+                anyhow::bail!("--runs and --scaling-epochs must be at least 1");
+            }
+            let root = xtask::repo_root();
+            let opts = bench::Options {
+                data_dir: data_dir.unwrap_or_else(|| root.join("data").join("mnist")),
+                runs,
+                scaling_epochs,
+                pytorch: python.zip(pytorch),
+                output: output.unwrap_or_else(|| root.join("BENCHMARKS.md")),
+            };
+            let report = bench::bench(&opts)?;
+            println!("{report}");
             Ok(())
         }
     }

@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::Result;
 use data::{Batch, Dataset};
 use metrics::ConfusionMatrix;
-use ndarray::Array2;
-use nn::Mlp;
+use ndarray::ArrayViewMut2;
+use nn::{Inference, Mlp};
 use rayon::prelude::*;
 
 use crate::args::EvalArgs;
@@ -33,29 +33,39 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `mlp` on the samples `indices` of `data`, in that order, without a tape. Batches
-/// are evaluated in parallel across the rayon pool and combined in order, so the results do not
-/// depend on the number of threads.
+/// Evaluates `mlp` on the samples `indices` of `data`, in that order, without a tape. The
+/// indices are cut into batches of [`EVAL_BATCH`]; each thread of the rayon pool takes a run of
+/// whole batches with its own reused buffers, and the batches' results are combined in order,
+/// so the results do not depend on the number of threads.
 pub fn evaluate(mlp: &Mlp, data: &Dataset, indices: &[usize]) -> Evaluation {
-    let parts: Vec<(f64, ConfusionMatrix, Vec<usize>)> = indices
-        .par_chunks(EVAL_BATCH)
-        .map(|chunk| {
-            let mut batch = Batch::new();
-            batch.fill(data, chunk);
-            let logits = mlp.logits(batch.x());
-            let mut log_probs = Array2::zeros(logits.dim());
-            tensor::log_softmax_rows(logits.view(), log_probs.view_mut());
-            let loss = -batch.labels().iter().enumerate().map(|(i, &y)| f64::from(log_probs[[i, y]])).sum::<f64>();
-            let predicted = tensor::argmax_rows(logits.view());
-            let mut confusion = ConfusionMatrix::new(data.classes());
-            confusion.add_batch(batch.labels(), &predicted);
-            (loss, confusion, predicted)
+    let batches = indices.len().div_ceil(EVAL_BATCH);
+    let threads = rayon::current_num_threads().clamp(1, batches.max(1));
+    let parts: Vec<Vec<(f64, ConfusionMatrix, Vec<usize>)>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (mut batch, mut scratch) = (Batch::new(), Inference::default());
+            let mut log_probs = Vec::new();
+            (t * batches / threads..(t + 1) * batches / threads)
+                .map(|b| {
+                    let chunk = &indices[b * EVAL_BATCH..((b + 1) * EVAL_BATCH).min(indices.len())];
+                    batch.fill(data, chunk);
+                    let logits = mlp.logits_with(batch.x(), &mut scratch);
+                    log_probs.resize(logits.len(), 0.0);
+                    let mut lp = ArrayViewMut2::from_shape(logits.dim(), &mut log_probs[..]).expect("sized above");
+                    tensor::log_softmax_rows(logits, lp.view_mut());
+                    let loss = -batch.labels().iter().enumerate().map(|(i, &y)| f64::from(lp[[i, y]])).sum::<f64>();
+                    let predicted = tensor::argmax_rows(logits);
+                    let mut confusion = ConfusionMatrix::new(data.classes());
+                    confusion.add_batch(batch.labels(), &predicted);
+                    (loss, confusion, predicted)
+                })
+                .collect()
         })
         .collect();
     let mut confusion = ConfusionMatrix::new(data.classes());
     let mut predictions = Vec::with_capacity(indices.len());
     let mut total_loss = 0.0;
-    for (loss, part, predicted) in parts {
+    for (loss, part, predicted) in parts.into_iter().flatten() {
         total_loss += loss;
         confusion.merge(&part);
         predictions.extend(predicted);

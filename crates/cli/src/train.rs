@@ -100,7 +100,8 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
     if !cfg.quiet {
         let widths: Vec<String> = model_config.widths.iter().map(usize::to_string).collect();
         eprintln!(
-            "MNIST loaded in {load_seconds:.2}s: training on {} images{}, {} test images; model {}{}, {} parameters, {} thread{}",
+            "MNIST loaded in {:.0} ms: training on {} images{}, {} test images; model {}{}, {} parameters, {} thread{}",
+            load_seconds * 1e3,
             loader.len(),
             if val_idx.is_empty() { String::new() } else { format!(", validating on {}", val_idx.len()) },
             mnist.test.len(),

@@ -35,7 +35,7 @@ mod tape;
 pub use error::NnError;
 pub use grads::Grads;
 pub use linear::Linear;
-pub use mlp::{Mlp, MlpConfig};
+pub use mlp::{Inference, Mlp, MlpConfig};
 pub use params::{Layout, Param, ParamId, Params};
 pub use tape::{Tape, Var};
 

@@ -1,6 +1,6 @@
 //! A multilayer perceptron: linear layers with ReLU between them.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use crate::error::NnError;
@@ -52,6 +52,13 @@ impl MlpConfig {
             })
             .collect()
     }
+}
+
+/// Buffers for [`Mlp::logits_with`], reused from batch to batch.
+#[derive(Debug, Clone, Default)]
+pub struct Inference {
+    layers: Vec<Vec<f32>>,
+    sparse: tensor::SparseRows,
 }
 
 /// A multilayer perceptron that owns its parameters: layers `fc1`, `fc2`, ... with ReLU after
@@ -183,11 +190,25 @@ impl Mlp {
     /// If `x` is not as wide as the first width.
     #[track_caller]
     pub fn logits(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.logits_with(x, &mut Inference::default()).to_owned()
+    }
+
+    /// [`Mlp::logits`] into buffers that `scratch` keeps from call to call, so that evaluating
+    /// batch after batch allocates nothing once the first batch is done.
+    ///
+    /// # Panics
+    /// If `x` is not as wide as the first width.
+    #[track_caller]
+    pub fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
         let last = self.layers.len() - 1;
-        let mut h: Option<Array2<f32>> = None;
-        let mut sparse = tensor::SparseRows::new();
+        let rows = x.nrows();
+        scratch.layers.resize_with(self.layers.len(), Vec::new);
         for (i, layer) in self.layers.iter().enumerate() {
-            let input = h.as_ref().map_or(x.view(), |h| h.view());
+            let (done, todo) = scratch.layers.split_at_mut(i);
+            let input = match done.last() {
+                Some(h) => ArrayView2::from_shape((rows, layer.in_features), &h[..]).expect("previous layer's output"),
+                None => x.view(),
+            };
             assert_eq!(
                 input.ncols(),
                 layer.in_features,
@@ -195,16 +216,18 @@ impl Mlp {
                 input.ncols(),
                 layer.in_features
             );
-            let mut y = Array2::zeros((input.nrows(), layer.out_features));
+            let out = &mut todo[0];
+            out.resize(rows * layer.out_features, 0.0);
+            let mut y = ArrayViewMut2::from_shape((rows, layer.out_features), &mut out[..]).expect("sized above");
             let (w, b) = (self.params.matrix(layer.weight), self.params.vector(layer.bias));
             // The first layer reads the data, which may be mostly zeros, as in training.
-            crate::tape::linear_forward(input, w, Some(b), i == 0, &mut sparse, y.view_mut());
+            crate::tape::linear_forward(input, w, Some(b), i == 0, &mut scratch.sparse, y.view_mut());
             if i < last || self.config.output_relu {
-                tensor::relu_inplace(y.view_mut());
+                tensor::relu_inplace(y);
             }
-            h = Some(y);
         }
-        h.expect("an Mlp has at least one layer")
+        let classes = self.layers[last].out_features;
+        ArrayView2::from_shape((rows, classes), &scratch.layers[last][..]).expect("last layer's output")
     }
 
     /// The predicted class of each row of `x`: the argmax of its logits.

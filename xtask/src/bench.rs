@@ -1,0 +1,438 @@
+//! `cargo xtask bench`: builds the `mnist` program in release and measures it as a user runs
+//! it, then writes `BENCHMARKS.md`.
+//!
+//! - Training speed: `mnist train` with the default recipe, on 1 and 2 threads, several runs;
+//!   seconds per epoch (median over every epoch of every run) from `--metrics-csv`.
+//! - Memory: the peak resident set of each of those runs, from the OS (`wait4`).
+//! - Test evaluation and data loading: the times `mnist train` reports for them.
+//! - Scaling: seconds per sample over batch sizes and a 4x wider model.
+//! - Optionally, PyTorch running the same workload, for a ratio measured in the same session.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// The default model's hidden widths, and the 4x wider one of the scaling table.
+const HIDDEN: [&str; 2] = ["128,64,32", "512,256,128"];
+/// Batch sizes of the scaling table.
+const BATCHES: [usize; 4] = [32, 64, 256, 1024];
+/// MNIST's training set size and image size.
+const TRAIN_SAMPLES: usize = 60_000;
+const INPUTS: usize = 784;
+const CLASSES: usize = 10;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where MNIST is.
+    pub data_dir: PathBuf,
+    /// Full training runs per thread count.
+    pub runs: usize,
+    /// Epochs per configuration of the scaling table.
+    pub scaling_epochs: usize,
+    /// A Python interpreter and PyTorch script to compare with, if any.
+    pub pytorch: Option<(PathBuf, PathBuf)>,
+    /// Where to write the report.
+    pub output: PathBuf,
+}
+
+/// One `mnist train` run's figures.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    epoch_seconds: Vec<f64>,
+    test_accuracy: f64,
+    load_ms: f64,
+    eval_ms: f64,
+    peak_rss_mb: f64,
+}
+
+/// Measures and writes the report; returns the report's text.
+///
+/// # Errors
+/// The build fails, a run fails, or its output cannot be parsed.
+pub fn bench(opts: &Options) -> Result<String> {
+    let root = crate::repo_root();
+    eprintln!("building the release binary ...");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "cli", "--bin", "mnist"])
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    let bin = root.join("target").join("release").join("mnist");
+    let scratch = tempfile::tempdir()?;
+    let density = pixel_density(&opts.data_dir)?;
+
+    let mut report = String::new();
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Measured by `cargo xtask bench` on {}, on {}. Figures on a shared machine vary from run to \
+         run by ten per cent or more; rerun the command to compare on yours.\n",
+        today(),
+        machine()
+    )?;
+
+    let mut speed = Vec::new();
+    for threads in [1usize, 2] {
+        let mut runs = Vec::new();
+        for r in 0..opts.runs {
+            eprintln!("training, {threads} thread(s), run {}/{} ...", r + 1, opts.runs);
+            let csv = scratch.path().join(format!("t{threads}-{r}.csv"));
+            let threads_arg = threads.to_string();
+            let args = [
+                "train",
+                "--threads",
+                &threads_arg,
+                "--data-dir",
+                path_str(&opts.data_dir)?,
+                "--metrics-csv",
+                path_str(&csv)?,
+            ];
+            runs.push(measure_run(&bin, &args, &csv)?);
+        }
+        speed.push((threads, runs));
+    }
+
+    writeln!(report, "## Training: the default recipe\n")?;
+    writeln!(
+        report,
+        "`mnist train --threads T` (MLP 784-128-64-32-10, Adam lr 1e-3, batch 64, 60,000 samples, 10 \
+         epochs), {} runs per thread count. Seconds per epoch count the training steps only (the \
+         median over every epoch of every run); evaluation and loading are the times `train` \
+         reports; memory is each run's peak resident set, from the OS.\n",
+        opts.runs
+    )?;
+    let flops = Flops::new(&[INPUTS, 128, 64, 32, CLASSES], density);
+    writeln!(
+        report,
+        "| threads | s/epoch | samples/s | GFLOP/s, dense-equivalent | GFLOP/s, executed | test accuracy | \
+         eval 10,000 (ms) | load (ms) | peak RSS (MB) |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
+    let mut medians = Vec::new();
+    for (threads, runs) in &speed {
+        let epochs: Vec<f64> = runs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect();
+        let s = median(&epochs);
+        medians.push(s);
+        let accuracies: Vec<String> = runs.iter().map(|r| format!("{:.2}%", r.test_accuracy)).collect();
+        writeln!(
+            report,
+            "| {threads} | {s:.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.0} |",
+            TRAIN_SAMPLES as f64 / s,
+            flops.dense * TRAIN_SAMPLES as f64 / s / 1e9,
+            flops.executed * TRAIN_SAMPLES as f64 / s / 1e9,
+            accuracies.join(", "),
+            median(&runs.iter().map(|r| r.eval_ms).collect::<Vec<_>>()),
+            median(&runs.iter().map(|r| r.load_ms).collect::<Vec<_>>()),
+            runs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+        )?;
+    }
+    writeln!(report, "\nTwo threads against one: {:.2}x faster per epoch.\n", medians[0] / medians[1])?;
+    writeln!(
+        report,
+        "A step costs {:.0} kFLOP per sample counted densely (forward, weight gradients, and the \
+         input gradients of layers 2-4). MNIST's pixels are {:.1}% nonzero, and the first layer's \
+         forward product and weight gradient only touch the weights of nonzero pixels, so the \
+         arithmetic actually executed is {:.0} kFLOP per sample: the executed rate is the one to \
+         hold against the CPU's peak.\n",
+        flops.dense / 1e3,
+        100.0 * density,
+        flops.executed / 1e3
+    )?;
+
+    writeln!(report, "## Scaling\n")?;
+    writeln!(
+        report,
+        "`mnist train --threads 2 --epochs {} --batch-size B --hidden H` (median epoch). The default \
+         model, and one 4x wider (784-512-256-128-10, {:.1}x the arithmetic).\n",
+        opts.scaling_epochs,
+        Flops::new(&widths(HIDDEN[1]), density).dense / flops.dense
+    )?;
+    writeln!(
+        report,
+        "| model | batch | s/epoch | µs/sample | GFLOP/s, dense-equivalent | GFLOP/s, executed | test accuracy |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    for hidden in HIDDEN {
+        let f = Flops::new(&widths(hidden), density);
+        for batch in BATCHES {
+            eprintln!("scaling: hidden {hidden}, batch {batch} ...");
+            let csv = scratch.path().join(format!("s-{batch}-{hidden}.csv"));
+            let (epochs, batch_arg) = (opts.scaling_epochs.to_string(), batch.to_string());
+            let args = [
+                "train",
+                "--threads",
+                "2",
+                "--epochs",
+                &epochs,
+                "--batch-size",
+                &batch_arg,
+                "--hidden",
+                hidden,
+                "--data-dir",
+                path_str(&opts.data_dir)?,
+                "--metrics-csv",
+                path_str(&csv)?,
+            ];
+            let run = measure_run(&bin, &args, &csv)?;
+            let s = median(&run.epoch_seconds);
+            writeln!(
+                report,
+                "| 784-{}-10 | {batch} | {s:.3} | {:.2} | {:.0} | {:.0} | {:.2}% |",
+                hidden.replace(',', "-"),
+                s / TRAIN_SAMPLES as f64 * 1e6,
+                f.dense * TRAIN_SAMPLES as f64 / s / 1e9,
+                f.executed * TRAIN_SAMPLES as f64 / s / 1e9,
+                run.test_accuracy
+            )?;
+        }
+    }
+
+    if let Some((python, script)) = &opts.pytorch {
+        eprintln!("PyTorch ...");
+        let started = Instant::now();
+        let out = Command::new(python)
+            .arg(script)
+            .args(["--threads", "2", "--data", path_str(&opts.data_dir)?])
+            .output()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        if !out.status.success() {
+            bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let torch_epoch = field(&text, "median_epoch_seconds: ")?;
+        let torch_accuracy = field(&text, "Test Accuracy: ")?;
+        let version = text.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        writeln!(report, "\n## Against PyTorch\n")?;
+        writeln!(
+            report,
+            "The same workload in PyTorch {version}, written for speed on a CPU (data decoded once into \
+             one tensor, batches sliced from a per-epoch permutation), 2 threads, run by this command \
+             right after the runs above ({:.0} s):\n",
+            started.elapsed().as_secs_f64()
+        )?;
+        writeln!(report, "| | s/epoch (median) | test accuracy |")?;
+        writeln!(report, "|---|---|---|")?;
+        writeln!(report, "| PyTorch | {torch_epoch:.3} | {torch_accuracy:.2}% |")?;
+        let ours = &speed[1].1;
+        writeln!(report, "| this project | {:.3} | {:.2}% |", medians[1], ours[0].test_accuracy)?;
+        writeln!(report, "\nThis project is {:.1}x faster per epoch.", torch_epoch / medians[1])?;
+    }
+
+    writeln!(report, "\n## Kernels\n")?;
+    writeln!(
+        report,
+        "Micro-benchmarks of the kernels at the model's shapes: `cargo bench -p tensor --bench kernels`."
+    )?;
+    crate::write_file_atomically(&opts.output, report.as_bytes())?;
+    Ok(report)
+}
+
+/// FLOP per training sample of an MLP with `widths`.
+struct Flops {
+    /// Counting every product: forward, weight gradients, input gradients of layers 2 and up.
+    dense: f64,
+    /// The same with the first layer's forward and weight gradient scaled by the input density.
+    executed: f64,
+}
+
+impl Flops {
+    fn new(widths: &[usize], density: f64) -> Self {
+        let layer = |i: usize| 2.0 * (widths[i] * widths[i + 1]) as f64;
+        let layers = widths.len() - 1;
+        let rest: f64 = (1..layers).map(layer).sum();
+        // Forward and weight gradient of every layer; input gradient of every layer but the first.
+        let dense = 2.0 * layer(0) + 3.0 * rest;
+        let executed = 2.0 * density * layer(0) + 3.0 * rest;
+        Self { dense, executed }
+    }
+}
+
+fn widths(hidden: &str) -> Vec<usize> {
+    let mut w = vec![INPUTS];
+    w.extend(hidden.split(',').map(|h| h.parse::<usize>().expect("a width")));
+    w.push(CLASSES);
+    w
+}
+
+/// Runs the program, collecting its output and peak memory, and reads its metrics CSV.
+fn measure_run(bin: &Path, args: &[&str], csv: &Path) -> Result<Run> {
+    let (status, stdout, stderr, peak_rss_mb) = run_measured(bin, args)?;
+    if !status {
+        bail!("mnist {} failed: {stderr}", args.join(" "));
+    }
+    let epoch_seconds = fs::read_to_string(csv)?
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap_or("").parse::<f64>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("metrics CSV")?;
+    Ok(Run {
+        epoch_seconds,
+        test_accuracy: field(&stdout, "Test Accuracy: ")?,
+        load_ms: field(&stderr, "MNIST loaded in ")?,
+        eval_ms: field(&stderr, "test images in ")?,
+        peak_rss_mb,
+    })
+}
+
+/// Runs `bin args`, returning success, stdout, stderr and the child's own peak resident set in MB.
+fn run_measured(bin: &Path, args: &[&str]) -> Result<(bool, String, String, f64)> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out_pipe.read_to_string(&mut s).map(|_| s)
+    });
+    let mut stderr = String::new();
+    err_pipe.read_to_string(&mut stderr)?;
+    let stdout = out_reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    let (ok, rss_mb) = wait_with_rusage(&mut child)?;
+    Ok((ok, stdout, stderr, rss_mb))
+}
+
+#[cfg(unix)]
+fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, f64)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our own unreaped child; the pointers are to live locals.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("wait4");
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    // ru_maxrss is in kilobytes on Linux.
+    Ok((ok, usage.ru_maxrss as f64 / 1024.0))
+}
+
+#[cfg(not(unix))]
+fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, f64)> {
+    Ok((child.wait()?.success(), f64::NAN))
+}
+
+/// The number after `label` in `text`.
+fn field(text: &str, label: &str) -> Result<f64> {
+    let start = text.find(label).map(|i| i + label.len()).with_context(|| format!("no {label:?} in the output"))?;
+    let num: String = text[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    num.parse().with_context(|| format!("{label:?} is not followed by a number"))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// The share of nonzero pixels in MNIST's training images.
+fn pixel_density(dir: &Path) -> Result<f64> {
+    let name = "train-images-idx3-ubyte";
+    let plain = dir.join(name);
+    let bytes = if plain.exists() {
+        fs::read(&plain)?
+    } else {
+        let gz = dir.join(format!("{name}.gz"));
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(fs::File::open(&gz).with_context(|| format!("no MNIST in {}", dir.display()))?)
+            .read_to_end(&mut out)?;
+        out
+    };
+    let pixels = bytes.get(16..).context("train images shorter than their header")?;
+    Ok(pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64)
+}
+
+/// The CPU, its core count and the compiler, in one line.
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    for (name, present) in [
+        ("AVX2", std::arch::is_x86_feature_detected!("avx2")),
+        ("FMA", std::arch::is_x86_feature_detected!("fma")),
+        ("AVX-512F", std::arch::is_x86_feature_detected!("avx512f")),
+    ] {
+        if present {
+            features.push(name);
+        }
+    }
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "rustc (unknown version)".into());
+    format!(
+        "{} ({} logical CPUs at {} MHz; {}), {rustc}, release profile (codegen-units 1, thin LTO, no \
+         target-cpu flags: vector kernels are chosen at run time)",
+        field("model name"),
+        cpus,
+        field("cpu MHz"),
+        if features.is_empty() { "no AVX2".into() } else { features.join(", ") }
+    )
+}
+
+/// Today's date, from the system's `date`.
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "an unknown date".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_of_the_default_model() {
+        // Σ in·out = 100352 + 8192 + 2048 + 320 = 110912; forward and weight gradients count
+        // 2·110912 each, input gradients of layers 2-4 2·10560.
+        let f = Flops::new(&[784, 128, 64, 32, 10], 1.0);
+        assert_eq!(f.dense, 4.0 * 110_912.0 + 2.0 * 10_560.0);
+        assert_eq!(f.executed, f.dense);
+        let sparse = Flops::new(&[784, 128, 64, 32, 10], 0.25);
+        assert_eq!(f.dense - sparse.executed, 0.75 * 4.0 * 100_352.0);
+    }
+
+    #[test]
+    fn fields_and_medians_parse() {
+        assert_eq!(field("Epoch 1\nTest Accuracy: 97.74%\n", "Test Accuracy: ").unwrap(), 97.74);
+        assert!(field("nothing", "Test Accuracy: ").is_err());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
