@@ -20,10 +20,10 @@ use clap::Parser;
 use data::{DataError, Dataset, Mnist};
 use nn::Mlp;
 
-pub use args::{OptimizerConfig, TrainConfig};
+pub use args::{OptimizerConfig, RunFlags, RunSettings, TrainConfig};
 
 /// A command line that parses but does not make sense; exits with status 2, like clap's own.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
 impl std::fmt::Display for UsageError {
@@ -61,7 +61,7 @@ pub fn main() -> ExitCode {
 fn run(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
     match command {
         args::Command::Train(a) => {
-            let cfg = TrainConfig::try_from(a)?;
+            let cfg = TrainConfig::try_from(*a)?;
             with_threads(cfg.threads, || train::run(&cfg, out).map(drop))
         }
         args::Command::Eval(a) => with_threads(args::threads(a.threads)?, || eval::run(&a, out)),

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::args::{OptimizerConfig, TrainConfig};
+use crate::args::{OptimizerConfig, RunSettings, TrainConfig};
 use crate::eval::{Evaluation, evaluate, print_test_results};
 use crate::fsutil::{check_writable, prepare_dir, write_atomically};
 use crate::{checkpoint, load_mnist, plots};
@@ -38,8 +38,9 @@ pub struct EpochRecord {
     pub val_loss: Option<f64>,
     /// Accuracy on the validation set after the epoch, if there is one.
     pub val_accuracy: Option<f64>,
-    /// Wall-clock seconds of the epoch's training steps.
-    pub seconds: f64,
+    /// Wall-clock seconds of the epoch's training steps (unknown for epochs restored from a
+    /// checkpoint, which keeps no timings so that its bytes do not depend on them).
+    pub seconds: Option<f64>,
 }
 
 /// What a training run produced.
@@ -56,29 +57,44 @@ pub struct TrainOutcome {
 /// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
 ///
 /// # Errors
-/// Unreadable data, an output that cannot be written (checked before training), or a loss that
-/// stops being finite; in every case nothing is saved from the failed run.
+/// Unreadable data or checkpoint, an output that cannot be written (checked before training),
+/// a resumed run's settings contradicted by the flags, or a loss that stops being finite; in
+/// every case nothing is saved from the failed run.
 pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutcome> {
-    if let Some(path) = &cfg.save {
-        check_writable("--save", path)?;
-    }
-    if let Some(path) = &cfg.metrics_csv {
-        check_writable("--metrics-csv", path)?;
+    for (flag, path) in [("--save", &cfg.save), ("--checkpoint", &cfg.checkpoint), ("--metrics-csv", &cfg.metrics_csv)]
+    {
+        if let Some(path) = path {
+            check_writable(flag, path)?;
+        }
     }
     if let Some(dir) = &cfg.plots {
         prepare_dir("--plots", dir)?;
     }
+    let resumed = cfg.resume.as_deref().map(checkpoint::load_training).transpose()?;
+    let settings = match &resumed {
+        Some(state) => {
+            cfg.run.check_resume(&state.settings)?;
+            if cfg.epochs <= state.epochs_done {
+                bail!(
+                    "--resume: the run has {} epochs done already; pass an --epochs above that to train on",
+                    state.epochs_done
+                );
+            }
+            state.settings.clone()
+        }
+        None => cfg.run.resolve()?,
+    };
+
     let started = Instant::now();
     let mnist = load_mnist(&cfg.data_dir)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let train_set = &mnist.train;
-
-    let (train_idx, val_idx) = if cfg.val_split > 0.0 {
-        let (t, v) = data::split_indices(train_set.len(), cfg.val_split, cfg.seed);
+    let (train_idx, val_idx) = if settings.val_split > 0.0 {
+        let (t, v) = data::split_indices(train_set.len(), settings.val_split, settings.seed);
         if v.is_empty() || t.is_empty() {
             bail!(
                 "--val-split {} leaves {} training and {} validation samples of {}",
-                cfg.val_split,
+                settings.val_split,
                 t.len(),
                 v.len(),
                 train_set.len()
@@ -88,19 +104,38 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
     } else {
         ((0..train_set.len()).collect(), Vec::new())
     };
-    let model_config = cfg.model(train_set.image_len(), train_set.classes());
-    let mut init_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    init_rng.set_stream(INIT_STREAM);
-    let mut mlp = Mlp::new(&model_config, &mut init_rng);
-    let mut optimizer: Box<dyn Optimizer> = match cfg.optimizer {
+    let model_config = settings.model(train_set.image_len(), train_set.classes());
+    let mut optimizer: Box<dyn Optimizer> = match settings.optimizer {
         OptimizerConfig::Adam(c) => Box::new(Adam::new(c)?),
         OptimizerConfig::Sgd(c) => Box::new(Sgd::new(c)?),
     };
-    let mut loader = Loader::new(train_set, train_idx, cfg.batch_size, Order::Shuffled { seed: cfg.seed });
+    let (mut mlp, mut history, mut best, first_epoch) = match resumed {
+        Some(state) => {
+            if state.model.config() != &model_config {
+                bail!("--resume: the saved model does not fit this data set ({:?})", state.model.config().widths);
+            }
+            if state.threads != cfg.threads && !cfg.quiet {
+                eprintln!(
+                    "note: the run used {} threads and resumes on {}; results will differ in the last bits from a \
+                     run that never stopped",
+                    state.threads, cfg.threads
+                );
+            }
+            optimizer.load_state(state.optimizer)?;
+            let best = state.best.map(|b| (b.val_loss, b.epoch, b.model));
+            (state.model, state.history, best, state.epochs_done)
+        }
+        None => {
+            let mut init_rng = ChaCha8Rng::seed_from_u64(settings.seed);
+            init_rng.set_stream(INIT_STREAM);
+            (Mlp::new(&model_config, &mut init_rng), Vec::new(), None, 0)
+        }
+    };
+    let mut loader = Loader::new(train_set, train_idx, settings.batch_size, Order::Shuffled { seed: settings.seed });
     if !cfg.quiet {
         let widths: Vec<String> = model_config.widths.iter().map(usize::to_string).collect();
         eprintln!(
-            "MNIST loaded in {:.0} ms: training on {} images{}, {} test images; model {}{}, {} parameters, {} thread{}",
+            "MNIST loaded in {:.0} ms: training on {} images{}, {} test images; model {}{}, {} parameters, {} thread{}{}",
             load_seconds * 1e3,
             loader.len(),
             if val_idx.is_empty() { String::new() } else { format!(", validating on {}", val_idx.len()) },
@@ -110,17 +145,23 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
             mlp.params().num_scalars(),
             cfg.threads,
             if cfg.threads == 1 { "" } else { "s" },
+            if first_epoch > 0 { format!("; resuming after epoch {first_epoch}") } else { String::new() },
         );
     }
 
     // One shard per thread: each takes an equal part of every batch.
-    let threads = cfg.threads.min(cfg.batch_size);
+    let threads = cfg.threads.min(settings.batch_size);
     let mut shards: Vec<Shard> = (0..threads).map(|_| Shard::new()).collect();
     let mut grads: Vec<Grads> = (0..threads).map(|_| Grads::new(mlp.params())).collect();
-    let mut history: Vec<EpochRecord> = Vec::with_capacity(cfg.epochs);
-    let mut best: Option<(f64, usize, Mlp)> = None;
     let steps = loader.num_batches();
-    for epoch in 0..cfg.epochs {
+    let stopped_already = |best: &Option<(f64, usize, Mlp)>, done: usize| match (settings.early_stop, best) {
+        (Some(patience), Some((_, best_epoch, _))) => done - best_epoch >= patience,
+        _ => false,
+    };
+    for epoch in first_epoch..cfg.epochs {
+        if stopped_already(&best, epoch) {
+            break;
+        }
         loader.set_epoch(epoch as u64);
         let bar = progress_bar(cfg, epoch, steps);
         let started = Instant::now();
@@ -145,6 +186,15 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         }
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
+        if let Some(p) = mlp.params().iter().find(|p| p.value().iter().any(|v| !v.is_finite())) {
+            bail!(
+                "epoch {}: {} holds non-finite values; training diverged, most likely because the learning rate ({}) \
+                 is too high",
+                epoch + 1,
+                p.name(),
+                optimizer.learning_rate()
+            );
+        }
         let val = (!val_idx.is_empty()).then(|| evaluate(&mlp, train_set, &val_idx));
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -152,35 +202,43 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
             train_accuracy: correct as f64 / loader.len() as f64,
             val_loss: val.as_ref().map(|v| v.loss),
             val_accuracy: val.as_ref().map(Evaluation::accuracy),
-            seconds,
+            seconds: Some(seconds),
         };
         if !cfg.quiet {
             writeln!(out, "{}", epoch_line(&record, cfg.epochs))?;
         }
         history.push(record);
+        if let (Some(_), Some(val)) = (settings.early_stop, &val)
+            && best.as_ref().is_none_or(|(loss, _, _)| val.loss < *loss)
+        {
+            best = Some((val.loss, epoch + 1, mlp.clone()));
+        }
         if let Some(path) = &cfg.metrics_csv {
             write_atomically(path, |w| write_history_csv(w, &history))?;
         }
-        if let (Some(patience), Some(val)) = (cfg.early_stop, &val) {
-            if best.as_ref().is_none_or(|(loss, _, _)| val.loss < *loss) {
-                best = Some((val.loss, epoch + 1, mlp.clone()));
-            } else if epoch + 1 - best.as_ref().map_or(0, |b| b.1) >= patience {
-                if !cfg.quiet {
-                    let best_epoch = best.as_ref().map_or(0, |b| b.1);
-                    writeln!(
-                        out,
-                        "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}"
-                    )?;
-                }
-                break;
-            }
+        if let Some(path) = &cfg.checkpoint {
+            let state = checkpoint::TrainingState {
+                model: mlp.clone(),
+                settings: settings.clone(),
+                optimizer: optimizer.state(),
+                epochs_done: epoch + 1,
+                threads: cfg.threads,
+                history: history.iter().map(|r| EpochRecord { seconds: None, ..r.clone() }).collect(),
+                best: best.as_ref().map(|(val_loss, epoch, model)| checkpoint::Best {
+                    val_loss: *val_loss,
+                    epoch: *epoch,
+                    model: model.clone(),
+                }),
+            };
+            checkpoint::save_training(path, &state)?;
+        }
+        if stopped_already(&best, epoch + 1) && !cfg.quiet {
+            let (patience, best_epoch) = (settings.early_stop.unwrap_or(0), best.as_ref().map_or(0, |b| b.1));
+            writeln!(out, "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}")?;
         }
     }
     if let Some((_, _, best_model)) = best {
         mlp = best_model;
-    }
-    if let Some(p) = mlp.params().iter().find(|p| p.value().iter().any(|v| !v.is_finite())) {
-        bail!("training diverged: {} holds non-finite values; nothing saved (try a smaller --lr)", p.name());
     }
 
     let all_test: Vec<usize> = (0..mnist.test.len()).collect();
@@ -191,7 +249,7 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
     }
     print_test_results(out, &test, cfg.quiet)?;
     if let Some(path) = &cfg.save {
-        checkpoint::save(path, &mlp, &checkpoint_facts(cfg, &history, &test))?;
+        checkpoint::save(path, &mlp, &checkpoint_facts(&settings, &history, &test))?;
         if !cfg.quiet {
             eprintln!("Saved the model to {}", path.display());
         }
@@ -269,7 +327,9 @@ fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
     if let (Some(loss), Some(acc)) = (r.val_loss, r.val_accuracy) {
         line += &format!(", Val Loss: {loss:.4}, Val Accuracy: {:.2}%", 100.0 * acc);
     }
-    line += &format!(", Time: {:.2}s", r.seconds);
+    if let Some(seconds) = r.seconds {
+        line += &format!(", Time: {seconds:.2}s");
+    }
     line
 }
 
@@ -302,23 +362,23 @@ fn write_history_csv(w: &mut dyn Write, history: &[EpochRecord]) -> std::io::Res
             format!("{:.6}", r.train_accuracy),
             opt(r.val_loss),
             opt(r.val_accuracy),
-            format!("{:.3}", r.seconds),
+            opt(r.seconds),
         ])?;
     }
     csv.flush()
 }
 
 /// Training facts stored in a checkpoint's metadata.
-fn checkpoint_facts(cfg: &TrainConfig, history: &[EpochRecord], test: &Evaluation) -> Vec<(&'static str, String)> {
-    let optimizer = match cfg.optimizer {
+fn checkpoint_facts(settings: &RunSettings, history: &[EpochRecord], test: &Evaluation) -> Vec<(&'static str, String)> {
+    let optimizer = match settings.optimizer {
         OptimizerConfig::Adam(c) => format!("adam lr={} weight_decay={:?}", c.lr, c.weight_decay),
         OptimizerConfig::Sgd(c) => format!("sgd lr={} momentum={} weight_decay={:?}", c.lr, c.momentum, c.weight_decay),
     };
     vec![
         ("epochs", history.len().to_string()),
-        ("batch_size", cfg.batch_size.to_string()),
+        ("batch_size", settings.batch_size.to_string()),
         ("optimizer", optimizer),
-        ("seed", cfg.seed.to_string()),
+        ("seed", settings.seed.to_string()),
         ("test_accuracy", format!("{:.4}", test.accuracy())),
     ]
 }

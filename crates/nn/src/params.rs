@@ -62,6 +62,25 @@ impl Param {
         self.reorder(&self.value, Layout::RowMajor)
     }
 
+    /// `data`, laid out as this parameter's storage (a gradient, an optimizer's buffer), in
+    /// row-major order: PyTorch's.
+    pub fn storage_to_row_major(&self, data: &[f32]) -> Vec<f32> {
+        self.reorder(data, Layout::RowMajor)
+    }
+
+    /// Row-major `data` of this parameter's shape, laid out as its storage.
+    ///
+    /// # Panics
+    /// If `data` is not as long as the parameter.
+    #[track_caller]
+    pub fn row_major_to_storage(&self, data: &[f32]) -> Vec<f32> {
+        assert_eq!(data.len(), self.value.len(), "{}: {} values for {}", self.name, data.len(), self.value.len());
+        match (self.layout, &self.shape[..]) {
+            (Layout::ColumnMajor, &[r, c]) => transpose(data, r, c),
+            _ => data.to_vec(),
+        }
+    }
+
     /// `data`, stored as this parameter stores its values, reordered into `to`.
     pub(crate) fn reorder(&self, data: &[f32], to: Layout) -> Vec<f32> {
         match (self.layout, to, &self.shape[..]) {
@@ -243,5 +262,8 @@ mod tests {
         assert_eq!(params.matrix(r), params.matrix(c));
         assert_eq!(params.get(c).value(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         assert_eq!(params.get(c).to_row_major(), values);
+        let p = params.get(c);
+        assert_eq!(p.row_major_to_storage(&values), p.value());
+        assert_eq!(p.storage_to_row_major(p.value()), values);
     }
 }

@@ -4,7 +4,10 @@ use nn::{Grads, Params};
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads};
-use crate::{OptimError, Optimizer, WeightDecay};
+use crate::{OptimError, OptimState, Optimizer, WeightDecay};
+
+/// PyTorch's names for Adam's two buffers per parameter.
+const BUFFERS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
 
 /// Adam's hyperparameters. The default is `torch.optim.Adam()`'s: lr 1e-3, betas (0.9, 0.999),
 /// eps 1e-8, no weight decay.
@@ -100,48 +103,6 @@ impl Adam {
     pub fn step_count(&self) -> u64 {
         self.step
     }
-
-    /// The state: the step count and, per parameter (by name), `exp_avg` and `exp_avg_sq`.
-    pub fn state(&self) -> AdamState {
-        let buffers = &self.slots.buffers;
-        let moments = self
-            .slots
-            .layout
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| (name.clone(), buffers[2 * i].clone(), buffers[2 * i + 1].clone()))
-            .collect();
-        AdamState { step: self.step, moments }
-    }
-
-    /// An optimizer that continues from `state`, as if it had taken those steps itself.
-    ///
-    /// # Errors
-    /// A hyperparameter out of range, or moments whose lengths differ.
-    pub fn from_state(config: AdamConfig, state: AdamState) -> Result<Self, OptimError> {
-        let mut adam = Self::new(config)?;
-        adam.step = state.step;
-        for (name, m, v) in state.moments {
-            if m.len() != v.len() {
-                let found = format!("{name} [{}] and [{}]", m.len(), v.len());
-                let index = adam.slots.layout.len();
-                return Err(OptimError::ParamsChanged { index, expected: "moments of equal length".into(), found });
-            }
-            adam.slots.layout.push((name, m.len()));
-            adam.slots.buffers.push(m);
-            adam.slots.buffers.push(v);
-        }
-        Ok(adam)
-    }
-}
-
-/// Adam's state, PyTorch's `exp_avg` and `exp_avg_sq` per parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdamState {
-    /// Steps taken.
-    pub step: u64,
-    /// Per parameter: name, first moment, second moment.
-    pub moments: Vec<(String, Vec<f32>, Vec<f32>)>,
 }
 
 impl Optimizer for Adam {
@@ -165,6 +126,16 @@ impl Optimizer for Adam {
             let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
             constants.apply(param.value_mut(), GradSum::of(parts, id, &mut self.scratch), m, v);
         }
+        Ok(())
+    }
+
+    fn state(&self) -> OptimState {
+        OptimState { step: self.step, buffers: self.slots.export(&BUFFERS) }
+    }
+
+    fn load_state(&mut self, state: OptimState) -> Result<(), OptimError> {
+        self.slots = Slots::import(state.buffers, &BUFFERS)?;
+        self.step = state.step;
         Ok(())
     }
 

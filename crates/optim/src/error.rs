@@ -28,6 +28,12 @@ pub enum OptimError {
         /// Gradient buffers given.
         grads: usize,
     },
+    /// A saved state that does not describe this optimizer's buffers.
+    #[error("invalid optimizer state: {reason}")]
+    BadState {
+        /// What is wrong.
+        reason: String,
+    },
     /// The parameters differ from those the optimizer's state was built for.
     #[error("parameter {index} is {found}, but the optimizer's state is for {expected}")]
     ParamsChanged {

@@ -16,7 +16,7 @@ mod error;
 mod sgd;
 mod state;
 
-pub use adam::{Adam, AdamConfig, AdamState};
+pub use adam::{Adam, AdamConfig};
 pub use error::OptimError;
 pub use sgd::{Sgd, SgdConfig};
 
@@ -41,11 +41,32 @@ pub trait Optimizer {
     /// As [`Optimizer::step`], for any part.
     fn step_sum(&mut self, params: &mut Params, parts: &[Grads]) -> Result<(), OptimError>;
 
+    /// What the optimizer carries from step to step, for a checkpoint.
+    fn state(&self) -> OptimState;
+
+    /// Continues from a state saved by [`Optimizer::state`], as if this optimizer had taken
+    /// those steps itself. The buffers are checked against the parameters at the next step.
+    ///
+    /// # Errors
+    /// Buffers that are not this optimizer's.
+    fn load_state(&mut self, state: OptimState) -> Result<(), OptimError>;
+
     /// The current learning rate.
     fn learning_rate(&self) -> f32;
 
     /// Changes the learning rate for the following steps (for schedules).
     fn set_learning_rate(&mut self, lr: f32);
+}
+
+/// What an optimizer carries from step to step: the number of steps taken and its buffers,
+/// named `{parameter}.{buffer}` with PyTorch's buffer names (`exp_avg`, `exp_avg_sq`,
+/// `momentum_buffer`), each in its parameter's storage order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OptimState {
+    /// Steps taken.
+    pub step: u64,
+    /// Named buffers, parameter by parameter.
+    pub buffers: Vec<(String, Vec<f32>)>,
 }
 
 /// How weight decay enters an update.

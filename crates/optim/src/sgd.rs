@@ -4,7 +4,10 @@ use nn::{Grads, Params};
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads};
-use crate::{OptimError, Optimizer, WeightDecay};
+use crate::{OptimError, OptimState, Optimizer, WeightDecay};
+
+/// PyTorch's name for SGD's buffer per parameter.
+const BUFFERS: [&str; 1] = ["momentum_buffer"];
 
 /// SGD's hyperparameters; the default is plain SGD with lr 0.01.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,7 +64,7 @@ pub struct Sgd {
     config: SgdConfig,
     /// One momentum buffer per parameter, made on the first step when momentum is on.
     slots: Slots,
-    started: bool,
+    steps: u64,
     /// Where more than two gradient parts are added up.
     scratch: Vec<f32>,
 }
@@ -73,7 +76,7 @@ impl Sgd {
     /// A hyperparameter out of range.
     pub fn new(config: SgdConfig) -> Result<Self, OptimError> {
         config.validate()?;
-        Ok(Self { config, slots: Slots::default(), started: false, scratch: Vec::new() })
+        Ok(Self { config, slots: Slots::default(), steps: 0, scratch: Vec::new() })
     }
 
     /// The hyperparameters.
@@ -87,7 +90,7 @@ impl Optimizer for Sgd {
         check_grads(params, parts)?;
         let SgdConfig { lr, momentum, dampening, nesterov, weight_decay } = self.config;
         let (l2, shrink) = weight_decay.factors(lr);
-        let first = !self.started;
+        let first = self.steps == 0;
         if momentum != 0.0 {
             self.slots.bind(params, 1)?;
         }
@@ -109,7 +112,21 @@ impl Optimizer for Sgd {
                 *p += -lr * d;
             }
         }
-        self.started = true;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn state(&self) -> OptimState {
+        OptimState { step: self.steps, buffers: self.slots.export(&BUFFERS) }
+    }
+
+    fn load_state(&mut self, state: OptimState) -> Result<(), OptimError> {
+        let slots = Slots::import(state.buffers, &BUFFERS)?;
+        if self.config.momentum != 0.0 && state.step > 0 && slots.layout.is_empty() {
+            return Err(OptimError::BadState { reason: "momentum buffers missing".into() });
+        }
+        self.slots = slots;
+        self.steps = state.step;
         Ok(())
     }
 

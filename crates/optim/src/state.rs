@@ -13,6 +13,46 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
+    /// The buffers as `{param}.{name}`, `names` naming each parameter's buffers in order.
+    pub(crate) fn export(&self, names: &[&str]) -> Vec<(String, Vec<f32>)> {
+        let mut buffers = self.buffers.iter();
+        self.layout
+            .iter()
+            .flat_map(|(param, _)| names.iter().map(move |n| format!("{param}.{n}")))
+            .map(|name| (name, buffers.next().expect("one buffer per name").clone()))
+            .collect()
+    }
+
+    /// The inverse of [`Slots::export`].
+    pub(crate) fn import(buffers: Vec<(String, Vec<f32>)>, names: &[&str]) -> Result<Self, OptimError> {
+        if !buffers.len().is_multiple_of(names.len()) {
+            return Err(OptimError::BadState {
+                reason: format!("{} buffers, not groups of {}", buffers.len(), names.len()),
+            });
+        }
+        let mut slots = Self::default();
+        for group in buffers.chunks(names.len()) {
+            let suffix = format!(".{}", names[0]);
+            let param = group[0].0.strip_suffix(&suffix).ok_or_else(|| OptimError::BadState {
+                reason: format!("buffer {} is not a {}", group[0].0, names[0]),
+            })?;
+            let len = group[0].1.len();
+            for ((name, values), expected) in group.iter().zip(names) {
+                if *name != format!("{param}.{expected}") || values.len() != len {
+                    return Err(OptimError::BadState {
+                        reason: format!(
+                            "buffer {name} [{}] where {param}.{expected} [{len}] was expected",
+                            values.len()
+                        ),
+                    });
+                }
+            }
+            slots.layout.push((param.to_owned(), len));
+        }
+        slots.buffers = buffers.into_iter().map(|(_, v)| v).collect();
+        Ok(slots)
+    }
+
     /// Makes `per_param` zeroed buffers for each parameter on first use; afterwards checks
     /// that the parameters are still the same.
     pub(crate) fn bind(&mut self, params: &Params, per_param: usize) -> Result<(), OptimError> {

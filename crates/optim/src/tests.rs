@@ -137,22 +137,57 @@ fn bad_hyperparameters_are_named() {
     assert_eq!(err.to_string(), "invalid weight decay -1: must be finite and non-negative");
 }
 
-#[test]
-fn adam_resumed_from_its_state_continues_bit_for_bit() {
+/// Steps through four gradients, handing over to a fresh optimizer loaded with the state
+/// after step `resume_after`, if any.
+fn trajectory(make: &dyn Fn() -> Box<dyn Optimizer>, resume_after: Option<usize>) -> Vec<f32> {
     let grads = [[0.3f32, -0.2], [0.1, 0.4], [-0.5, 0.05], [0.2, 0.2]];
-    let run = |resume_after: Option<usize>| {
-        let (mut p, mut gr) = params(&[1.0, -1.0], &grads[0]);
-        let mut adam = Adam::new(AdamConfig::default()).unwrap();
-        for (k, g) in grads.iter().enumerate() {
-            set_grad(&p, &mut gr, g);
-            adam.step(&mut p, &gr).unwrap();
-            if resume_after == Some(k) {
-                adam = Adam::from_state(*adam.config(), adam.state()).unwrap();
-            }
+    let (mut p, mut gr) = params(&[1.0, -1.0], &grads[0]);
+    let mut opt = make();
+    for (k, g) in grads.iter().enumerate() {
+        set_grad(&p, &mut gr, g);
+        opt.step(&mut p, &gr).unwrap();
+        if resume_after == Some(k) {
+            let state = opt.state();
+            opt = make();
+            opt.load_state(state).unwrap();
         }
-        values(&p)
+    }
+    values(&p)
+}
+
+#[test]
+fn optimizers_resumed_from_their_state_continue_bit_for_bit() {
+    let adam = || Box::new(Adam::new(AdamConfig::default()).unwrap()) as Box<dyn Optimizer>;
+    let sgd = || {
+        let config = SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() };
+        Box::new(Sgd::new(config).unwrap()) as Box<dyn Optimizer>
     };
-    let straight = run(None);
-    assert_eq!(run(Some(1)), straight);
-    assert_ne!(straight, [1.0, -1.0]);
+    for make in [&adam as &dyn Fn() -> Box<dyn Optimizer>, &sgd] {
+        let straight = trajectory(make, None);
+        assert_ne!(straight, [1.0, -1.0]);
+        for k in 0..3 {
+            assert_eq!(trajectory(make, Some(k)), straight, "resumed after step {k}");
+        }
+    }
+    let state = adam().state();
+    assert_eq!(state, OptimState::default(), "no step, no state");
+}
+
+#[test]
+fn a_state_for_another_optimizer_is_refused() {
+    let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, ..Default::default() }).unwrap();
+    let (mut p, g) = params(&[1.0], &[1.0]);
+    sgd.step(&mut p, &g).unwrap();
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    let err = adam.load_state(sgd.state()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid optimizer state: 1 buffers, not groups of 2");
+    let mut adam_state = {
+        let mut a = Adam::new(AdamConfig::default()).unwrap();
+        a.step(&mut p, &g).unwrap();
+        a.state()
+    };
+    assert_eq!(adam_state.buffers[0].0, "w.exp_avg");
+    adam_state.buffers[1].1.push(0.0);
+    let err = Adam::new(AdamConfig::default()).unwrap().load_state(adam_state).unwrap_err();
+    assert_eq!(err.to_string(), "invalid optimizer state: buffer w.exp_avg_sq [2] where w.exp_avg_sq [1] was expected");
 }
