@@ -7,15 +7,15 @@ use std::sync::OnceLock;
 
 use data::Mnist;
 
-fn program() -> Command {
+pub(crate) fn program() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mnist-e2e"))
 }
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     program().args(args).output().expect("the program starts")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -170,7 +170,7 @@ fn predict_gives_a_png_test_image_its_label() {
 
 /// A failure: non-zero exit with `code`, one line on stderr starting `error: ` and containing
 /// `needle`, no panic, nothing on stdout.
-fn assert_fails(args: &[&str], code: i32, needle: &str) {
+pub(crate) fn assert_fails(args: &[&str], code: i32, needle: &str) {
     let out = run(args);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");

@@ -4,3 +4,4 @@
 mod cli;
 mod mnist_data;
 mod reference;
+mod reliability;

@@ -52,6 +52,9 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
         anyhow::bail!("{flag} {}: is a folder, not a file", path.display());
     }
     let dir = parent(path);
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{flag} {}: {} is not a folder", path.display(), dir.display());
+    }
     if !dir.is_dir() {
         anyhow::bail!("{flag} {}: folder {} does not exist", path.display(), dir.display());
     }
@@ -100,6 +103,11 @@ mod tests {
         assert!(err.starts_with("--save ") && err.ends_with("does not exist"), "{err}");
         let err = check_writable("--save", dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("is a folder, not a file"), "{err}");
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let err = check_writable("--save", &file.join("m.safetensors")).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("{} is not a folder", file.display())), "{err}");
+        fs::remove_file(&file).unwrap();
         check_writable("--save", &dir.path().join("ok")).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the probe leaves nothing");
     }

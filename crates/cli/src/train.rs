@@ -25,6 +25,10 @@ use crate::{checkpoint, load_mnist, plots};
 /// The ChaCha8 stream the initial weights are drawn from.
 const INIT_STREAM: u64 = u64::MAX - 1;
 
+/// A batch's mean loss above this means the weights have diverged: on average the true class
+/// scores this many logits below the top one (a model guessing uniformly loses ln 10 = 2.3).
+const DIVERGED_LOSS: f64 = 1e4;
+
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochRecord {
@@ -169,10 +173,10 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         for step in 0..steps {
             let (loss, right, parts) =
                 forward_backward(&mut shards, &mut grads, &mlp, train_set, loader.batch_indices(step));
-            if !loss.is_finite() {
+            if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
                 bar.abandon();
                 bail!(
-                    "epoch {}, step {}/{steps}: the loss became {loss}; training diverged, most likely because the \
+                    "epoch {}, step {}/{steps}: the loss became {loss:.4e}; training diverged, most likely because the \
                      learning rate ({}) is too high",
                     epoch + 1,
                     step + 1,

@@ -1,0 +1,196 @@
+//! Faults and reproducibility, through the `mnist` program: divergence, unwritable outputs,
+//! damaged data, interrupted and resumed runs, and bit-identical reruns.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::cli::{assert_fails, run, text};
+
+fn dir_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+/// Runs `mnist train` with `args` on real MNIST and returns the output, asserting success.
+fn train(data: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["train", "--data-dir", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    assert!(out.status.success(), "train {args:?} failed: {}", text(&out.stderr));
+    out
+}
+
+/// The stdout lines without their timings (`, Time: 0.23s`), which no run repeats.
+fn without_times(stdout: &[u8]) -> Vec<String> {
+    text(stdout).lines().map(|l| l.split(", Time: ").next().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn the_same_seed_and_threads_give_identical_runs() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for threads in ["1", "2"] {
+        let runs: Vec<(Vec<String>, Vec<u8>)> = (0..2)
+            .map(|r| {
+                let save = dir.path().join(format!("t{threads}-{r}.safetensors"));
+                let args = ["--epochs", "1", "--seed", "7", "--threads", threads, "--save", save.to_str().unwrap()];
+                let out = train(&data, &args);
+                (without_times(&out.stdout), std::fs::read(&save).unwrap())
+            })
+            .collect();
+        assert!(runs[0].0[0].starts_with("Epoch 1/1, Loss: "), "{:?}", runs[0].0);
+        assert_eq!(runs[0].0, runs[1].0, "{threads} thread(s): the printed losses and results differ");
+        assert!(runs[0].1 == runs[1].1, "{threads} thread(s): the checkpoints differ");
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let common = ["--val-split", "0.1", "--early-stop", "3", "--seed", "5", "--threads", "2"];
+
+    let straight =
+        train(&data, &[&common[..], &["--epochs", "2", "--checkpoint", &p("a.ckpt"), "--save", &p("a.st")]].concat());
+    train(&data, &[&common[..], &["--epochs", "1", "--checkpoint", &p("b.ckpt")]].concat());
+    let resumed = train(
+        &data,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            &p("b.ckpt"),
+            "--checkpoint",
+            &p("b.ckpt"),
+            "--save",
+            &p("b.st"),
+            "--metrics-csv",
+            &p("b.csv"),
+        ],
+    );
+
+    assert_eq!(std::fs::read(p("a.st")).unwrap(), std::fs::read(p("b.st")).unwrap(), "saved models differ");
+    assert_eq!(std::fs::read(p("a.ckpt")).unwrap(), std::fs::read(p("b.ckpt")).unwrap(), "checkpoints differ");
+    let (straight, resumed) = (without_times(&straight.stdout), without_times(&resumed.stdout));
+    assert!(resumed[0].starts_with("Epoch 2/2, Loss: "), "{resumed:?}");
+    assert_eq!(straight[1..], resumed[..], "epoch 2 and the test results must match");
+    assert!(
+        text(&run(&["eval", "--model", &p("b.ckpt"), "--data-dir", data.to_str().unwrap()]).stdout)
+            .starts_with("Test Accuracy: "),
+        "a training checkpoint also evaluates as a model"
+    );
+    let csv = std::fs::read_to_string(p("b.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "the resumed run's CSV has both epochs: {csv}");
+}
+
+#[test]
+fn resuming_refuses_a_model_file_and_changed_settings() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (model, ckpt) = (dir.path().join("m.st"), dir.path().join("m.ckpt"));
+    train(
+        &data,
+        &["--epochs", "1", "--hidden", "32", "--save", model.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap()],
+    );
+    let d = data.to_str().unwrap();
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", model.to_str().unwrap()],
+        1,
+        "m.st: a model without training state: --resume needs a file written by train --checkpoint",
+    );
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", ckpt.to_str().unwrap(), "--hidden", "128,64,32"],
+        2,
+        "--hidden 128,64,32 differs from the resumed run's 32: a resumed run keeps its settings",
+    );
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", ckpt.to_str().unwrap(), "--epochs", "1"],
+        1,
+        "--resume: the run has 1 epochs done already",
+    );
+    let junk = dir.path().join("junk.ckpt");
+    std::fs::write(&junk, &std::fs::read(&ckpt).unwrap()[..100]).unwrap();
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", junk.to_str().unwrap()],
+        1,
+        "junk.ckpt: not a safetensors file",
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_epoch_and_step_and_saves_nothing() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("model.safetensors");
+    // A checkpoint from an earlier run is there and must survive the failed one.
+    std::fs::write(&save, b"an earlier model").unwrap();
+    let d = data.to_str().unwrap();
+    for (args, lr) in [(&["--lr", "1e6"][..], "1000000"), (&["--optimizer", "sgd", "--lr", "100"], "100")] {
+        let mut all = vec!["train", "--data-dir", d, "--save", save.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let error = stderr.lines().last().unwrap();
+        assert!(error.starts_with("error: epoch 1, step "), "{error}");
+        assert!(
+            error.contains("training diverged, most likely because the learning rate")
+                && error.ends_with(&format!("({lr}) is too high")),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&save).unwrap(), b"an earlier model");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no other file was left");
+    }
+}
+
+#[test]
+fn outputs_that_cannot_be_written_fail_before_training() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let d = data.to_str().unwrap();
+    for (flag, path, message) in [
+        ("--save", dir.path().join("missing").join("m.st"), "does not exist"),
+        ("--checkpoint", file.join("m.ckpt"), "is not a folder"),
+        ("--metrics-csv", dir.path().to_path_buf(), "is a folder, not a file"),
+    ] {
+        let started = std::time::Instant::now();
+        assert_fails(&["train", "--data-dir", d, flag, path.to_str().unwrap()], 1, &format!("{flag} "));
+        assert_fails(&["train", "--data-dir", d, flag, path.to_str().unwrap()], 1, message);
+        assert!(started.elapsed().as_secs() < 20, "{flag}: it failed only after {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn corrupt_or_truncated_gzip_data_is_named() {
+    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for name in data::FILES {
+        let plain = data.join(name);
+        let source = if plain.exists() { plain } else { data.join(format!("{name}.gz")) };
+        let bytes = std::fs::read(&source).unwrap();
+        let bytes = if source.extension().is_some_and(|e| e == "gz") { bytes } else { gzip(&bytes) };
+        std::fs::write(dir.path().join(format!("{name}.gz")), bytes).unwrap();
+    }
+    let labels = dir.path().join("t10k-labels-idx1-ubyte.gz");
+    let bytes = std::fs::read(&labels).unwrap();
+    std::fs::write(&labels, &bytes[..bytes.len() / 2]).unwrap();
+    let expected = format!("{}: corrupt or truncated gzip data", labels.display());
+    assert_fails(&["train", "--epochs", "1", "--data-dir", &dir_arg(dir.path())], 1, &expected);
+
+    let images = dir.path().join("train-images-idx3-ubyte.gz");
+    let mut bytes = std::fs::read(&images).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 16].iter_mut().for_each(|b| *b ^= 0xa5);
+    std::fs::write(&images, bytes).unwrap();
+    let expected = format!("{}: corrupt or truncated gzip data", images.display());
+    assert_fails(&["train", "--epochs", "1", "--data-dir", &dir_arg(dir.path())], 1, &expected);
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
