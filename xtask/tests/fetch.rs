@@ -144,3 +144,36 @@ fn a_mirror_that_closes_midway_or_stalls_is_skipped_in_seconds() {
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
     assert_complete_and_clean(tmp.path());
 }
+
+#[test]
+fn a_fetch_killed_part_way_leaves_nothing_that_passes_for_valid_and_the_next_run_completes() {
+    use std::process::{Command, Stdio};
+    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let stalls = serve(Behaviour::Stall(mnist.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fetch-data", "--mirror", &stalls, "--data-dir", tmp.path().to_str().unwrap()])
+        .env_remove("MNIST_MIRROR")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the download is under way: its partial file exists.
+    let started = Instant::now();
+    let partial =
+        || std::fs::read_dir(tmp.path()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part"));
+    while !partial() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the download never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL: no destructor, no cleanup
+    child.wait().unwrap();
+    for f in FILES {
+        assert!(!tmp.path().join(f.name).exists(), "{} exists after the kill", f.name);
+    }
+
+    let good = serve(Behaviour::Folder(mnist));
+    let summary = fetch::fetch(&options(vec![http(good)], tmp.path()), &mut Vec::new()).unwrap();
+    assert_eq!(summary.downloaded.len(), 4);
+    assert_complete_and_clean(tmp.path());
+}

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::args::{OptimizerConfig, RunSettings, TrainConfig};
+use crate::checkpoint::{Best, TrainingState};
 use crate::eval::{Evaluation, evaluate, print_test_results};
 use crate::fsutil::{check_writable, prepare_dir, write_atomically};
 use crate::{checkpoint, load_mnist, plots};
@@ -126,8 +127,7 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
                 );
             }
             optimizer.load_state(state.optimizer)?;
-            let best = state.best.map(|b| (b.val_loss, b.epoch, b.model));
-            (state.model, state.history, best, state.epochs_done)
+            (state.model, state.history, state.best, state.epochs_done)
         }
         None => {
             let mut init_rng = ChaCha8Rng::seed_from_u64(settings.seed);
@@ -153,56 +153,26 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         );
     }
 
-    // One shard per thread: each takes an equal part of every batch.
-    let threads = cfg.threads.min(settings.batch_size);
-    let mut shards: Vec<Shard> = (0..threads).map(|_| Shard::new()).collect();
-    let mut grads: Vec<Grads> = (0..threads).map(|_| Grads::new(mlp.params())).collect();
-    let steps = loader.num_batches();
-    let stopped_already = |best: &Option<(f64, usize, Mlp)>, done: usize| match (settings.early_stop, best) {
-        (Some(patience), Some((_, best_epoch, _))) => done - best_epoch >= patience,
+    let mut stepper = Stepper::new(cfg.threads.min(settings.batch_size), &mlp, optimizer);
+    // Early stopping is over once `patience` epochs have passed without a better one.
+    let patience_spent = |best: &Option<Best>, done: usize| match (settings.early_stop, best) {
+        (Some(patience), Some(best)) => done - best.epoch >= patience,
         _ => false,
     };
     for epoch in first_epoch..cfg.epochs {
-        if stopped_already(&best, epoch) {
+        if patience_spent(&best, epoch) {
             break;
         }
         loader.set_epoch(epoch as u64);
-        let bar = progress_bar(cfg, epoch, steps);
+        let bar = progress_bar(cfg, epoch, loader.num_batches());
         let started = Instant::now();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        for step in 0..steps {
-            let (loss, right, parts) =
-                forward_backward(&mut shards, &mut grads, &mlp, train_set, loader.batch_indices(step));
-            if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
-                bar.abandon();
-                bail!(
-                    "epoch {}, step {}/{steps}: the loss became {loss:.4e}; training diverged, most likely because the \
-                     learning rate ({}) is too high",
-                    epoch + 1,
-                    step + 1,
-                    optimizer.learning_rate()
-                );
-            }
-            correct += right;
-            optimizer.step_sum(mlp.params_mut(), &grads[..parts])?;
-            loss_sum += loss;
-            bar.inc(1);
-        }
+        let (train_loss, correct) = stepper.epoch(&mut mlp, &loader, epoch, &bar)?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        if let Some(p) = mlp.params().iter().find(|p| p.value().iter().any(|v| !v.is_finite())) {
-            bail!(
-                "epoch {}: {} holds non-finite values; training diverged, most likely because the learning rate ({}) \
-                 is too high",
-                epoch + 1,
-                p.name(),
-                optimizer.learning_rate()
-            );
-        }
         let val = (!val_idx.is_empty()).then(|| evaluate(&mlp, train_set, &val_idx));
         let record = EpochRecord {
             epoch: epoch + 1,
-            train_loss: loss_sum / steps as f64,
+            train_loss,
             train_accuracy: correct as f64 / loader.len() as f64,
             val_loss: val.as_ref().map(|v| v.loss),
             val_accuracy: val.as_ref().map(Evaluation::accuracy),
@@ -213,36 +183,33 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         }
         history.push(record);
         if let (Some(_), Some(val)) = (settings.early_stop, &val)
-            && best.as_ref().is_none_or(|(loss, _, _)| val.loss < *loss)
+            && best.as_ref().is_none_or(|b| val.loss < b.val_loss)
         {
-            best = Some((val.loss, epoch + 1, mlp.clone()));
+            best = Some(Best { val_loss: val.loss, epoch: epoch + 1, model: mlp.clone() });
         }
         if let Some(path) = &cfg.metrics_csv {
             write_atomically(path, |w| write_history_csv(w, &history))?;
         }
         if let Some(path) = &cfg.checkpoint {
-            let state = checkpoint::TrainingState {
+            let state = TrainingState {
                 model: mlp.clone(),
                 settings: settings.clone(),
-                optimizer: optimizer.state(),
+                optimizer: stepper.optimizer.state(),
                 epochs_done: epoch + 1,
                 threads: cfg.threads,
                 history: history.iter().map(|r| EpochRecord { seconds: None, ..r.clone() }).collect(),
-                best: best.as_ref().map(|(val_loss, epoch, model)| checkpoint::Best {
-                    val_loss: *val_loss,
-                    epoch: *epoch,
-                    model: model.clone(),
-                }),
+                best: best.clone(),
             };
             checkpoint::save_training(path, &state)?;
         }
-        if stopped_already(&best, epoch + 1) && !cfg.quiet {
-            let (patience, best_epoch) = (settings.early_stop.unwrap_or(0), best.as_ref().map_or(0, |b| b.1));
-            writeln!(out, "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}")?;
+        if patience_spent(&best, epoch + 1)
+            && let (false, Some(patience), Some(b)) = (cfg.quiet, settings.early_stop, &best)
+        {
+            writeln!(out, "Early stop: no better validation loss for {patience} epochs; keeping epoch {}", b.epoch)?;
         }
     }
-    if let Some((_, _, best_model)) = best {
-        mlp = best_model;
+    if let Some(b) = best {
+        mlp = b.model;
     }
 
     let all_test: Vec<usize> = (0..mnist.test.len()).collect();
@@ -267,6 +234,57 @@ pub fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<TrainOutco
         }
     }
     Ok(TrainOutcome { model: mlp, history, test })
+}
+
+/// What every step uses: a shard and gradients per thread, and the optimizer.
+struct Stepper {
+    shards: Vec<Shard>,
+    grads: Vec<Grads>,
+    optimizer: Box<dyn Optimizer>,
+}
+
+impl Stepper {
+    fn new(threads: usize, mlp: &Mlp, optimizer: Box<dyn Optimizer>) -> Self {
+        Self {
+            shards: (0..threads).map(|_| Shard::new()).collect(),
+            grads: (0..threads).map(|_| Grads::new(mlp.params())).collect(),
+            optimizer,
+        }
+    }
+
+    /// One epoch over `loader`'s current order. Returns the mean of the batch losses and how
+    /// many samples were classified right.
+    ///
+    /// # Errors
+    /// The loss of a batch is not finite or above [`DIVERGED_LOSS`], or a weight is not
+    /// finite after the epoch: training diverged.
+    fn epoch(&mut self, mlp: &mut Mlp, loader: &Loader, epoch: usize, bar: &ProgressBar) -> Result<(f64, usize)> {
+        let steps = loader.num_batches();
+        let lr = self.optimizer.learning_rate();
+        let diverged = |what: String| {
+            anyhow::anyhow!(
+                "epoch {}, {what}; training diverged, most likely because the learning rate ({lr}) is too high",
+                epoch + 1
+            )
+        };
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for step in 0..steps {
+            let (loss, right, parts) =
+                forward_backward(&mut self.shards, &mut self.grads, mlp, loader.dataset(), loader.batch_indices(step));
+            if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
+                bar.abandon();
+                return Err(diverged(format!("step {}/{steps}: the loss became {loss:.4e}", step + 1)));
+            }
+            self.optimizer.step_sum(mlp.params_mut(), &self.grads[..parts])?;
+            loss_sum += loss;
+            correct += right;
+            bar.inc(1);
+        }
+        if let Some(p) = mlp.params().iter().find(|p| p.value().iter().any(|v| !v.is_finite())) {
+            return Err(diverged(format!("{} holds non-finite values", p.name())));
+        }
+        Ok((loss_sum / steps as f64, correct))
+    }
 }
 
 /// One thread's part of every batch: its rows and its tape, both reused.
