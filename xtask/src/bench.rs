@@ -57,16 +57,21 @@ struct Run {
 /// The build fails, a run fails, or its output cannot be parsed.
 pub fn bench(opts: &Options) -> Result<String> {
     let root = crate::repo_root();
-    eprintln!("building the release binary ...");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--package", "cli", "--bin", "mnist"])
-        .current_dir(&root)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo build --release failed");
+    eprintln!("building the release and dev binaries ...");
+    for profile in [&["--release"][..], &[]] {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .arg("build")
+            .args(profile)
+            .args(["--package", "cli", "--bin", "mnist"])
+            .current_dir(&root)
+            .status()
+            .context("cannot run cargo")?;
+        if !status.success() {
+            bail!("cargo build {} failed", profile.join(" "));
+        }
     }
     let bin = root.join("target").join("release").join("mnist");
+    let dev_bin = root.join("target").join("debug").join("mnist");
     let scratch = tempfile::tempdir()?;
     let density = pixel_density(&opts.data_dir)?;
 
@@ -146,6 +151,28 @@ pub fn bench(opts: &Options) -> Result<String> {
         flops.dense / 1e3,
         100.0 * density,
         flops.executed / 1e3
+    )?;
+
+    eprintln!("dev profile ...");
+    let csv = scratch.path().join("dev.csv");
+    let dev_args = [
+        "train",
+        "--threads",
+        "2",
+        "--epochs",
+        "3",
+        "--data-dir",
+        path_str(&opts.data_dir)?,
+        "--metrics-csv",
+        path_str(&csv)?,
+    ];
+    let dev = measure_run(&dev_bin, &dev_args, &csv)?;
+    let dev_epoch = median(&dev.epoch_seconds);
+    writeln!(
+        report,
+        "A dev build (`cargo run -p cli -- train`, no `--release`; 3 epochs, 2 threads) takes {dev_epoch:.3} s per \
+         epoch: {:.1}x the release build's.\n",
+        dev_epoch / medians[1]
     )?;
 
     writeln!(report, "## Scaling\n")?;

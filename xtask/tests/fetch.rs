@@ -177,3 +177,15 @@ fn a_fetch_killed_part_way_leaves_nothing_that_passes_for_valid_and_the_next_run
     assert_eq!(summary.downloaded.len(), 4);
     assert_complete_and_clean(tmp.path());
 }
+
+#[test]
+fn force_downloads_verified_files_again() {
+    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = options(vec![Mirror::Dir(mnist)], tmp.path());
+    fetch::fetch(&opts, &mut Vec::new()).unwrap();
+    opts.force = true;
+    let summary = fetch::fetch(&opts, &mut Vec::new()).unwrap();
+    assert_eq!((summary.downloaded.len(), summary.present.len()), (4, 0));
+    assert_complete_and_clean(tmp.path());
+}

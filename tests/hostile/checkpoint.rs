@@ -1,51 +1,9 @@
-//! Hostile checkpoint files: arbitrary bytes, truncations and bit flips of valid model and
-//! training checkpoints give an error or a consistent model, never a panic, and never make the
-//! loader allocate far beyond the input's size. A counting allocator measures the loader's peak
-//! allocation, so this file holds a single test.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! Checkpoint loading, as a model and as a training state.
 
 use proptest::prelude::*;
 use rand::SeedableRng;
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's pointer, layout and size.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(new_size, Ordering::SeqCst) + new_size;
-            PEAK.fetch_max(now, Ordering::SeqCst);
-            CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+use crate::{damage, exclusive, peak_allocation};
 
 /// Two valid files: a model and a training checkpoint of a small MLP.
 fn valid_files() -> [Vec<u8>; 2] {
@@ -95,25 +53,15 @@ proptest! {
         flips in proptest::collection::vec(0usize..40_000, 0..4),
         random in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
+        let _turn = exclusive();
         let files = valid_files();
-        let mut input = match which {
+        let valid = match which {
             0 => random,
             k => files[k - 1].clone(),
         };
-        let valid = input.clone();
-        for f in flips {
-            if !input.is_empty() {
-                let i = f % (input.len() * 8);
-                input[i / 8] ^= 1 << (i % 8);
-            }
-        }
-        input.truncate(cut.max(1).min(input.len()));
-
-        let base = CURRENT.load(Ordering::SeqCst);
-        PEAK.store(base, Ordering::SeqCst);
-        let model = cli::checkpoint::parse(&input);
-        let training = cli::checkpoint::parse_training(&input);
-        let peak = PEAK.load(Ordering::SeqCst) - base;
+        let input = damage(valid.clone(), &flips, cut);
+        let (peak, (model, training)) =
+            peak_allocation(|| (cli::checkpoint::parse(&input), cli::checkpoint::parse_training(&input)));
         prop_assert!(peak <= bound(&input), "{} bytes in, {peak} allocated", input.len());
         if input == valid && which > 0 {
             prop_assert!(model.is_ok());

@@ -1,0 +1,77 @@
+//! Hostile files, under a counting allocator: arbitrary bytes, truncations and bit flips of
+//! valid IDX files and checkpoints give an error or a consistent result, never a panic, and
+//! never make the parser allocate far beyond what the input can hold.
+//!
+//! The allocator counts for the whole process, so the tests in this binary take turns.
+
+mod checkpoint;
+mod idx;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(new_size, Ordering::SeqCst) + new_size;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Held by a test for as long as it measures.
+pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes `f` allocated at its peak, beyond what was live before it, and its result.
+pub(crate) fn peak_allocation<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let base = CURRENT.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    let result = f();
+    (PEAK.load(Ordering::SeqCst) - base, result)
+}
+
+/// Flips the bits `flips` (taken modulo the input's length in bits), then keeps at most `cut`
+/// bytes (at least one, unless the input is empty).
+pub(crate) fn damage(mut input: Vec<u8>, flips: &[usize], cut: usize) -> Vec<u8> {
+    for &f in flips {
+        if !input.is_empty() {
+            let i = f % (input.len() * 8);
+            input[i / 8] ^= 1 << (i % 8);
+        }
+    }
+    input.truncate(cut.max(1).min(input.len()));
+    input
+}
