@@ -36,7 +36,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// Full 10-epoch training runs per thread count.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Epochs per configuration of the scaling table.
         #[arg(long, default_value_t = 2)]
