@@ -1,5 +1,5 @@
 //! The project's chores as a library, so that tests can run them in process:
-//! [`fetch`] downloads and verifies MNIST, [`bench`] measures the `mnist` program.
+//! [`fetch`] downloads and verifies MNIST, [`bench`](mod@bench) measures the `mnist` program.
 
 pub mod bench;
 pub mod fetch;
