@@ -61,16 +61,23 @@ impl Slots {
             self.buffers = params.iter().flat_map(|p| (0..per_param).map(|_| vec![0.0; p.value().len()])).collect();
             return Ok(());
         }
-        let describe = |(name, len): &(String, usize)| format!("{name} [{len}]");
-        let given: Vec<_> = params.iter().map(|p| (p.name().to_owned(), p.value().len())).collect();
-        if let Some(index) = (0..self.layout.len().max(given.len())).find(|&i| self.layout.get(i) != given.get(i)) {
-            return Err(OptimError::ParamsChanged {
+        // Compared in place: this runs every step, and must not allocate.
+        let same = |i: usize| match (self.layout.get(i), params.iter().nth(i)) {
+            (Some((name, len)), Some(p)) => name == p.name() && *len == p.value().len(),
+            (None, None) => true,
+            _ => false,
+        };
+        match (0..self.layout.len().max(params.len())).find(|&i| !same(i)) {
+            None => Ok(()),
+            Some(index) => Err(OptimError::ParamsChanged {
                 index,
-                expected: self.layout.get(index).map_or("nothing".into(), describe),
-                found: given.get(index).map_or("nothing".into(), describe),
-            });
+                expected: self.layout.get(index).map_or("nothing".into(), |(name, len)| format!("{name} [{len}]")),
+                found: params
+                    .iter()
+                    .nth(index)
+                    .map_or("nothing".into(), |p| format!("{} [{}]", p.name(), p.value().len())),
+            }),
         }
-        Ok(())
     }
 }
 

@@ -1,11 +1,13 @@
-//! Hostile files, under a counting allocator: arbitrary bytes, truncations and bit flips of
+//! Tests that count allocations: hostile files (arbitrary bytes, truncations and bit flips of
 //! valid IDX files and checkpoints give an error or a consistent result, never a panic, and
-//! never make the parser allocate far beyond what the input can hold.
+//! never make the parser allocate far beyond what the input can hold), and the training step,
+//! which allocates nothing once warm.
 //!
 //! The allocator counts for the whole process, so the tests in this binary take turns.
 
 mod checkpoint;
 mod idx;
+mod training_step;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +17,15 @@ struct Counting;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Calls to `alloc` and `realloc`.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
         let p = unsafe { System.alloc(layout) };
+        CALLS.fetch_add(1, Ordering::SeqCst);
         if !p.is_null() {
             let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
             PEAK.fetch_max(now, Ordering::SeqCst);
@@ -37,6 +42,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's pointer, layout and size.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
+        CALLS.fetch_add(1, Ordering::SeqCst);
         if !p.is_null() {
             let now = CURRENT.fetch_add(new_size, Ordering::SeqCst) + new_size;
             PEAK.fetch_max(now, Ordering::SeqCst);
@@ -61,6 +67,13 @@ pub(crate) fn peak_allocation<T>(f: impl FnOnce() -> T) -> (usize, T) {
     PEAK.store(base, Ordering::SeqCst);
     let result = f();
     (PEAK.load(Ordering::SeqCst) - base, result)
+}
+
+/// How many times `f` called the allocator, and its result.
+pub(crate) fn allocations<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = CALLS.load(Ordering::SeqCst);
+    let result = f();
+    (CALLS.load(Ordering::SeqCst) - before, result)
 }
 
 /// Flips the bits `flips` (taken modulo the input's length in bits), then keeps at most `cut`
