@@ -409,7 +409,7 @@ fn progress_bar(cfg: &TrainConfig, epoch: usize, steps: usize) -> ProgressBar {
     if cfg.quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let style = ProgressStyle::with_template("Epoch {prefix} [{bar:40}] {pos}/{len} steps, {per_sec}, eta {eta}")
+    let style = ProgressStyle::with_template("Epoch {prefix} [{bar:40}] {pos}/{len} steps, eta {eta}")
         .expect("valid template")
         .progress_chars("=> ");
     ProgressBar::new(steps as u64).with_style(style).with_prefix(format!("{}/{}", epoch + 1, cfg.epochs))
