@@ -6,35 +6,20 @@ use rand::SeedableRng;
 use crate::{damage, exclusive, peak_allocation};
 
 /// Two valid files: a model and a training checkpoint of a small MLP.
-fn valid_files() -> [Vec<u8>; 2] {
-    let dir = tempfile::tempdir().unwrap();
+fn valid_files() -> &'static [Vec<u8>; 2] {
+    static FILES: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
+    FILES.get_or_init(make_files)
+}
+
+fn make_files() -> [Vec<u8>; 2] {
     let config = nn::MlpConfig { widths: vec![6, 5, 3], output_relu: false };
     let mlp = nn::Mlp::new(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
-    let model = dir.path().join("m.safetensors");
-    cli::checkpoint::save(&model, &mlp, &[("epochs", "1".into())]).unwrap();
-
-    let mut adam = optim::Adam::new(optim::AdamConfig::default()).unwrap();
-    let mut grads = nn::Grads::new(mlp.params());
-    for id in mlp.params().ids() {
-        grads.set(id, &vec![0.1; mlp.params().get(id).value().len()]);
-    }
-    let mut stepped = mlp.clone();
-    optim::Optimizer::step(&mut adam, stepped.params_mut(), &grads).unwrap();
-    let flags = cli::RunFlags::default();
-    let mut settings = flags.resolve().unwrap();
-    settings.hidden = vec![5];
-    let state = cli::checkpoint::TrainingState {
-        model: stepped,
-        settings,
-        optimizer: optim::Optimizer::state(&adam),
-        epochs_done: 1,
-        threads: 2,
-        history: Vec::new(),
-        best: None,
-    };
-    let training = dir.path().join("t.ckpt");
-    cli::checkpoint::save_training(&training, &state).unwrap();
-    [std::fs::read(model).unwrap(), std::fs::read(training).unwrap()]
+    let model = nn::Model::state_dict(&mlp).to_safetensors();
+    let data =
+        data::Dataset::new((0..60).map(|v| (v * 37 % 256) as u8).collect(), (0..10).map(|i| i % 3).collect(), 2, 3, 3);
+    let mut trainer = train::Trainer::new(mlp, train::Settings { batch_size: 4, ..Default::default() }).unwrap();
+    trainer.fit(&data, 1, &mut ()).unwrap();
+    [model, trainer.state().to_safetensors()]
 }
 
 /// The JSON parse of the header and the model built from the tensors, each a few times the
@@ -61,7 +46,7 @@ proptest! {
         };
         let input = damage(valid.clone(), &flips, cut);
         let (peak, (model, training)) =
-            peak_allocation(|| (cli::checkpoint::parse(&input), cli::checkpoint::parse_training(&input)));
+            peak_allocation(|| (train::load_model::<nn::Mlp>(&input), train::TrainingState::<nn::Mlp>::from_safetensors(&input)));
         prop_assert!(peak <= bound(&input), "{} bytes in, {peak} allocated", input.len());
         if input == valid && which > 0 {
             prop_assert!(model.is_ok());

@@ -1,7 +1,10 @@
-//! End-to-end tests, one binary with a module per area. Tests on real MNIST find it through
-//! `MNIST_DIR` (see `xtask::mnist_dir_for_tests`); on CI a missing data set fails them.
+//! End-to-end tests, one binary with a module per area. Most run on a small synthetic data set
+//! written to a temporary folder; those on real MNIST and PyTorch's reference numbers find
+//! them through `MNIST_DIR` and `TORCH_REFERENCE_DIR` (see `testkit`), and on CI a missing data
+//! set fails them.
 
 mod cli;
 mod mnist_data;
 mod reference;
 mod reliability;
+mod support;

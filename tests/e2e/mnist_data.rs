@@ -4,11 +4,12 @@ use data::{Batch, Loader, Mnist, Order};
 
 #[test]
 fn real_mnist_has_the_documented_shape_and_labels() {
-    let Some(dir) = xtask::mnist_dir_for_tests() else { return };
+    let Some(dir) = testkit::mnist_dir() else { return };
     let mnist = Mnist::load(&dir).unwrap();
     assert_eq!((mnist.train.len(), mnist.train.rows(), mnist.train.cols()), (60_000, 28, 28));
     assert_eq!((mnist.test.len(), mnist.test.rows(), mnist.test.cols()), (10_000, 28, 28));
     assert_eq!(mnist.train.label(0), 5);
+    assert_eq!(mnist.train.classes(), 10);
     let mut counts = [0usize; 10];
     mnist.test.labels().iter().for_each(|&l| counts[usize::from(l)] += 1);
     assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
@@ -16,7 +17,7 @@ fn real_mnist_has_the_documented_shape_and_labels() {
 
 #[test]
 fn real_mnist_batches_like_a_dataloader() {
-    let Some(dir) = xtask::mnist_dir_for_tests() else { return };
+    let Some(dir) = testkit::mnist_dir() else { return };
     let mnist = Mnist::load(&dir).unwrap();
     let mut loader = Loader::all(&mnist.train, 64, Order::Shuffled { seed: 0 });
     loader.set_epoch(0);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ndarray::{Array2, ArrayView2};
-use nn::{Grads, Mlp, MlpConfig, Tape};
+use nn::{Grads, Mlp, MlpConfig, Model, StateDict, Tape, Tensor};
 use optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig, WeightDecay};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -38,15 +38,20 @@ fn shape(v: &Value) -> Vec<usize> {
 }
 
 fn tiny() -> Option<Value> {
-    let dir = xtask::reference_dir_for_tests()?;
+    let dir = testkit::reference_dir()?;
     Some(serde_json::from_slice(&std::fs::read(dir.join("tiny.json")).unwrap()).unwrap())
 }
 
 /// The tiny model from its `init` (or any other) parameter map.
 fn tiny_model(tiny: &Value, params: &Value) -> Mlp {
     let widths = tiny["widths"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap() as usize).collect();
-    let named = params.as_object().unwrap().iter().map(|(k, v)| (k.clone(), shape(v), floats(v))).collect();
-    Mlp::from_named(&MlpConfig { widths, output_relu: false }, named).unwrap()
+    let mut state = StateDict::new();
+    for (name, value) in params.as_object().unwrap() {
+        state.insert(name.clone(), Tensor::new(shape(value), floats(value)));
+    }
+    let config = MlpConfig { widths, output_relu: false };
+    state.set_meta("widths", config.widths.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+    Mlp::from_state_dict(&state).unwrap()
 }
 
 fn batch(tiny: &Value) -> (Array2<f32>, Vec<usize>) {
@@ -71,7 +76,7 @@ fn named_grads(mlp: &Mlp, grads: &Grads) -> Vec<(String, Vec<f32>)> {
     (0..mlp.params().len())
         .map(|i| {
             let id = mlp.param_id(i);
-            (mlp.params().get(id).name().to_owned(), grads.to_row_major(mlp.params(), id).unwrap())
+            (mlp.params().get(id).name().to_owned(), grads.tensor(mlp.params(), id).unwrap().into_data())
         })
         .collect()
 }
@@ -162,7 +167,7 @@ fn optimizer_trajectories_match_pytorch() {
             opt.step(mlp.params_mut(), &grads).unwrap();
             for p in mlp.params().iter() {
                 let want = floats(&step["params_after_step"][p.name()]);
-                assert_close(&format!("{name} step {k} {}", p.name()), &p.to_row_major(), &want);
+                assert_close(&format!("{name} step {k} {}", p.name()), p.to_tensor().data(), &want);
             }
         }
     }
@@ -182,15 +187,17 @@ fn first_batch(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
-    let Some(dir) = xtask::reference_dir_for_tests() else { return };
+    let Some(dir) = testkit::reference_dir() else { return };
     let bytes = first_batch(&dir);
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let config = MlpConfig::default();
-    let named = config.param_shapes().into_iter().map(|(name, _)| {
+    let mut state = StateDict::new();
+    for (name, _) in config.param_shapes() {
         let (shape, values) = tensor(&st, &format!("init.{name}"));
-        (name, shape, values)
-    });
-    let mut mlp = Mlp::from_named(&config, named.collect()).unwrap();
+        state.insert(name, Tensor::new(shape, values));
+    }
+    let mut mlp = Mlp::from_state_dict(&state).unwrap();
+    assert_eq!(mlp.config(), &config, "the widths come from the shapes");
     let ids: Vec<_> = (0..mlp.params().len()).map(|i| mlp.param_id(i)).collect();
     let (_, input) = tensor(&st, "input");
     let x = Array2::from_shape_vec((64, 784), input).unwrap();
@@ -212,17 +219,12 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     for &id in &ids {
         let p = mlp.params().get(id);
         let (shape, grad) = tensor(&st, &format!("grad.{}", p.name()));
-        // PyTorch's gradients are row-major; the parameter may store column-major.
-        let grad: Vec<f32> = match (p.layout(), &shape[..]) {
-            (nn::Layout::ColumnMajor, &[r, c]) => (0..r * c).map(|i| grad[(i % r) * c + i / r]).collect(),
-            _ => grad,
-        };
-        torch_grads.set(id, &grad);
+        torch_grads.set(id, &p.aligned_from_tensor(&Tensor::new(shape, grad)).unwrap());
     }
     Adam::new(AdamConfig::default()).unwrap().step(on_torch_grads.params_mut(), &torch_grads).unwrap();
     for p in on_torch_grads.params().iter() {
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
-        assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), &p.to_row_major(), &want);
+        assert_close(&format!("adam_step1.{} from PyTorch's gradients", p.name()), p.to_tensor().data(), &want);
     }
 
     // Fed our own gradients, it must too, within what the gradients' last-bit differences
@@ -235,7 +237,7 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
     for (p, our_grad) in mlp.params().iter().zip(&ours) {
         let (_, torch_grad) = tensor(&st, &format!("grad.{}", p.name()));
         let want = tensor(&st, &format!("adam_step1.{}", p.name())).1;
-        for (i, (&got, &w)) in p.to_row_major().iter().zip(&want).enumerate() {
+        for (i, (&got, &w)) in p.to_tensor().data().iter().zip(&want).enumerate() {
             let g = f64::from(torch_grad[i]);
             let slope = lr * eps / (g.abs() + eps).powi(2);
             let allowed = 1e-5 * f64::from(w.abs()) + 1e-6 + slope * f64::from(our_grad[i] - torch_grad[i]).abs();
@@ -253,8 +255,8 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
 
 #[test]
 fn our_first_batch_is_pytorchs_first_batch() {
-    let Some(dir) = xtask::reference_dir_for_tests() else { return };
-    let Some(mnist_dir) = xtask::mnist_dir_for_tests() else { return };
+    let Some(dir) = testkit::reference_dir() else { return };
+    let Some(mnist_dir) = testkit::mnist_dir() else { return };
     let mnist = data::Mnist::load(&mnist_dir).unwrap();
     let mut loader = data::Loader::all(&mnist.train, 64, data::Order::Sequential);
     loader.set_epoch(0);

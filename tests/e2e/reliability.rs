@@ -1,23 +1,10 @@
-//! Faults and reproducibility, through the `mnist` program: divergence, unwritable outputs,
-//! damaged data, interrupted and resumed runs, and bit-identical reruns.
+//! Faults and reproducibility, through the `mnist` program on the synthetic set: divergence,
+//! unwritable outputs, damaged data, interrupted and resumed runs, bit-identical reruns, and a
+//! reader that goes away.
 
-use std::path::Path;
 use std::process::Output;
 
-use crate::cli::{assert_fails, run, text};
-
-fn dir_arg(dir: &Path) -> String {
-    dir.display().to_string()
-}
-
-/// Runs `mnist train` with `args` on real MNIST and returns the output, asserting success.
-fn train(data: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["train", "--data-dir", data.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = run(&all);
-    assert!(out.status.success(), "train {args:?} failed: {}", text(&out.stderr));
-    out
-}
+use crate::support::{arg, assert_fails, program, run, synthetic_dir, text, train_synthetic, trained};
 
 /// The stdout lines without their timings (`, Time: 0.23s`), which no run repeats.
 fn without_times(stdout: &[u8]) -> Vec<String> {
@@ -26,107 +13,82 @@ fn without_times(stdout: &[u8]) -> Vec<String> {
 
 #[test]
 fn the_same_seed_and_threads_give_identical_runs() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     for threads in ["1", "2"] {
         let runs: Vec<(Vec<String>, Vec<u8>)> = (0..2)
             .map(|r| {
                 let save = dir.path().join(format!("t{threads}-{r}.safetensors"));
-                let args = ["--epochs", "1", "--seed", "7", "--threads", threads, "--save", save.to_str().unwrap()];
-                let out = train(&data, &args);
+                let args = ["--epochs", "2", "--seed", "7", "--threads", threads, "--save", arg(&save)];
+                let out: Output = train_synthetic(&args);
                 (without_times(&out.stdout), std::fs::read(&save).unwrap())
             })
             .collect();
-        assert!(runs[0].0[0].starts_with("Epoch 1/1, Loss: "), "{:?}", runs[0].0);
+        assert!(runs[0].0[0].starts_with("Epoch 1/2, Loss: "), "{:?}", runs[0].0);
         assert_eq!(runs[0].0, runs[1].0, "{threads} thread(s): the printed losses and results differ");
-        assert!(runs[0].1 == runs[1].1, "{threads} thread(s): the checkpoints differ");
+        assert!(runs[0].1 == runs[1].1, "{threads} thread(s): the saved models differ");
     }
 }
 
 #[test]
 fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let common = ["--val-split", "0.1", "--early-stop", "3", "--seed", "5", "--threads", "2"];
+    let common = ["--val-split", "0.1", "--early-stop", "3", "--seed", "5", "--threads", "2", "--batch-size", "32"];
 
-    let straight =
-        train(&data, &[&common[..], &["--epochs", "2", "--checkpoint", &p("a.ckpt"), "--save", &p("a.st")]].concat());
-    train(&data, &[&common[..], &["--epochs", "1", "--checkpoint", &p("b.ckpt")]].concat());
-    let resumed = train(
-        &data,
-        &[
-            "--epochs",
-            "2",
-            "--resume",
-            &p("b.ckpt"),
-            "--checkpoint",
-            &p("b.ckpt"),
-            "--save",
-            &p("b.st"),
-            "--metrics-csv",
-            &p("b.csv"),
-        ],
+    let straight = train_synthetic(
+        &[&common[..], &["--epochs", "3", "--checkpoint", &p("a.ckpt"), "--save", &p("a.st")]].concat(),
     );
+    train_synthetic(&[&common[..], &["--epochs", "1", "--checkpoint", &p("b.ckpt")]].concat());
+    let resumed = train_synthetic(&[
+        "--epochs",
+        "3",
+        "--resume",
+        &p("b.ckpt"),
+        "--checkpoint",
+        &p("b.ckpt"),
+        "--save",
+        &p("b.st"),
+        "--metrics-csv",
+        &p("b.csv"),
+    ]);
 
     assert_eq!(std::fs::read(p("a.st")).unwrap(), std::fs::read(p("b.st")).unwrap(), "saved models differ");
     assert_eq!(std::fs::read(p("a.ckpt")).unwrap(), std::fs::read(p("b.ckpt")).unwrap(), "checkpoints differ");
     let (straight, resumed) = (without_times(&straight.stdout), without_times(&resumed.stdout));
-    assert!(resumed[0].starts_with("Epoch 2/2, Loss: "), "{resumed:?}");
-    assert_eq!(straight[1..], resumed[..], "epoch 2 and the test results must match");
-    assert!(
-        text(&run(&["eval", "--model", &p("b.ckpt"), "--data-dir", data.to_str().unwrap()]).stdout)
-            .starts_with("Test Accuracy: "),
-        "a training checkpoint also evaluates as a model"
-    );
+    assert!(resumed[0].starts_with("Epoch 2/3, Loss: "), "{resumed:?}");
+    assert_eq!(straight[1..], resumed[..], "epochs 2 and 3 and the test results must match");
     let csv = std::fs::read_to_string(p("b.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 3, "the resumed run's CSV has both epochs: {csv}");
+    assert_eq!(csv.lines().count(), 4, "the resumed run's CSV has every epoch: {csv}");
 }
 
 #[test]
-fn resuming_refuses_a_model_file_and_changed_settings() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
+fn resuming_refuses_a_model_file_a_finished_run_and_a_damaged_file() {
+    let t = trained();
+    let d = arg(synthetic_dir());
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", arg(&t.model)],
+        1,
+        "m.safetensors: a model without training state: --resume needs a file written by train --checkpoint",
+    );
+    assert_fails(
+        &["train", "--data-dir", d, "--resume", arg(&t.checkpoint), "--epochs", "2"],
+        1,
+        "--resume: the run has 2 epochs done already",
+    );
     let dir = tempfile::tempdir().unwrap();
-    let (model, ckpt) = (dir.path().join("m.st"), dir.path().join("m.ckpt"));
-    train(
-        &data,
-        &["--epochs", "1", "--hidden", "32", "--save", model.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap()],
-    );
-    let d = data.to_str().unwrap();
-    assert_fails(
-        &["train", "--data-dir", d, "--resume", model.to_str().unwrap()],
-        1,
-        "m.st: a model without training state: --resume needs a file written by train --checkpoint",
-    );
-    assert_fails(
-        &["train", "--data-dir", d, "--resume", ckpt.to_str().unwrap(), "--hidden", "128,64,32"],
-        2,
-        "--hidden 128,64,32 differs from the resumed run's 32: a resumed run keeps its settings",
-    );
-    assert_fails(
-        &["train", "--data-dir", d, "--resume", ckpt.to_str().unwrap(), "--epochs", "1"],
-        1,
-        "--resume: the run has 1 epochs done already",
-    );
     let junk = dir.path().join("junk.ckpt");
-    std::fs::write(&junk, &std::fs::read(&ckpt).unwrap()[..100]).unwrap();
-    assert_fails(
-        &["train", "--data-dir", d, "--resume", junk.to_str().unwrap()],
-        1,
-        "junk.ckpt: not a safetensors file",
-    );
+    std::fs::write(&junk, &std::fs::read(&t.checkpoint).unwrap()[..100]).unwrap();
+    assert_fails(&["train", "--data-dir", d, "--resume", arg(&junk)], 1, "junk.ckpt: not a safetensors file");
 }
 
 #[test]
 fn a_diverging_run_stops_with_its_epoch_and_step_and_saves_nothing() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("model.safetensors");
-    // A checkpoint from an earlier run is there and must survive the failed one.
+    // A model from an earlier run is there and must survive the failed one.
     std::fs::write(&save, b"an earlier model").unwrap();
-    let d = data.to_str().unwrap();
     for (args, lr) in [(&["--lr", "1e6"][..], "1000000"), (&["--optimizer", "sgd", "--lr", "100"], "100")] {
-        let mut all = vec!["train", "--data-dir", d, "--save", save.to_str().unwrap()];
+        let mut all = vec!["train", "--data-dir", arg(synthetic_dir()), "--save", arg(&save)];
         all.extend_from_slice(args);
         let out = run(&all);
         let stderr = text(&out.stderr);
@@ -145,39 +107,41 @@ fn a_diverging_run_stops_with_its_epoch_and_step_and_saves_nothing() {
 
 #[test]
 fn outputs_that_cannot_be_written_fail_before_training() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let d = data.to_str().unwrap();
+    let d = arg(synthetic_dir());
     for (flag, path, message) in [
         ("--save", dir.path().join("missing").join("m.st"), "does not exist"),
         ("--checkpoint", file.join("m.ckpt"), "is not a folder"),
         ("--metrics-csv", dir.path().to_path_buf(), "is a folder, not a file"),
+        ("--summary-json", dir.path().join("missing").join("s.json"), "does not exist"),
+        ("--plots", file.join("plots"), "--plots "),
     ] {
         let started = std::time::Instant::now();
-        assert_fails(&["train", "--data-dir", d, flag, path.to_str().unwrap()], 1, &format!("{flag} "));
-        assert_fails(&["train", "--data-dir", d, flag, path.to_str().unwrap()], 1, message);
+        assert_fails(&["train", "--data-dir", d, flag, arg(&path)], 1, &format!("{flag} "));
+        assert_fails(&["train", "--data-dir", d, flag, arg(&path)], 1, message);
         assert!(started.elapsed().as_secs() < 20, "{flag}: it failed only after {:?}", started.elapsed());
     }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file was left");
 }
 
 #[test]
 fn corrupt_or_truncated_gzip_data_is_named() {
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     for name in data::FILES {
-        let plain = data.join(name);
-        let source = if plain.exists() { plain } else { data.join(format!("{name}.gz")) };
-        let bytes = std::fs::read(&source).unwrap();
-        let bytes = if source.extension().is_some_and(|e| e == "gz") { bytes } else { gzip(&bytes) };
-        std::fs::write(dir.path().join(format!("{name}.gz")), bytes).unwrap();
+        let bytes = std::fs::read(synthetic_dir().join(name)).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.gz")), gzip(&bytes)).unwrap();
     }
+    let d = arg(dir.path());
+    let out = run(&["train", "--epochs", "1", "--data-dir", d, "--quiet"]);
+    assert!(out.status.success(), "the gzip files load: {}", text(&out.stderr));
+
     let labels = dir.path().join("t10k-labels-idx1-ubyte.gz");
     let bytes = std::fs::read(&labels).unwrap();
     std::fs::write(&labels, &bytes[..bytes.len() / 2]).unwrap();
     let expected = format!("{}: corrupt or truncated gzip data", labels.display());
-    assert_fails(&["train", "--epochs", "1", "--data-dir", &dir_arg(dir.path())], 1, &expected);
+    assert_fails(&["train", "--epochs", "1", "--data-dir", d], 1, &expected);
 
     let images = dir.path().join("train-images-idx3-ubyte.gz");
     let mut bytes = std::fs::read(&images).unwrap();
@@ -185,7 +149,7 @@ fn corrupt_or_truncated_gzip_data_is_named() {
     bytes[mid..mid + 16].iter_mut().for_each(|b| *b ^= 0xa5);
     std::fs::write(&images, bytes).unwrap();
     let expected = format!("{}: corrupt or truncated gzip data", images.display());
-    assert_fails(&["train", "--epochs", "1", "--data-dir", &dir_arg(dir.path())], 1, &expected);
+    assert_fails(&["train", "--epochs", "1", "--data-dir", d], 1, &expected);
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -199,9 +163,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 fn a_closed_output_pipe_ends_the_program_quietly() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let Some(data) = xtask::mnist_dir_for_tests() else { return };
-    let mut child = crate::cli::program()
-        .args(["train", "--epochs", "2", "--data-dir", data.to_str().unwrap()])
+    let mut child = program()
+        .args(["train", "--epochs", "40", "--data-dir", arg(synthetic_dir())])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -209,8 +172,10 @@ fn a_closed_output_pipe_ends_the_program_quietly() {
     // Read the first line, as `| head -1` would, then close the pipe.
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    assert!(first.starts_with("Epoch 1/2, Loss: "), "{first}");
+    assert!(first.starts_with("Epoch 1/40, Loss: "), "{first}");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}: {}", out.status, text(&out.stderr));
-    assert!(!text(&out.stderr).contains("error") && !text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Evaluated"), "it stopped at the closed pipe rather than training on: {stderr}");
 }

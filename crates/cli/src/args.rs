@@ -1,11 +1,12 @@
 //! The command line: clap's view of it, and its validation into plain configs. This is the
-//! only file that sees clap.
+//! only file that sees clap. Every default comes from the library that owns it.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nn::MlpConfig;
-use optim::{AdamConfig, SgdConfig, WeightDecay};
+use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
+use train::Settings;
 
 use crate::UsageError;
 
@@ -29,22 +30,42 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct DataArgs {
     /// Folder with the four MNIST files, plain or .gz (`cargo xtask fetch-data` fills data/mnist).
+    /// Any data set in MNIST's layout works (Fashion-MNIST, KMNIST).
     #[arg(long, value_name = "DIR", default_value = "data/mnist")]
     pub(crate) data_dir: PathBuf,
 }
+
+fn defaults() -> (Settings, AdamConfig) {
+    (Settings::default(), AdamConfig::adamw())
+}
+
+/// Flags that define a run: a resumed run keeps its own, so clap refuses them with --resume.
+const RUN_DEFINING: [&str; 10] = [
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "hidden",
+    "output_relu",
+    "seed",
+    "val_split",
+    "early_stop",
+];
 
 #[derive(Debug, Args)]
 pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
-    /// Passes over the training set; with --resume, the total to reach [default: 10].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub(crate) epochs: Option<i64>,
-    /// Samples per optimizer step (the last batch of an epoch may be smaller) [default: 64].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = train::DEFAULT_EPOCHS as i64,
+          help = "Passes over the training set; with --resume, the total to reach")]
+    pub(crate) epochs: i64,
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          help = format!("Samples per optimizer step (the last batch of an epoch may be smaller) [default: {}]",
+                         defaults().0.batch_size))]
     pub(crate) batch_size: Option<i64>,
-    /// Learning rate [default: 0.001].
-    #[arg(long, value_name = "RATE", allow_negative_numbers = true)]
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true,
+          help = format!("Learning rate [default: {}]", defaults().0.optimizer.lr()))]
     pub(crate) lr: Option<f64>,
     /// adam (torch.optim.Adam), adamw (decoupled weight decay) or sgd [default: adam].
     #[arg(long, value_enum)]
@@ -52,18 +73,20 @@ pub(crate) struct TrainArgs {
     /// Momentum, for --optimizer sgd [default: 0].
     #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub(crate) momentum: Option<f64>,
-    /// Weight decay: L2 for adam and sgd, decoupled for adamw [default: 0, adamw 0.01].
-    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true)]
+    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true,
+          help = format!("Weight decay: L2 for adam and sgd, decoupled for adamw [default: 0, adamw {}]",
+                         OptimizerConfig::Adam(defaults().1).weight_decay().coefficient()))]
     pub(crate) weight_decay: Option<f64>,
-    /// Hidden layer widths, comma-separated ("" for none: softmax regression)
-    /// [default: 128,64,32].
-    #[arg(long, value_name = "W,W,...")]
+    #[arg(long, value_name = "W,W,...",
+          help = format!("Hidden layer widths, comma-separated (\"\" for none: softmax regression) [default: {}]",
+                         widths(&MlpConfig::NOTEBOOK_HIDDEN)))]
     pub(crate) hidden: Option<String>,
     /// Apply ReLU to the output logits too, as the notebook does (it lets output units die).
     #[arg(long)]
     pub(crate) output_relu: bool,
-    /// Seed for the initial weights, the shuffles and the validation split [default: 0].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N",
+          help = format!("Seed for the initial weights, the shuffles and the validation split [default: {}]",
+                         defaults().0.seed))]
     pub(crate) seed: Option<u64>,
     /// Fraction of the training set held out for validation, reported every epoch [default: 0].
     #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
@@ -83,12 +106,16 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) checkpoint: Option<PathBuf>,
     /// Continue the run saved by --checkpoint at PATH, with its settings, up to --epochs; the
-    /// result is the same as if the run had never stopped.
-    #[arg(long, value_name = "PATH")]
+    /// result is the same as if the run had never stopped. Flags that define a run (--lr,
+    /// --hidden, --seed, ...) cannot be given with it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = RUN_DEFINING)]
     pub(crate) resume: Option<PathBuf>,
     /// Write a CSV row per epoch: loss, accuracy, validation loss and accuracy, seconds.
     #[arg(long, value_name = "PATH")]
     pub(crate) metrics_csv: Option<PathBuf>,
+    /// Write a JSON summary of the run for scripts: test accuracy and loss, times, every epoch.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) summary_json: Option<PathBuf>,
     /// Write SVG plots: loss and accuracy curves, confusion matrix, misclassified digits.
     #[arg(long, value_name = "DIR")]
     pub(crate) plots: Option<PathBuf>,
@@ -108,7 +135,7 @@ pub(crate) enum OptimizerKind {
 pub(crate) struct EvalArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
-    /// The model to evaluate (safetensors, as written by `train --save`).
+    /// The model to evaluate (safetensors, as written by `train --save` or `--checkpoint`).
     #[arg(long, value_name = "PATH")]
     pub(crate) model: PathBuf,
     /// Worker threads [default: all cores].
@@ -121,7 +148,7 @@ pub(crate) struct EvalArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PredictArgs {
-    /// The model (safetensors, as written by `train --save`).
+    /// The model (safetensors, as written by `train --save` or `--checkpoint`).
     #[arg(long, value_name = "PATH")]
     pub(crate) model: PathBuf,
     /// Image files to classify.
@@ -129,186 +156,24 @@ pub(crate) struct PredictArgs {
     pub(crate) images: Vec<PathBuf>,
 }
 
-/// Which optimizer, with its hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OptimizerConfig {
-    /// Adam or AdamW.
-    Adam(AdamConfig),
-    /// SGD.
-    Sgd(SgdConfig),
-}
-
-impl OptimizerConfig {
-    /// The name `--optimizer` takes for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Adam(AdamConfig { weight_decay: WeightDecay::Decoupled(_), .. }) => "adamw",
-            Self::Adam(_) => "adam",
-            Self::Sgd(_) => "sgd",
-        }
-    }
-
-    /// The learning rate.
-    pub fn lr(&self) -> f32 {
-        match self {
-            Self::Adam(c) => c.lr,
-            Self::Sgd(c) => c.lr,
-        }
-    }
-
-    /// The weight decay coefficient, whatever its kind.
-    pub fn weight_decay(&self) -> f32 {
-        let wd = match self {
-            Self::Adam(c) => c.weight_decay,
-            Self::Sgd(c) => c.weight_decay,
-        };
-        match wd {
-            WeightDecay::None => 0.0,
-            WeightDecay::L2(l) | WeightDecay::Decoupled(l) => l,
-        }
-    }
-}
-
-/// What defines a training run, as opposed to where its outputs go: a resumed run keeps these.
+/// A new run: its settings and its model's shape (input and output widths come from the data).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunSettings {
-    /// Samples per step (at least 1).
-    pub batch_size: usize,
-    /// The optimizer.
-    pub optimizer: OptimizerConfig,
-    /// Hidden widths (input and output widths come from the data).
+pub struct NewRun {
+    /// The engine's settings.
+    pub settings: Settings,
+    /// Hidden widths.
     pub hidden: Vec<usize>,
     /// ReLU on the logits.
     pub output_relu: bool,
-    /// The run's seed.
-    pub seed: u64,
-    /// Validation fraction in `[0, 1)`.
-    pub val_split: f64,
-    /// Early-stopping patience in epochs.
-    pub early_stop: Option<usize>,
 }
 
-impl RunSettings {
-    /// The model's shape for data of `inputs` features and `classes` classes.
-    pub fn model(&self, inputs: usize, classes: usize) -> MlpConfig {
-        let mut widths = vec![inputs];
-        widths.extend(&self.hidden);
-        widths.push(classes);
-        MlpConfig { widths, output_relu: self.output_relu }
-    }
-}
-
-/// The run-defining flags as given: `None` where the flag was left out.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RunFlags {
-    batch_size: Option<usize>,
-    optimizer: Option<OptimizerKind>,
-    lr: Option<f32>,
-    momentum: Option<f32>,
-    weight_decay: Option<f32>,
-    hidden: Option<Vec<usize>>,
-    output_relu: bool,
-    seed: Option<u64>,
-    val_split: Option<f64>,
-    early_stop: Option<usize>,
-}
-
-impl RunFlags {
-    /// The settings of a new run: the flags given, defaults for the rest (the notebook's).
-    ///
-    /// # Errors
-    /// Flags that do not go together.
-    pub fn resolve(&self) -> Result<RunSettings, UsageError> {
-        let kind = self.optimizer.unwrap_or(OptimizerKind::Adam);
-        if self.momentum.is_some() && kind != OptimizerKind::Sgd {
-            return Err(usage("--momentum applies to --optimizer sgd only".into()));
-        }
-        let lr = self.lr.unwrap_or(1e-3);
-        let l2 = self.weight_decay.map_or(WeightDecay::None, WeightDecay::L2);
-        let optimizer = match kind {
-            OptimizerKind::Adam => OptimizerConfig::Adam(AdamConfig { lr, weight_decay: l2, ..AdamConfig::default() }),
-            OptimizerKind::Adamw => OptimizerConfig::Adam(AdamConfig {
-                lr,
-                weight_decay: WeightDecay::Decoupled(self.weight_decay.unwrap_or(0.01)),
-                ..AdamConfig::default()
-            }),
-            OptimizerKind::Sgd => OptimizerConfig::Sgd(SgdConfig {
-                lr,
-                momentum: self.momentum.unwrap_or(0.0),
-                weight_decay: l2,
-                ..SgdConfig::default()
-            }),
-        };
-        let val_split = self.val_split.unwrap_or(0.0);
-        if self.early_stop.is_some() && val_split == 0.0 {
-            return Err(usage("--early-stop needs a validation set: add --val-split FRACTION".into()));
-        }
-        Ok(RunSettings {
-            batch_size: self.batch_size.unwrap_or(64),
-            optimizer,
-            hidden: self.hidden.clone().unwrap_or_else(|| vec![128, 64, 32]),
-            output_relu: self.output_relu,
-            seed: self.seed.unwrap_or(0),
-            val_split,
-            early_stop: self.early_stop,
-        })
-    }
-
-    /// Checks that the flags given agree with a saved run's settings: a resumed run keeps them.
-    ///
-    /// # Errors
-    /// The first flag that differs, with both values.
-    pub fn check_resume(&self, saved: &RunSettings) -> Result<(), UsageError> {
-        fn differ(flag: &str, given: impl std::fmt::Display, saved: impl std::fmt::Display) -> UsageError {
-            usage(format!("{flag} {given} differs from the resumed run's {saved}: a resumed run keeps its settings"))
-        }
-        let sgd = match saved.optimizer {
-            OptimizerConfig::Sgd(c) => Some(c),
-            OptimizerConfig::Adam(_) => None,
-        };
-        let list = |w: &[usize]| w.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-        if let Some(b) = self.batch_size.filter(|&b| b != saved.batch_size) {
-            return Err(differ("--batch-size", b, saved.batch_size));
-        }
-        if let Some(k) = self.optimizer.filter(|k| k.name() != saved.optimizer.kind()) {
-            return Err(differ("--optimizer", k.name(), saved.optimizer.kind()));
-        }
-        if let Some(lr) = self.lr.filter(|&lr| lr != saved.optimizer.lr()) {
-            return Err(differ("--lr", lr, saved.optimizer.lr()));
-        }
-        if let Some(m) = self.momentum.filter(|&m| Some(m) != sgd.map(|c| c.momentum)) {
-            return Err(differ("--momentum", m, sgd.map_or("none".into(), |c| c.momentum.to_string())));
-        }
-        if let Some(w) = self.weight_decay.filter(|&w| w != saved.optimizer.weight_decay()) {
-            return Err(differ("--weight-decay", w, saved.optimizer.weight_decay()));
-        }
-        if let Some(h) = self.hidden.as_ref().filter(|h| **h != saved.hidden) {
-            return Err(differ("--hidden", list(h), list(&saved.hidden)));
-        }
-        if self.output_relu && !saved.output_relu {
-            return Err(differ("--output-relu", "true", "false"));
-        }
-        if let Some(s) = self.seed.filter(|&s| s != saved.seed) {
-            return Err(differ("--seed", s, saved.seed));
-        }
-        if let Some(v) = self.val_split.filter(|&v| v != saved.val_split) {
-            return Err(differ("--val-split", v, saved.val_split));
-        }
-        if let Some(p) = self.early_stop.filter(|&p| Some(p) != saved.early_stop) {
-            return Err(differ("--early-stop", p, saved.early_stop.map_or("none".into(), |p| p.to_string())));
-        }
-        Ok(())
-    }
-}
-
-impl OptimizerKind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Adam => "adam",
-            Self::Adamw => "adamw",
-            Self::Sgd => "sgd",
-        }
-    }
+/// What `train` starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// A new run.
+    New(NewRun),
+    /// The run saved at this path.
+    Resume(PathBuf),
 }
 
 /// Everything `train` needs, validated.
@@ -316,20 +181,20 @@ impl OptimizerKind {
 pub struct TrainConfig {
     /// Where MNIST is.
     pub data_dir: PathBuf,
-    /// Epochs to train; with `resume`, the total to reach.
+    /// Epochs to train; when resuming, the total to reach.
     pub epochs: usize,
-    /// The run-defining flags as given.
-    pub run: RunFlags,
+    /// A new run or a resumed one.
+    pub start: Start,
     /// Worker threads.
     pub threads: usize,
     /// Where to save the model.
     pub save: Option<PathBuf>,
     /// Where to save the training state after every epoch.
     pub checkpoint: Option<PathBuf>,
-    /// A training state to continue from.
-    pub resume: Option<PathBuf>,
     /// Where to write per-epoch metrics.
     pub metrics_csv: Option<PathBuf>,
+    /// Where to write the JSON summary.
+    pub summary_json: Option<PathBuf>,
     /// Where to write plots.
     pub plots: Option<PathBuf>,
     /// Print only the test accuracy.
@@ -338,6 +203,10 @@ pub struct TrainConfig {
 
 fn usage(message: String) -> UsageError {
     UsageError(message)
+}
+
+fn widths(values: &[usize]) -> String {
+    values.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// A count flag that must be at least `min`.
@@ -383,44 +252,78 @@ fn float(flag: &str, value: Option<f64>, strict: bool) -> Result<Option<f32>, Us
     }
 }
 
+impl TrainArgs {
+    /// The new run the flags describe: the flags given, the libraries' defaults (the
+    /// notebook's) for the rest.
+    fn new_run(&self) -> Result<NewRun, UsageError> {
+        let (defaults, adamw) = defaults();
+        let kind = self.optimizer.unwrap_or(OptimizerKind::Adam);
+        let momentum = float("--momentum", self.momentum, false)?;
+        if momentum.is_some() && kind != OptimizerKind::Sgd {
+            return Err(usage("--momentum applies to --optimizer sgd only".into()));
+        }
+        let lr = float("--lr", self.lr, true)?.unwrap_or(defaults.optimizer.lr());
+        let decay = float("--weight-decay", self.weight_decay, false)?;
+        let l2 = decay.map_or(WeightDecay::None, WeightDecay::L2);
+        let optimizer = match kind {
+            OptimizerKind::Adam => OptimizerConfig::Adam(AdamConfig { lr, weight_decay: l2, ..AdamConfig::default() }),
+            OptimizerKind::Adamw => OptimizerConfig::Adam(AdamConfig {
+                lr,
+                weight_decay: decay.map_or(adamw.weight_decay, WeightDecay::Decoupled),
+                ..adamw
+            }),
+            OptimizerKind::Sgd => OptimizerConfig::Sgd(SgdConfig {
+                lr,
+                momentum: momentum.unwrap_or(SgdConfig::default().momentum),
+                weight_decay: l2,
+                ..SgdConfig::default()
+            }),
+        };
+        if let Some(v) = self.val_split.filter(|v| !(0.0..1.0).contains(v)) {
+            return Err(usage(format!("--val-split must be in [0, 1), got {v}")));
+        }
+        let early_stop = self.early_stop.map(|p| count("--early-stop", p, 1)).transpose()?;
+        let val_split = self.val_split.unwrap_or(defaults.val_split);
+        if early_stop.is_some() && val_split == 0.0 {
+            return Err(usage("--early-stop needs a validation set: add --val-split FRACTION".into()));
+        }
+        let settings = Settings {
+            batch_size: self
+                .batch_size
+                .map(|b| count("--batch-size", b, 1))
+                .transpose()?
+                .unwrap_or(defaults.batch_size),
+            optimizer,
+            seed: self.seed.unwrap_or(defaults.seed),
+            val_split,
+            early_stop,
+        };
+        let hidden = match &self.hidden {
+            Some(spec) => hidden(spec)?,
+            None => MlpConfig::NOTEBOOK_HIDDEN.to_vec(),
+        };
+        Ok(NewRun { settings, hidden, output_relu: self.output_relu })
+    }
+}
+
 impl TryFrom<TrainArgs> for TrainConfig {
     type Error = UsageError;
 
     fn try_from(a: TrainArgs) -> Result<Self, UsageError> {
-        let epochs = count("--epochs", a.epochs.unwrap_or(10), 1)?;
-        let batch_size = a.batch_size.map(|b| count("--batch-size", b, 1)).transpose()?;
-        let lr = float("--lr", a.lr, true)?;
-        let momentum = float("--momentum", a.momentum, false)?;
-        let weight_decay = float("--weight-decay", a.weight_decay, false)?;
-        if let Some(v) = a.val_split.filter(|v| !(0.0..1.0).contains(v)) {
-            return Err(usage(format!("--val-split must be in [0, 1), got {v}")));
-        }
-        let early_stop = a.early_stop.map(|p| count("--early-stop", p, 1)).transpose()?;
-        let run = RunFlags {
-            batch_size,
-            optimizer: a.optimizer,
-            lr,
-            momentum,
-            weight_decay,
-            hidden: a.hidden.as_deref().map(hidden).transpose()?,
-            output_relu: a.output_relu,
-            seed: a.seed,
-            val_split: a.val_split,
-            early_stop,
+        let epochs = count("--epochs", a.epochs, 1)?;
+        let start = match a.resume.clone() {
+            Some(path) => Start::Resume(path),
+            None => Start::New(a.new_run()?),
         };
-        if a.resume.is_none() {
-            // A new run's flags must go together now; a resumed run's are checked against it.
-            run.resolve()?;
-        }
         Ok(Self {
             data_dir: a.data.data_dir,
             epochs,
-            run,
+            start,
             threads: threads(a.threads)?,
             save: a.save,
             checkpoint: a.checkpoint,
-            resume: a.resume,
             metrics_csv: a.metrics_csv,
+            summary_json: a.summary_json,
             plots: a.plots,
             quiet: a.quiet,
         })
@@ -432,19 +335,28 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<TrainConfig, String> {
-        let cli = Cli::try_parse_from(["mnist", "train"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(["mnist", "train"].iter().chain(args)).map_err(|e| e.kind().to_string())?;
         let Command::Train(t) = cli.command else { unreachable!() };
         TrainConfig::try_from(*t).map_err(|e| e.0)
+    }
+
+    fn new_run(args: &[&str]) -> NewRun {
+        match parse(args).unwrap().start {
+            Start::New(run) => run,
+            Start::Resume(_) => panic!("not a new run"),
+        }
     }
 
     #[test]
     fn defaults_are_the_notebooks_recipe() {
         let c = parse(&[]).unwrap();
-        let s = c.run.resolve().unwrap();
-        assert_eq!((c.epochs, s.batch_size, s.hidden.clone(), s.output_relu), (10, 64, vec![128, 64, 32], false));
-        assert_eq!(s.optimizer, OptimizerConfig::Adam(AdamConfig::default()));
-        assert_eq!(s.model(784, 10).widths, vec![784, 128, 64, 32, 10]);
-        assert_eq!((s.seed, s.val_split, s.early_stop), (0, 0.0, None));
+        let run = new_run(&[]);
+        assert_eq!(
+            (c.epochs, run.settings.batch_size, run.hidden, run.output_relu),
+            (10, 64, vec![128, 64, 32], false)
+        );
+        assert_eq!(run.settings, Settings::default());
+        assert_eq!(run.settings.optimizer, OptimizerConfig::Adam(AdamConfig::default()));
         assert_eq!(c.data_dir, PathBuf::from("data/mnist"));
     }
 
@@ -472,40 +384,36 @@ mod tests {
         }
     }
 
-    fn settings(args: &[&str]) -> RunSettings {
-        parse(args).unwrap().run.resolve().unwrap()
-    }
-
     #[test]
     fn optimizers_and_widths_are_configured() {
-        let c = settings(&["--optimizer", "sgd", "--momentum", "0.9", "--weight-decay", "0.01", "--lr", "0.1"]);
-        let OptimizerConfig::Sgd(s) = c.optimizer else { panic!() };
+        let run = new_run(&["--optimizer", "sgd", "--momentum", "0.9", "--weight-decay", "0.01", "--lr", "0.1"]);
+        let OptimizerConfig::Sgd(s) = run.settings.optimizer else { panic!() };
         assert_eq!((s.lr, s.momentum, s.weight_decay), (0.1, 0.9, WeightDecay::L2(0.01)));
-        let c = settings(&["--optimizer", "adamw"]);
-        let OptimizerConfig::Adam(a) = c.optimizer else { panic!() };
-        assert_eq!(a.weight_decay, WeightDecay::Decoupled(0.01));
-        assert_eq!(c.optimizer.kind(), "adamw");
-        assert_eq!(settings(&["--hidden", ""]).model(784, 10).widths, vec![784, 10]);
-        assert_eq!(settings(&["--hidden", "256, 128"]).hidden, vec![256, 128]);
+        let run = new_run(&["--optimizer", "adamw"]);
+        assert_eq!(run.settings.optimizer, OptimizerConfig::Adam(AdamConfig::adamw()));
+        assert_eq!(run.settings.optimizer.name(), "adamw");
+        assert_eq!(new_run(&["--hidden", ""]).hidden, Vec::<usize>::new());
+        assert_eq!(new_run(&["--hidden", "256, 128"]).hidden, vec![256, 128]);
     }
 
     #[test]
-    fn a_resumed_run_refuses_flags_that_change_it() {
-        let saved = settings(&["--lr", "0.01", "--hidden", "64", "--val-split", "0.1", "--early-stop", "2"]);
-        let flags = |args: &[&str]| parse(&[&["--resume", "x"], args].concat()).unwrap().run;
-        assert_eq!(flags(&[]).check_resume(&saved), Ok(()));
-        assert_eq!(flags(&["--lr", "0.01", "--epochs", "20", "--threads", "1"]).check_resume(&saved), Ok(()));
-        for (args, message) in [
-            (&["--lr", "0.001"][..], "--lr 0.001 differs from the resumed run's 0.01"),
-            (&["--hidden", "128,64"], "--hidden 128,64 differs from the resumed run's 64"),
-            (&["--optimizer", "sgd"], "--optimizer sgd differs from the resumed run's adam"),
-            (&["--batch-size", "32"], "--batch-size 32 differs from the resumed run's 64"),
-            (&["--seed", "3"], "--seed 3 differs from the resumed run's 0"),
-            (&["--output-relu"], "--output-relu true differs from the resumed run's false"),
-            (&["--early-stop", "5"], "--early-stop 5 differs from the resumed run's 2"),
+    fn a_resumed_run_refuses_flags_that_define_a_run() {
+        let c = parse(&["--resume", "x.ckpt", "--epochs", "20", "--threads", "1", "--save", "m"]).unwrap();
+        assert_eq!((c.start, c.epochs), (Start::Resume("x.ckpt".into()), 20));
+        for flag in [
+            &["--lr", "0.001"][..],
+            &["--hidden", "128,64"],
+            &["--optimizer", "sgd"],
+            &["--batch-size", "32"],
+            &["--seed", "3"],
+            &["--output-relu"],
+            &["--val-split", "0.1"],
+            &["--early-stop", "5"],
+            &["--momentum", "0.5"],
+            &["--weight-decay", "0.1"],
         ] {
-            let err = flags(args).check_resume(&saved).unwrap_err();
-            assert_eq!(err.0, format!("{message}: a resumed run keeps its settings"), "{args:?}");
+            let err = parse(&[&["--resume", "x.ckpt"], flag].concat()).unwrap_err();
+            assert_eq!(err, "an argument cannot be used with one or more of the other specified arguments", "{flag:?}");
         }
     }
 }

@@ -1,26 +1,25 @@
-//! The `mnist` command line: `train`, `eval` and `predict`, wiring the `data`, `nn`, `optim`
-//! and `metrics` crates together. [`main`] is the whole program; `run` and the per-command
-//! modules are public so that tests can drive them in process.
+//! The `mnist` command line: `train`, `eval` and `predict`. It parses flags, calls the
+//! libraries (`data`, `nn`, `train`, `metrics`), prints and draws; [`main`] is the whole
+//! program, and [`run`] runs a command line in process.
 
 mod args;
-pub mod checkpoint;
-pub mod digit;
-pub mod eval;
-mod fsutil;
-pub mod plots;
+mod eval;
+mod plots;
 mod predict;
-pub mod train;
+mod training;
 
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use clap::Parser;
-use data::{DataError, Dataset, Mnist};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use data::{DataError, Mnist};
 use nn::Mlp;
 
-pub use args::{OptimizerConfig, RunFlags, RunSettings, TrainConfig};
+pub use args::{NewRun, Start, TrainConfig};
 
 /// A command line that parses but does not make sense; exits with status 2, like clap's own.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,20 +36,27 @@ impl std::error::Error for UsageError {}
 /// The program: parses the process's arguments, runs the command, prints any error on one line
 /// as `error: …` and returns the exit status (0 success, 1 failure, 2 usage).
 pub fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    run(std::env::args_os(), &mut io::stdout())
+}
+
+/// Runs the command line `args` (the program's name first), writing its results on `out` and
+/// progress and errors on stderr; returns the exit status.
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send)) -> ExitCode {
+    let cli = match args::Cli::try_parse_from(args) {
         Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::ArgumentConflict => {
+            eprintln!("error: {}", conflict(&e));
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let mut out = io::stdout();
-    match run(cli.command, &mut out).and_then(|()| Ok(out.flush()?)) {
+    match command(cli.command, out).and_then(|()| Ok(out.flush()?)) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`mnist train | head`) is the reader's choice, not a failure.
-        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
-            ExitCode::SUCCESS
-        }
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.is::<UsageError>() { ExitCode::from(2) } else { ExitCode::FAILURE }
@@ -58,31 +64,48 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
+/// clap's conflict error in one line: `--lr cannot be used with --resume: ...`.
+fn conflict(e: &clap::Error) -> String {
+    let flag = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.split(' ').next().unwrap_or(s).to_owned(),
+        Some(ContextValue::Strings(v)) => v.first().map_or("?".into(), |s| s.split(' ').next().unwrap_or(s).to_owned()),
+        _ => "?".into(),
+    };
+    let (a, b) = (flag(ContextKind::InvalidArg), flag(ContextKind::PriorArg));
+    let (given, with) = if a == "--resume" { (b, a) } else { (a, b) };
+    let why = if with == "--resume" { ": a resumed run keeps the settings it was started with" } else { "" };
+    format!("{given} cannot be used with {with}{why}")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let broken = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    };
+    e.chain().any(|cause| {
+        broken(cause)
+            || matches!(cause.downcast_ref::<train::TrainError>(), Some(train::TrainError::Observer(inner)) if broken(inner.as_ref()))
+    })
+}
+
+fn command(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
     match command {
         args::Command::Train(a) => {
             let cfg = TrainConfig::try_from(*a)?;
-            with_threads(cfg.threads, || train::run(&cfg, out).map(drop))
+            with_threads(cfg.threads, || training::run(&cfg, out))
         }
         args::Command::Eval(a) => with_threads(args::threads(a.threads)?, || eval::run(&a, out)),
         args::Command::Predict(a) => predict::run(&a, out),
     }
 }
 
-/// Runs `f` on a rayon pool of `threads` workers, which the kernels split their work across.
-fn with_threads<T>(threads: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
-where
-    T: Send,
-{
+/// Runs `f` on a rayon pool of `threads` workers, which the training step splits batches over.
+fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     pool.install(f)
 }
 
-/// Loads MNIST, with a hint on how to get it when files are missing.
-///
-/// # Errors
-/// Any [`DataError`], as one line naming the file.
-pub fn load_mnist(dir: &Path) -> Result<Mnist> {
+/// Loads the data set, with a hint on how to get it when files are missing.
+fn load_mnist(dir: &Path) -> Result<Mnist> {
     Mnist::load(dir).map_err(|e| match e {
         DataError::MissingFile { .. } => {
             anyhow!("{e}; run `cargo xtask fetch-data` or point --data-dir at a folder with MNIST")
@@ -91,20 +114,13 @@ pub fn load_mnist(dir: &Path) -> Result<Mnist> {
     })
 }
 
-/// Checks that a model's input and output widths fit a data set.
-///
-/// # Errors
-/// The widths differ, naming the model file.
-pub fn check_model_fits(mlp: &Mlp, data: &Dataset, model: &Path) -> Result<()> {
-    let widths = &mlp.config().widths;
-    let (inputs, outputs) = (widths[0], widths[widths.len() - 1]);
-    if inputs != data.image_len() || outputs != data.classes() {
-        anyhow::bail!(
-            "{}: the model maps {inputs} inputs to {outputs} classes, but the data has {} pixels per image and {} classes",
-            model.display(),
-            data.image_len(),
-            data.classes()
-        );
-    }
-    Ok(())
+/// Reads a model file (or the model of a training checkpoint).
+fn load_model(path: &Path) -> Result<Mlp> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `path` whole or not at all; the error names `flag`.
+fn write_output(flag: &str, path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    atomic_file::write(path, write).map_err(|e| anyhow!("{flag} {e}"))
 }

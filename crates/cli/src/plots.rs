@@ -12,8 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::fsutil::write_atomically;
-use crate::train::EpochRecord;
+use train::EpochRecord;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 const FAMILY: &str = "sans-serif";
@@ -48,7 +47,16 @@ fn render(
         draw(&root)?;
         root.present().map_err(|e| anyhow!("{name}: {e}"))?;
     }
-    write_atomically(&dir.join(name), |w| w.write_all(svg.as_bytes()))
+    crate::write_output("--plots", &dir.join(name), |w| w.write_all(svg.as_bytes()))
+}
+
+/// Creates the folder `dir` (and its parents) for the plots, checking that it accepts files.
+///
+/// # Errors
+/// A one-line reason naming the flag and the folder.
+pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("--plots {}: cannot create the folder: {e}", dir.display()))?;
+    atomic_file::check_writable(&dir.join("probe")).map_err(|e| anyhow!("--plots {e}"))
 }
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -101,7 +109,7 @@ fn curves(dir: &Path, name: &str, title: &str, y_label: &str, series: &[Series])
 }
 
 /// `loss.svg` and `accuracy.svg`: training (and validation) figures per epoch.
-pub fn training_curves(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+pub(crate) fn training_curves(dir: &Path, history: &[EpochRecord]) -> Result<()> {
     let at = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         history.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
@@ -117,7 +125,7 @@ pub fn training_curves(dir: &Path, history: &[EpochRecord]) -> Result<()> {
 
 /// `confusion.svg`: the confusion matrix as a heatmap, each row shaded by the share of its
 /// class, with the counts written in.
-pub fn confusion_heatmap(dir: &Path, cm: &ConfusionMatrix) -> Result<()> {
+pub(crate) fn confusion_heatmap(dir: &Path, cm: &ConfusionMatrix) -> Result<()> {
     let k = cm.classes() as i32;
     let cell = 48;
     let (left, top) = (90, 90);
@@ -159,7 +167,7 @@ pub fn confusion_heatmap(dir: &Path, cm: &ConfusionMatrix) -> Result<()> {
 
 /// `misclassified.svg`: up to 64 test digits the model got wrong, each captioned
 /// `true → predicted`.
-pub fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -> Result<()> {
+pub(crate) fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -> Result<()> {
     let wrong: Vec<usize> = (0..predictions.len()).filter(|&i| predictions[i] != usize::from(data.label(i))).collect();
     let shown = &wrong[..wrong.len().min(MAX_DIGITS)];
     let (cols, scale, caption) = (8, 3, 22);

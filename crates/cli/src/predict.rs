@@ -2,24 +2,37 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow, bail};
+use data::digit::{self, Limits, SIDE};
 use ndarray::Array2;
+use nn::Model;
 
 use crate::args::PredictArgs;
-use crate::{checkpoint, digit};
+use crate::load_model;
 
 /// Prints, for each image, the predicted digit with its probability, then every class's
 /// probability.
 pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let mlp = checkpoint::load(&args.model)?;
-    digit::check_input_width(mlp.config().widths[0], &args.model)?;
+    let model = load_model(&args.model)?;
+    if model.input_width() != SIDE * SIDE {
+        bail!(
+            "{}: the model takes {} inputs, but images are converted to {SIDE}x{SIDE} = {}",
+            args.model.display(),
+            model.input_width(),
+            SIDE * SIDE
+        );
+    }
     // Read every image first, so that a bad file fails the command before any output.
-    let pixels = args.images.iter().map(|path| digit::load(path)).collect::<Result<Vec<_>>>()?;
-    let x = Array2::from_shape_vec((pixels.len(), digit::SIDE * digit::SIDE), pixels.concat())?;
-    let logits = mlp.logits(x.view());
-    let mut probs = Array2::zeros(logits.dim());
-    tensor::softmax_rows(logits.view(), probs.view_mut());
-    for ((path, row), class) in args.images.iter().zip(probs.rows()).zip(tensor::argmax_rows(logits.view())) {
+    let mut pixels = Vec::with_capacity(args.images.len() * SIDE * SIDE);
+    for path in &args.images {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        pixels.extend(
+            digit::from_image_bytes(&bytes, Limits::default()).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    let x = Array2::from_shape_vec((args.images.len(), SIDE * SIDE), pixels)?;
+    let probabilities = model.probabilities(x.view());
+    for ((path, row), class) in args.images.iter().zip(probabilities.rows()).zip(model.predict(x.view())) {
         writeln!(out, "{}: {class} ({:.2}%)", path.display(), 100.0 * row[class])?;
         let all: Vec<String> = row.iter().enumerate().map(|(c, p)| format!("{c}: {p:.4}")).collect();
         writeln!(out, "  {}", all.join("  "))?;

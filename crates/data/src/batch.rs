@@ -3,10 +3,10 @@
 
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::Dataset;
+use crate::shuffle::shuffle;
 
 /// `PIXEL_TO_F32[v] == v as f32 / 255.0`, exactly what `ToTensor` computes, without a division
 /// per pixel.
@@ -49,6 +49,31 @@ fn pixels_to_f32_fma(src: &[u8], dst: &mut [f32]) {
         let q = v * R;
         *d = (-q).mul_add(255.0, v).mul_add(R, q);
     }
+}
+
+/// Writes the images `indices` of `data` into `x` as rows of `f32` pixels in `[0, 1]`, one
+/// image after the other: where a caller keeps a batch in a buffer of its own (a tape's input,
+/// say) rather than in a [`Batch`].
+///
+/// # Panics
+/// If `x` is not `indices.len() * data.image_len()` long, or an index is out of range.
+#[track_caller]
+pub fn fill_rows(data: &Dataset, indices: &[usize], x: &mut [f32]) {
+    let width = data.image_len();
+    assert_eq!(x.len(), indices.len() * width, "{} values for {} images of {width}", x.len(), indices.len());
+    for (row, &i) in x.chunks_exact_mut(width).zip(indices) {
+        pixels_to_f32(data.image(i), row);
+    }
+}
+
+/// Replaces `labels` with the labels of the samples `indices` of `data`.
+///
+/// # Panics
+/// If an index is out of range.
+#[track_caller]
+pub fn fill_labels(data: &Dataset, indices: &[usize], labels: &mut Vec<usize>) {
+    labels.clear();
+    labels.extend(indices.iter().map(|&i| usize::from(data.label(i))));
 }
 
 /// The order in which a [`Loader`] visits its samples.
@@ -106,14 +131,10 @@ impl Batch {
     /// If an index is out of range.
     #[track_caller]
     pub fn fill(&mut self, data: &Dataset, indices: &[usize]) {
-        let width = data.image_len();
-        self.width = width;
-        self.x.resize(indices.len() * width, 0.0);
-        self.labels.clear();
-        for (row, &i) in self.x.chunks_exact_mut(width).zip(indices) {
-            pixels_to_f32(data.image(i), row);
-            self.labels.push(usize::from(data.label(i)));
-        }
+        self.width = data.image_len();
+        self.x.resize(indices.len() * self.width, 0.0);
+        fill_rows(data, indices, &mut self.x);
+        fill_labels(data, indices, &mut self.labels);
     }
 }
 
@@ -175,7 +196,7 @@ impl<'a> Loader<'a> {
         if let Order::Shuffled { seed } = self.kind {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(epoch);
-            self.order.shuffle(&mut rng);
+            shuffle(&mut self.order, &mut rng);
         }
     }
 
@@ -242,6 +263,16 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// How many of `n` samples [`split_indices`] holds out for validation: `round(n * val_fraction)`.
+///
+/// # Panics
+/// If `val_fraction` is not in `[0, 1)`.
+#[track_caller]
+pub fn validation_count(n: usize, val_fraction: f64) -> usize {
+    assert!((0.0..1.0).contains(&val_fraction), "validation fraction must be in [0, 1), got {val_fraction}");
+    ((n as f64) * val_fraction).round() as usize
+}
+
 /// Splits `0..n` into training and validation indices, holding out `round(n * val_fraction)`
 /// samples chosen by a permutation seeded with `seed`. Both lists come back sorted.
 ///
@@ -249,13 +280,12 @@ impl<'a> Loader<'a> {
 /// If `val_fraction` is not in `[0, 1)`.
 #[track_caller]
 pub fn split_indices(n: usize, val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    assert!((0.0..1.0).contains(&val_fraction), "validation fraction must be in [0, 1), got {val_fraction}");
-    let n_val = ((n as f64) * val_fraction).round() as usize;
+    let n_val = validation_count(n, val_fraction);
     let mut all: Vec<usize> = (0..n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Stream u64::MAX is never an epoch's stream, so the split is independent of the orders.
     rng.set_stream(u64::MAX);
-    all.shuffle(&mut rng);
+    shuffle(&mut all, &mut rng);
     let (val, train) = all.split_at_mut(n_val);
     val.sort_unstable();
     train.sort_unstable();

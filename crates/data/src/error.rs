@@ -134,4 +134,14 @@ pub enum DataError {
         /// Number of labels.
         label_count: usize,
     },
+    /// A test set whose images are not the size of the training set's.
+    #[error("{path}: images of {}x{} pixels, but the training images are {}x{}", found.0, found.1, expected.0, expected.1)]
+    ShapeMismatch {
+        /// The test images' file.
+        path: PathBuf,
+        /// Its image size, rows by columns.
+        found: (usize, usize),
+        /// The training images' size.
+        expected: (usize, usize),
+    },
 }

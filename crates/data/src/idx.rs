@@ -40,16 +40,8 @@ pub fn read_idx_u8(path: &Path, rank: u8) -> Result<IdxU8, DataError> {
         io::ErrorKind::NotFound => DataError::NotFound { path: path.to_owned() },
         _ => DataError::Io { path: path.to_owned(), source },
     })?;
-    let io_err = |source| DataError::Io { path: path.to_owned(), source };
-    let len = file.metadata().map_err(io_err)?.len();
-    let mut reader = BufReader::new(file);
-    if reader.fill_buf().map_err(io_err)?.starts_with(&GZIP_MAGIC) {
-        let gz_err = |source| DataError::Gzip { path: path.to_owned(), source };
-        let body_bound = len.saturating_mul(MAX_DEFLATE_RATIO);
-        decode(MultiGzDecoder::new(reader), Length::AtMost(body_bound), rank, path, gz_err)
-    } else {
-        decode(reader, Length::Exact(len), rank, path, io_err)
-    }
+    let len = file.metadata().map_err(|source| DataError::Io { path: path.to_owned(), source })?.len();
+    from_reader(BufReader::new(file), len, rank, path)
 }
 
 /// Parses an IDX file of unsigned bytes held in memory, plain or gzip-compressed.
@@ -58,14 +50,18 @@ pub fn read_idx_u8(path: &Path, rank: u8) -> Result<IdxU8, DataError> {
 /// # Errors
 /// As [`read_idx_u8`], except that nothing is read from disk.
 pub fn parse_idx_u8(bytes: &[u8], rank: u8, path: &Path) -> Result<IdxU8, DataError> {
-    let len = bytes.len() as u64;
-    if bytes.starts_with(&GZIP_MAGIC) {
+    from_reader(bytes, bytes.len() as u64, rank, path)
+}
+
+/// Decodes `len` bytes of `reader`, plain or gzip-compressed (recognised by its first bytes).
+fn from_reader(mut reader: impl BufRead, len: u64, rank: u8, path: &Path) -> Result<IdxU8, DataError> {
+    let io_err = |source| DataError::Io { path: path.to_owned(), source };
+    if reader.fill_buf().map_err(io_err)?.starts_with(&GZIP_MAGIC) {
         let gz_err = |source| DataError::Gzip { path: path.to_owned(), source };
         let body_bound = len.saturating_mul(MAX_DEFLATE_RATIO);
-        decode(MultiGzDecoder::new(bytes), Length::AtMost(body_bound), rank, path, gz_err)
+        decode(MultiGzDecoder::new(reader), Length::AtMost(body_bound), rank, path, gz_err)
     } else {
-        let io_err = |source| DataError::Io { path: path.to_owned(), source };
-        decode(bytes, Length::Exact(len), rank, path, io_err)
+        decode(reader, Length::Exact(len), rank, path, io_err)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::DataError;
-use crate::idx::read_idx_u8;
+use crate::idx::{IdxU8, parse_idx_u8, read_idx_u8};
 
 /// The canonical name of MNIST's training images (the `.gz` suffix is optional on disk).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -13,10 +13,9 @@ pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 /// The canonical name of MNIST's test labels.
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
-/// MNIST's four files, in the order the mirrors list them.
+/// MNIST's four files, in the order the mirrors list them. Fashion-MNIST and KMNIST use the
+/// same names and layout.
 pub const FILES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
-/// The number of classes in MNIST: the digits 0 to 9.
-pub const CLASSES: usize = 10;
 
 /// Labelled grayscale images, kept as `u8` pixels (a quarter of the memory of `f32`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,13 +59,29 @@ impl Dataset {
     /// Any [`DataError`] of [`read_idx_u8`](crate::read_idx_u8); also images of zero pixels,
     /// a label out of range, or image and label counts that differ.
     pub fn from_idx_files(images: &Path, labels: &Path, classes: usize) -> Result<Self, DataError> {
-        let img = read_idx_u8(images, 3)?;
+        Self::from_idx(read_idx_u8(images, 3)?, images, read_idx_u8(labels, 1)?, labels, classes)
+    }
+
+    /// [`Dataset::from_idx_files`] from the files' bytes in memory; the paths only name them in
+    /// errors.
+    ///
+    /// # Errors
+    /// As [`Dataset::from_idx_files`].
+    pub fn from_idx_bytes(
+        (images, images_name): (&[u8], &Path),
+        (labels, labels_name): (&[u8], &Path),
+        classes: usize,
+    ) -> Result<Self, DataError> {
+        let img = parse_idx_u8(images, 3, images_name)?;
+        Self::from_idx(img, images_name, parse_idx_u8(labels, 1, labels_name)?, labels_name, classes)
+    }
+
+    fn from_idx(img: IdxU8, images: &Path, lab: IdxU8, labels: &Path, classes: usize) -> Result<Self, DataError> {
         let (count, rows, cols) = (img.dims[0], img.dims[1], img.dims[2]);
         if rows == 0 || cols == 0 {
             let dims = img.dims.iter().map(|&d| d as u32).collect();
             return Err(DataError::EmptyImages { path: images.to_owned(), dims });
         }
-        let lab = read_idx_u8(labels, 1)?;
         if lab.data.len() != count {
             return Err(DataError::CountMismatch {
                 images: images.to_owned(),
@@ -142,11 +157,14 @@ impl Dataset {
     }
 }
 
-/// MNIST's training set (60,000 images) and test set (10,000 images).
+/// A training set and a test set in MNIST's layout: four IDX files under [`FILES`]' names,
+/// plain or `.gz`. MNIST itself has 60,000 and 10,000 images of 28x28 pixels and 10 classes;
+/// Fashion-MNIST and KMNIST have the same layout. The image shape comes from the files, and
+/// the number of classes from the training labels (one more than the largest).
 ///
 /// ```no_run
 /// let mnist = data::Mnist::load(std::path::Path::new("data/mnist"))?;
-/// assert_eq!(mnist.train.len(), 60_000);
+/// assert_eq!((mnist.train.len(), mnist.train.classes()), (60_000, 10));
 /// # Ok::<(), data::DataError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -158,14 +176,28 @@ pub struct Mnist {
 }
 
 impl Mnist {
-    /// Loads the four MNIST files from `dir`, each under its canonical name, decompressed or
-    /// with a `.gz` suffix (the decompressed file is preferred when both exist).
+    /// Loads the four files from `dir`, each under its canonical name, decompressed or with a
+    /// `.gz` suffix (the decompressed file is preferred when both exist).
     ///
     /// # Errors
-    /// A missing file, or any fault of [`Dataset::from_idx_files`].
+    /// A missing file, any fault of [`Dataset::from_idx_files`], images of different sizes in
+    /// the two sets, or a test label the training set does not have.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        let train = Dataset::from_idx_files(&locate(dir, TRAIN_IMAGES)?, &locate(dir, TRAIN_LABELS)?, CLASSES)?;
-        let test = Dataset::from_idx_files(&locate(dir, TEST_IMAGES)?, &locate(dir, TEST_LABELS)?, CLASSES)?;
+        let path = |name| locate(dir, name);
+        let (train_images, train_labels) = (path(TRAIN_IMAGES)?, path(TRAIN_LABELS)?);
+        let images = read_idx_u8(&train_images, 3)?;
+        let labels = read_idx_u8(&train_labels, 1)?;
+        let classes = labels.data.iter().max().map_or(1, |&m| usize::from(m) + 1);
+        let train = Dataset::from_idx(images, &train_images, labels, &train_labels, classes)?;
+        let test_images = path(TEST_IMAGES)?;
+        let test = Dataset::from_idx_files(&test_images, &path(TEST_LABELS)?, classes)?;
+        if (test.rows, test.cols) != (train.rows, train.cols) {
+            return Err(DataError::ShapeMismatch {
+                path: test_images,
+                found: (test.rows, test.cols),
+                expected: (train.rows, train.cols),
+            });
+        }
         Ok(Self { train, test })
     }
 }
@@ -233,12 +265,38 @@ mod tests {
     }
 
     #[test]
-    fn a_label_out_of_range_is_named_with_its_index() {
+    fn classes_come_from_the_training_labels() {
         let dir = tempfile::tempdir().unwrap();
-        write_set(dir.path(), 3, &[0, 1, 10]);
+        write_set(dir.path(), 3, &[0, 3, 1]);
+        let mnist = Mnist::load(dir.path()).unwrap();
+        assert_eq!((mnist.train.classes(), mnist.test.classes()), (4, 4));
+    }
+
+    #[test]
+    fn a_test_label_the_training_set_lacks_is_named_with_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 3, &[0, 1, 9]);
+        std::fs::write(dir.path().join(TEST_LABELS), idx(&[3], &[0, 1, 10])).unwrap();
         let err = Mnist::load(dir.path()).unwrap_err();
-        let path = dir.path().join(TRAIN_LABELS);
+        let path = dir.path().join(TEST_LABELS);
         assert_eq!(err.to_string(), format!("{}: label 10 at index 2 is outside 0..=9", path.display()));
+    }
+
+    #[test]
+    fn a_test_set_of_another_image_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_set(dir.path(), 2, &[0, 1]);
+        std::fs::write(dir.path().join(TEST_IMAGES), idx(&[2, 3, 2], &[0; 12])).unwrap();
+        let err = Mnist::load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("images of 3x2 pixels, but the training images are 2x3"), "{err}");
+    }
+
+    #[test]
+    fn bytes_in_memory_load_like_files() {
+        let images = idx(&[2, 1, 2], &[0, 255, 7, 8]);
+        let labels = idx(&[2], &[1, 0]);
+        let ds = Dataset::from_idx_bytes((&images, Path::new("i")), (&labels, Path::new("l")), 2).unwrap();
+        assert_eq!((ds.len(), ds.image(0), ds.label(0)), (2, &[0, 255][..], 1));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::f32::consts::PI;
 use std::process::ExitCode;
 
 use ndarray::Array2;
-use nn::{Grads, Mlp, MlpConfig, Tape};
+use nn::{Grads, Mlp, MlpConfig, Model, Tape};
 use optim::{Adam, AdamConfig, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

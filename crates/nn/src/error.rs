@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-/// Why a set of parameters cannot become a model.
+/// Why a set of parameters, or a file of them, cannot become a model.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NnError {
@@ -28,10 +28,48 @@ pub enum NnError {
         /// The shape given.
         found: Vec<usize>,
     },
+    /// A weight that should be a matrix is not.
+    #[error("parameter {name} has shape {shape:?}, expected 2 dimensions")]
+    NotAMatrix {
+        /// Its name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
     /// A parameter the model does not have.
     #[error("unexpected parameter {name}")]
     UnexpectedParam {
         /// Its name.
         name: String,
+    },
+    /// Bytes that are not a whole, valid safetensors file.
+    #[error("not a safetensors file: {reason}")]
+    NotSafetensors {
+        /// What the reader found wrong.
+        reason: String,
+    },
+    /// A tensor of a type other than f32.
+    #[error("tensor {name} is {dtype}, expected F32")]
+    WrongDtype {
+        /// Its name.
+        name: String,
+        /// Its type.
+        dtype: String,
+    },
+    /// A metadata entry that a reader needs is absent.
+    #[error("metadata {key} is missing")]
+    MissingMetadata {
+        /// The key.
+        key: String,
+    },
+    /// A metadata entry whose value does not parse.
+    #[error("metadata {key} {value:?} is not {expected}")]
+    BadMetadata {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
     },
 }

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::backward::broken_rule;
-use crate::{Grads, Mlp, MlpConfig, ParamId, Params, Tape};
+use crate::{Grads, Mlp, MlpConfig, Model, ParamId, Params, StateDict, Tape, Tensor};
 
 /// Central differences of `f` at `at`, one coordinate at a time, in f64.
 fn numeric_grad(f: impl Fn(&[f64]) -> f64, at: &[f64]) -> Vec<f64> {
@@ -78,11 +78,11 @@ fn relu(x: Array2<f64>) -> Array2<f64> {
 }
 
 fn param(params: &Params, id: ParamId) -> Vec<f64> {
-    as_f64(&params.get(id).to_row_major())
+    as_f64(params.get(id).to_tensor().data())
 }
 
 fn grad(params: &Params, grads: &Grads, id: ParamId) -> Vec<f32> {
-    grads.to_row_major(params, id).expect("backward reached the parameter")
+    grads.tensor(params, id).expect("backward reached the parameter").into_data()
 }
 
 /// Runs the backward pass of `loss` into fresh gradients.
@@ -256,9 +256,10 @@ fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
     let loss = tape.cross_entropy(logits, &labels);
     let grads = backward(&mut tape, loss, mlp.params());
 
-    let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(&p.to_row_major())).collect();
-    let analytic: Vec<f32> =
-        (0..mlp.params().len()).flat_map(|i| grads.to_row_major(mlp.params(), mlp.param_id(i)).unwrap()).collect();
+    let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(p.to_tensor().data())).collect();
+    let analytic: Vec<f32> = (0..mlp.params().len())
+        .flat_map(|i| grads.tensor(mlp.params(), mlp.param_id(i)).unwrap().into_data())
+        .collect();
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |flat: &[f64]| mlp_loss(&config, flat, xv.view(), &labels);
     assert!((f64::from(tape.value(loss)[[0, 0]]) - f(&flat)).abs() < 1e-5, "forward matches the f64 model");
@@ -267,19 +268,19 @@ fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
 
 #[test]
 fn the_sparse_first_layer_has_the_dense_gradients() {
-    // Data that is 80% zeros takes the sparse path (the weight is column-major as in Linear);
-    // the same values with an explicit dense copy through AddBias take the dense path.
+    // Data that is 80% zeros, through the sparse path (the weight column-major as Linear
+    // stores it), against central differences of the dense f64 model.
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let (n, k, c) = (6, 20, 4);
     let x = Array2::from_shape_fn((n, k), |_| if rng.random_bool(0.2) { rng.random_range(0.1f32..1.0) } else { 0.0 });
     let labels = [0, 1, 2, 3, 0, 1];
     let mut params = Params::new();
     let w_values = to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0;
-    let w = params.add_with_layout("w", &[c, k], w_values, crate::Layout::ColumnMajor);
+    let w = params.add_with_layout("w", &[c, k], w_values, crate::params::Layout::ColumnMajor);
     let b = params.add("b", &[c], vec![0.1, 0.0, -0.1, 0.2]);
     let mut tape = Tape::new();
     let input = tape.input(x.view());
-    let y = tape.linear(&params, input, w, b);
+    let y = tape.sparse_linear(&params, input, w, b);
     assert!(matches!(tape.nodes[y.index].op, crate::tape::Op::Linear { sparse: true, .. }), "took the sparse path");
     let loss = tape.cross_entropy(y, &labels);
     let grads = backward(&mut tape, loss, &params);
@@ -417,26 +418,37 @@ fn inference_matches_the_tape() {
 }
 
 #[test]
-fn from_named_checks_names_and_shapes() {
+fn state_dicts_check_names_and_shapes() {
     use crate::NnError;
-    let config = MlpConfig { widths: vec![3, 2], output_relu: false };
-    let good =
-        || vec![("fc1.weight".to_owned(), vec![2, 3], vec![0.5; 6]), ("fc1.bias".to_owned(), vec![2], vec![0.0; 2])];
-    let mlp = Mlp::from_named(&config, good()).unwrap();
-    assert_eq!(mlp.params().get(mlp.layers()[0].weight).to_row_major(), [0.5; 6]);
+    let mlp = Mlp::new(&MlpConfig { widths: vec![3, 2], output_relu: true }, &mut ChaCha8Rng::seed_from_u64(3));
+    let state = mlp.state_dict();
+    assert_eq!(state.names().collect::<Vec<_>>(), ["fc1.bias", "fc1.weight"]);
+    assert_eq!((state.meta("widths"), state.meta("output_relu")), (Some("3,2"), Some("true")));
+    let back = Mlp::from_state_dict(&state).unwrap();
+    assert_eq!((back.config(), back.params()), (mlp.config(), mlp.params()));
+    assert_eq!(back.params().get(back.layers()[0].weight).to_tensor(), state.get("fc1.weight").unwrap().clone());
 
-    let mut missing = good();
-    missing.pop();
-    assert_eq!(Mlp::from_named(&config, missing).unwrap_err(), NnError::MissingParam { name: "fc1.bias".into() });
-    let mut wrong = good();
-    wrong[0].1 = vec![3, 2];
+    // Without metadata, the widths come from the shapes.
+    let mut bare = StateDict::new();
+    bare.insert("fc1.weight", Tensor::new(vec![2, 3], vec![0.5; 6]));
+    bare.insert("fc1.bias", Tensor::new(vec![2], vec![0.0; 2]));
+    assert_eq!(Mlp::from_state_dict(&bare).unwrap().config().widths, [3, 2]);
+
+    let mut missing = state.clone();
+    missing.remove("fc1.bias");
+    assert_eq!(Mlp::from_state_dict(&missing).unwrap_err(), NnError::MissingParam { name: "fc1.bias".into() });
+    let mut wrong = state.clone();
+    wrong.insert("fc1.weight", Tensor::new(vec![3, 2], vec![0.0; 6]));
     assert_eq!(
-        Mlp::from_named(&config, wrong).unwrap_err().to_string(),
+        Mlp::from_state_dict(&wrong).unwrap_err().to_string(),
         "parameter fc1.weight has shape [3, 2], expected [2, 3]"
     );
-    let mut extra = good();
-    extra.push(("fc2.weight".into(), vec![1], vec![0.0]));
-    assert_eq!(Mlp::from_named(&config, extra).unwrap_err(), NnError::UnexpectedParam { name: "fc2.weight".into() });
-    let bad = MlpConfig { widths: vec![3, 0], output_relu: false };
-    assert!(matches!(Mlp::from_named(&bad, good()), Err(NnError::InvalidWidths { .. })));
+    let mut extra = state.clone();
+    extra.insert("fc2.weight", Tensor::new(vec![1], vec![0.0]));
+    assert_eq!(Mlp::from_state_dict(&extra).unwrap_err(), NnError::UnexpectedParam { name: "fc2.weight".into() });
+    let mut bad = state;
+    bad.set_meta("widths", "3,0");
+    assert!(matches!(Mlp::from_state_dict(&bad), Err(NnError::InvalidWidths { .. })));
+    bad.set_meta("widths", "3,x");
+    assert_eq!(Mlp::from_state_dict(&bad).unwrap_err().to_string(), "metadata widths \"3,x\" is not a list of widths");
 }

@@ -3,6 +3,7 @@
 
 use ndarray::{ArrayViewMut1, ArrayViewMut2, ShapeBuilder};
 
+use crate::Tensor;
 use crate::params::{Layout, ParamId, Params};
 
 /// The gradients of a [`Params`] set, written by [`Tape::backward`](crate::Tape::backward) and
@@ -29,7 +30,7 @@ pub struct Grads {
 impl Grads {
     /// Buffers for every parameter of `params`, none holding a gradient yet.
     pub fn new(params: &Params) -> Self {
-        let buffers: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.value().len()]).collect();
+        let buffers: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
         let n = buffers.len();
         Self { buffers, present: vec![false; n], written: vec![false; n] }
     }
@@ -46,17 +47,17 @@ impl Grads {
 
     /// Whether these buffers fit `params`: as many, each as long.
     pub fn fits(&self, params: &Params) -> bool {
-        self.buffers.len() == params.len()
-            && self.buffers.iter().zip(params.iter()).all(|(b, p)| b.len() == p.value().len())
+        self.buffers.len() == params.len() && self.buffers.iter().zip(params.iter()).all(|(b, p)| b.len() == p.len())
     }
 
-    /// Every parameter's gradient in storage order (or `None`), in the parameters' order.
+    /// Every parameter's gradient in its element order (or `None`), in the parameters' order.
     pub fn iter(&self) -> impl Iterator<Item = Option<&[f32]>> {
         self.buffers.iter().zip(&self.present).map(|(b, &p)| p.then_some(b.as_slice()))
     }
 
-    /// Parameter `id`'s gradient in its storage order, or `None` if no backward pass has
-    /// reached it.
+    /// Parameter `id`'s gradient in the parameter's element order (that of
+    /// [`Param::elements`](crate::Param::elements)), or `None` if no backward pass has reached
+    /// it.
     ///
     /// # Panics
     /// If `id` is not from the set these gradients are for.
@@ -66,16 +67,17 @@ impl Grads {
         self.present[i].then_some(self.buffers[i].as_slice())
     }
 
-    /// Parameter `id`'s gradient in row-major order (PyTorch's), if it has one.
+    /// Parameter `id`'s gradient as a row-major tensor of its shape (PyTorch's `p.grad`), if
+    /// it has one.
     ///
     /// # Panics
     /// If `id` is not from `params`, or these gradients are not for `params`.
     #[track_caller]
-    pub fn to_row_major(&self, params: &Params, id: ParamId) -> Option<Vec<f32>> {
-        self.get(id).map(|g| params.get(id).reorder(g, Layout::RowMajor))
+    pub fn tensor(&self, params: &Params, id: ParamId) -> Option<Tensor> {
+        self.get(id).map(|g| params.get(id).aligned_to_tensor(g))
     }
 
-    /// Sets parameter `id`'s gradient, in its storage order, from elsewhere (computed outside a
+    /// Sets parameter `id`'s gradient, in its element order, from elsewhere (computed outside a
     /// tape, or clipped), as if a backward pass had written it.
     ///
     /// # Panics
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(beta, 0.0);
         g[[0, 2]] = 9.0;
         grads.end_backward();
-        assert_eq!(grads.to_row_major(&params, w).unwrap(), [0.0, 0.0, 9.0, 0.0, 0.0, 0.0]);
+        assert_eq!(grads.tensor(&params, w).unwrap().data(), [0.0, 0.0, 9.0, 0.0, 0.0, 0.0]);
         assert_eq!(grads.get(w).unwrap(), [0.0, 0.0, 0.0, 0.0, 9.0, 0.0]);
     }
 }

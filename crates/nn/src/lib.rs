@@ -2,23 +2,30 @@
 //!
 //! A [`Tape`] records ops in execution order and [`Tape::backward`] walks them in reverse;
 //! parameters live outside the tape in a [`Params`] set, read by [`ParamId`] and named as in
-//! PyTorch's `state_dict`, and gradients in a [`Grads`] beside it. [`Mlp::new`] builds the
-//! usual model from an [`MlpConfig`]:
+//! PyTorch's `state_dict`, and gradients in a [`Grads`] beside it. A [`Model`] (such as the
+//! [`Mlp`], built from an [`MlpConfig`]) records its forward pass on a tape, runs it without
+//! one for inference, and saves and loads its parameters as a [`StateDict`], whose file form is
+//! safetensors with PyTorch's names:
 //!
 //! ```
 //! use ndarray::Array2;
-//! use nn::{Grads, Mlp, MlpConfig, Tape};
+//! use nn::{Grads, Mlp, MlpConfig, Model, StateDict, Tape};
 //! use rand::SeedableRng;
 //!
-//! let mut mlp = Mlp::new(&MlpConfig { widths: vec![2, 8, 2], output_relu: false },
-//!                        &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+//! let mlp = Mlp::new(&MlpConfig { widths: vec![2, 8, 2], output_relu: false },
+//!                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
 //! let mut tape = Tape::new();
 //! let x = tape.input(Array2::from_elem((4, 2), 0.5).view());
 //! let logits = mlp.forward(&mut tape, x);
 //! let loss = tape.cross_entropy(logits, &[0, 1, 1, 0]);
 //! let mut grads = Grads::new(mlp.params());
 //! tape.backward(loss, mlp.params(), &mut grads);
-//! assert!(mlp.params().iter().enumerate().all(|(i, _)| grads.get(mlp.param_id(i)).is_some()));
+//! assert!(mlp.params().ids().all(|id| grads.get(id).is_some()));
+//!
+//! // torch.save(model.state_dict()) and load_state_dict, as bytes.
+//! let bytes = mlp.state_dict().to_safetensors();
+//! let back = Mlp::from_state_dict(&StateDict::from_safetensors(&bytes).unwrap()).unwrap();
+//! assert_eq!(back.params(), mlp.params());
 //! ```
 //!
 //! `nn` depends on `tensor` and nothing else of this project; it knows nothing of MNIST.
@@ -29,14 +36,19 @@ mod grads;
 mod linear;
 mod loss;
 mod mlp;
+mod model;
 mod params;
+mod state;
 mod tape;
 
 pub use error::NnError;
 pub use grads::Grads;
 pub use linear::Linear;
-pub use mlp::{Inference, Mlp, MlpConfig};
-pub use params::{Layout, Param, ParamId, Params};
+pub use loss::cross_entropy_sum;
+pub use mlp::{Mlp, MlpConfig};
+pub use model::{Inference, Model};
+pub use params::{Param, ParamId, Params};
+pub use state::{Scope, StateDict, Tensor};
 pub use tape::{Tape, Var};
 
 #[cfg(test)]

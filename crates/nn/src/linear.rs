@@ -3,12 +3,12 @@
 use rand::Rng;
 
 use crate::params::{Layout, ParamId, Params};
+use crate::state::Scope;
 use crate::tape::{Tape, Var};
 
 /// `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of `[out]`, registered in a
 /// [`Params`] set as `{name}.weight` and `{name}.bias` (PyTorch's `state_dict` names and
-/// shapes). The weight is stored column-major, each input's weights contiguous, so that a
-/// sparse input (MNIST's pixels are mostly 0) only touches the weights of its nonzero entries.
+/// shapes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linear {
     /// The weight, `[out, in]`.
@@ -19,11 +19,15 @@ pub struct Linear {
     pub in_features: usize,
     /// Output width.
     pub out_features: usize,
+    /// Whether the layer reads data that is mostly zeros (MNIST's pixels are 81% zeros): then
+    /// its product and weight gradient only touch the weights of nonzero inputs
+    /// ([`Tape::sparse_linear`]). Only a layer that reads the data itself may set it.
+    pub sparse_input: bool,
 }
 
 impl Linear {
     /// A layer initialised as PyTorch's `nn.Linear` (uniform in `±1/sqrt(in)`), its parameters
-    /// added to `params` under `name`.
+    /// added to `params` under `name`, reading dense inputs.
     ///
     /// ```
     /// use rand::SeedableRng;
@@ -44,22 +48,37 @@ impl Linear {
         rng: &mut R,
     ) -> Self {
         let (w, b) = tensor::linear_init(out_features, in_features, rng);
-        let weight = params.add_with_layout(
-            format!("{name}.weight"),
-            &[out_features, in_features],
-            w.into_raw_vec_and_offset().0,
-            Layout::ColumnMajor,
-        );
-        let bias = params.add(format!("{name}.bias"), &[out_features], b.into_raw_vec_and_offset().0);
-        Self { weight, bias, in_features, out_features }
+        Self::from_values(params, name, in_features, out_features, w.into_raw_vec_and_offset().0, b.to_vec())
+    }
+
+    /// A layer with the given row-major weight and bias values.
+    #[track_caller]
+    pub(crate) fn from_values(
+        params: &mut Params,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Self {
+        let scope = Scope::new(name);
+        // Column-major: each input's weights contiguous, as the sparse kernels need.
+        let weight =
+            params.add_with_layout(scope.name("weight"), &[out_features, in_features], weight, Layout::ColumnMajor);
+        let bias = params.add(scope.name("bias"), &[out_features], bias);
+        Self { weight, bias, in_features, out_features, sparse_input: false }
     }
 
     /// Records the layer on `tape`.
     ///
     /// # Panics
-    /// If `x` is not `in_features` wide.
+    /// If `x` is not `in_features` wide, or the layer takes sparse input and `x` is not data.
     #[track_caller]
     pub fn forward(&self, tape: &mut Tape, params: &Params, x: Var) -> Var {
-        tape.linear(params, x, self.weight, self.bias)
+        if self.sparse_input {
+            tape.sparse_linear(params, x, self.weight, self.bias)
+        } else {
+            tape.linear(params, x, self.weight, self.bias)
+        }
     }
 }

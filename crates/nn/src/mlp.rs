@@ -1,11 +1,13 @@
 //! A multilayer perceptron: linear layers with ReLU between them.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use crate::error::NnError;
 use crate::linear::Linear;
-use crate::params::{Layout, Params};
+use crate::model::{Inference, Model};
+use crate::params::Params;
+use crate::state::{Scope, StateDict};
 use crate::tape::{Tape, Var};
 
 /// The shape of an [`Mlp`].
@@ -21,11 +23,33 @@ pub struct MlpConfig {
 impl Default for MlpConfig {
     /// The notebook's model: 784-128-64-32-10, no ReLU on the logits.
     fn default() -> Self {
-        Self { widths: vec![784, 128, 64, 32, 10], output_relu: false }
+        Self::with_hidden(784, &Self::NOTEBOOK_HIDDEN, 10, false)
     }
 }
 
+/// The metadata keys of an MLP's file, and the format it names.
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "mnist-mlp";
+const WIDTHS_KEY: &str = "widths";
+const OUTPUT_RELU_KEY: &str = "output_relu";
+
 impl MlpConfig {
+    /// The notebook's hidden widths.
+    pub const NOTEBOOK_HIDDEN: [usize; 3] = [128, 64, 32];
+
+    /// A model of `inputs` values and `classes` classes with the given hidden widths.
+    pub fn with_hidden(inputs: usize, hidden: &[usize], classes: usize, output_relu: bool) -> Self {
+        let mut widths = vec![inputs];
+        widths.extend_from_slice(hidden);
+        widths.push(classes);
+        Self { widths, output_relu }
+    }
+
+    /// The hidden widths: all but the first and the last.
+    pub fn hidden(&self) -> &[usize] {
+        &self.widths[1..self.widths.len().max(2) - 1]
+    }
+
     /// Checks that the widths describe a network: at least an input and an output, none zero.
     ///
     /// # Errors
@@ -41,6 +65,11 @@ impl MlpConfig {
         Ok(())
     }
 
+    /// The name of layer `i` (0-based): `fc1`, `fc2`, ... as in PyTorch's examples.
+    fn layer_name(i: usize) -> String {
+        format!("fc{}", i + 1)
+    }
+
     /// The parameter names and shapes of this model, in PyTorch's `state_dict` order:
     /// `fc1.weight [w1, w0]`, `fc1.bias [w1]`, ...
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
@@ -48,28 +77,73 @@ impl MlpConfig {
             .windows(2)
             .enumerate()
             .flat_map(|(i, w)| {
-                [(format!("fc{}.weight", i + 1), vec![w[1], w[0]]), (format!("fc{}.bias", i + 1), vec![w[1]])]
+                let scope = Scope::new(Self::layer_name(i));
+                [(scope.name("weight"), vec![w[1], w[0]]), (scope.name("bias"), vec![w[1]])]
             })
             .collect()
     }
+
+    /// The config a file describes: from its metadata, or else from the shapes of its
+    /// `fc1.weight`, `fc2.weight`, ... (then without output ReLU).
+    ///
+    /// # Errors
+    /// Malformed metadata, or no `fc1.weight` to infer from.
+    pub fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
+        let config = match state.meta(WIDTHS_KEY) {
+            Some(w) => Self {
+                widths: w
+                    .split(',')
+                    .map(|v| v.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| bad_meta(WIDTHS_KEY, w, "a list of widths"))?,
+                output_relu: match state.meta(OUTPUT_RELU_KEY) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => return Err(bad_meta(OUTPUT_RELU_KEY, other, "true or false")),
+                },
+            },
+            None => Self::infer(state)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn infer(state: &StateDict) -> Result<Self, NnError> {
+        let mut widths = Vec::new();
+        for i in 0.. {
+            let name = Scope::new(Self::layer_name(i)).name("weight");
+            let Some(w) = state.get(&name) else { break };
+            let &[out, inp] = w.shape() else {
+                return Err(NnError::NotAMatrix { name, shape: w.shape().to_vec() });
+            };
+            if widths.is_empty() {
+                widths.push(inp);
+            }
+            widths.push(out);
+        }
+        if widths.is_empty() {
+            return Err(NnError::MissingParam { name: Scope::new(Self::layer_name(0)).name("weight") });
+        }
+        Ok(Self { widths, output_relu: false })
+    }
 }
 
-/// Buffers for [`Mlp::logits_with`], reused from batch to batch.
-#[derive(Debug, Clone, Default)]
-pub struct Inference {
-    layers: Vec<Vec<f32>>,
-    sparse: tensor::SparseRows,
+fn bad_meta(key: &str, value: &str, expected: &'static str) -> NnError {
+    NnError::BadMetadata { key: key.to_owned(), value: value.to_owned(), expected }
 }
 
 /// A multilayer perceptron that owns its parameters: layers `fc1`, `fc2`, ... with ReLU after
-/// every layer but the last (and after the last too with [`MlpConfig::output_relu`]).
+/// every layer but the last (and after the last too with [`MlpConfig::output_relu`]). The first
+/// layer reads the data as sparse rows ([`Linear::sparse_input`]): images are mostly zeros.
 ///
 /// ```
+/// use nn::Model;
 /// use rand::SeedableRng;
 /// let config = nn::MlpConfig { widths: vec![4, 8, 3], output_relu: false };
 /// let mlp = nn::Mlp::new(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
-/// let logits = mlp.logits(ndarray::Array2::zeros((5, 4)).view());
-/// assert_eq!(logits.dim(), (5, 3));
+/// let probs = mlp.probabilities(ndarray::Array2::zeros((5, 4)).view());
+/// assert_eq!(probs.dim(), (5, 3));
+/// assert!((probs.row(0).sum() - 1.0).abs() < 1e-6);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -85,56 +159,30 @@ impl Mlp {
     /// If the config does not [validate](MlpConfig::validate).
     #[track_caller]
     pub fn new<R: Rng + ?Sized>(config: &MlpConfig, rng: &mut R) -> Self {
+        Self::build(config, |params, name, inputs, outputs| Linear::new(params, name, inputs, outputs, rng))
+    }
+
+    /// A model with every parameter zero, to load values into.
+    fn zeros(config: &MlpConfig) -> Self {
+        Self::build(config, |params, name, inputs, outputs| {
+            Linear::from_values(params, name, inputs, outputs, vec![0.0; inputs * outputs], vec![0.0; outputs])
+        })
+    }
+
+    #[track_caller]
+    fn build(config: &MlpConfig, mut layer: impl FnMut(&mut Params, &str, usize, usize) -> Linear) -> Self {
         if let Err(e) = config.validate() {
             panic!("{e}");
         }
         let mut params = Params::new();
-        let layers = config
+        let mut layers: Vec<Linear> = config
             .widths
             .windows(2)
             .enumerate()
-            .map(|(i, w)| Linear::new(&mut params, &format!("fc{}", i + 1), w[0], w[1], rng))
+            .map(|(i, w)| layer(&mut params, &MlpConfig::layer_name(i), w[0], w[1]))
             .collect();
+        layers[0].sparse_input = true;
         Self { config: config.clone(), layers, params }
-    }
-
-    /// A model from named parameters, such as a loaded checkpoint: exactly the names and shapes
-    /// of [`MlpConfig::param_shapes`], in any order.
-    ///
-    /// # Errors
-    /// Invalid widths, or a parameter missing, extra or of the wrong shape.
-    pub fn from_named(config: &MlpConfig, named: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Self, NnError> {
-        config.validate()?;
-        let mut named: Vec<_> = named.into_iter().map(Some).collect();
-        let mut params = Params::new();
-        for (name, shape) in config.param_shapes() {
-            let slot = named
-                .iter_mut()
-                .find(|n| n.as_ref().is_some_and(|(n, _, _)| *n == name))
-                .ok_or_else(|| NnError::MissingParam { name: name.clone() })?;
-            let (_, found, values) = slot.take().expect("found above");
-            if found != shape || values.len() != shape.iter().product::<usize>() {
-                return Err(NnError::ShapeMismatch { name, expected: shape, found });
-            }
-            // The same storage as `Linear::new` gives its parameters.
-            let layout = if shape.len() == 2 { Layout::ColumnMajor } else { Layout::RowMajor };
-            params.add_with_layout(name, &shape, values, layout);
-        }
-        if let Some((name, _, _)) = named.into_iter().flatten().next() {
-            return Err(NnError::UnexpectedParam { name });
-        }
-        let layers = config
-            .widths
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| Linear {
-                weight: params.by_name(&format!("fc{}.weight", i + 1)).expect("added above"),
-                bias: params.by_name(&format!("fc{}.bias", i + 1)).expect("added above"),
-                in_features: w[0],
-                out_features: w[1],
-            })
-            .collect();
-        Ok(Self { config: config.clone(), layers, params })
     }
 
     /// The model's shape.
@@ -147,16 +195,6 @@ impl Mlp {
         &self.layers
     }
 
-    /// The parameters, in `state_dict` order.
-    pub fn params(&self) -> &Params {
-        &self.params
-    }
-
-    /// The parameters, for an optimizer or a loader to change.
-    pub fn params_mut(&mut self) -> &mut Params {
-        &mut self.params
-    }
-
     /// The id of the `i`-th parameter in `state_dict` order (`fc1.weight`, `fc1.bias`, ...).
     ///
     /// # Panics
@@ -167,44 +205,57 @@ impl Mlp {
         if i.is_multiple_of(2) { layer.weight } else { layer.bias }
     }
 
-    /// Records the forward pass on `tape` and returns the logits.
-    ///
+    fn applies_relu(&self, layer: usize) -> bool {
+        layer + 1 < self.layers.len() || self.config.output_relu
+    }
+}
+
+impl Model for Mlp {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
+    }
+
+    fn input_width(&self) -> usize {
+        self.config.widths[0]
+    }
+
+    fn classes(&self) -> usize {
+        self.config.widths[self.config.widths.len() - 1]
+    }
+
+    fn describe(&self) -> String {
+        let widths: Vec<String> = self.config.widths.iter().map(usize::to_string).collect();
+        let relu = if self.config.output_relu { " with ReLU on the logits" } else { "" };
+        format!("{}{relu}", widths.join("-"))
+    }
+
     /// # Panics
     /// If `x` is not as wide as the first width.
     #[track_caller]
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
-        let last = self.layers.len() - 1;
+    fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(tape, &self.params, h);
-            if i < last || self.config.output_relu {
+            if self.applies_relu(i) {
                 h = tape.relu(h);
             }
         }
         h
     }
 
-    /// The logits for `x` (one sample per row), without recording anything for a backward pass.
-    ///
     /// # Panics
     /// If `x` is not as wide as the first width.
     #[track_caller]
-    pub fn logits(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        self.logits_with(x, &mut Inference::default()).to_owned()
-    }
-
-    /// [`Mlp::logits`] into buffers that `scratch` keeps from call to call, so that evaluating
-    /// batch after batch allocates nothing once the first batch is done.
-    ///
-    /// # Panics
-    /// If `x` is not as wide as the first width.
-    #[track_caller]
-    pub fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
-        let last = self.layers.len() - 1;
+    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
         let rows = x.nrows();
-        scratch.layers.resize_with(self.layers.len(), Vec::new);
+        let Inference { layers: buffers, sparse } = scratch;
+        buffers.resize_with(self.layers.len(), Vec::new);
         for (i, layer) in self.layers.iter().enumerate() {
-            let (done, todo) = scratch.layers.split_at_mut(i);
+            let (done, todo) = buffers.split_at_mut(i);
             let input = match done.last() {
                 Some(h) => ArrayView2::from_shape((rows, layer.in_features), &h[..]).expect("previous layer's output"),
                 None => x.view(),
@@ -220,22 +271,28 @@ impl Mlp {
             out.resize(rows * layer.out_features, 0.0);
             let mut y = ArrayViewMut2::from_shape((rows, layer.out_features), &mut out[..]).expect("sized above");
             let (w, b) = (self.params.matrix(layer.weight), self.params.vector(layer.bias));
-            // The first layer reads the data, which may be mostly zeros, as in training.
-            crate::tape::linear_forward(input, w, Some(b), i == 0, &mut scratch.sparse, y.view_mut());
-            if i < last || self.config.output_relu {
+            let sparse = layer.sparse_input.then_some(&mut *sparse);
+            crate::tape::linear_forward(input, w, Some(b), sparse, y.view_mut());
+            if self.applies_relu(i) {
                 tensor::relu_inplace(y);
             }
         }
-        let classes = self.layers[last].out_features;
-        ArrayView2::from_shape((rows, classes), &scratch.layers[last][..]).expect("last layer's output")
+        let last = &buffers[self.layers.len() - 1];
+        ArrayView2::from_shape((rows, self.classes()), &last[..]).expect("last layer's output")
     }
 
-    /// The predicted class of each row of `x`: the argmax of its logits.
-    ///
-    /// # Panics
-    /// If `x` is not as wide as the first width.
-    #[track_caller]
-    pub fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
-        tensor::argmax_rows(self.logits(x).view())
+    fn state_dict(&self) -> StateDict {
+        let mut state = self.params.state_dict();
+        let widths: Vec<String> = self.config.widths.iter().map(usize::to_string).collect();
+        state.set_meta(FORMAT_KEY, FORMAT);
+        state.set_meta(WIDTHS_KEY, widths.join(","));
+        state.set_meta(OUTPUT_RELU_KEY, self.config.output_relu.to_string());
+        state
+    }
+
+    fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
+        let mut mlp = Self::zeros(&MlpConfig::from_state_dict(state)?);
+        mlp.params.load_state_dict(state)?;
+        Ok(mlp)
     }
 }

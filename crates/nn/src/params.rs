@@ -3,6 +3,8 @@
 
 use ndarray::{ArrayView1, ArrayView2, ShapeBuilder};
 
+use crate::{NnError, StateDict, Tensor};
+
 /// A handle to one parameter of a [`Params`] set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ParamId(usize);
@@ -14,10 +16,10 @@ impl ParamId {
     }
 }
 
-/// How a matrix parameter's values are stored. The shape, the name and every view are the same
-/// either way; only the order in memory differs.
+/// How a matrix parameter's values are stored: private to `nn`, so that everything outside
+/// sees a `[out, in]` weight in that shape and in row-major order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// Row after row: element `(i, j)` of an `r x c` matrix is at `i * c + j`.
     #[default]
     RowMajor,
@@ -26,7 +28,13 @@ pub enum Layout {
     ColumnMajor,
 }
 
-/// One named parameter: its shape and its values, stored flat in its [`Layout`].
+/// One named parameter: its shape and its values.
+///
+/// Its elements are kept in an order of `nn`'s choosing, which its gradient
+/// ([`Grads::get`](crate::Grads::get)) shares: elementwise code such as an optimizer can walk
+/// [`Param::elements`] and the gradient side by side, and keep per-element buffers in the same
+/// order. Anything that cares about positions reads [`Param::to_tensor`], which is row-major,
+/// in the parameter's shape, as in PyTorch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
     name: String,
@@ -46,53 +54,68 @@ impl Param {
         &self.shape
     }
 
-    /// How the values are stored (row-major unless the parameter was added otherwise).
-    pub fn layout(&self) -> Layout {
-        self.layout
+    /// The number of scalars.
+    pub fn len(&self) -> usize {
+        self.value.len()
     }
 
-    /// The values in storage order (see [`Param::layout`]): what an elementwise optimizer
-    /// walks. [`Param::to_row_major`] gives them in PyTorch's order.
-    pub fn value(&self) -> &[f32] {
+    /// Whether the parameter holds no scalar.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    /// The values in the parameter's element order, which its gradient and any per-element
+    /// buffer share (see [`Param`]).
+    pub fn elements(&self) -> &[f32] {
         &self.value
     }
 
-    /// The values in row-major order, whatever the storage: PyTorch's order.
-    pub fn to_row_major(&self) -> Vec<f32> {
-        self.reorder(&self.value, Layout::RowMajor)
+    /// The values in element order, for an optimizer to update.
+    pub fn elements_mut(&mut self) -> &mut [f32] {
+        &mut self.value
     }
 
-    /// `data`, laid out as this parameter's storage (a gradient, an optimizer's buffer), in
-    /// row-major order: PyTorch's.
-    pub fn storage_to_row_major(&self, data: &[f32]) -> Vec<f32> {
-        self.reorder(data, Layout::RowMajor)
+    /// The values as a row-major tensor of the parameter's shape: PyTorch's form.
+    pub fn to_tensor(&self) -> Tensor {
+        self.aligned_to_tensor(&self.value)
     }
 
-    /// Row-major `data` of this parameter's shape, laid out as its storage.
+    /// A per-element buffer in this parameter's element order (a gradient, an optimizer's
+    /// moment), as a row-major tensor of the parameter's shape.
     ///
     /// # Panics
-    /// If `data` is not as long as the parameter.
+    /// If `buffer` is not as long as the parameter.
     #[track_caller]
-    pub fn row_major_to_storage(&self, data: &[f32]) -> Vec<f32> {
-        assert_eq!(data.len(), self.value.len(), "{}: {} values for {}", self.name, data.len(), self.value.len());
-        match (self.layout, &self.shape[..]) {
-            (Layout::ColumnMajor, &[r, c]) => transpose(data, r, c),
-            _ => data.to_vec(),
-        }
+    pub fn aligned_to_tensor(&self, buffer: &[f32]) -> Tensor {
+        assert_eq!(buffer.len(), self.value.len(), "{}: {} values for {}", self.name, buffer.len(), self.value.len());
+        let data = match (self.layout, &self.shape[..]) {
+            (Layout::ColumnMajor, &[r, c]) => transpose(buffer, c, r),
+            _ => buffer.to_vec(),
+        };
+        Tensor::new(self.shape.clone(), data)
     }
 
-    /// `data`, stored as this parameter stores its values, reordered into `to`.
-    pub(crate) fn reorder(&self, data: &[f32], to: Layout) -> Vec<f32> {
-        match (self.layout, to, &self.shape[..]) {
-            (Layout::RowMajor, Layout::ColumnMajor, &[r, c]) => transpose(data, r, c),
-            (Layout::ColumnMajor, Layout::RowMajor, &[r, c]) => transpose(data, c, r),
-            _ => data.to_vec(),
+    /// A row-major tensor of this parameter's shape, in the parameter's element order: the
+    /// inverse of [`Param::aligned_to_tensor`].
+    ///
+    /// # Errors
+    /// [`NnError::ShapeMismatch`] when the shapes differ.
+    pub fn aligned_from_tensor(&self, tensor: &Tensor) -> Result<Vec<f32>, NnError> {
+        if tensor.shape() != self.shape {
+            return Err(NnError::ShapeMismatch {
+                name: self.name.clone(),
+                expected: self.shape.clone(),
+                found: tensor.shape().to_vec(),
+            });
         }
+        Ok(match (self.layout, &self.shape[..]) {
+            (Layout::ColumnMajor, &[r, c]) => transpose(tensor.data(), r, c),
+            _ => tensor.data().to_vec(),
+        })
     }
 
-    /// The values, for an optimizer or a loader to change.
-    pub fn value_mut(&mut self) -> &mut [f32] {
-        &mut self.value
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// A matrix parameter's shape.
@@ -132,11 +155,8 @@ impl Params {
 
     /// Adds a parameter with the given shape and row-major values, stored in `layout` (which
     /// only matters for a matrix).
-    ///
-    /// # Panics
-    /// If the name is taken or `value` does not have the shape's number of elements.
     #[track_caller]
-    pub fn add_with_layout(
+    pub(crate) fn add_with_layout(
         &mut self,
         name: impl Into<String>,
         shape: &[usize],
@@ -208,6 +228,36 @@ impl Params {
         self.params.iter_mut()
     }
 
+    /// Every parameter as a row-major tensor under its name: PyTorch's `model.state_dict()`.
+    pub fn state_dict(&self) -> StateDict {
+        let mut state = StateDict::new();
+        for p in &self.params {
+            state.insert(p.name.clone(), p.to_tensor());
+        }
+        state
+    }
+
+    /// Replaces every parameter's values with the tensor of the same name in `state`, like
+    /// PyTorch's strict `load_state_dict`. Nothing changes on error.
+    ///
+    /// # Errors
+    /// [`NnError::MissingParam`], [`NnError::UnexpectedParam`] or [`NnError::ShapeMismatch`],
+    /// naming the parameter.
+    pub fn load_state_dict(&mut self, state: &StateDict) -> Result<(), NnError> {
+        let mut values = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let tensor = state.get(&p.name).ok_or_else(|| NnError::MissingParam { name: p.name.clone() })?;
+            values.push(p.aligned_from_tensor(tensor)?);
+        }
+        if let Some(name) = state.names().find(|n| self.by_name(n).is_none()) {
+            return Err(NnError::UnexpectedParam { name: name.to_owned() });
+        }
+        for (p, v) in self.params.iter_mut().zip(values) {
+            p.value = v;
+        }
+        Ok(())
+    }
+
     /// A 2-D parameter as a matrix view.
     ///
     /// # Panics
@@ -260,10 +310,33 @@ mod tests {
         let r = params.add("r", &[2, 3], values.clone());
         let c = params.add_with_layout("c", &[2, 3], values.clone(), Layout::ColumnMajor);
         assert_eq!(params.matrix(r), params.matrix(c));
-        assert_eq!(params.get(c).value(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-        assert_eq!(params.get(c).to_row_major(), values);
+        assert_eq!(params.get(c).elements(), &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(params.get(c).to_tensor(), Tensor::new(vec![2, 3], values.clone()));
         let p = params.get(c);
-        assert_eq!(p.row_major_to_storage(&values), p.value());
-        assert_eq!(p.storage_to_row_major(p.value()), values);
+        assert_eq!(p.aligned_from_tensor(&p.to_tensor()).unwrap(), p.elements());
+    }
+
+    #[test]
+    fn state_dicts_load_strictly() {
+        let mut params = Params::new();
+        params.add_with_layout("w", &[2, 2], vec![1.0, 2.0, 3.0, 4.0], Layout::ColumnMajor);
+        params.add("b", &[2], vec![0.0, 0.0]);
+        let mut state = params.state_dict();
+        assert_eq!(state.get("w").unwrap().data(), &[1.0, 2.0, 3.0, 4.0]);
+        state.insert("b", Tensor::new(vec![2], vec![5.0, 6.0]));
+        params.load_state_dict(&state).unwrap();
+        assert_eq!(params.get(params.by_name("b").unwrap()).elements(), &[5.0, 6.0]);
+
+        let mut extra = state.clone();
+        extra.insert("c", Tensor::new(vec![1], vec![0.0]));
+        assert_eq!(params.load_state_dict(&extra).unwrap_err().to_string(), "unexpected parameter c");
+        let mut missing = state.clone();
+        missing.remove("w");
+        assert_eq!(params.load_state_dict(&missing).unwrap_err().to_string(), "missing parameter w");
+        let mut wrong = state;
+        wrong.insert("w", Tensor::new(vec![4], vec![0.0; 4]));
+        let err = params.load_state_dict(&wrong).unwrap_err().to_string();
+        assert_eq!(err, "parameter w has shape [4], expected [2, 2]");
+        assert_eq!(params.get(params.by_name("b").unwrap()).elements(), &[5.0, 6.0], "unchanged on error");
     }
 }

@@ -10,34 +10,27 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::params::{ParamId, Params};
 
-/// Inputs with at most this share of nonzero entries take the sparse path.
-const SPARSE_MAX_DENSITY: f64 = 0.5;
-
-/// `y = x·Wᵀ (+ b)` for `W` of shape `[out, in]`. When `may_be_sparse`, `W` is stored
-/// column-major and `x` is mostly zeros, only the weights of `x`'s nonzero entries are read
-/// (their positions are left in `sparse`, for the weight gradient); returns whether it did so.
+/// `y = x·Wᵀ (+ b)` for `W` of shape `[out, in]`. With `sparse`, only the weights of `x`'s
+/// nonzero entries are read (their positions are left in `sparse`, for the weight gradient);
+/// that needs `W` stored column-major, which [`Linear`](crate::Linear) does.
 pub(crate) fn linear_forward(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ndarray::ArrayView1<f32>>,
-    may_be_sparse: bool,
-    sparse: &mut tensor::SparseRows,
+    sparse: Option<&mut tensor::SparseRows>,
     mut y: ArrayViewMut2<f32>,
-) -> bool {
-    let mut use_sparse = may_be_sparse && w.strides()[0] == 1;
-    if use_sparse {
-        sparse.assign(x);
-        use_sparse = sparse.density() <= SPARSE_MAX_DENSITY;
-    }
-    if use_sparse {
-        tensor::sparse_matmul(sparse, w.t(), 0.0, y.view_mut());
-    } else {
-        tensor::matmul_nt(1.0, x, w, 0.0, y.view_mut());
+) {
+    match sparse {
+        Some(sparse) => {
+            assert_eq!(w.strides()[0], 1, "the sparse path needs a column-major weight");
+            sparse.assign(x);
+            tensor::sparse_matmul(sparse, w.t(), 0.0, y.view_mut());
+        }
+        None => tensor::matmul_nt(1.0, x, w, 0.0, y.view_mut()),
     }
     if let Some(b) = bias {
         tensor::add_bias(y, b);
     }
-    use_sparse
 }
 
 /// A value recorded on a [`Tape`]: a matrix, one row per sample.
@@ -162,12 +155,17 @@ impl Tape {
     /// Records data (one sample per row); no gradient is computed for it.
     pub fn input(&mut self, x: ArrayView2<f32>) -> Var {
         let (rows, cols) = x.dim();
+        self.input_with(rows, cols, |dst| {
+            let mut dst = ArrayViewMut2::from_shape((rows, cols), dst).expect("sized to fit");
+            dst.assign(&x);
+        })
+    }
+
+    /// Records `rows x cols` data that `fill` writes, row-major, straight into the tape's own
+    /// buffer: a batch converted from its stored form lands on the tape without a copy.
+    pub fn input_with(&mut self, rows: usize, cols: usize, fill: impl FnOnce(&mut [f32])) -> Var {
         let var = self.push(Op::Input, rows, cols, false);
-        let node = &mut self.nodes[var.index];
-        match x.as_slice() {
-            Some(src) => node.value.copy_from_slice(src),
-            None => node.value_mut().assign(&x),
-        }
+        fill(&mut self.nodes[var.index].value);
         var
     }
 
@@ -178,7 +176,19 @@ impl Tape {
     /// If `x` is not `in` wide, or the parameters do not have those shapes.
     #[track_caller]
     pub fn linear(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId) -> Var {
-        self.linear_op(params, x, weight, Some(bias))
+        self.linear_op(params, x, weight, Some(bias), false)
+    }
+
+    /// [`Tape::linear`] for data that is mostly zeros, such as pixels: the product and the
+    /// weight gradient only touch the weights of `x`'s nonzero entries. The same sums as
+    /// [`Tape::linear`], without the terms that are exactly zero.
+    ///
+    /// # Panics
+    /// As [`Tape::linear`]; also if `x` is not a [`Tape::input`] (no gradient flows into data)
+    /// or `W` was not made by [`Linear`](crate::Linear), which stores it for this.
+    #[track_caller]
+    pub fn sparse_linear(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId) -> Var {
+        self.linear_op(params, x, weight, Some(bias), true)
     }
 
     /// Records `x·Wᵀ` for a weight `W` of shape `[out, in]` (a linear layer without bias).
@@ -187,11 +197,11 @@ impl Tape {
     /// If `x` is not `in` wide or `W` is not a matrix.
     #[track_caller]
     pub fn matmul_t(&mut self, params: &Params, x: Var, weight: ParamId) -> Var {
-        self.linear_op(params, x, weight, None)
+        self.linear_op(params, x, weight, None, false)
     }
 
     #[track_caller]
-    fn linear_op(&mut self, params: &Params, x: Var, weight: ParamId, bias: Option<ParamId>) -> Var {
+    fn linear_op(&mut self, params: &Params, x: Var, weight: ParamId, bias: Option<ParamId>, sparse: bool) -> Var {
         self.check(x);
         let w = params.matrix(weight);
         let (out, inp) = w.dim();
@@ -203,15 +213,18 @@ impl Tape {
             params.get(weight).name(),
             self.nodes[x.index].cols
         );
-        let y = self.push(Op::Linear { x, weight, bias, sparse: false }, rows, out, true);
+        // Only data may take the sparse path: its gradient is never needed.
+        assert!(
+            !sparse || matches!(self.nodes[x.index].op, Op::Input),
+            "{}: the sparse path reads data, recorded by Tape::input",
+            params.get(weight).name()
+        );
+        let y = self.push(Op::Linear { x, weight, bias, sparse }, rows, out, true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        let input = &before[x.index];
-        // Only data may take the sparse path: its gradient is never needed.
-        let data = matches!(input.op, Op::Input);
         let y_view = ArrayViewMut2::from_shape((rows, out), &mut node.value[..]).expect("node buffer matches");
-        let sparse = linear_forward(input.value(), w, bias.map(|b| params.vector(b)), data, &mut node.sparse, y_view);
-        node.op = Op::Linear { x, weight, bias, sparse };
+        let bias = bias.map(|b| params.vector(b));
+        linear_forward(before[x.index].value(), w, bias, sparse.then_some(&mut node.sparse), y_view);
         y
     }
 

@@ -1,10 +1,10 @@
 //! Adam and AdamW, with PyTorch's update rule and bias correction.
 
-use nn::{Grads, Params};
+use nn::{Grads, Params, StateDict};
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads};
-use crate::{OptimError, OptimState, Optimizer, WeightDecay};
+use crate::{OptimError, Optimizer, OptimizerConfig, WeightDecay};
 
 /// PyTorch's names for Adam's two buffers per parameter.
 const BUFFERS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
@@ -60,7 +60,7 @@ impl AdamConfig {
 /// ```
 ///
 /// ```
-/// use nn::{Grads, Params};
+/// use nn::{Grads, Params, StateDict};
 /// use optim::{Adam, AdamConfig, Optimizer};
 /// let mut params = Params::new();
 /// let w = params.add("w", &[1], vec![1.0]);
@@ -68,11 +68,11 @@ impl AdamConfig {
 /// let mut adam = Adam::new(AdamConfig::default()).unwrap();
 /// // No backward pass yet: the step is refused and nothing changes.
 /// assert!(adam.step(&mut params, &grads).is_err());
-/// assert_eq!(params.get(w).value(), &[1.0]);
+/// assert_eq!(params.get(w).elements(), &[1.0]);
 /// // The first step moves each weight by about the learning rate, against its gradient.
 /// grads.set(w, &[0.25]);
 /// adam.step(&mut params, &grads).unwrap();
-/// assert!((params.get(w).value()[0] - 0.999).abs() < 1e-6);
+/// assert!((params.get(w).elements()[0] - 0.999).abs() < 1e-6);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Adam {
@@ -124,23 +124,26 @@ impl Optimizer for Adam {
         let mut buffers = self.slots.buffers.chunks_exact_mut(2);
         for (id, param) in params.ids().zip(params.iter_mut()) {
             let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
-            constants.apply(param.value_mut(), GradSum::of(parts, id, &mut self.scratch), m, v);
+            constants.apply(param.elements_mut(), GradSum::of(parts, id, &mut self.scratch), m, v);
         }
         Ok(())
     }
 
-    fn state(&self) -> OptimState {
-        OptimState { step: self.step, buffers: self.slots.export(&BUFFERS) }
+    fn config(&self) -> OptimizerConfig {
+        OptimizerConfig::Adam(self.config)
     }
 
-    fn load_state(&mut self, state: OptimState) -> Result<(), OptimError> {
-        self.slots = Slots::import(state.buffers, &BUFFERS)?;
-        self.step = state.step;
+    fn state_dict(&self, params: &Params) -> StateDict {
+        let mut state = self.slots.export(params, &BUFFERS, self.step);
+        Optimizer::config(self).write_metadata(&mut state);
+        state
+    }
+
+    fn load_state_dict(&mut self, state: &StateDict, params: &Params) -> Result<(), OptimError> {
+        let (step, slots) = Slots::import(state, params, &BUFFERS, true)?;
+        self.step = step;
+        self.slots = slots;
         Ok(())
-    }
-
-    fn learning_rate(&self) -> f32 {
-        self.config.lr
     }
 
     fn set_learning_rate(&mut self, lr: f32) {

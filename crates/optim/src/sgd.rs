@@ -1,10 +1,10 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov, as `torch.optim.SGD`.
 
-use nn::{Grads, Params};
+use nn::{Grads, Params, StateDict};
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads};
-use crate::{OptimError, OptimState, Optimizer, WeightDecay};
+use crate::{OptimError, Optimizer, OptimizerConfig, WeightDecay};
 
 /// PyTorch's name for SGD's buffer per parameter.
 const BUFFERS: [&str; 1] = ["momentum_buffer"];
@@ -98,7 +98,7 @@ impl Optimizer for Sgd {
         for (i, (id, param)) in params.ids().zip(params.iter_mut()).enumerate() {
             let grad = GradSum::of(parts, id, &mut self.scratch);
             let mut buf = self.slots.buffers.get_mut(i).map(Vec::as_mut_slice);
-            for (j, p) in param.value_mut().iter_mut().enumerate() {
+            for (j, p) in param.elements_mut().iter_mut().enumerate() {
                 let g = grad.at(j);
                 if let Some(shrink) = shrink {
                     *p *= shrink;
@@ -116,22 +116,21 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn state(&self) -> OptimState {
-        OptimState { step: self.steps, buffers: self.slots.export(&BUFFERS) }
+    fn config(&self) -> OptimizerConfig {
+        OptimizerConfig::Sgd(self.config)
     }
 
-    fn load_state(&mut self, state: OptimState) -> Result<(), OptimError> {
-        let slots = Slots::import(state.buffers, &BUFFERS)?;
-        if self.config.momentum != 0.0 && state.step > 0 && slots.layout.is_empty() {
-            return Err(OptimError::BadState { reason: "momentum buffers missing".into() });
-        }
+    fn state_dict(&self, params: &Params) -> StateDict {
+        let mut state = self.slots.export(params, &BUFFERS, self.steps);
+        Optimizer::config(self).write_metadata(&mut state);
+        state
+    }
+
+    fn load_state_dict(&mut self, state: &StateDict, params: &Params) -> Result<(), OptimError> {
+        let (step, slots) = Slots::import(state, params, &BUFFERS, self.config.momentum != 0.0)?;
+        self.steps = step;
         self.slots = slots;
-        self.steps = state.step;
         Ok(())
-    }
-
-    fn learning_rate(&self) -> f32 {
-        self.config.lr
     }
 
     fn set_learning_rate(&mut self, lr: f32) {

@@ -1,7 +1,7 @@
 //! What every optimizer shares: the check that the gradients are there, and the binding of
 //! per-parameter state to the parameters it was built for.
 
-use nn::{Grads, ParamId, Params};
+use nn::{Grads, ParamId, Params, StateDict, Tensor};
 
 use crate::OptimError;
 
@@ -12,58 +12,83 @@ pub(crate) struct Slots {
     pub(crate) buffers: Vec<Vec<f32>>,
 }
 
+/// The metadata key of the number of steps taken.
+pub(crate) const STEP_KEY: &str = "optimizer_step";
+
 impl Slots {
-    /// The buffers as `{param}.{name}`, `names` naming each parameter's buffers in order.
-    pub(crate) fn export(&self, names: &[&str]) -> Vec<(String, Vec<f32>)> {
+    /// The buffers as row-major tensors named `{param}.{name}`, `names` naming each parameter's
+    /// buffers in order, with the step count in the metadata.
+    pub(crate) fn export(&self, params: &Params, names: &[&str], step: u64) -> StateDict {
+        let mut state = StateDict::new();
+        state.set_meta(STEP_KEY, step.to_string());
         let mut buffers = self.buffers.iter();
-        self.layout
-            .iter()
-            .flat_map(|(param, _)| names.iter().map(move |n| format!("{param}.{n}")))
-            .map(|name| (name, buffers.next().expect("one buffer per name").clone()))
-            .collect()
+        for (param, _) in &self.layout {
+            let p = params.iter().find(|p| p.name() == param);
+            for name in names {
+                let buffer = buffers.next().expect("one buffer per name");
+                // Parameters other than the bound ones are refused at the next step; their
+                // buffers are kept flat meanwhile.
+                let tensor = match p {
+                    Some(p) if p.len() == buffer.len() => p.aligned_to_tensor(buffer),
+                    _ => Tensor::new(vec![buffer.len()], buffer.clone()),
+                };
+                state.insert(format!("{param}.{name}"), tensor);
+            }
+        }
+        state
     }
 
-    /// The inverse of [`Slots::export`].
-    pub(crate) fn import(buffers: Vec<(String, Vec<f32>)>, names: &[&str]) -> Result<Self, OptimError> {
-        if !buffers.len().is_multiple_of(names.len()) {
-            return Err(OptimError::BadState {
-                reason: format!("{} buffers, not groups of {}", buffers.len(), names.len()),
-            });
+    /// The inverse of [`Slots::export`] for `params`: the step count and, when present, every
+    /// parameter's buffers. With `required`, a state past its first step must hold them all.
+    pub(crate) fn import(
+        state: &StateDict,
+        params: &Params,
+        names: &[&str],
+        required: bool,
+    ) -> Result<(u64, Self), OptimError> {
+        let bad = |reason: String| OptimError::BadState { reason };
+        let step: u64 = state.parse_meta(STEP_KEY, "a count").map_err(|e| bad(e.to_string()))?;
+        let known = |n: &str| params.iter().any(|p| names.iter().any(|b| n == format!("{}.{b}", p.name())));
+        if let Some(name) = state.names().find(|n| !known(n)) {
+            return Err(bad(format!("unexpected buffer {name}")));
         }
         let mut slots = Self::default();
-        for group in buffers.chunks(names.len()) {
-            let suffix = format!(".{}", names[0]);
-            let param = group[0].0.strip_suffix(&suffix).ok_or_else(|| OptimError::BadState {
-                reason: format!("buffer {} is not a {}", group[0].0, names[0]),
-            })?;
-            let len = group[0].1.len();
-            for ((name, values), expected) in group.iter().zip(names) {
-                if *name != format!("{param}.{expected}") || values.len() != len {
-                    return Err(OptimError::BadState {
-                        reason: format!(
-                            "buffer {name} [{}] where {param}.{expected} [{len}] was expected",
-                            values.len()
-                        ),
-                    });
+        for p in params.iter() {
+            let mut found = Vec::new();
+            for name in names {
+                let full = format!("{}.{name}", p.name());
+                match state.get(&full) {
+                    Some(t) => found.push(p.aligned_from_tensor(t).map_err(|e| bad(e.to_string()))?),
+                    None if required && step > 0 => return Err(bad(format!("{full} is missing"))),
+                    None => {}
                 }
             }
-            slots.layout.push((param.to_owned(), len));
+            match found.len() {
+                0 => {}
+                n if n == names.len() => {
+                    slots.layout.push((p.name().to_owned(), p.len()));
+                    slots.buffers.extend(found);
+                }
+                _ => return Err(bad(format!("{} has some of its buffers, not all", p.name()))),
+            }
         }
-        slots.buffers = buffers.into_iter().map(|(_, v)| v).collect();
-        Ok(slots)
+        if !slots.layout.is_empty() && slots.layout.len() != params.len() {
+            return Err(bad("buffers for some parameters only".into()));
+        }
+        Ok((step, slots))
     }
 
     /// Makes `per_param` zeroed buffers for each parameter on first use; afterwards checks
     /// that the parameters are still the same.
     pub(crate) fn bind(&mut self, params: &Params, per_param: usize) -> Result<(), OptimError> {
         if self.layout.is_empty() {
-            self.layout = params.iter().map(|p| (p.name().to_owned(), p.value().len())).collect();
-            self.buffers = params.iter().flat_map(|p| (0..per_param).map(|_| vec![0.0; p.value().len()])).collect();
+            self.layout = params.iter().map(|p| (p.name().to_owned(), p.len())).collect();
+            self.buffers = params.iter().flat_map(|p| (0..per_param).map(|_| vec![0.0; p.len()])).collect();
             return Ok(());
         }
         // Compared in place: this runs every step, and must not allocate.
         let same = |i: usize| match (self.layout.get(i), params.iter().nth(i)) {
-            (Some((name, len)), Some(p)) => name == p.name() && *len == p.value().len(),
+            (Some((name, len)), Some(p)) => name == p.name() && *len == p.len(),
             (None, None) => true,
             _ => false,
         };
@@ -72,10 +97,7 @@ impl Slots {
             Some(index) => Err(OptimError::ParamsChanged {
                 index,
                 expected: self.layout.get(index).map_or("nothing".into(), |(name, len)| format!("{name} [{len}]")),
-                found: params
-                    .iter()
-                    .nth(index)
-                    .map_or("nothing".into(), |p| format!("{} [{}]", p.name(), p.value().len())),
+                found: params.iter().nth(index).map_or("nothing".into(), |p| format!("{} [{}]", p.name(), p.len())),
             }),
         }
     }

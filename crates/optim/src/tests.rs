@@ -1,7 +1,7 @@
 //! Hand-derived steps; the comparison with PyTorch's own trajectories is in the workspace's
 //! end-to-end tests.
 
-use nn::{Grads, Params};
+use nn::{Grads, Params, StateDict};
 
 use crate::*;
 
@@ -15,7 +15,7 @@ fn params(values: &[f32], grad: &[f32]) -> (Params, Grads) {
 }
 
 fn values(params: &Params) -> Vec<f32> {
-    params.iter().next().unwrap().value().to_vec()
+    params.iter().next().unwrap().elements().to_vec()
 }
 
 fn set_grad(params: &Params, grads: &mut Grads, grad: &[f32]) {
@@ -108,7 +108,7 @@ fn a_step_without_gradients_is_refused_and_changes_nothing() {
         let err = opt.step(&mut p, &g).unwrap_err();
         assert_eq!(err, OptimError::MissingGradient { name: "v".into() });
         assert_eq!(values(&p), [1.0]);
-        assert_eq!(p.get(id).value(), &[3.0, 4.0]);
+        assert_eq!(p.get(id).elements(), &[3.0, 4.0]);
     }
 }
 
@@ -137,8 +137,8 @@ fn bad_hyperparameters_are_named() {
     assert_eq!(err.to_string(), "invalid weight decay -1: must be finite and non-negative");
 }
 
-/// Steps through four gradients, handing over to a fresh optimizer loaded with the state
-/// after step `resume_after`, if any.
+/// Steps through four gradients, handing over to a fresh optimizer built from the saved
+/// state's config and loaded with its buffers after step `resume_after`, if any.
 fn trajectory(make: &dyn Fn() -> Box<dyn Optimizer>, resume_after: Option<usize>) -> Vec<f32> {
     let grads = [[0.3f32, -0.2], [0.1, 0.4], [-0.5, 0.05], [0.2, 0.2]];
     let (mut p, mut gr) = params(&[1.0, -1.0], &grads[0]);
@@ -147,9 +147,10 @@ fn trajectory(make: &dyn Fn() -> Box<dyn Optimizer>, resume_after: Option<usize>
         set_grad(&p, &mut gr, g);
         opt.step(&mut p, &gr).unwrap();
         if resume_after == Some(k) {
-            let state = opt.state();
-            opt = make();
-            opt.load_state(state).unwrap();
+            let bytes = opt.state_dict(&p).to_safetensors();
+            let state = StateDict::from_safetensors(&bytes).unwrap();
+            opt = OptimizerConfig::from_metadata(&state).unwrap().build().unwrap();
+            opt.load_state_dict(&state, &p).unwrap();
         }
     }
     values(&p)
@@ -157,9 +158,18 @@ fn trajectory(make: &dyn Fn() -> Box<dyn Optimizer>, resume_after: Option<usize>
 
 #[test]
 fn optimizers_resumed_from_their_state_continue_bit_for_bit() {
-    let adam = || Box::new(Adam::new(AdamConfig::default()).unwrap()) as Box<dyn Optimizer>;
+    let adam = || {
+        Box::new(Adam::new(AdamConfig { weight_decay: WeightDecay::Decoupled(0.1), ..Default::default() }).unwrap())
+            as Box<dyn Optimizer>
+    };
     let sgd = || {
-        let config = SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() };
+        let config = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: WeightDecay::L2(0.01),
+            ..Default::default()
+        };
         Box::new(Sgd::new(config).unwrap()) as Box<dyn Optimizer>
     };
     for make in [&adam as &dyn Fn() -> Box<dyn Optimizer>, &sgd] {
@@ -169,25 +179,71 @@ fn optimizers_resumed_from_their_state_continue_bit_for_bit() {
             assert_eq!(trajectory(make, Some(k)), straight, "resumed after step {k}");
         }
     }
-    let state = adam().state();
-    assert_eq!(state, OptimState::default(), "no step, no state");
+    let (p, _) = params(&[1.0], &[1.0]);
+    let state = adam().state_dict(&p);
+    assert!(state.is_empty(), "no step, no buffers");
+    assert_eq!(state.meta("optimizer_step"), Some("0"));
 }
 
 #[test]
-fn a_state_for_another_optimizer_is_refused() {
+fn buffers_are_saved_under_pytorchs_names() {
+    let mut params = Params::new();
+    let w = params.add("w", &[2], vec![1.0, 2.0]);
+    let mut grads = Grads::new(&params);
+    grads.set(w, &[0.5, -1.0]);
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    adam.step(&mut params, &grads).unwrap();
+    let state = adam.state_dict(&params);
+    assert_eq!(state.names().collect::<Vec<_>>(), ["w.exp_avg", "w.exp_avg_sq"]);
+    // After one step m = (1 - β1)·g, v = (1 - β2)·g².
+    let m = state.get("w.exp_avg").unwrap().data();
+    assert!((m[0] - 0.05).abs() < 1e-7 && (m[1] + 0.1).abs() < 1e-7, "{m:?}");
+    let v = state.get("w.exp_avg_sq").unwrap().data();
+    assert!((v[0] / 2.5e-4 - 1.0).abs() < 1e-4 && (v[1] / 1e-3 - 1.0).abs() < 1e-4, "{v:?}");
+    assert_eq!(OptimizerConfig::from_metadata(&state).unwrap(), OptimizerConfig::Adam(AdamConfig::default()));
+}
+
+#[test]
+fn a_state_for_another_optimizer_or_other_parameters_is_refused() {
     let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, ..Default::default() }).unwrap();
     let (mut p, g) = params(&[1.0], &[1.0]);
     sgd.step(&mut p, &g).unwrap();
     let mut adam = Adam::new(AdamConfig::default()).unwrap();
-    let err = adam.load_state(sgd.state()).unwrap_err();
-    assert_eq!(err.to_string(), "invalid optimizer state: 1 buffers, not groups of 2");
-    let mut adam_state = {
-        let mut a = Adam::new(AdamConfig::default()).unwrap();
-        a.step(&mut p, &g).unwrap();
-        a.state()
-    };
-    assert_eq!(adam_state.buffers[0].0, "w.exp_avg");
-    adam_state.buffers[1].1.push(0.0);
-    let err = Adam::new(AdamConfig::default()).unwrap().load_state(adam_state).unwrap_err();
-    assert_eq!(err.to_string(), "invalid optimizer state: buffer w.exp_avg_sq [2] where w.exp_avg_sq [1] was expected");
+    let err = adam.load_state_dict(&sgd.state_dict(&p), &p).unwrap_err();
+    assert_eq!(err.to_string(), "invalid optimizer state: unexpected buffer w.momentum_buffer");
+
+    let mut a = Adam::new(AdamConfig::default()).unwrap();
+    a.step(&mut p, &g).unwrap();
+    let mut state = a.state_dict(&p);
+    state.remove("w.exp_avg_sq");
+    let err = Adam::new(AdamConfig::default()).unwrap().load_state_dict(&state, &p).unwrap_err();
+    assert_eq!(err.to_string(), "invalid optimizer state: w.exp_avg_sq is missing");
+    let (p2, _) = params(&[1.0, 2.0], &[0.0, 0.0]);
+    let err = Adam::new(AdamConfig::default()).unwrap().load_state_dict(&a.state_dict(&p), &p2).unwrap_err();
+    assert_eq!(err.to_string(), "invalid optimizer state: parameter w has shape [1], expected [2]");
+}
+
+#[test]
+fn configs_round_trip_through_metadata() {
+    for config in [
+        OptimizerConfig::Adam(AdamConfig {
+            lr: 3e-4,
+            betas: (0.8, 0.99),
+            eps: 1e-7,
+            weight_decay: WeightDecay::L2(0.01),
+        }),
+        OptimizerConfig::Adam(AdamConfig::adamw()),
+        OptimizerConfig::Sgd(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: WeightDecay::None,
+        }),
+    ] {
+        let mut state = StateDict::new();
+        config.write_metadata(&mut state);
+        assert_eq!(OptimizerConfig::from_metadata(&state).unwrap(), config);
+    }
+    assert_eq!(OptimizerConfig::Adam(AdamConfig::adamw()).name(), "adamw");
 }

@@ -16,5 +16,5 @@ mod sparse;
 pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};
-pub use softmax::{argmax_rows, log_softmax_rows, softmax_rows};
+pub use softmax::{argmax, argmax_rows, log_softmax_rows, softmax_rows};
 pub use sparse::{SparseRows, sparse_matmul, sparse_matmul_tn};

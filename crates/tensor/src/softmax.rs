@@ -1,7 +1,7 @@
 //! Row-wise softmax and log-softmax, max-subtracted so that logits of any size stay finite,
 //! and row-wise argmax.
 
-use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2, Zip};
 
 /// `out = log_softmax(x)` row by row: `(x - max) - ln(sum(exp(x - max)))`.
 ///
@@ -47,20 +47,20 @@ pub fn softmax_rows(x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
     });
 }
 
+/// The index of the largest value in `row`, the first one on ties (as `torch.argmax`).
+pub fn argmax(row: ArrayView1<f32>) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// The index of the largest value in each row, the first one on ties (as `torch.argmax`).
 pub fn argmax_rows(x: ArrayView2<f32>) -> Vec<usize> {
-    x.rows()
-        .into_iter()
-        .map(|row| {
-            let mut best = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = i;
-                }
-            }
-            best
-        })
-        .collect()
+    x.rows().into_iter().map(argmax).collect()
 }
 
 #[cfg(test)]

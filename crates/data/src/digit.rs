@@ -1,11 +1,12 @@
 //! Turning any picture of a digit into what an MNIST image looks like: 28x28, white digit on
 //! black, the digit scaled to fit a 20x20 box and centred by its centre of mass.
+//!
+//! Images come as bytes (PNG or JPEG) from anywhere, a file or a stranger's upload, so they are
+//! decoded within limits checked before any pixel is: [`Limits`] bounds the width, the height
+//! and the memory the decoder may take.
 
-use std::path::Path;
-
-use anyhow::{Context, Result, bail};
 use image::imageops::{self, FilterType};
-use image::{GrayImage, Luma};
+use image::{GrayImage, ImageReader, Luma};
 
 /// MNIST's side, in pixels.
 pub const SIDE: usize = 28;
@@ -14,17 +15,71 @@ const BOX: u32 = 20;
 /// Ink below this (0..1) counts as background when finding the digit's extent.
 const INK: f32 = 0.1;
 
-/// Reads an image file and returns its 784 pixels in `[0, 1]`, MNIST-style, row-major.
+/// How large an image [`from_image_bytes`] agrees to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The widest and tallest image accepted, in pixels.
+    pub max_side: u32,
+    /// The most memory the decoder may allocate, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 4096 pixels a side (a photo of a digit needs far less) and 64 MiB.
+    fn default() -> Self {
+        Self { max_side: 4096, max_bytes: 64 << 20 }
+    }
+}
+
+/// Why an image gives no digit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The bytes are not a PNG or JPEG image, or are damaged.
+    #[error("not a readable image: {reason}")]
+    Unreadable {
+        /// What the decoder found.
+        reason: String,
+    },
+    /// The image is larger than the limits allow.
+    #[error("the image is {width}x{height} pixels, more than the {max}x{max} accepted")]
+    TooLarge {
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+        /// The largest side accepted.
+        max: u32,
+    },
+    /// Decoding would take more memory than the limits allow.
+    #[error("the image needs more than {max_bytes} bytes to decode")]
+    TooMuchMemory {
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// There is no ink: the image is one flat shade.
+    #[error("no digit found: the image is blank")]
+    Blank,
+}
+
+/// Decodes a PNG or JPEG image and returns its 784 pixels in `[0, 1]`, MNIST-style, row-major.
 ///
 /// # Errors
-/// The file cannot be read or decoded, or holds no visible digit.
-pub fn load(path: &Path) -> Result<Vec<f32>> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .decode()
-        .with_context(|| format!("{}: not a readable image", path.display()))?;
+/// The bytes are not a readable image, it exceeds `limits`, or it holds no visible digit.
+pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageError> {
+    let unreadable = |e: &dyn std::fmt::Display| ImageError::Unreadable { reason: e.to_string() };
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let (width, height) = reader.into_dimensions_checked(limits)?;
+    reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_bytes);
+    reader.limits(decoder_limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => ImageError::TooLarge { width, height, max: limits.max_side },
+        other => unreadable(&other),
+    })?;
     // Transparent pixels are composited over white, as a viewer would show them.
     let la = img.to_luma_alpha8();
     let gray = GrayImage::from_fn(la.width(), la.height(), |x, y| {
@@ -32,7 +87,26 @@ pub fn load(path: &Path) -> Result<Vec<f32>> {
         let (l, a) = (f32::from(l), f32::from(a) / 255.0);
         Luma([(l * a + 255.0 * (1.0 - a)).round() as u8])
     });
-    to_mnist(&gray).with_context(|| format!("{}: no digit found: the image is blank", path.display()))
+    to_mnist(&gray).ok_or(ImageError::Blank)
+}
+
+/// Reads the header only, and refuses an image beyond the limits before it is decoded.
+trait CheckedDimensions {
+    fn into_dimensions_checked(self, limits: Limits) -> Result<(u32, u32), ImageError>;
+}
+
+impl<R: std::io::BufRead + std::io::Seek> CheckedDimensions for ImageReader<R> {
+    fn into_dimensions_checked(self, limits: Limits) -> Result<(u32, u32), ImageError> {
+        let (width, height) = self.into_dimensions().map_err(|e| ImageError::Unreadable { reason: e.to_string() })?;
+        if width > limits.max_side || height > limits.max_side {
+            return Err(ImageError::TooLarge { width, height, max: limits.max_side });
+        }
+        // The decoded image alone takes up to 4 bytes a pixel (grey and alpha, 16-bit).
+        if u64::from(width) * u64::from(height) * 4 > limits.max_bytes {
+            return Err(ImageError::TooMuchMemory { max_bytes: limits.max_bytes });
+        }
+        Ok((width, height))
+    }
 }
 
 /// MNIST-style pixels from a grayscale image; `None` when there is no ink.
@@ -100,17 +174,6 @@ fn ink_map(gray: &GrayImage) -> GrayImage {
     })
 }
 
-/// Checks that a model takes MNIST-sized images.
-///
-/// # Errors
-/// The model's input width is not 784.
-pub fn check_input_width(width: usize, model: &Path) -> Result<()> {
-    if width != SIDE * SIDE {
-        bail!("{}: the model takes {width} inputs, but images are converted to 28x28 = 784", model.display());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +210,39 @@ mod tests {
         let out = to_mnist(&img).unwrap();
         let expected: Vec<f32> = img.pixels().map(|p| f32::from(p.0[0]) / 255.0).collect();
         assert_eq!(out, expected);
+    }
+
+    fn png(img: &GrayImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn encoded_images_decode_within_limits() {
+        let bytes = png(&dark_bar_on_white());
+        assert_eq!(from_image_bytes(&bytes, Limits::default()).unwrap(), to_mnist(&dark_bar_on_white()).unwrap());
+        let small = Limits { max_side: 64, max_bytes: 1 << 20 };
+        assert_eq!(
+            from_image_bytes(&bytes, small).unwrap_err().to_string(),
+            "the image is 80x100 pixels, more than the 64x64 accepted"
+        );
+        let tight = Limits { max_side: 4096, max_bytes: 1000 };
+        assert_eq!(from_image_bytes(&bytes, tight).unwrap_err(), ImageError::TooMuchMemory { max_bytes: 1000 });
+        let err = from_image_bytes(b"hello", Limits::default()).unwrap_err();
+        assert!(matches!(err, ImageError::Unreadable { .. }), "{err}");
+        let blank = png(&GrayImage::from_pixel(40, 40, Luma([255])));
+        assert_eq!(from_image_bytes(&blank, Limits::default()).unwrap_err(), ImageError::Blank);
+    }
+
+    #[test]
+    fn a_huge_image_is_refused_from_its_header() {
+        // A PNG header claiming 100000x100000 pixels, with no pixel data at all.
+        let mut bytes = png(&GrayImage::from_pixel(1, 1, Luma([0])));
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let err = from_image_bytes(&bytes, Limits::default()).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. } | ImageError::Unreadable { .. }), "{err}");
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! The `train` command: the notebook's training loop and test-set evaluation, with progress,
+//! checkpoints, per-epoch CSV, a JSON summary and plots on top. The loop itself is the `train`
+//! library's; this file decides what to show and where to write.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use nn::{Mlp, MlpConfig, Model};
+use train::{EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
+
+use crate::args::{Start, TrainConfig};
+use crate::eval::{evaluate_test, print_test_results};
+use crate::{load_mnist, plots, write_output};
+
+/// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
+///
+/// # Errors
+/// Unreadable data or checkpoint, an output that cannot be written (checked before training),
+/// or a run that diverged; in every case nothing is saved from the failed run.
+pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()> {
+    let outputs = [("--save", &cfg.save), ("--checkpoint", &cfg.checkpoint), ("--metrics-csv", &cfg.metrics_csv)];
+    for (flag, path) in outputs.into_iter().chain([("--summary-json", &cfg.summary_json)]) {
+        if let Some(path) = path {
+            atomic_file::check_writable(path).map_err(|e| anyhow!("{flag} {e}"))?;
+        }
+    }
+    if let Some(dir) = &cfg.plots {
+        plots::prepare_dir(dir)?;
+    }
+    let resumed = match &cfg.start {
+        Start::Resume(path) => Some((path, read_state(path)?)),
+        Start::New(_) => None,
+    };
+
+    let started = Instant::now();
+    let mnist = load_mnist(&cfg.data_dir)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let mut trainer = match (resumed, &cfg.start) {
+        (Some((path, state)), _) => {
+            if cfg.epochs <= state.epochs_done() {
+                bail!(
+                    "--resume: the run has {} epochs done already; pass an --epochs above that to train on",
+                    state.epochs_done()
+                );
+            }
+            train::check_fits(&state.model, &mnist.train).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
+            if state.threads != cfg.threads && !cfg.quiet {
+                eprintln!(
+                    "note: the run used {} threads and resumes on {}; results will differ in the last bits from a \
+                     run that never stopped",
+                    state.threads, cfg.threads
+                );
+            }
+            Trainer::resume(state)?
+        }
+        (None, Start::New(run)) => {
+            let config =
+                MlpConfig::with_hidden(mnist.train.image_len(), &run.hidden, mnist.train.classes(), run.output_relu);
+            let mlp = Mlp::new(&config, &mut train::init_rng(run.settings.seed));
+            Trainer::new(mlp, run.settings.clone())?
+        }
+        (None, Start::Resume(_)) => unreachable!("read above"),
+    }
+    .with_threads(cfg.threads);
+    if !cfg.quiet {
+        let val = data::validation_count(mnist.train.len(), trainer.settings().val_split);
+        eprintln!(
+            "MNIST loaded in {:.0} ms: training on {} images{}, {} test images; model {}, {} parameters, {} thread{}{}",
+            load_seconds * 1e3,
+            mnist.train.len() - val,
+            if val == 0 { String::new() } else { format!(", validating on {val}") },
+            mnist.test.len(),
+            trainer.model().describe(),
+            trainer.model().params().num_scalars(),
+            cfg.threads,
+            if cfg.threads == 1 { "" } else { "s" },
+            match trainer.epochs_done() {
+                0 => String::new(),
+                done => format!("; resuming after epoch {done}"),
+            },
+        );
+    }
+
+    let mut progress = Progress { cfg, out: &mut *out, bar: ProgressBar::hidden() };
+    let fitted = trainer.fit(&mnist.train, cfg.epochs, &mut progress);
+    if fitted.is_err() {
+        progress.bar.abandon();
+    }
+    fitted?;
+    let (history, settings) = (trainer.history().to_vec(), trainer.settings().clone());
+    let model = trainer.into_model();
+
+    let (test, eval_seconds) = evaluate_test(&model, &mnist.test);
+    if !cfg.quiet {
+        eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), eval_seconds * 1e3);
+    }
+    print_test_results(out, &test, cfg.quiet)?;
+    if let Some(path) = &cfg.save {
+        let file = train::model_file(&model, &settings, history.len(), Some(&test));
+        write_output("--save", path, |w| file.write_safetensors(w))?;
+        if !cfg.quiet {
+            eprintln!("Saved the model to {}", path.display());
+        }
+    }
+    if let Some(path) = &cfg.summary_json {
+        write_output("--summary-json", path, |w| write_summary(w, &history, &test, [load_seconds, eval_seconds]))?;
+    }
+    if let Some(dir) = &cfg.plots {
+        plots::training_curves(dir, &history)?;
+        plots::confusion_heatmap(dir, &test.confusion)?;
+        plots::misclassified(dir, &mnist.test, &test.predictions)?;
+        if !cfg.quiet {
+            eprintln!("Wrote plots to {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn read_state(path: &Path) -> Result<TrainingState<Mlp>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    TrainingState::from_safetensors(&bytes).map_err(|e| match e {
+        train::TrainError::NoTrainingState => {
+            anyhow!(
+                "{}: a model without training state: --resume needs a file written by train --checkpoint",
+                path.display()
+            )
+        }
+        other => anyhow!("{}: {other}", path.display()),
+    })
+}
+
+/// What the command line shows and writes as the run goes.
+struct Progress<'a> {
+    cfg: &'a TrainConfig,
+    out: &'a mut (dyn Write + Send),
+    bar: ProgressBar,
+}
+
+impl Observer<Mlp> for Progress<'_> {
+    fn epoch_started(&mut self, epoch: usize, steps: usize) {
+        self.bar = if self.cfg.quiet || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            let style = ProgressStyle::with_template("Epoch {prefix} [{bar:40}] {pos}/{len} steps, eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> ");
+            ProgressBar::new(steps as u64).with_style(style).with_prefix(format!("{epoch}/{}", self.cfg.epochs))
+        };
+    }
+
+    fn step_done(&mut self, _step: usize, _steps: usize) {
+        self.bar.inc(1);
+    }
+
+    fn epoch_done(&mut self, trainer: &Trainer<Mlp>, record: &EpochRecord) -> Result<(), ObserverError> {
+        self.bar.finish_and_clear();
+        if !self.cfg.quiet {
+            writeln!(self.out, "{}", epoch_line(record, self.cfg.epochs))?;
+        }
+        if let Some(path) = &self.cfg.metrics_csv {
+            write_output("--metrics-csv", path, |w| EpochRecord::write_csv(trainer.history(), w))?;
+        }
+        if let Some(path) = &self.cfg.checkpoint {
+            let state = trainer.state();
+            write_output("--checkpoint", path, |w| state.write_safetensors(w))?;
+        }
+        Ok(())
+    }
+
+    fn stopped_early(&mut self, patience: usize, best_epoch: usize) -> Result<(), ObserverError> {
+        if !self.cfg.quiet {
+            writeln!(
+                self.out,
+                "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `Epoch 1/10, Loss: 0.2934` as the notebook prints it, then the extra figures.
+fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
+    let mut line =
+        format!("Epoch {}/{epochs}, Loss: {:.4}, Accuracy: {:.2}%", r.epoch, r.train_loss, 100.0 * r.train_accuracy);
+    if let (Some(loss), Some(acc)) = (r.val_loss, r.val_accuracy) {
+        line += &format!(", Val Loss: {loss:.4}, Val Accuracy: {:.2}%", 100.0 * acc);
+    }
+    if let Some(seconds) = r.seconds {
+        line += &format!(", Time: {seconds:.2}s");
+    }
+    line
+}
+
+/// The run's figures as JSON, for scripts (`cargo xtask bench` reads it).
+fn write_summary(
+    w: &mut dyn Write,
+    history: &[EpochRecord],
+    test: &Evaluation,
+    seconds: [f64; 2],
+) -> std::io::Result<()> {
+    let epochs: Vec<serde_json::Value> = history
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "epoch": r.epoch, "train_loss": r.train_loss, "train_accuracy": r.train_accuracy,
+                "val_loss": r.val_loss, "val_accuracy": r.val_accuracy, "seconds": r.seconds,
+            })
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "test_accuracy": test.accuracy(),
+        "test_loss": test.loss,
+        "test_images": test.confusion.total(),
+        "load_seconds": seconds[0],
+        "eval_seconds": seconds[1],
+        "epochs": epochs,
+    });
+    serde_json::to_writer_pretty(&mut *w, &summary)?;
+    writeln!(w)
+}

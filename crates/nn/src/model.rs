@@ -1,0 +1,74 @@
+//! What every model offers: a forward pass on a tape for training, a tape-free one for
+//! inference, and its parameters as a `state_dict`.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::{NnError, Params, StateDict, Tape, Var};
+
+/// A classifier over rows of `input_width` values, with trainable [`Params`].
+///
+/// The training engine (`train`) and the front ends work through this trait, so any model that
+/// implements it can be trained, evaluated, saved and served.
+pub trait Model: Clone + Send + Sync + std::fmt::Debug {
+    /// The parameters, in `state_dict` order.
+    fn params(&self) -> &Params;
+
+    /// The parameters, for an optimizer to change.
+    fn params_mut(&mut self) -> &mut Params;
+
+    /// Values per sample (784 for MNIST's pixels).
+    fn input_width(&self) -> usize;
+
+    /// The number of classes: the width of the logits.
+    fn classes(&self) -> usize;
+
+    /// A short description of the architecture for people, e.g. `784-128-64-32-10`.
+    fn describe(&self) -> String;
+
+    /// Records the forward pass on `tape` and returns the logits.
+    fn forward(&self, tape: &mut Tape, x: Var) -> Var;
+
+    /// The logits for `x` (one sample per row) without a tape, into buffers that `scratch`
+    /// keeps from call to call, so that evaluating batch after batch allocates nothing once
+    /// warm.
+    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32>;
+
+    /// The parameters as named row-major tensors, with the metadata that describes the
+    /// architecture, so that [`Model::from_state_dict`] can rebuild the model.
+    fn state_dict(&self) -> StateDict;
+
+    /// Rebuilds a model from [`Model::state_dict`]'s output, strictly: every parameter present
+    /// with its shape, nothing else.
+    ///
+    /// # Errors
+    /// Metadata that does not describe a model of this kind, or a missing, unexpected or
+    /// misshapen tensor.
+    fn from_state_dict(state: &StateDict) -> Result<Self, NnError>
+    where
+        Self: Sized;
+
+    /// The logits for `x`, owned.
+    fn logits(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.logits_with(x, &mut Inference::default()).to_owned()
+    }
+
+    /// Each class's probability for each row of `x`: the softmax of the logits.
+    fn probabilities(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let logits = self.logits(x);
+        let mut probs = Array2::zeros(logits.dim());
+        tensor::softmax_rows(logits.view(), probs.view_mut());
+        probs
+    }
+
+    /// The predicted class of each row of `x`: the index of its largest logit.
+    fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
+        tensor::argmax_rows(self.logits_with(x, &mut Inference::default()))
+    }
+}
+
+/// Buffers for [`Model::logits_with`], reused from batch to batch.
+#[derive(Debug, Clone, Default)]
+pub struct Inference {
+    pub(crate) layers: Vec<Vec<f32>>,
+    pub(crate) sparse: tensor::SparseRows,
+}

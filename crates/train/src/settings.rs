@@ -1,0 +1,109 @@
+//! What defines a training run, as opposed to where its outputs go: a resumed run keeps these.
+
+use nn::StateDict;
+use optim::OptimizerConfig;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::TrainError;
+
+/// The notebook's number of epochs.
+pub const DEFAULT_EPOCHS: usize = 10;
+
+/// The ChaCha8 stream of a run's seed that initial weights are drawn from. Epoch `k`'s shuffle
+/// uses stream `k` and the validation split stream `u64::MAX`, so each is reproducible alone.
+const INIT_STREAM: u64 = u64::MAX - 1;
+
+/// The generator a run with `seed` draws its initial weights from.
+///
+/// ```
+/// use nn::{Mlp, MlpConfig};
+/// let mlp = Mlp::new(&MlpConfig::default(), &mut train::init_rng(0));
+/// ```
+pub fn init_rng(seed: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(INIT_STREAM);
+    rng
+}
+
+/// A run's settings. The default is the notebook's recipe: batches of 64, shuffled every
+/// epoch, `torch.optim.Adam` with lr 1e-3, seed 0, no validation split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Samples per optimizer step (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// The optimizer and its hyperparameters.
+    pub optimizer: OptimizerConfig,
+    /// The seed of the shuffles and the validation split (and, by [`init_rng`], of the
+    /// initial weights).
+    pub seed: u64,
+    /// The fraction of the training set held out for validation, in `[0, 1)`.
+    pub val_split: f64,
+    /// Stop after this many epochs without a better validation loss, keeping the best
+    /// epoch's weights (needs a validation split).
+    pub early_stop: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { batch_size: 64, optimizer: OptimizerConfig::default(), seed: 0, val_split: 0.0, early_stop: None }
+    }
+}
+
+mod keys {
+    pub(crate) const BATCH_SIZE: &str = "batch_size";
+    pub(crate) const SEED: &str = "seed";
+    pub(crate) const VAL_SPLIT: &str = "val_split";
+    pub(crate) const EARLY_STOP: &str = "early_stop";
+}
+
+impl Settings {
+    /// Checks that the settings go together.
+    ///
+    /// # Errors
+    /// [`TrainError::Settings`] naming the first problem.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |reason: String| Err(TrainError::Settings { reason });
+        if self.batch_size == 0 {
+            return bad("the batch size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            return bad(format!("the validation split must be in [0, 1), got {}", self.val_split));
+        }
+        if self.early_stop.is_some() && self.val_split == 0.0 {
+            return bad("early stopping needs a validation split".into());
+        }
+        if self.early_stop == Some(0) {
+            return bad("early stopping needs a patience of at least 1 epoch".into());
+        }
+        self.optimizer.build().map(drop).map_err(|e| TrainError::Settings { reason: e.to_string() })
+    }
+
+    /// Writes the settings into `state`'s metadata (the optimizer's config as `optim` writes
+    /// it); floats exactly.
+    pub fn write_metadata(&self, state: &mut StateDict) {
+        state.set_meta(keys::BATCH_SIZE, self.batch_size.to_string());
+        state.set_meta(keys::SEED, self.seed.to_string());
+        state.set_meta(keys::VAL_SPLIT, format!("{:?}", self.val_split));
+        state.set_meta(keys::EARLY_STOP, self.early_stop.map_or("none".into(), |p| p.to_string()));
+        self.optimizer.write_metadata(state);
+    }
+
+    /// Reads settings written by [`Settings::write_metadata`].
+    ///
+    /// # Errors
+    /// A missing or malformed entry, named.
+    pub fn from_metadata(state: &StateDict) -> Result<Self, TrainError> {
+        let early_stop = match state.require_meta(keys::EARLY_STOP)? {
+            "none" => None,
+            _ => Some(state.parse_meta(keys::EARLY_STOP, "a count")?),
+        };
+        Ok(Self {
+            batch_size: state.parse_meta(keys::BATCH_SIZE, "a count")?,
+            optimizer: OptimizerConfig::from_metadata(state)?,
+            seed: state.parse_meta(keys::SEED, "a count")?,
+            val_split: state.parse_meta(keys::VAL_SPLIT, "a number")?,
+            early_stop,
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! The training step: a batch split across the rayon pool, each part with its own tape and
+//! gradients, the parts' gradients summed in a fixed order by the optimizer's step.
+
+use data::Dataset;
+use nn::{Grads, Model, Tape};
+use optim::Optimizer;
+use rayon::prelude::*;
+
+/// A batch's mean loss above this means the weights have diverged: on average the true class
+/// scores this many logits below the top one (a model guessing uniformly loses ln 10 = 2.3).
+const DIVERGED_LOSS: f64 = 1e4;
+
+/// What every step uses: a shard and gradients per thread. Reused from step to step, so that a
+/// warm step allocates nothing of its own.
+pub(crate) struct Stepper {
+    shards: Vec<Shard>,
+    grads: Vec<Grads>,
+}
+
+/// What a step reports.
+pub(crate) struct StepResult {
+    /// The batch's mean loss.
+    pub(crate) loss: f64,
+    /// Samples classified right, before the update.
+    pub(crate) correct: usize,
+}
+
+impl Stepper {
+    /// Buffers for `parts` parts of every batch.
+    pub(crate) fn new<M: Model>(parts: usize, model: &M) -> Self {
+        Self {
+            shards: (0..parts.max(1)).map(|_| Shard::default()).collect(),
+            grads: (0..parts.max(1)).map(|_| Grads::new(model.params())).collect(),
+        }
+    }
+
+    /// Forward, backward and one optimizer step over the samples `indices` of `data`.
+    ///
+    /// # Errors
+    /// The batch's loss is not finite or above [`DIVERGED_LOSS`] (then nothing is updated), or
+    /// the optimizer refuses the step.
+    pub(crate) fn step<M: Model>(
+        &mut self,
+        model: &mut M,
+        optimizer: &mut dyn Optimizer,
+        data: &Dataset,
+        indices: &[usize],
+    ) -> Result<StepResult, StepError> {
+        let (loss, correct, parts) = forward_backward(&mut self.shards, &mut self.grads, model, data, indices);
+        if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
+            return Err(StepError::Diverged { loss });
+        }
+        optimizer.step_sum(model.params_mut(), &self.grads[..parts]).map_err(StepError::Optimizer)?;
+        Ok(StepResult { loss, correct })
+    }
+}
+
+/// Why a step failed.
+pub(crate) enum StepError {
+    Diverged { loss: f64 },
+    Optimizer(optim::OptimError),
+}
+
+/// One thread's part of every batch: its tape and labels, reused.
+#[derive(Default)]
+struct Shard {
+    tape: Tape,
+    labels: Vec<usize>,
+    loss: f32,
+    correct: usize,
+}
+
+impl Shard {
+    /// Forward and backward over the samples `indices`, which are the share `scale` of a batch:
+    /// the gradient written into `grads` is that share of the batch's.
+    fn run<M: Model>(&mut self, model: &M, data: &Dataset, indices: &[usize], scale: f32, grads: &mut Grads) {
+        self.tape.clear();
+        // The pixels go from their stored bytes straight into the tape's input.
+        let x = self.tape.input_with(indices.len(), data.image_len(), |x| data::fill_rows(data, indices, x));
+        data::fill_labels(data, indices, &mut self.labels);
+        let logits = model.forward(&mut self.tape, x);
+        let loss = self.tape.cross_entropy(logits, &self.labels);
+        self.loss = self.tape.value(loss)[[0, 0]];
+        let rows = self.tape.value(logits);
+        self.correct = rows.rows().into_iter().zip(&self.labels).filter(|(row, y)| tensor::argmax(*row) == **y).count();
+        self.tape.backward_scaled(loss, scale, model.params(), grads);
+    }
+}
+
+/// Forward and backward over one batch, split into equal parts across the shards' threads.
+/// Returns the batch's mean loss, how many of its samples were classified right, and how many
+/// shards took part.
+fn forward_backward<M: Model>(
+    shards: &mut [Shard],
+    grads: &mut [Grads],
+    model: &M,
+    data: &Dataset,
+    indices: &[usize],
+) -> (f64, usize, usize) {
+    let n = indices.len();
+    let parts = shards.len().min(n).max(1);
+    let shards = &mut shards[..parts];
+    let range = |s: usize| s * n / parts..(s + 1) * n / parts;
+    if parts == 1 {
+        shards[0].run(model, data, indices, 1.0, &mut grads[0]);
+    } else {
+        shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
+            let rows = range(s);
+            let scale = rows.len() as f32 / n as f32;
+            shard.run(model, data, &indices[rows], scale, grads);
+        });
+    }
+    let loss = shards.iter().enumerate().map(|(s, sh)| f64::from(sh.loss) * range(s).len() as f64 / n as f64).sum();
+    (loss, shards.iter().map(|sh| sh.correct).sum(), parts)
+}

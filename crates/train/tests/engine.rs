@@ -1,0 +1,216 @@
+//! The engine on small synthetic data sets: learning on images of any shape and class count,
+//! bit-reproducible runs, exact resumption, early stopping, divergence, observers.
+
+use data::{Dataset, Mnist};
+use nn::{Mlp, MlpConfig, Model};
+use optim::{AdamConfig, OptimizerConfig};
+use testkit::Synthetic;
+use train::{EpochRecord, Observer, ObserverError, Settings, TrainError, Trainer, TrainingState};
+
+fn synthetic(spec: Synthetic) -> Mnist {
+    let dir = tempfile::tempdir().unwrap();
+    spec.write(dir.path());
+    Mnist::load(dir.path()).unwrap()
+}
+
+fn mlp_for(data: &Dataset, hidden: &[usize], seed: u64) -> Mlp {
+    Mlp::new(&MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), false), &mut train::init_rng(seed))
+}
+
+fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
+
+#[test]
+fn a_set_of_another_shape_and_class_count_is_learned() {
+    let spec = Synthetic { rows: 12, cols: 12, classes: 4, train: 400, test: 100, seed: 1 };
+    let set = synthetic(spec);
+    assert_eq!((set.train.image_len(), set.train.classes()), (144, 4));
+    let mut trainer = Trainer::new(mlp_for(&set.train, &[16], 0), Settings::default()).unwrap();
+    trainer.fit(&set.train, 5, &mut ()).unwrap();
+    let model = trainer.into_model();
+    assert_eq!(model.classes(), 4);
+    let test: Vec<usize> = (0..set.test.len()).collect();
+    let eval = train::evaluate(&model, &set.test, &test);
+    // Guessing gets a quarter right; the set's ambiguous images keep a model from all of them.
+    assert!(eval.accuracy() >= 0.8, "test accuracy {}", eval.accuracy());
+    assert_eq!(eval.confusion.total(), 100);
+    assert_eq!(eval.predictions.len(), 100);
+}
+
+/// Records what the trainer reports, and saves the state after every epoch.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+    states: Vec<Vec<u8>>,
+    fail_at: Option<usize>,
+}
+
+impl Observer<Mlp> for Recorder {
+    fn epoch_started(&mut self, epoch: usize, steps: usize) {
+        self.events.push(format!("start {epoch} {steps}"));
+    }
+
+    fn step_done(&mut self, step: usize, steps: usize) {
+        if step == steps {
+            self.events.push(format!("steps {step}"));
+        }
+    }
+
+    fn epoch_done(&mut self, trainer: &Trainer<Mlp>, record: &EpochRecord) -> Result<(), ObserverError> {
+        self.events.push(format!("done {}", record.epoch));
+        self.states.push(trainer.state().to_safetensors());
+        if self.fail_at == Some(record.epoch) {
+            return Err("the disk is full".into());
+        }
+        Ok(())
+    }
+
+    fn stopped_early(&mut self, patience: usize, best_epoch: usize) -> Result<(), ObserverError> {
+        self.events.push(format!("stop {patience} {best_epoch}"));
+        Ok(())
+    }
+}
+
+fn settings() -> Settings {
+    Settings { batch_size: 32, val_split: 0.2, early_stop: Some(5), seed: 4, ..Settings::default() }
+}
+
+#[test]
+fn runs_repeat_bit_for_bit_and_resume_exactly() {
+    let set = synthetic(Synthetic::default());
+    for threads in [1, 2] {
+        let run = || {
+            on_threads(threads, || {
+                let mut rec = Recorder::default();
+                let mut trainer = Trainer::new(mlp_for(&set.train, &[24, 12], 2), settings()).unwrap();
+                trainer.fit(&set.train, 3, &mut rec).unwrap();
+                rec
+            })
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a.states, b.states, "{threads} threads: two runs differ");
+        assert_eq!(
+            a.events,
+            [
+                "start 1 15",
+                "steps 15",
+                "done 1",
+                "start 2 15",
+                "steps 15",
+                "done 2",
+                "start 3 15",
+                "steps 15",
+                "done 3"
+            ]
+        );
+
+        // Stopped after epoch 1 and resumed from its saved bytes: the same states after.
+        let resumed = on_threads(threads, || {
+            let state = TrainingState::<Mlp>::from_safetensors(&a.states[0]).unwrap();
+            assert_eq!(state.to_safetensors(), a.states[0], "a state round-trips to the same bytes");
+            let mut rec = Recorder::default();
+            let mut trainer = Trainer::resume(state).unwrap();
+            trainer.fit(&set.train, 3, &mut rec).unwrap();
+            rec
+        });
+        assert_eq!(resumed.states, a.states[1..], "{threads} threads: the resumed run differs");
+    }
+}
+
+#[test]
+fn thread_counts_round_differently_but_both_learn() {
+    let set = synthetic(Synthetic::default());
+    let states: Vec<Vec<u8>> = [1, 2]
+        .into_iter()
+        .map(|t| {
+            on_threads(t, || {
+                let settings = Settings { batch_size: 16, ..Settings::default() };
+                let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 3), settings).unwrap();
+                trainer.fit(&set.train, 2, &mut ()).unwrap();
+                // Guessing gets a tenth right.
+                assert!(trainer.history()[1].train_accuracy > 0.5, "{:?}", trainer.history());
+                trainer.state().to_safetensors()
+            })
+        })
+        .collect();
+    assert_ne!(states[0], states[1]);
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epochs_weights() {
+    // Labels that no image predicts: what the model learns of the training part only makes
+    // the validation loss worse, soon.
+    let mut set = synthetic(Synthetic { train: 100, ..Synthetic::default() });
+    let shuffled_labels = (0..100u64).map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) % 10) as u8).collect();
+    set.train = Dataset::new(set.train.pixels().to_vec(), shuffled_labels, 12, 12, 10);
+    let settings = Settings {
+        batch_size: 10,
+        early_stop: Some(1),
+        optimizer: OptimizerConfig::Adam(AdamConfig { lr: 0.1, ..AdamConfig::default() }),
+        ..settings()
+    };
+    let mut rec = Recorder::default();
+    let mut trainer = Trainer::new(mlp_for(&set.train, &[64], 5), settings).unwrap();
+    trainer.fit(&set.train, 30, &mut rec).unwrap();
+    let done = trainer.epochs_done();
+    let best = trainer.best_epoch().unwrap();
+    assert!(done < 30 && best == done - 1, "{done} epochs, best {best}: {:?}", rec.events);
+    assert_eq!(rec.events.last().unwrap(), &format!("stop 1 {best}"));
+    let losses: Vec<f64> = trainer.history().iter().map(|r| r.val_loss.unwrap()).collect();
+    let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(losses[best - 1], min);
+    let best_state = TrainingState::<Mlp>::from_safetensors(&rec.states[best - 1]).unwrap();
+    assert_eq!(trainer.into_model().params(), best_state.model.params());
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_epoch_and_step() {
+    let set = synthetic(Synthetic::default());
+    let settings = Settings {
+        optimizer: OptimizerConfig::Adam(AdamConfig { lr: 1e6, ..AdamConfig::default() }),
+        ..Settings::default()
+    };
+    let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 0), settings).unwrap();
+    let err = trainer.fit(&set.train, 2, &mut ()).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { epoch: 1, .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("epoch 1, step ") && message.ends_with("the learning rate (1000000) is too high"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_observers_error_stops_the_run() {
+    let set = synthetic(Synthetic::default());
+    let mut rec = Recorder { fail_at: Some(2), ..Recorder::default() };
+    let mut trainer = Trainer::new(mlp_for(&set.train, &[8], 0), Settings::default()).unwrap();
+    let err = trainer.fit(&set.train, 5, &mut rec).unwrap_err();
+    assert_eq!(err.to_string(), "the disk is full");
+    assert_eq!(trainer.epochs_done(), 2);
+}
+
+#[test]
+fn bad_runs_are_refused_before_training() {
+    let set = synthetic(Synthetic { classes: 3, ..Synthetic::default() });
+    let wrong = Mlp::new(&MlpConfig { widths: vec![144, 10], output_relu: false }, &mut train::init_rng(0));
+    let err = Trainer::new(wrong, Settings::default()).unwrap().fit(&set.train, 1, &mut ()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the model maps 144 inputs to 10 classes, but the data has 144 pixels per image and 3 classes"
+    );
+
+    let tiny = Settings { val_split: 0.0001, ..Settings::default() };
+    let err = Trainer::new(mlp_for(&set.train, &[4], 0), tiny).unwrap().fit(&set.train, 1, &mut ()).unwrap_err();
+    assert_eq!(err.to_string(), "a validation split of 0.0001 leaves 600 training and 0 validation samples of 600");
+
+    let no_val = Settings { early_stop: Some(2), ..Settings::default() };
+    let err = Trainer::new(mlp_for(&set.train, &[4], 0), no_val).err().unwrap();
+    assert_eq!(err.to_string(), "early stopping needs a validation split");
+
+    let mut trainer = Trainer::new(mlp_for(&set.train, &[4], 0), Settings::default()).unwrap();
+    trainer.fit(&set.train, 1, &mut ()).unwrap();
+    let err = trainer.fit(&set.train, 1, &mut ()).unwrap_err();
+    assert_eq!(err.to_string(), "the run has 1 epochs done already; ask for more than that to train on");
+}

@@ -1,0 +1,101 @@
+//! Running the `mnist` program, and the small synthetic data set most tests train on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub(crate) fn program() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mnist-e2e"))
+}
+
+pub(crate) fn run(args: &[&str]) -> Output {
+    program().args(args).output().expect("the program starts")
+}
+
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub(crate) fn arg(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// A failure: non-zero exit with `code`, one line on stderr starting `error: ` and containing
+/// `needle`, no panic, nothing on stdout.
+pub(crate) fn assert_fails(args: &[&str], code: i32, needle: &str) {
+    let out = run(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?}: printed {}", text(&out.stdout));
+}
+
+/// The test accuracy a run printed, in percent.
+pub(crate) fn test_accuracy(stdout: &str) -> f64 {
+    let line =
+        stdout.lines().find(|l| l.starts_with("Test Accuracy: ")).unwrap_or_else(|| panic!("no accuracy in {stdout}"));
+    line["Test Accuracy: ".len()..].trim_end_matches('%').parse().unwrap()
+}
+
+/// A folder holding a synthetic data set in MNIST's layout, with MNIST's image size: 28x28,
+/// 10 classes, 1,200 training and 300 test images. It lives as long as the test process.
+pub(crate) fn synthetic_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        testkit::Synthetic { rows: 28, cols: 28, classes: 10, train: 1200, test: 300, seed: 7 }.write(dir.path());
+        dir
+    })
+    .path()
+}
+
+/// Runs `mnist train` with `args` on the synthetic set and returns the output, asserting
+/// success.
+pub(crate) fn train_synthetic(args: &[&str]) -> Output {
+    let mut all = vec!["train", "--data-dir", arg(synthetic_dir())];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    assert!(out.status.success(), "train {args:?} failed: {}", text(&out.stderr));
+    out
+}
+
+/// One training run on the synthetic set shared by the tests that need a model and its
+/// outputs: two epochs, with every output asked for.
+pub(crate) struct Trained {
+    _dir: tempfile::TempDir,
+    pub(crate) model: PathBuf,
+    pub(crate) checkpoint: PathBuf,
+    pub(crate) plots: PathBuf,
+    pub(crate) csv: PathBuf,
+    pub(crate) summary: PathBuf,
+    pub(crate) stdout: String,
+}
+
+pub(crate) fn trained() -> &'static Trained {
+    static TRAINED: OnceLock<Trained> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let (model, checkpoint, plots, csv, summary) =
+            (p("m.safetensors"), p("run.ckpt"), p("plots"), p("m.csv"), p("summary.json"));
+        let out = train_synthetic(&[
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--save",
+            arg(&model),
+            "--checkpoint",
+            arg(&checkpoint),
+            "--plots",
+            arg(&plots),
+            "--metrics-csv",
+            arg(&csv),
+            "--summary-json",
+            arg(&summary),
+        ]);
+        Trained { _dir: dir, model, checkpoint, plots, csv, summary, stdout: text(&out.stdout) }
+    })
+}
