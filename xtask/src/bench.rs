@@ -21,10 +21,6 @@ use anyhow::{Context, Result, bail};
 const HIDDEN: [&str; 2] = ["128,64,32", "512,256,128"];
 /// Batch sizes of the scaling table.
 const BATCHES: [usize; 4] = [32, 64, 256, 1024];
-/// MNIST's training set size and image size.
-const TRAIN_SAMPLES: usize = 60_000;
-const INPUTS: usize = 784;
-const CLASSES: usize = 10;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -73,7 +69,11 @@ pub fn bench(opts: &Options) -> Result<String> {
     let bin = root.join("target").join("release").join("mnist");
     let dev_bin = root.join("target").join("debug").join("mnist");
     let scratch = tempfile::tempdir()?;
-    let density = pixel_density(&opts.data_dir)?;
+    let mnist = data::Mnist::load(&opts.data_dir).with_context(|| "the data set to benchmark on")?;
+    let shape = Shape { train: mnist.train.len(), inputs: mnist.train.image_len(), classes: mnist.train.classes() };
+    let pixels = mnist.train.pixels();
+    let density = pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64;
+    drop(mnist);
 
     let mut report = String::new();
     writeln!(report, "# Benchmarks\n")?;
@@ -90,7 +90,7 @@ pub fn bench(opts: &Options) -> Result<String> {
         let mut runs = Vec::new();
         for r in 0..opts.runs {
             eprintln!("training, {threads} thread(s), run {}/{} ...", r + 1, opts.runs);
-            let csv = scratch.path().join(format!("t{threads}-{r}.csv"));
+            let summary = scratch.path().join(format!("t{threads}-{r}.json"));
             let threads_arg = threads.to_string();
             let args = [
                 "train",
@@ -98,10 +98,10 @@ pub fn bench(opts: &Options) -> Result<String> {
                 &threads_arg,
                 "--data-dir",
                 path_str(&opts.data_dir)?,
-                "--metrics-csv",
-                path_str(&csv)?,
+                "--summary-json",
+                path_str(&summary)?,
             ];
-            runs.push(measure_run(&bin, &args, &csv)?);
+            runs.push(measure_run(&bin, &args, &summary)?);
         }
         speed.push((threads, runs));
     }
@@ -115,7 +115,7 @@ pub fn bench(opts: &Options) -> Result<String> {
          reports; memory is each run's peak resident set, from the OS.\n",
         opts.runs
     )?;
-    let flops = Flops::new(&[INPUTS, 128, 64, 32, CLASSES], density);
+    let flops = Flops::new(&shape.widths(HIDDEN[0]), density);
     writeln!(
         report,
         "| threads | s/epoch | samples/s | GFLOP/s, dense-equivalent | GFLOP/s, executed | share of peak | test \
@@ -129,12 +129,12 @@ pub fn bench(opts: &Options) -> Result<String> {
         let s = median(&epochs);
         medians.push(s);
         let accuracies: Vec<String> = runs.iter().map(|r| format!("{:.2}%", r.test_accuracy)).collect();
-        let executed = flops.executed * TRAIN_SAMPLES as f64 / s / 1e9;
+        let executed = flops.executed * shape.train as f64 / s / 1e9;
         writeln!(
             report,
             "| {threads} | {s:.3} | {:.0} | {:.0} | {executed:.0} | {:.0}% | {} | {:.1} | {:.0} | {:.0} |",
-            TRAIN_SAMPLES as f64 / s,
-            flops.dense * TRAIN_SAMPLES as f64 / s / 1e9,
+            shape.train as f64 / s,
+            flops.dense * shape.train as f64 / s / 1e9,
             100.0 * executed / (*threads as f64 * ghz * FLOP_PER_CYCLE),
             accuracies.join(", "),
             median(&runs.iter().map(|r| r.eval_ms).collect::<Vec<_>>()),
@@ -159,7 +159,7 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
 
     eprintln!("dev profile ...");
-    let csv = scratch.path().join("dev.csv");
+    let summary = scratch.path().join("dev.json");
     let dev_args = [
         "train",
         "--threads",
@@ -168,10 +168,10 @@ pub fn bench(opts: &Options) -> Result<String> {
         "3",
         "--data-dir",
         path_str(&opts.data_dir)?,
-        "--metrics-csv",
-        path_str(&csv)?,
+        "--summary-json",
+        path_str(&summary)?,
     ];
-    let dev = measure_run(&dev_bin, &dev_args, &csv)?;
+    let dev = measure_run(&dev_bin, &dev_args, &summary)?;
     let dev_epoch = median(&dev.epoch_seconds);
     writeln!(
         report,
@@ -186,7 +186,7 @@ pub fn bench(opts: &Options) -> Result<String> {
         "`mnist train --threads 2 --epochs {} --batch-size B --hidden H` (median epoch). The default \
          model, and one 4x wider (784-512-256-128-10, {:.1}x the arithmetic).\n",
         opts.scaling_epochs,
-        Flops::new(&widths(HIDDEN[1]), density).dense / flops.dense
+        Flops::new(&shape.widths(HIDDEN[1]), density).dense / flops.dense
     )?;
     writeln!(
         report,
@@ -194,10 +194,10 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|")?;
     for hidden in HIDDEN {
-        let f = Flops::new(&widths(hidden), density);
+        let f = Flops::new(&shape.widths(hidden), density);
         for batch in BATCHES {
             eprintln!("scaling: hidden {hidden}, batch {batch} ...");
-            let csv = scratch.path().join(format!("s-{batch}-{hidden}.csv"));
+            let summary = scratch.path().join(format!("s-{batch}-{hidden}.json"));
             let (epochs, batch_arg) = (opts.scaling_epochs.to_string(), batch.to_string());
             let args = [
                 "train",
@@ -211,18 +211,18 @@ pub fn bench(opts: &Options) -> Result<String> {
                 hidden,
                 "--data-dir",
                 path_str(&opts.data_dir)?,
-                "--metrics-csv",
-                path_str(&csv)?,
+                "--summary-json",
+                path_str(&summary)?,
             ];
-            let run = measure_run(&bin, &args, &csv)?;
+            let run = measure_run(&bin, &args, &summary)?;
             let s = median(&run.epoch_seconds);
             writeln!(
                 report,
                 "| 784-{}-10 | {batch} | {s:.3} | {:.2} | {:.0} | {:.0} | {:.2}% |",
                 hidden.replace(',', "-"),
-                s / TRAIN_SAMPLES as f64 * 1e6,
-                f.dense * TRAIN_SAMPLES as f64 / s / 1e9,
-                f.executed * TRAIN_SAMPLES as f64 / s / 1e9,
+                s / shape.train as f64 * 1e6,
+                f.dense * shape.train as f64 / s / 1e9,
+                f.executed * shape.train as f64 / s / 1e9,
                 run.test_accuracy
             )?;
         }
@@ -264,7 +264,7 @@ pub fn bench(opts: &Options) -> Result<String> {
         report,
         "Micro-benchmarks of the kernels at the model's shapes: `cargo bench -p tensor --bench kernels`."
     )?;
-    crate::write_file_atomically(&opts.output, report.as_bytes())?;
+    atomic_file::write(&opts.output, |w| w.write_all(report.as_bytes()))?;
     Ok(report)
 }
 
@@ -301,30 +301,43 @@ impl Flops {
     }
 }
 
-fn widths(hidden: &str) -> Vec<usize> {
-    let mut w = vec![INPUTS];
-    w.extend(hidden.split(',').map(|h| h.parse::<usize>().expect("a width")));
-    w.push(CLASSES);
-    w
+/// The data set's size and shape.
+struct Shape {
+    train: usize,
+    inputs: usize,
+    classes: usize,
 }
 
-/// Runs the program, collecting its output and peak memory, and reads its metrics CSV.
-fn measure_run(bin: &Path, args: &[&str], csv: &Path) -> Result<Run> {
-    let (status, stdout, stderr, peak_rss_mb) = run_measured(bin, args)?;
+impl Shape {
+    /// The widths of an MLP with `hidden` layers (`"128,64,32"`) for this data.
+    fn widths(&self, hidden: &str) -> Vec<usize> {
+        let mut w = vec![self.inputs];
+        w.extend(hidden.split(',').map(|h| h.parse::<usize>().expect("a width")));
+        w.push(self.classes);
+        w
+    }
+}
+
+/// Runs the program, collecting its peak memory, and reads the JSON summary it wrote.
+fn measure_run(bin: &Path, args: &[&str], summary: &Path) -> Result<Run> {
+    let (status, _, stderr, peak_rss_mb) = run_measured(bin, args)?;
     if !status {
         bail!("mnist {} failed: {stderr}", args.join(" "));
     }
-    let epoch_seconds = fs::read_to_string(csv)?
-        .lines()
-        .skip(1)
-        .map(|l| l.rsplit(',').next().unwrap_or("").parse::<f64>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("metrics CSV")?;
+    let text = fs::read_to_string(summary).with_context(|| format!("{}: no summary", summary.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", summary.display()))?;
+    let number = |v: &serde_json::Value, what: &str| v.as_f64().with_context(|| format!("summary: no {what}"));
+    let epoch_seconds = json["epochs"]
+        .as_array()
+        .context("summary: no epochs")?
+        .iter()
+        .map(|e| number(&e["seconds"], "epoch seconds"))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Run {
         epoch_seconds,
-        test_accuracy: field(&stdout, "Test Accuracy: ")?,
-        load_ms: field(&stderr, "MNIST loaded in ")?,
-        eval_ms: field(&stderr, "test images in ")?,
+        test_accuracy: 100.0 * number(&json["test_accuracy"], "test accuracy")?,
+        load_ms: 1e3 * number(&json["load_seconds"], "load time")?,
+        eval_ms: 1e3 * number(&json["eval_seconds"], "evaluation time")?,
         peak_rss_mb,
     })
 }
@@ -389,23 +402,6 @@ fn median(values: &[f64]) -> f64 {
 
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-/// The share of nonzero pixels in MNIST's training images.
-fn pixel_density(dir: &Path) -> Result<f64> {
-    let name = "train-images-idx3-ubyte";
-    let plain = dir.join(name);
-    let bytes = if plain.exists() {
-        fs::read(&plain)?
-    } else {
-        let gz = dir.join(format!("{name}.gz"));
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(fs::File::open(&gz).with_context(|| format!("no MNIST in {}", dir.display()))?)
-            .read_to_end(&mut out)?;
-        out
-    };
-    let pixels = bytes.get(16..).context("train images shorter than their header")?;
-    Ok(pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64)
 }
 
 /// The CPU, its core count and the compiler, in one line.

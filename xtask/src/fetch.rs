@@ -3,7 +3,8 @@
 //! crate reads fastest).
 //!
 //! A file only ever appears under its final name after it verified: it is written to a hidden
-//! `.part` file in the same folder and renamed into place.
+//! `.part` file in the same folder and renamed into place (`atomic-file`), and the `.part` files
+//! of a fetch that was killed are removed by the next.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -37,24 +38,12 @@ pub struct MnistFile {
     pub sha256: &'static str,
 }
 
-/// MNIST's four files.
+/// MNIST's four files, under the names the `data` crate reads.
 pub const FILES: [MnistFile; 4] = [
-    MnistFile {
-        name: "train-images-idx3-ubyte",
-        sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    },
-    MnistFile {
-        name: "train-labels-idx1-ubyte",
-        sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    },
-    MnistFile {
-        name: "t10k-images-idx3-ubyte",
-        sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    },
-    MnistFile {
-        name: "t10k-labels-idx1-ubyte",
-        sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    },
+    MnistFile { name: data::TRAIN_IMAGES, sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db" },
+    MnistFile { name: data::TRAIN_LABELS, sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5" },
+    MnistFile { name: data::TEST_IMAGES, sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7" },
+    MnistFile { name: data::TEST_LABELS, sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2" },
 ];
 
 /// No MNIST file is larger than this compressed, nor decompressed (the largest is 47,040,016
@@ -178,8 +167,8 @@ pub fn fetch(opts: &Options, log: &mut dyn Write) -> Result<Summary> {
 
     let mut summary = Summary::default();
     for file in FILES {
-        remove_stale_parts(dir, file.name);
         let target = dir.join(file.name);
+        atomic_file::remove_leftovers(&target);
         if !opts.force && target.exists() {
             if sha256_file(&target)? == file.sha256 {
                 writeln!(log, "{}: present and verified, nothing to download", file.name)?;
@@ -246,12 +235,9 @@ fn download(agent: &ureq::Agent, mirror: &Mirror, file: MnistFile, dir: &Path, b
     let is_gzip = reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     let decoded: Box<dyn Read> = if is_gzip { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
 
-    let mut part = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file.name))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let (bytes, digest) = copy_hashing(decoded.take(MAX_FILE_BYTES + 1), part.as_file_mut())?;
+    let target = dir.join(file.name);
+    let mut part = atomic_file::AtomicFile::create(&target)?;
+    let (bytes, digest) = copy_hashing(decoded.take(MAX_FILE_BYTES + 1), part.file())?;
     bar.finish_and_clear();
     if bytes > MAX_FILE_BYTES {
         bail!("more than {MAX_FILE_BYTES} bytes once decompressed: not an MNIST file");
@@ -259,14 +245,7 @@ fn download(agent: &ureq::Agent, mirror: &Mirror, file: MnistFile, dir: &Path, b
     if digest != file.sha256 {
         bail!("SHA-256 mismatch: expected {}, got {digest}", file.sha256);
     }
-    let mut perms = part.as_file().metadata()?.permissions();
-    // Temporary files are private; the data is not.
-    #[cfg(unix)]
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    part.as_file().set_permissions(perms)?;
-    part.as_file().sync_all()?;
-    let target = dir.join(file.name);
-    part.persist(&target).with_context(|| format!("cannot move the verified file to {}", target.display()))?;
+    part.commit()?;
     Ok(bytes)
 }
 
@@ -301,19 +280,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Removes `.part` files left by an earlier fetch that was killed part-way.
-fn remove_stale_parts(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if file_name.starts_with(&prefix) && file_name.ends_with(".part") {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }
 
 fn progress_bar(name: &str, len: Option<u64>, visible: bool) -> ProgressBar {
@@ -353,6 +319,25 @@ mod tests {
         assert_eq!(list[..3], [Mirror::Dir("/a".into()), Mirror::Http("http://b/".into()), Mirror::Dir("/c".into())]);
         assert_eq!(list.len(), 3 + DEFAULT_MIRRORS.len());
         assert_eq!(list[3], Mirror::Http(DEFAULT_MIRRORS[0].into()));
+    }
+
+    #[test]
+    fn the_files_are_those_the_data_crate_reads_with_the_published_digests() {
+        let names: Vec<&str> = FILES.iter().map(|f| f.name).collect();
+        assert_eq!(names, data::FILES);
+        // The digests of the decompressed files, as the shared copy of MNIST lists them.
+        let Some(dir) = testkit::mnist_dir() else { return };
+        let Ok(sums) = fs::read_to_string(dir.join("SHA256SUMS")) else {
+            assert!(!testkit::on_ci(), "no SHA256SUMS in {}", dir.display());
+            return;
+        };
+        for f in FILES {
+            let line = sums
+                .lines()
+                .find(|l| l.trim_end().ends_with(f.name))
+                .unwrap_or_else(|| panic!("{} not listed", f.name));
+            assert!(line.starts_with(f.sha256), "{}: {line}", f.name);
+        }
     }
 
     #[test]

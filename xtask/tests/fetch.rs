@@ -39,7 +39,7 @@ fn assert_no_partials(dir: &Path) {
 
 #[test]
 fn fetches_through_http_and_a_rerun_downloads_nothing() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let url = serve(Behaviour::Folder(mnist));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("nested").join("mnist");
@@ -61,7 +61,7 @@ fn fetches_through_http_and_a_rerun_downloads_nothing() {
 
 #[test]
 fn skips_a_404_mirror_and_a_corrupt_one_for_a_good_one() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let missing = serve(Behaviour::Status(404));
     let wrong = serve(Behaviour::WrongBody);
     let corrupt = serve(Behaviour::Corrupt(mnist.clone()));
@@ -81,7 +81,7 @@ fn skips_a_404_mirror_and_a_corrupt_one_for_a_good_one() {
 
 #[test]
 fn a_folder_and_a_file_url_are_mirrors_too() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     for spec in [mnist.display().to_string(), format!("file://{}", mnist.display())] {
         let tmp = tempfile::tempdir().unwrap();
         let summary = fetch::fetch(&options(vec![Mirror::parse(&spec).unwrap()], tmp.path()), &mut Vec::new())
@@ -93,7 +93,7 @@ fn a_folder_and_a_file_url_are_mirrors_too() {
 
 #[test]
 fn a_file_that_fails_verification_is_replaced() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mirrors = vec![Mirror::Dir(mnist)];
     fetch::fetch(&options(mirrors.clone(), tmp.path()), &mut Vec::new()).unwrap();
@@ -126,7 +126,7 @@ fn when_every_mirror_fails_the_error_names_each_and_nothing_is_left() {
 
 #[test]
 fn a_mirror_that_closes_midway_or_stalls_is_skipped_in_seconds() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let closes = serve(Behaviour::CloseMidway(mnist.clone()));
     let stalls = serve(Behaviour::Stall(mnist.clone()));
     let good = serve(Behaviour::Folder(mnist));
@@ -148,7 +148,7 @@ fn a_mirror_that_closes_midway_or_stalls_is_skipped_in_seconds() {
 #[test]
 fn a_fetch_killed_part_way_leaves_nothing_that_passes_for_valid_and_the_next_run_completes() {
     use std::process::{Command, Stdio};
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let stalls = serve(Behaviour::Stall(mnist.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -180,7 +180,7 @@ fn a_fetch_killed_part_way_leaves_nothing_that_passes_for_valid_and_the_next_run
 
 #[test]
 fn force_downloads_verified_files_again() {
-    let Some(mnist) = xtask::mnist_dir_for_tests() else { return };
+    let Some(mnist) = testkit::mnist_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = options(vec![Mirror::Dir(mnist)], tmp.path());
     fetch::fetch(&opts, &mut Vec::new()).unwrap();

@@ -1,4 +1,4 @@
-//! Files written whole or not at all. [`write`] (or an [`AtomicFile`] for streaming) writes to a
+//! Files written whole or not at all. [`write()`] (or an [`AtomicFile`] for streaming) writes to a
 //! hidden temporary file in the target's folder, `.{name}.{random}.part`, and renames it over
 //! the target only once everything is written and synced: a failure, or a process killed
 //! part-way, never leaves half a file under the target's name. [`remove_leftovers`] clears the

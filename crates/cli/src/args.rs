@@ -8,7 +8,17 @@ use nn::MlpConfig;
 use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
 use train::Settings;
 
-use crate::UsageError;
+/// A command line that parses but does not make sense; exits with status 2, like clap's own.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 #[derive(Debug, Parser)]
 #[command(name = "mnist", version, about = "Train, evaluate and use MLPs on MNIST", max_term_width = 100)]

@@ -6,7 +6,8 @@ use anyhow::{Result, anyhow};
 use train::Evaluation;
 
 use crate::args::EvalArgs;
-use crate::{load_mnist, load_model, plots};
+use crate::files::{load_mnist, load_model};
+use crate::plots;
 
 /// Prints the notebook's `Test Accuracy` line, then (unless quiet) precision, recall and F1 per
 /// class and the confusion matrix.

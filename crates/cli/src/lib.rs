@@ -4,34 +4,20 @@
 
 mod args;
 mod eval;
+mod files;
 mod plots;
 mod predict;
 mod training;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use data::{DataError, Mnist};
-use nn::Mlp;
 
-pub use args::{NewRun, Start, TrainConfig};
-
-/// A command line that parses but does not make sense; exits with status 2, like clap's own.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
+pub use args::{NewRun, Start, TrainConfig, UsageError};
 
 /// The program: parses the process's arguments, runs the command, prints any error on one line
 /// as `error: …` and returns the exit status (0 success, 1 failure, 2 usage).
@@ -102,25 +88,4 @@ fn command(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
 fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     pool.install(f)
-}
-
-/// Loads the data set, with a hint on how to get it when files are missing.
-fn load_mnist(dir: &Path) -> Result<Mnist> {
-    Mnist::load(dir).map_err(|e| match e {
-        DataError::MissingFile { .. } => {
-            anyhow!("{e}; run `cargo xtask fetch-data` or point --data-dir at a folder with MNIST")
-        }
-        other => other.into(),
-    })
-}
-
-/// Reads a model file (or the model of a training checkpoint).
-fn load_model(path: &Path) -> Result<Mlp> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-/// Writes `path` whole or not at all; the error names `flag`.
-fn write_output(flag: &str, path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    atomic_file::write(path, write).map_err(|e| anyhow!("{flag} {e}"))
 }

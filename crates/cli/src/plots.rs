@@ -47,7 +47,7 @@ fn render(
         draw(&root)?;
         root.present().map_err(|e| anyhow!("{name}: {e}"))?;
     }
-    crate::write_output("--plots", &dir.join(name), |w| w.write_all(svg.as_bytes()))
+    crate::files::write_output("--plots", &dir.join(name), |w| w.write_all(svg.as_bytes()))
 }
 
 /// Creates the folder `dir` (and its parents) for the plots, checking that it accepts files.

@@ -8,7 +8,7 @@ use ndarray::Array2;
 use nn::Model;
 
 use crate::args::PredictArgs;
-use crate::load_model;
+use crate::files::load_model;
 
 /// Prints, for each image, the predicted digit with its probability, then every class's
 /// probability.

@@ -13,7 +13,8 @@ use train::{EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingS
 
 use crate::args::{Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
-use crate::{load_mnist, plots, write_output};
+use crate::files::{load_mnist, write_output};
+use crate::plots;
 
 /// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
 ///

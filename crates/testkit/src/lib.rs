@@ -152,7 +152,7 @@ pub fn write_fixture_set(dir: &Path) {
         (0..36)
             .map(|p| {
                 let n = i * 31 + p * 17;
-                (if p % 10 == label { 200 } else { 0 } + if n % 7 == 0 { n % 50 } else { 0 }) as u8
+                (if p % 10 == label { 200 } else { 0 } + if n.is_multiple_of(7) { n % 50 } else { 0 }) as u8
             })
             .collect()
     };

@@ -1,0 +1,34 @@
+//! Reading the command line's inputs and writing its outputs, with errors that name the flag
+//! or the file.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use data::{DataError, Mnist};
+use nn::Mlp;
+
+/// Loads the data set, with a hint on how to get it when files are missing.
+pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
+    Mnist::load(dir).map_err(|e| match e {
+        DataError::MissingFile { .. } => {
+            anyhow!("{e}; run `cargo xtask fetch-data` or point --data-dir at a folder with MNIST")
+        }
+        other => other.into(),
+    })
+}
+
+/// Reads a model file (or the model of a training checkpoint).
+pub(crate) fn load_model(path: &Path) -> Result<Mlp> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `path` whole or not at all; the error names `flag`.
+pub(crate) fn write_output(
+    flag: &str,
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
+    atomic_file::write(path, write).map_err(|e| anyhow!("{flag} {e}"))
+}
