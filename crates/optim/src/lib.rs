@@ -35,7 +35,8 @@ pub trait Optimizer: Send {
 
     /// Takes one step with the sum of `parts`, the gradients of the parts of one batch
     /// (computed on several threads, say), added in the order given. With two parts the sum is
-    /// formed inside the update, without a pass over memory of its own.
+    /// formed inside the update, without a pass over memory of its own: on two cores, adding
+    /// the parts first and then stepping made an epoch of the notebook's recipe 2 to 7% slower.
     ///
     /// # Errors
     /// As [`Optimizer::step`], for any part.
