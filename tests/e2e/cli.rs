@@ -236,3 +236,24 @@ fn help_shows_the_defaults_the_libraries_define() {
     let out = train_synthetic(&["--epochs", "1", "--quiet"]);
     assert!(text(&out.stdout).starts_with("Test Accuracy: "));
 }
+
+#[test]
+fn any_data_set_in_mnists_layout_trains_whatever_its_image_size_and_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    testkit::Synthetic { rows: 12, cols: 12, classes: 4, train: 400, test: 100, seed: 3 }.write(dir.path());
+    let model = dir.path().join("m.safetensors");
+    let out = run(&["train", "--data-dir", arg(dir.path()), "--epochs", "3", "--hidden", "16", "--save", arg(&model)]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("model 144-16-4, 2388 parameters"), "{stderr}");
+    assert!(test_accuracy(&stdout) >= 70.0, "{stdout}");
+    assert!(stdout.contains("Confusion matrix") && stdout.contains("    3   "), "{stdout}");
+    let eval = run(&["eval", "--model", arg(&model), "--data-dir", arg(dir.path())]);
+    assert_eq!(test_accuracy(&text(&eval.stdout)), test_accuracy(&stdout), "{}", text(&eval.stderr));
+    // The MNIST-sized synthetic set does not fit this model.
+    assert_fails(
+        &["eval", "--model", arg(&model), "--data-dir", arg(synthetic_dir())],
+        1,
+        "the model maps 144 inputs to 4 classes, but the data has 784 pixels per image and 10 classes",
+    );
+}

@@ -55,7 +55,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
                     state.threads, cfg.threads
                 );
             }
-            Trainer::resume(state)?
+            Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?
         }
         (None, Start::New(run)) => {
             let config =

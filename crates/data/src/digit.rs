@@ -68,16 +68,24 @@ pub enum ImageError {
 /// The bytes are not a readable image, it exceeds `limits`, or it holds no visible digit.
 pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageError> {
     let unreadable = |e: &dyn std::fmt::Display| ImageError::Unreadable { reason: e.to_string() };
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
-    let (width, height) = reader.into_dimensions_checked(limits)?;
-    reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let reader = || ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e));
+    // The header first: an image beyond the limits is refused before any pixel is decoded.
+    let (width, height) = reader()?.into_dimensions().map_err(|e| unreadable(&e))?;
+    if width > limits.max_side || height > limits.max_side {
+        return Err(ImageError::TooLarge { width, height, max: limits.max_side });
+    }
+    // The decoded image alone takes up to 4 bytes a pixel (grey and alpha, 16-bit).
+    if u64::from(width) * u64::from(height) * 4 > limits.max_bytes {
+        return Err(ImageError::TooMuchMemory { max_bytes: limits.max_bytes });
+    }
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(limits.max_side);
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_bytes);
-    reader.limits(decoder_limits);
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => ImageError::TooLarge { width, height, max: limits.max_side },
+    let mut decoder = reader()?;
+    decoder.limits(decoder_limits);
+    let img = decoder.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => ImageError::TooMuchMemory { max_bytes: limits.max_bytes },
         other => unreadable(&other),
     })?;
     // Transparent pixels are composited over white, as a viewer would show them.
@@ -88,25 +96,6 @@ pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageE
         Luma([(l * a + 255.0 * (1.0 - a)).round() as u8])
     });
     to_mnist(&gray).ok_or(ImageError::Blank)
-}
-
-/// Reads the header only, and refuses an image beyond the limits before it is decoded.
-trait CheckedDimensions {
-    fn into_dimensions_checked(self, limits: Limits) -> Result<(u32, u32), ImageError>;
-}
-
-impl<R: std::io::BufRead + std::io::Seek> CheckedDimensions for ImageReader<R> {
-    fn into_dimensions_checked(self, limits: Limits) -> Result<(u32, u32), ImageError> {
-        let (width, height) = self.into_dimensions().map_err(|e| ImageError::Unreadable { reason: e.to_string() })?;
-        if width > limits.max_side || height > limits.max_side {
-            return Err(ImageError::TooLarge { width, height, max: limits.max_side });
-        }
-        // The decoded image alone takes up to 4 bytes a pixel (grey and alpha, 16-bit).
-        if u64::from(width) * u64::from(height) * 4 > limits.max_bytes {
-            return Err(ImageError::TooMuchMemory { max_bytes: limits.max_bytes });
-        }
-        Ok((width, height))
-    }
 }
 
 /// MNIST-style pixels from a grayscale image; `None` when there is no ink.

@@ -136,9 +136,7 @@ impl Grads {
 
     /// The `beta` to write with: 0 the first time in a backward pass (overwrite), then 1.
     fn begin_write(&mut self, i: usize) -> f32 {
-        let beta = if self.written[i] { 1.0 } else { 0.0 };
-        self.written[i] = true;
-        beta
+        write_beta(&mut self.written[i])
     }
 
     /// A matrix parameter's gradient to write, shaped and laid out like the parameter, with the
@@ -161,6 +159,14 @@ impl Grads {
         let beta = self.begin_write(i);
         (ArrayViewMut1::from(&mut self.buffers[i][..]), beta)
     }
+}
+
+/// The `beta` that a backward pass writes a gradient buffer with: 0 the first time (overwrite,
+/// so nothing needs zeroing beforehand), then 1 (accumulate); `written` records the first time.
+pub(crate) fn write_beta(written: &mut bool) -> f32 {
+    let beta = if *written { 1.0 } else { 0.0 };
+    *written = true;
+    beta
 }
 
 #[cfg(test)]

@@ -88,8 +88,7 @@ impl Node {
     /// The gradient buffer to write and the `beta` to write it with: 0 the first time in a
     /// backward pass (overwrite), 1 after (accumulate).
     pub(crate) fn grad_to_write(&mut self) -> (ArrayViewMut2<'_, f32>, f32) {
-        let beta = if self.grad_written { 1.0 } else { 0.0 };
-        self.grad_written = true;
+        let beta = crate::grads::write_beta(&mut self.grad_written);
         let view = ArrayViewMut2::from_shape((self.rows, self.cols), &mut self.grad).expect("node buffer matches");
         (view, beta)
     }
