@@ -4,6 +4,7 @@
 //! set fails them.
 
 mod cli;
+mod conv_reference;
 mod mnist_data;
 mod reference;
 mod reliability;

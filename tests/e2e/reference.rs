@@ -11,14 +11,14 @@ use serde_json::Value;
 
 /// `|got - want| <= 1e-5·|want| + 1e-6`: float32 arithmetic in another order differs in the
 /// last bits, not more.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         assert!((g - w).abs() <= 1e-5 * w.abs() + 1e-6, "{what}[{i}]: got {g}, PyTorch {w}");
     }
 }
 
-fn floats(v: &Value) -> Vec<f32> {
+pub(crate) fn floats(v: &Value) -> Vec<f32> {
     match v {
         Value::Array(items) => items.iter().flat_map(floats).collect(),
         Value::Number(n) => vec![n.as_f64().expect("a number") as f32],
@@ -26,7 +26,7 @@ fn floats(v: &Value) -> Vec<f32> {
     }
 }
 
-fn shape(v: &Value) -> Vec<usize> {
+pub(crate) fn shape(v: &Value) -> Vec<usize> {
     match v {
         Value::Array(items) => {
             let mut s = vec![items.len()];

@@ -3,6 +3,8 @@
 use crate::grads::Grads;
 use crate::loss::softmax_cross_entropy_backward;
 use crate::params::Params;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
 use crate::tape::{Op, Tape, Var};
 
 impl Tape {
@@ -92,6 +94,36 @@ impl Tape {
                         continue;
                     }
                     tensor::relu_backward(dy, node.value(), beta, dx);
+                }
+                Op::Conv2d { x, weight, bias, shape } => {
+                    // y_n = W·im2col(x_n) + b:  dW += Σ_n dy_n·im2col(x_n)ᵀ,  db += Σ dy,
+                    // dx_n += col2im(Wᵀ·dy_n).
+                    let input = &mut before[x.index];
+                    let (rows, cols, needs_grad) = (input.rows, input.cols, input.needs_grad);
+                    let x_value = ArrayView2::from_shape((rows, cols), &input.value).expect("node buffer matches");
+                    let dx = needs_grad.then(|| {
+                        let beta = crate::grads::write_beta(&mut input.grad_written);
+                        (
+                            ArrayViewMut2::from_shape((rows, cols), &mut input.grad[..]).expect("node buffer matches"),
+                            beta,
+                        )
+                    });
+                    let (dw, db) = grads.weight_and_bias_mut(params, weight, bias);
+                    let w = params.matrix(weight);
+                    tensor::conv2d_backward(x_value, w, dy, &shape, &mut self.cols, dw, db, dx);
+                }
+                Op::MaxPool2d { x, .. } => {
+                    // y = max over the window:  dx[argmax] += dy.
+                    let input = &mut before[x.index];
+                    let (dx, beta) = input.grad_to_write();
+                    tensor::max_pool2d_backward(dy, &node.indices, beta, dx);
+                }
+                Op::Dropout { x } => {
+                    // y = x·m:  dx += dy·m.
+                    let input = &mut before[x.index];
+                    let mask = ArrayView2::from_shape((node.rows, node.cols), &node.aux).expect("mask at the shape");
+                    let (mut dx, beta) = input.grad_to_write();
+                    ndarray::Zip::from(&mut dx).and(&dy).and(&mask).for_each(|d, &g, &m| *d = beta * *d + g * m);
                 }
                 Op::CrossEntropy { logits, ref labels } => {
                     // L = mean_i -log softmax(z_i)[y_i]:  dz = (softmax(z) - onehot(y)) * dL / N.

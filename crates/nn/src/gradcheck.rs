@@ -452,3 +452,171 @@ fn state_dicts_check_names_and_shapes() {
     bad.set_meta("widths", "3,x");
     assert_eq!(Mlp::from_state_dict(&bad).unwrap_err().to_string(), "metadata widths \"3,x\" is not a list of widths");
 }
+
+/// A 2-D convolution in f64, term by term: `x` is `[n, C·H·W]`, `w` row-major `[out, C, k, k]`.
+fn conv_f64(x: ArrayView2<f64>, w: &[f64], b: Option<&[f64]>, sh: &tensor::Conv2dShape) -> Array2<f64> {
+    let (oh, ow, k, c_in) = (sh.out_height(), sh.out_width(), sh.kernel, sh.in_channels);
+    let mut y = Array2::zeros((x.nrows(), sh.out_len()));
+    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+        for o in 0..sh.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b.map_or(0.0, |b| b[o]);
+                    for c in 0..c_in {
+                        for i in 0..k {
+                            for j in 0..k {
+                                let (yy, xx) = (oy * sh.stride + i, ox * sh.stride + j);
+                                if yy < sh.padding || xx < sh.padding {
+                                    continue;
+                                }
+                                let (yy, xx) = (yy - sh.padding, xx - sh.padding);
+                                if yy < sh.height && xx < sh.width {
+                                    acc +=
+                                        w[((o * c_in + c) * k + i) * k + j] * xn[(c * sh.height + yy) * sh.width + xx];
+                                }
+                            }
+                        }
+                    }
+                    yn[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Data that needs a gradient: `x + 0` through a zero bias, so that the tape computes `dx`.
+fn differentiable_input(tape: &mut Tape, params: &mut Params, x: &Array2<f64>) -> crate::Var {
+    let zero = params.add("zero", &[x.ncols()], vec![0.0; x.ncols()]);
+    let input = tape.input(to_f32(x).view());
+    tape.add_bias(params, input, zero)
+}
+
+#[test]
+fn conv2d_gradients_wrt_weight_bias_and_input() {
+    for (seed, sh, bias) in [
+        (
+            20,
+            tensor::Conv2dShape {
+                in_channels: 2,
+                height: 6,
+                width: 5,
+                out_channels: 3,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+            true,
+        ),
+        (
+            21,
+            tensor::Conv2dShape {
+                in_channels: 1,
+                height: 5,
+                width: 5,
+                out_channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+            },
+            false,
+        ),
+    ] {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = 2;
+        let x = random(&mut rng, n, sh.in_len());
+        let labels: Vec<usize> = (0..n).map(|i| (i * 7) % sh.out_len()).collect();
+        let mut params = Params::new();
+        let w_values = to_f32(&random(&mut rng, sh.out_channels, sh.patch_len())).into_raw_vec_and_offset().0;
+        let w = params.add("conv.weight", &[sh.out_channels, sh.in_channels, sh.kernel, sh.kernel], w_values);
+        let b =
+            bias.then(|| params.add("conv.bias", &[sh.out_channels], vec![0.1, -0.2, 0.3][..sh.out_channels].to_vec()));
+        let mut tape = Tape::new();
+        let input = differentiable_input(&mut tape, &mut params, &x);
+        let y = tape.conv2d(&params, input, w, b, sh);
+        let loss = tape.cross_entropy(y, &labels);
+        let grads = backward(&mut tape, loss, &params);
+
+        let (wv, bv) = (param(&params, w), b.map(|b| param(&params, b)));
+        let xv = to_f32(&x).mapv(f64::from);
+        let f_w = |w: &[f64]| ce(conv_f64(xv.view(), w, bv.as_deref(), &sh).view(), &labels);
+        assert!((f64::from(tape.value(loss)[[0, 0]]) - f_w(&wv)).abs() < 1e-5, "forward matches the f64 model");
+        compare("conv dW", &grad(&params, &grads, w), &numeric_grad(f_w, &wv)).unwrap();
+        if let (Some(b), Some(bv)) = (b, &bv) {
+            let f_b = |b: &[f64]| ce(conv_f64(xv.view(), &wv, Some(b), &sh).view(), &labels);
+            compare("conv db", &grad(&params, &grads, b), &numeric_grad(f_b, bv)).unwrap();
+        }
+        let f_x = |x: &[f64]| {
+            let x = ArrayView2::from_shape((n, sh.in_len()), x).unwrap();
+            ce(conv_f64(x, &wv, bv.as_deref(), &sh).view(), &labels)
+        };
+        let dx = tape.grad(input).unwrap().to_owned();
+        compare("conv dx", dx.as_slice().unwrap(), &numeric_grad(f_x, xv.as_slice().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn max_pool2d_gradient_wrt_its_input() {
+    let sh = tensor::MaxPool2dShape { channels: 2, height: 5, width: 4, kernel: 2, stride: 2 };
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let n = 2;
+    // Distinct values, so that every window's maximum stays put under a small step.
+    let mut values: Vec<f64> = (0..n * sh.in_len()).map(|i| i as f64 * 0.1).collect();
+    for i in (1..values.len()).rev() {
+        values.swap(i, rng.random_range(0..=i));
+    }
+    let x = Array2::from_shape_vec((n, sh.in_len()), values).unwrap();
+    let labels = [1, 6];
+    let mut params = Params::new();
+    let mut tape = Tape::new();
+    let input = differentiable_input(&mut tape, &mut params, &x);
+    let y = tape.max_pool2d(input, sh);
+    let loss = tape.cross_entropy(y, &labels);
+    backward(&mut tape, loss, &params);
+    let pool = |x: ArrayView2<f64>| {
+        Array2::from_shape_fn((n, sh.out_len()), |(s, o)| {
+            let (c, rest) = (o / (sh.out_height() * sh.out_width()), o % (sh.out_height() * sh.out_width()));
+            let (oy, ox) = (rest / sh.out_width(), rest % sh.out_width());
+            let mut m = f64::NEG_INFINITY;
+            for i in 0..sh.kernel {
+                for j in 0..sh.kernel {
+                    m = m.max(x[[s, (c * sh.height + oy * sh.stride + i) * sh.width + ox * sh.stride + j]]);
+                }
+            }
+            m
+        })
+    };
+    let xv = to_f32(&x).mapv(f64::from);
+    let f = |x: &[f64]| ce(pool(ArrayView2::from_shape((n, sh.in_len()), x).unwrap()).view(), &labels);
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - f(xv.as_slice().unwrap())).abs() < 1e-5);
+    let dx = tape.grad(input).unwrap().to_owned();
+    compare("pool dx", dx.as_slice().unwrap(), &numeric_grad(f, xv.as_slice().unwrap())).unwrap();
+}
+
+#[test]
+fn dropout_scales_what_it_keeps_and_passes_gradients_through_its_mask() {
+    let (n, k, p) = (50, 40, 0.25f32);
+    let x = Array2::from_elem((n, k), 1.0f64);
+    let labels: Vec<usize> = (0..n).map(|i| i % k).collect();
+    let mut params = Params::new();
+    let mut tape = Tape::new();
+    let input = differentiable_input(&mut tape, &mut params, &x);
+    let y = tape.dropout(input, p, &mut ChaCha8Rng::seed_from_u64(23));
+    let loss = tape.cross_entropy(y, &labels);
+    backward(&mut tape, loss, &params);
+    let mask: Vec<f64> = tape.value(y).iter().map(|&v| f64::from(v)).collect();
+    let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / mask.len() as f64;
+    assert!((kept - 0.75).abs() < 0.05, "kept {kept}");
+    assert!(mask.iter().all(|&m| m == 0.0 || (m - 1.0 / 0.75).abs() < 1e-6));
+    let f = |x: &[f64]| {
+        let masked: Vec<f64> = x.iter().zip(&mask).map(|(a, m)| a * m).collect();
+        ce(ArrayView2::from_shape((n, k), &masked).unwrap(), &labels)
+    };
+    let dx = tape.grad(input).unwrap().to_owned();
+    compare("dropout dx", dx.as_slice().unwrap(), &numeric_grad(f, x.as_slice().unwrap())).unwrap();
+    // The same generator state draws the same mask.
+    let mut again = Tape::new();
+    let input = again.input(to_f32(&x).view());
+    let y2 = again.dropout(input, p, &mut ChaCha8Rng::seed_from_u64(23));
+    assert_eq!(again.value(y2), tape.value(y));
+}

@@ -153,6 +153,44 @@ impl Grads {
         (view.expect("buffer fits its parameter"), beta)
     }
 
+    /// A weight's gradient as a matrix and, if there is a bias, the bias's, both to write, each
+    /// with its `beta`.
+    ///
+    /// # Panics
+    /// If `weight` and `bias` are the same parameter.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn weight_and_bias_mut(
+        &mut self,
+        params: &Params,
+        weight: ParamId,
+        bias: Option<ParamId>,
+    ) -> ((ArrayViewMut2<'_, f32>, f32), Option<(ArrayViewMut1<'_, f32>, f32)>) {
+        let (w, b) = (weight.index(), bias.map(ParamId::index));
+        assert_ne!(Some(w), b, "a weight is not its own bias");
+        let beta_w = self.begin_write(w);
+        let beta_b = b.map(|b| self.begin_write(b));
+        let shape = params.get(weight).dim2();
+        let layout = params.get(weight).layout();
+        let (wb, bb) = match b {
+            None => (&mut self.buffers[w], None),
+            Some(b) if w < b => {
+                let (low, high) = self.buffers.split_at_mut(b);
+                (&mut low[w], Some(&mut high[0]))
+            }
+            Some(b) => {
+                let (low, high) = self.buffers.split_at_mut(w);
+                (&mut high[0], Some(&mut low[b]))
+            }
+        };
+        let dw = match layout {
+            Layout::RowMajor => ArrayViewMut2::from_shape(shape, &mut wb[..]),
+            Layout::ColumnMajor => ArrayViewMut2::from_shape(shape.f(), &mut wb[..]),
+        }
+        .expect("buffer fits its parameter");
+        let db = bb.zip(beta_b).map(|(buffer, beta)| (ArrayViewMut1::from(&mut buffer[..]), beta));
+        ((dw, beta_w), db)
+    }
+
     /// A vector parameter's gradient to write, with the `beta` to write it with.
     pub(crate) fn vector_mut(&mut self, id: ParamId) -> (ArrayViewMut1<'_, f32>, f32) {
         let i = id.index();

@@ -118,10 +118,14 @@ impl Param {
         self.layout
     }
 
-    /// A matrix parameter's shape.
+    /// The shape of the matrix a parameter of two or more dimensions is read as: its first
+    /// dimension by the product of the rest (a convolution's `[out, in, kH, kW]` weight is an
+    /// `out x in·kH·kW` matrix, row-major).
     pub(crate) fn dim2(&self) -> (usize, usize) {
-        let [r, c] = self.shape[..] else { panic!("{} is {:?}, not a matrix", self.name, self.shape) };
-        (r, c)
+        match self.shape[..] {
+            [r, ref rest @ ..] if !rest.is_empty() => (r, rest.iter().product()),
+            _ => panic!("{} is {:?}, not a matrix", self.name, self.shape),
+        }
     }
 }
 
@@ -258,10 +262,11 @@ impl Params {
         Ok(())
     }
 
-    /// A 2-D parameter as a matrix view.
+    /// A parameter of two or more dimensions as a matrix view: its first dimension by the
+    /// product of the others.
     ///
     /// # Panics
-    /// If the parameter is not 2-D.
+    /// If the parameter has fewer than two dimensions.
     #[track_caller]
     pub fn matrix(&self, id: ParamId) -> ArrayView2<'_, f32> {
         let p = &self.params[id.0];

@@ -52,6 +52,12 @@ pub(crate) enum Op {
     AddBias { x: Var, bias: ParamId },
     /// `y = max(x, 0)`.
     Relu { x: Var },
+    /// `y = conv2d(x, W) (+ b)`, `x` and `y` holding each sample's `[C, H, W]` values in a row.
+    Conv2d { x: Var, weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape },
+    /// `y` = the maximum of each window; the positions of the maxima are in `indices`.
+    MaxPool2d { x: Var },
+    /// `y = x · mask`, the mask (0, or `1 / (1 - p)`) kept in `aux`.
+    Dropout { x: Var },
     /// The mean over rows of `-log softmax(logits)[label]`: a 1x1 value. The softmax is kept in
     /// the node's `aux` buffer for the backward pass; the labels are in the tape's list.
     CrossEntropy { logits: Var, labels: Range<usize> },
@@ -65,6 +71,7 @@ pub(crate) struct Node {
     pub(crate) value: Vec<f32>,
     pub(crate) grad: Vec<f32>,
     pub(crate) aux: Vec<f32>,
+    pub(crate) indices: Vec<u32>,
     pub(crate) sparse: tensor::SparseRows,
     /// Whether a gradient must flow into this node (it depends on a parameter).
     pub(crate) needs_grad: bool,
@@ -124,6 +131,8 @@ pub struct Tape {
     pub(crate) nodes: Vec<Node>,
     pub(crate) len: usize,
     pub(crate) labels: Vec<usize>,
+    /// Unfolded patches for convolutions, reused.
+    pub(crate) cols: Vec<f32>,
     generation: u64,
 }
 
@@ -242,6 +251,82 @@ impl Tape {
         y
     }
 
+    /// Records a 2-D convolution, PyTorch's `nn.Conv2d`: `x` holds each sample's `[C, H, W]`
+    /// values in a row, `W` is `[out, C, k, k]` and `b` is `[out]`; each output row holds the
+    /// sample's `[out, H', W']` values.
+    ///
+    /// # Panics
+    /// If `x` is not `C·H·W` wide, or the parameters do not have those shapes.
+    #[track_caller]
+    pub fn conv2d(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: Option<ParamId>,
+        shape: tensor::Conv2dShape,
+    ) -> Var {
+        self.check(x);
+        let (k, out) = (shape.kernel, shape.out_channels);
+        let name = params.get(weight).name();
+        assert_eq!(params.get(weight).shape(), [out, shape.in_channels, k, k], "{name}: weight shape for {shape:?}");
+        if let Some(b) = bias {
+            assert_eq!(params.get(b).shape(), [out], "{name}: bias shape");
+        }
+        let rows = self.nodes[x.index].rows;
+        let y = self.push(Op::Conv2d { x, weight, bias, shape }, rows, shape.out_len(), true);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let y_view = rest[0].value_mut();
+        let bias = bias.map(|b| params.vector(b));
+        tensor::conv2d(before[x.index].value(), params.matrix(weight), bias, &shape, &mut self.cols, y_view);
+        y
+    }
+
+    /// Records 2-D max pooling, PyTorch's `F.max_pool2d(x, kernel, stride)`, over rows of
+    /// `[C, H, W]` values.
+    ///
+    /// # Panics
+    /// If `x` is not `C·H·W` wide.
+    #[track_caller]
+    pub fn max_pool2d(&mut self, x: Var, shape: tensor::MaxPool2dShape) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        let (rows, needs_grad) = (src.rows, src.needs_grad);
+        let y = self.push(Op::MaxPool2d { x }, rows, shape.out_len(), needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        let y_view = ArrayViewMut2::from_shape((rows, shape.out_len()), &mut node.value[..]).expect("sized by push");
+        tensor::max_pool2d(before[x.index].value(), &shape, y_view, &mut node.indices);
+        y
+    }
+
+    /// Records inverted dropout: each value is zeroed with probability `p` and the others are
+    /// scaled by `1 / (1 - p)`, so that the expected value is unchanged (PyTorch's
+    /// `nn.Dropout` in training mode). The mask is drawn from `rng`, so that a run is
+    /// reproducible from its seed. Evaluation skips dropout altogether.
+    ///
+    /// # Panics
+    /// If `p` is not in `[0, 1)`.
+    #[track_caller]
+    pub fn dropout(&mut self, x: Var, p: f32, rng: &mut dyn rand::RngCore) -> Var {
+        self.check(x);
+        assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
+        let src = &self.nodes[x.index];
+        let (rows, cols, needs_grad) = (src.rows, src.cols, src.needs_grad);
+        let y = self.push(Op::Dropout { x }, rows, cols, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        let keep = 1.0 / (1.0 - p);
+        // A value is dropped when a uniform draw in [0, 1) falls below p.
+        let threshold = (f64::from(p) * 4_294_967_296.0) as u64;
+        node.aux.resize(rows * cols, 0.0);
+        for ((m, v), &xv) in node.aux.iter_mut().zip(node.value.iter_mut()).zip(&before[x.index].value) {
+            *m = if u64::from(rng.next_u32()) < threshold { 0.0 } else { keep };
+            *v = xv * *m;
+        }
+        y
+    }
+
     /// Records `max(x, 0)`.
     #[track_caller]
     pub fn relu(&mut self, x: Var) -> Var {
@@ -315,6 +400,7 @@ impl Tape {
                 value: Vec::new(),
                 grad: Vec::new(),
                 aux: Vec::new(),
+                indices: Vec::new(),
                 sparse: tensor::SparseRows::new(),
                 needs_grad: false,
                 grad_written: false,

@@ -7,14 +7,18 @@
 //! kernels run on the calling thread; callers parallelise across batches or samples.
 //! A wrong shape is a programmer error and panics with a message naming the shapes.
 
+mod conv;
 mod elementwise;
 mod init;
 mod matmul;
+mod pool;
 mod softmax;
 mod sparse;
 
+pub use conv::{Conv2dShape, col2im_add, conv2d, conv2d_backward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};
+pub use pool::{MaxPool2dShape, max_pool2d, max_pool2d_backward};
 pub use softmax::{argmax, argmax_rows, log_softmax_rows, softmax_rows};
 pub use sparse::{SparseRows, sparse_matmul, sparse_matmul_tn};

@@ -1,0 +1,306 @@
+//! 2-D convolution as PyTorch's `nn.Conv2d` computes it (a cross-correlation, zero padding),
+//! and its gradients, by unfolding each sample's input patches into the columns of a matrix
+//! (`im2col`) so that the work is matrix products.
+//!
+//! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
+//! A weight `[out, in, kH, kW]` is read as the `out x (in·kH·kW)` matrix it is row-major.
+
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+
+use crate::matmul::{matmul, matmul_nt, matmul_tn};
+
+/// The geometry of a convolution over one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dShape {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel side (square kernels).
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub padding: usize,
+}
+
+impl Conv2dShape {
+    /// Output height: `(H + 2·padding - kernel) / stride + 1`, rounded down as in PyTorch.
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Values per input sample: `C·H·W`.
+    pub fn in_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    /// Values per output sample.
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.positions()
+    }
+
+    /// Output positions per channel.
+    pub fn positions(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// Values per patch: `in·kH·kW`, the width of the weight matrix.
+    pub fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    /// Whether the kernel fits the padded input and every size is positive.
+    pub fn is_valid(&self) -> bool {
+        self.in_channels > 0
+            && self.out_channels > 0
+            && self.kernel > 0
+            && self.stride > 0
+            && self.height + 2 * self.padding >= self.kernel
+            && self.width + 2 * self.padding >= self.kernel
+    }
+
+    /// For each patch entry `(c, i, j)` and output position `(oy, ox)`, the input offset read,
+    /// or `None` in the padding.
+    #[inline]
+    fn source(&self, c: usize, i: usize, j: usize, oy: usize, ox: usize) -> Option<usize> {
+        let y = (oy * self.stride + i).checked_sub(self.padding)?;
+        let x = (ox * self.stride + j).checked_sub(self.padding)?;
+        (y < self.height && x < self.width).then(|| (c * self.height + y) * self.width + x)
+    }
+}
+
+/// Unfolds one sample `x` (`C·H·W` values) into `cols`, a `patch_len x positions` matrix whose
+/// column `p` holds the input patch under output position `p` (zeros in the padding).
+///
+/// # Panics
+/// If the lengths do not fit the shape.
+#[track_caller]
+pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
+    assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
+    assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "im2col: columns buffer");
+    let (oh, ow, k) = (shape.out_height(), shape.out_width(), shape.kernel);
+    let mut rows = cols.chunks_exact_mut(oh * ow);
+    for c in 0..shape.in_channels {
+        for i in 0..k {
+            for j in 0..k {
+                let row = rows.next().expect("one row per patch entry");
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        row[oy * ow + ox] = shape.source(c, i, j, oy, ox).map_or(0.0, |s| x[s]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each entry of `cols` into the input value it was read from.
+///
+/// # Panics
+/// If the lengths do not fit the shape.
+#[track_caller]
+pub fn col2im_add(cols: &[f32], shape: &Conv2dShape, dx: &mut [f32]) {
+    assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
+    assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "col2im: columns buffer");
+    let (oh, ow, k) = (shape.out_height(), shape.out_width(), shape.kernel);
+    let mut rows = cols.chunks_exact(oh * ow);
+    for c in 0..shape.in_channels {
+        for i in 0..k {
+            for j in 0..k {
+                let row = rows.next().expect("one row per patch entry");
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        if let Some(s) = shape.source(c, i, j, oy, ox) {
+                            dx[s] += row[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
+/// `N x out_len`. `cols` is scratch, grown as needed.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn conv2d(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    cols: &mut Vec<f32>,
+    mut y: ArrayViewMut2<f32>,
+) {
+    check(x.dim(), w.dim(), y.dim(), shape);
+    let (k, p) = (shape.patch_len(), shape.positions());
+    cols.resize(k * p, 0.0);
+    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+        im2col(xn.as_slice().expect("rows of a standard matrix"), shape, cols);
+        let cols = ArrayView2::from_shape((k, p), &cols[..]).expect("sized above");
+        let yn = ArrayViewMut2::from_shape((shape.out_channels, p), yn.as_slice_mut().expect("standard rows"))
+            .expect("sized by check");
+        matmul(1.0, w, cols, 0.0, yn);
+    }
+    if let Some(b) = bias {
+        for mut yn in y.rows_mut() {
+            for (chunk, &bc) in yn.as_slice_mut().expect("standard rows").chunks_exact_mut(p).zip(b) {
+                chunk.iter_mut().for_each(|v| *v += bc);
+            }
+        }
+    }
+}
+
+/// The gradients of [`conv2d`] given `dy` (`N x out_len`): `dw = beta_w·dw + Σ_n dy_n·colsᵀ`,
+/// `db = beta_b·db + Σ over samples and positions of dy`, and, when asked,
+/// `dx = beta_x·dx + col2im(wᵀ·dy_n)`.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    cols: &mut Vec<f32>,
+    (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+    dx: Option<(ArrayViewMut2<f32>, f32)>,
+) {
+    check(x.dim(), w.dim(), dy.dim(), shape);
+    let (k, p) = (shape.patch_len(), shape.positions());
+    cols.resize(k * p, 0.0);
+    let mut beta = beta_w;
+    for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
+        im2col(xn.as_slice().expect("rows of a standard matrix"), shape, cols);
+        let c = ArrayView2::from_shape((k, p), &cols[..]).expect("sized above");
+        let d = ArrayView2::from_shape((shape.out_channels, p), dy_n.to_slice().expect("standard rows"))
+            .expect("sized by check");
+        matmul_nt(1.0, d, c, beta, dw.view_mut());
+        beta = 1.0;
+    }
+    if x.nrows() == 0 && beta_w == 0.0 {
+        dw.fill(0.0);
+    }
+    if let Some((mut db, beta_b)) = db {
+        if beta_b == 0.0 {
+            db.fill(0.0);
+        }
+        for dy_n in dy.rows() {
+            for (chunk, g) in dy_n.to_slice().expect("standard rows").chunks_exact(p).zip(db.iter_mut()) {
+                *g += chunk.iter().sum::<f32>();
+            }
+        }
+    }
+    if let Some((mut dx, beta_x)) = dx {
+        assert_eq!(dx.dim(), x.dim(), "conv2d_backward: input gradient shape");
+        if beta_x == 0.0 {
+            dx.fill(0.0);
+        }
+        for (dy_n, mut dxn) in dy.rows().into_iter().zip(dx.rows_mut()) {
+            let d = ArrayView2::from_shape((shape.out_channels, p), dy_n.to_slice().expect("standard rows"))
+                .expect("sized by check");
+            let c = ArrayViewMut2::from_shape((k, p), &mut cols[..]).expect("sized above");
+            matmul_tn(1.0, w, d, 0.0, c);
+            col2im_add(cols, shape, dxn.as_slice_mut().expect("standard rows"));
+        }
+    }
+}
+
+#[track_caller]
+fn check(x: (usize, usize), w: (usize, usize), y: (usize, usize), shape: &Conv2dShape) {
+    assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
+    assert_eq!(x.1, shape.in_len(), "conv2d: input rows of {} for {shape:?}", x.1);
+    assert_eq!(w, (shape.out_channels, shape.patch_len()), "conv2d: weight {w:?} for {shape:?}");
+    assert_eq!(y, (x.0, shape.out_len()), "conv2d: output {y:?} for {} samples of {shape:?}", x.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array1, Array2};
+
+    use super::*;
+
+    fn shape(in_channels: usize, h: usize, w: usize, out: usize, k: usize, s: usize, p: usize) -> Conv2dShape {
+        Conv2dShape { in_channels, height: h, width: w, out_channels: out, kernel: k, stride: s, padding: p }
+    }
+
+    /// The definition, term by term.
+    fn naive(x: &[f32], w: &[f32], b: &[f32], sh: &Conv2dShape) -> Vec<f32> {
+        let (oh, ow, k) = (sh.out_height(), sh.out_width(), sh.kernel);
+        let mut y = vec![0.0; sh.out_len()];
+        for o in 0..sh.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b[o];
+                    for c in 0..sh.in_channels {
+                        for i in 0..k {
+                            for j in 0..k {
+                                if let Some(s) = sh.source(c, i, j, oy, ox) {
+                                    acc += w[((o * sh.in_channels + c) * k + i) * k + j] * x[s];
+                                }
+                            }
+                        }
+                    }
+                    y[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn output_sizes_round_down_as_in_pytorch() {
+        let s = shape(1, 28, 28, 6, 5, 1, 2);
+        assert_eq!((s.out_height(), s.out_width(), s.out_len()), (28, 28, 6 * 784));
+        let s = shape(3, 7, 6, 4, 3, 2, 1);
+        assert_eq!((s.out_height(), s.out_width()), (4, 3));
+        assert!(!shape(1, 3, 3, 1, 5, 1, 0).is_valid());
+    }
+
+    #[test]
+    fn the_product_is_the_definitions_sum() {
+        for sh in [shape(3, 7, 6, 4, 3, 1, 0), shape(3, 7, 6, 4, 3, 2, 1), shape(1, 8, 8, 2, 5, 1, 2)] {
+            let n = 2;
+            let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
+            let w =
+                Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 * 0.5);
+            let b = Array1::from_shape_fn(sh.out_channels, |o| o as f32);
+            let mut y = Array2::zeros((n, sh.out_len()));
+            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut Vec::new(), y.view_mut());
+            for s in 0..n {
+                let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), b.as_slice().unwrap(), &sh);
+                assert_eq!(y.row(s).to_vec(), want, "{sh:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> = <x, col2im(c)> for any x and c.
+        let sh = shape(2, 5, 4, 1, 3, 2, 1);
+        let x: Vec<f32> = (0..sh.in_len()).map(|v| (v % 7) as f32 - 3.0).collect();
+        let c: Vec<f32> = (0..sh.patch_len() * sh.positions()).map(|v| (v % 5) as f32 - 2.0).collect();
+        let mut cols = vec![0.0; c.len()];
+        im2col(&x, &sh, &mut cols);
+        let mut back = vec![0.0; x.len()];
+        col2im_add(&c, &sh, &mut back);
+        let left: f32 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+        let right: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+        assert_eq!(left, right);
+    }
+}
