@@ -97,3 +97,131 @@ fn max_pool2d_outputs_and_gradients_match_pytorch() {
         assert_eq!(view.iter().filter(|&&v| v != 0.0).count(), want.iter().filter(|&&v| v != 0.0).count(), "{name}");
     }
 }
+
+/// Forward and backward through `model` on one batch: (loss, logits, gradients by name).
+fn run_batch(model: &nn::Sequential, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, Vec<(String, Vec<f32>)>) {
+    use nn::Model;
+    let mut tape = nn::Tape::new();
+    let input = tape.input(x);
+    let logits = model.forward(&mut tape, input);
+    let loss = tape.cross_entropy(logits, y);
+    let mut grads = nn::Grads::new(model.params());
+    tape.backward(loss, model.params(), &mut grads);
+    let named = model
+        .params()
+        .ids()
+        .map(|id| (model.params().get(id).name().to_owned(), grads.tensor(model.params(), id).unwrap().into_data()))
+        .collect();
+    (tape.value(loss)[[0, 0]], tape.value(logits).iter().copied().collect(), named)
+}
+
+fn sequential(
+    layers: &str,
+    input: [usize; 3],
+    tensors: impl IntoIterator<Item = (String, nn::Tensor)>,
+) -> nn::Sequential {
+    use nn::Model;
+    let config = nn::SequentialConfig::parse(layers, input).unwrap();
+    let mut state = nn::Model::state_dict(&nn::Sequential::new(&config, &mut train::init_rng(0)));
+    for (name, tensor) in tensors {
+        assert!(state.get(&name).is_some(), "{name} is not a parameter of {layers}");
+        state.insert(name, tensor);
+    }
+    nn::Sequential::from_state_dict(&state).unwrap()
+}
+
+#[test]
+fn a_tiny_cnn_trains_five_adam_steps_as_pytorch_does() {
+    use nn::Model;
+    use optim::Optimizer;
+    let Some(json) = conv_json() else { return };
+    let case = &json["tiny_cnn"];
+    let tensors = case["init"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, v)| (name.clone(), nn::Tensor::new(crate::reference::shape(v), floats(v))));
+    let mut model = sequential("conv(2,3,pad=1),relu,maxpool(2),flatten,linear(3)", [1, 6, 6], tensors);
+    let x = rows(floats(&case["x"]), 4);
+    let y: Vec<usize> = case["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let (loss, logits, grads) = run_batch(&model, x.view(), &y);
+    assert_close("tiny_cnn logits", &logits, &floats(&case["logits"]));
+    assert_close("tiny_cnn loss", &[loss], &[case["loss"].as_f64().unwrap() as f32]);
+    for (name, grad) in grads {
+        assert_close(&format!("tiny_cnn grad {name}"), &grad, &floats(&case["grads"][&name]));
+    }
+    let mut adam = optim::Adam::new(optim::AdamConfig { lr: 0.01, ..Default::default() }).unwrap();
+    for (k, step) in case["adam_lr0.01"].as_array().unwrap().iter().enumerate() {
+        let mut tape = nn::Tape::new();
+        let input = tape.input(x.view());
+        let logits = model.forward(&mut tape, input);
+        let loss = tape.cross_entropy(logits, &y);
+        assert_close(
+            &format!("step {k} loss"),
+            &[tape.value(loss)[[0, 0]]],
+            &[step["loss_before_step"].as_f64().unwrap() as f32],
+        );
+        let mut grads = nn::Grads::new(model.params());
+        tape.backward(loss, model.params(), &mut grads);
+        adam.step(model.params_mut(), &grads).unwrap();
+        for p in model.params().iter() {
+            assert_close(
+                &format!("step {k} {}", p.name()),
+                p.to_tensor().data(),
+                &floats(&step["params_after_step"][p.name()]),
+            );
+        }
+    }
+}
+
+#[test]
+fn lenet_on_the_first_mnist_batch_matches_pytorch() {
+    use nn::Model;
+    use optim::Optimizer;
+    let Some(dir) = testkit::reference_dir() else { return };
+    let bytes = std::fs::read(dir.join("lenet_first_batch.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |name: &str| crate::reference::tensor(&st, name);
+    let names = [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "fc3.weight",
+        "fc3.bias",
+    ];
+    let tensors = names.iter().map(|n| {
+        let (shape, values) = get(&format!("init.{n}"));
+        ((*n).to_owned(), nn::Tensor::new(shape, values))
+    });
+    let mut lenet = sequential(nn::SequentialConfig::LENET, [1, 28, 28], tensors);
+    let x = rows(get("input").1, 64);
+    let labels = st.tensor("labels").unwrap();
+    let y: Vec<usize> =
+        labels.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+    let (loss, logits, grads) = run_batch(&lenet, x.view(), &y);
+    assert_close("lenet logits", &logits, &get("logits").1);
+    assert_close("lenet loss", &[loss], &get("loss").1);
+    let mut nn_grads = nn::Grads::new(lenet.params());
+    for (name, grad) in &grads {
+        assert_close(&format!("lenet grad.{name}"), grad, &get(&format!("grad.{name}")).1);
+        let id = lenet.params().by_name(name).unwrap();
+        let (shape, torch_grad) = get(&format!("grad.{name}"));
+        nn_grads.set(id, &lenet.params().get(id).aligned_from_tensor(&nn::Tensor::new(shape, torch_grad)).unwrap());
+    }
+    // Adam fed PyTorch's gradients lands on PyTorch's parameters.
+    optim::Adam::new(optim::AdamConfig::default()).unwrap().step(lenet.params_mut(), &nn_grads).unwrap();
+    for p in lenet.params().iter() {
+        assert_close(
+            &format!("adam_step1.{}", p.name()),
+            p.to_tensor().data(),
+            &get(&format!("adam_step1.{}", p.name())).1,
+        );
+    }
+    let (loss_after, _, _) = run_batch(&lenet, x.view(), &y);
+    assert_close("adam_step1.loss", &[loss_after], &get("adam_step1.loss").1);
+}

@@ -174,7 +174,7 @@ fn optimizer_trajectories_match_pytorch() {
 }
 
 /// The f32 tensor `name` of a safetensors file.
-fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+pub(crate) fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(name).unwrap();
     assert_eq!(t.dtype(), Dtype::F32, "{name}");
     let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

@@ -42,6 +42,12 @@ pub enum NnError {
         /// Its name.
         name: String,
     },
+    /// A list of layers that does not describe a model.
+    #[error("layers: {reason}")]
+    BadLayers {
+        /// The layer and what is wrong with it.
+        reason: String,
+    },
     /// Bytes that are not a whole, valid safetensors file.
     #[error("not a safetensors file: {reason}")]
     NotSafetensors {

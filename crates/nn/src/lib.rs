@@ -38,6 +38,7 @@ mod loss;
 mod mlp;
 mod model;
 mod params;
+mod sequential;
 mod state;
 mod tape;
 
@@ -48,6 +49,7 @@ pub use loss::cross_entropy_sum;
 pub use mlp::{Mlp, MlpConfig};
 pub use model::{Inference, Model};
 pub use params::{Param, ParamId, Params};
+pub use sequential::{Layer, Sequential, SequentialConfig};
 pub use state::{Scope, StateDict, Tensor};
 pub use tape::{Tape, Var};
 

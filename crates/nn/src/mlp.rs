@@ -185,6 +185,13 @@ impl Mlp {
         Self { config: config.clone(), layers, params }
     }
 
+    /// The model of `config` with `params`, which a `Sequential` of the same layers built.
+    pub(crate) fn from_params(config: MlpConfig, params: Params) -> Self {
+        let mut mlp = Self::zeros(&config);
+        mlp.params = params;
+        mlp
+    }
+
     /// The model's shape.
     pub fn config(&self) -> &MlpConfig {
         &self.config
@@ -252,7 +259,7 @@ impl Model for Mlp {
     #[track_caller]
     fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
         let rows = x.nrows();
-        let Inference { layers: buffers, sparse } = scratch;
+        let Inference { layers: buffers, sparse, .. } = scratch;
         buffers.resize_with(self.layers.len(), Vec::new);
         for (i, layer) in self.layers.iter().enumerate() {
             let (done, todo) = buffers.split_at_mut(i);

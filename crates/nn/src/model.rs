@@ -71,4 +71,6 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
 pub struct Inference {
     pub(crate) layers: Vec<Vec<f32>>,
     pub(crate) sparse: tensor::SparseRows,
+    pub(crate) cols: Vec<f32>,
+    pub(crate) indices: Vec<u32>,
 }

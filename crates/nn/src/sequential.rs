@@ -1,0 +1,751 @@
+//! Models a user describes as a sequence of layers, convolutional or not, written as text:
+//!
+//! ```text
+//! conv(6,5,pad=2),relu,maxpool(2),conv(16,5),relu,maxpool(2),flatten,linear(120),relu,linear(84),relu,linear(10)
+//! ```
+//!
+//! - `conv(OUT,K)` a `K x K` convolution to `OUT` channels; options `stride=S`, `pad=P`,
+//!   `bias=false` (defaults 1, 0, true);
+//! - `maxpool(K)` or `maxpool(K,S)` max pooling over `K x K` windows (stride `K` by default);
+//! - `relu`, `flatten` (channels, rows, columns: PyTorch's order), `linear(OUT)`,
+//!   `dropout(P)` (the probability of zeroing a value).
+//!
+//! Parameters are named as PyTorch's examples name them: `conv1.weight`, `conv1.bias`, ... for
+//! the convolutions in order and `fc1.weight`, ... for the linear layers.
+
+use std::fmt;
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rand::Rng;
+
+use crate::MlpConfig;
+use crate::error::NnError;
+use crate::linear::Linear;
+use crate::model::{Inference, Model};
+use crate::params::{ParamId, Params};
+use crate::state::{Scope, StateDict};
+use crate::tape::{Tape, Var};
+
+/// One layer as a user writes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Layer {
+    /// `nn.Conv2d(in, out, kernel, stride, padding, bias)`; `in` comes from the input.
+    Conv2d {
+        /// Output channels.
+        out: usize,
+        /// Kernel side.
+        kernel: usize,
+        /// Step between windows.
+        stride: usize,
+        /// Zeros added on every side.
+        padding: usize,
+        /// Whether there is a bias.
+        bias: bool,
+    },
+    /// `nn.MaxPool2d(kernel, stride)`.
+    MaxPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Step between windows.
+        stride: usize,
+    },
+    /// `nn.ReLU()`.
+    Relu,
+    /// `nn.Flatten()`: `[C, H, W]` to `C·H·W` values, in that order.
+    Flatten,
+    /// `nn.Linear(in, out)`; `in` comes from the input.
+    Linear {
+        /// Output width.
+        out: usize,
+    },
+    /// `nn.Dropout(p)`: zeroes each value with probability `p` while training.
+    Dropout {
+        /// The probability of zeroing a value.
+        p: f32,
+    },
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Conv2d { out, kernel, stride, padding, bias } => {
+                write!(f, "conv({out},{kernel}")?;
+                if stride != 1 {
+                    write!(f, ",stride={stride}")?;
+                }
+                if padding != 0 {
+                    write!(f, ",pad={padding}")?;
+                }
+                if !bias {
+                    f.write_str(",bias=false")?;
+                }
+                f.write_str(")")
+            }
+            Self::MaxPool2d { kernel, stride } if stride == kernel => write!(f, "maxpool({kernel})"),
+            Self::MaxPool2d { kernel, stride } => write!(f, "maxpool({kernel},{stride})"),
+            Self::Relu => f.write_str("relu"),
+            Self::Flatten => f.write_str("flatten"),
+            Self::Linear { out } => write!(f, "linear({out})"),
+            Self::Dropout { p } => write!(f, "dropout({p})"),
+        }
+    }
+}
+
+/// A model's layers and the shape of its input: what a model file records to rebuild it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequentialConfig {
+    /// The input's channels, rows and columns (`[1, 28, 28]` for MNIST).
+    pub input: [usize; 3],
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+}
+
+/// The metadata keys of a sequential model's file.
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "mnist-sequential";
+const LAYERS_KEY: &str = "layers";
+const INPUT_KEY: &str = "input";
+
+/// The shape of the values between two layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Channels, rows, columns.
+    Image(usize, usize, usize),
+    /// A flat row.
+    Flat(usize),
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        match self {
+            Self::Image(c, h, w) => c * h * w,
+            Self::Flat(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Image(c, h, w) => write!(f, "{c}x{h}x{w}"),
+            Self::Flat(n) => write!(f, "{n} values"),
+        }
+    }
+}
+
+impl SequentialConfig {
+    /// LeNet-5 for 28x28 images, as PyTorch's tutorials write it.
+    pub const LENET: &'static str = "conv(6,5,pad=2),relu,maxpool(2),conv(16,5),relu,maxpool(2),flatten,linear(120),relu,linear(84),relu,linear(10)";
+
+    /// Parses a layer list (see the [module](self) docs) for inputs of `input` = `[C, H, W]`.
+    ///
+    /// ```
+    /// let config = nn::SequentialConfig::parse("conv(4,3,pad=1),relu,maxpool(2),flatten,linear(10)", [1, 8, 8]).unwrap();
+    /// assert_eq!(config.to_string(), "conv(4,3,pad=1),relu,maxpool(2),flatten,linear(10)");
+    /// assert_eq!(config.classes().unwrap(), 10);
+    /// ```
+    ///
+    /// # Errors
+    /// [`NnError::BadLayers`] naming the layer: unknown, malformed, or a shape that does not
+    /// fit (a kernel larger than its input, a linear layer on images without `flatten`).
+    pub fn parse(text: &str, input: [usize; 3]) -> Result<Self, NnError> {
+        let layers = split_top_level(text).into_iter().map(parse_layer).collect::<Result<Vec<_>, _>>()?;
+        let config = Self { input, layers };
+        config.shapes()?;
+        Ok(config)
+    }
+
+    /// An MLP as a sequence: `flatten`, then `linear` layers with ReLU between them (and after
+    /// the last with `output_relu`).
+    pub fn mlp(input: [usize; 3], config: &MlpConfig) -> Self {
+        let mut layers = vec![Layer::Flatten];
+        let last = config.widths.len() - 2;
+        for (i, &out) in config.widths[1..].iter().enumerate() {
+            layers.push(Layer::Linear { out });
+            if i < last || config.output_relu {
+                layers.push(Layer::Relu);
+            }
+        }
+        Self { input, layers }
+    }
+
+    /// The number of classes: the width of the last layer's output.
+    ///
+    /// # Errors
+    /// As [`SequentialConfig::parse`].
+    pub fn classes(&self) -> Result<usize, NnError> {
+        Ok(self.shapes()?.last().map_or(0, |s| s.len()))
+    }
+
+    /// The shape after every layer, checking that each fits.
+    fn shapes(&self) -> Result<Vec<Shape>, NnError> {
+        let [c, h, w] = self.input;
+        if c * h * w == 0 {
+            return Err(NnError::BadLayers { reason: format!("an input of {c}x{h}x{w} has no values") });
+        }
+        let mut shape = Shape::Image(c, h, w);
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let bad = |why: String| NnError::BadLayers { reason: format!("{layer}: {why}") };
+            shape = match (*layer, shape) {
+                (Layer::Conv2d { out, kernel, stride, .. }, Shape::Image(c, h, w)) => {
+                    if out == 0 || kernel == 0 || stride == 0 {
+                        return Err(bad("sizes must be at least 1".into()));
+                    }
+                    let geom = conv_shape(*layer, (c, h, w));
+                    if !geom.is_valid() {
+                        return Err(bad(format!("its input is {shape}, smaller than the {kernel}x{kernel} kernel")));
+                    }
+                    Shape::Image(out, geom.out_height(), geom.out_width())
+                }
+                (Layer::MaxPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
+                    if kernel == 0 || stride == 0 {
+                        return Err(bad("sizes must be at least 1".into()));
+                    }
+                    if h < kernel || w < kernel {
+                        return Err(bad(format!("its input is {shape}, smaller than the {kernel}x{kernel} window")));
+                    }
+                    let geom = pool_shape(kernel, stride, (c, h, w));
+                    Shape::Image(c, geom.out_height(), geom.out_width())
+                }
+                (Layer::Conv2d { .. } | Layer::MaxPool2d { .. }, Shape::Flat(_)) => {
+                    return Err(bad(format!("its input is {shape}, not images: it must come before flatten")));
+                }
+                (Layer::Flatten, s) => Shape::Flat(s.len()),
+                (Layer::Linear { out }, Shape::Flat(_)) if out > 0 => Shape::Flat(out),
+                (Layer::Linear { .. }, Shape::Flat(_)) => return Err(bad("a width of 0".into())),
+                (Layer::Linear { .. }, Shape::Image(..)) => {
+                    return Err(bad(format!("its input is {shape}: add flatten before it")));
+                }
+                (Layer::Dropout { p }, s) if (0.0..1.0).contains(&p) => s,
+                (Layer::Dropout { p }, _) => return Err(bad(format!("the probability {p} is not in [0, 1)"))),
+                (Layer::Relu, s) => s,
+            };
+            shapes.push(shape);
+        }
+        match shape {
+            Shape::Flat(_) => Ok(shapes),
+            Shape::Image(..) => {
+                Err(NnError::BadLayers { reason: format!("the model ends on {shape}: end with flatten and linear") })
+            }
+        }
+    }
+
+    /// The MLP this is, if it is one: `flatten` then linear layers with ReLU between them.
+    pub fn as_mlp(&self) -> Option<MlpConfig> {
+        let mut widths = vec![self.input.iter().product()];
+        let mut output_relu = false;
+        let mut layers = self.layers.iter().peekable();
+        if layers.next() != Some(&Layer::Flatten) {
+            return None;
+        }
+        while let Some(layer) = layers.next() {
+            let Layer::Linear { out } = *layer else { return None };
+            widths.push(out);
+            match layers.peek() {
+                Some(Layer::Relu) => {
+                    layers.next();
+                    output_relu = layers.peek().is_none();
+                }
+                Some(_) => return None,
+                None => {}
+            }
+        }
+        let config = MlpConfig { widths, output_relu };
+        (config.widths.len() >= 2 && Self::mlp(self.input, &config) == *self).then_some(config)
+    }
+
+    /// Reads the config a model file records.
+    ///
+    /// # Errors
+    /// Missing or malformed metadata.
+    pub fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
+        Self::parse(state.require_meta(LAYERS_KEY)?, Self::input_from_state_dict(state)?)
+    }
+
+    fn input_from_state_dict(state: &StateDict) -> Result<[usize; 3], NnError> {
+        let input_text = state.require_meta(INPUT_KEY)?;
+        let bad_input = || NnError::BadMetadata {
+            key: INPUT_KEY.into(),
+            value: input_text.into(),
+            expected: "channels,rows,columns",
+        };
+        let dims: Vec<usize> =
+            input_text.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad_input())?;
+        dims.try_into().map_err(|_| bad_input())
+    }
+}
+
+impl fmt::Display for SequentialConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{layer}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits at the commas outside parentheses.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut parts) = (0i32, 0, Vec::new());
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(text[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(text[start..].trim());
+    parts
+}
+
+fn parse_layer(text: &str) -> Result<Layer, NnError> {
+    let bad = |why: &str| NnError::BadLayers { reason: format!("{text:?}: {why}") };
+    let (name, args) = match text.split_once('(') {
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix(')').ok_or_else(|| bad("a parenthesis is not closed"))?;
+            (name.trim(), inner.split(',').map(str::trim).collect::<Vec<_>>())
+        }
+        None => (text, Vec::new()),
+    };
+    let mut positional = Vec::new();
+    let mut named = Vec::new();
+    for arg in args.iter().filter(|a| !a.is_empty()) {
+        match arg.split_once('=') {
+            Some((k, v)) => named.push((k.trim(), v.trim())),
+            None => positional.push(*arg),
+        }
+    }
+    let count = |v: &str| v.parse::<usize>().map_err(|_| bad(&format!("{v:?} is not a count")));
+    let option = |key: &str| named.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let check_options = |allowed: &[&str]| match named.iter().find(|(k, _)| !allowed.contains(k)) {
+        Some((k, _)) => Err(bad(&format!("unknown option {k:?}"))),
+        None => Ok(()),
+    };
+    let arity = |n: std::ops::RangeInclusive<usize>, what: &str| {
+        if n.contains(&positional.len()) { Ok(()) } else { Err(bad(&format!("takes {what}"))) }
+    };
+    match name {
+        "conv" => {
+            arity(2..=2, "output channels and a kernel size, as conv(6,5)")?;
+            check_options(&["stride", "pad", "bias"])?;
+            let bias = match option("bias") {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => return Err(bad(&format!("bias={other} is neither true nor false"))),
+            };
+            Ok(Layer::Conv2d {
+                out: count(positional[0])?,
+                kernel: count(positional[1])?,
+                stride: option("stride").map(count).transpose()?.unwrap_or(1),
+                padding: option("pad").map(count).transpose()?.unwrap_or(0),
+                bias,
+            })
+        }
+        "maxpool" => {
+            arity(1..=2, "a window size and perhaps a stride, as maxpool(2)")?;
+            check_options(&[])?;
+            let kernel = count(positional[0])?;
+            Ok(Layer::MaxPool2d { kernel, stride: positional.get(1).map(|s| count(s)).transpose()?.unwrap_or(kernel) })
+        }
+        "linear" => {
+            arity(1..=1, "an output width, as linear(10)")?;
+            check_options(&[])?;
+            Ok(Layer::Linear { out: count(positional[0])? })
+        }
+        "dropout" => {
+            arity(1..=1, "a probability, as dropout(0.5)")?;
+            check_options(&[])?;
+            let p = positional[0].parse::<f32>().map_err(|_| bad("the probability is not a number"))?;
+            Ok(Layer::Dropout { p })
+        }
+        "relu" | "flatten" if args.iter().all(|a| a.is_empty()) => {
+            Ok(if name == "relu" { Layer::Relu } else { Layer::Flatten })
+        }
+        "relu" | "flatten" => Err(bad("takes no arguments")),
+        "" => Err(bad("an empty layer")),
+        _ => Err(bad("unknown layer; known: conv, maxpool, relu, flatten, linear, dropout")),
+    }
+}
+
+fn conv_shape(layer: Layer, (c, h, w): (usize, usize, usize)) -> tensor::Conv2dShape {
+    let Layer::Conv2d { out, kernel, stride, padding, .. } = layer else { unreachable!("a convolution") };
+    tensor::Conv2dShape { in_channels: c, height: h, width: w, out_channels: out, kernel, stride, padding }
+}
+
+fn pool_shape(kernel: usize, stride: usize, (c, h, w): (usize, usize, usize)) -> tensor::MaxPool2dShape {
+    tensor::MaxPool2dShape { channels: c, height: h, width: w, kernel, stride }
+}
+
+/// A layer built: its parameters and its geometry.
+#[derive(Debug, Clone)]
+enum Built {
+    Conv { weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape },
+    Pool(tensor::MaxPool2dShape),
+    Relu,
+    Flatten,
+    Linear(Linear),
+    Dropout(f32),
+}
+
+/// A model built from a [`SequentialConfig`], owning its parameters. The first layer with
+/// parameters reads the data as sparse rows when it is a linear layer (images are mostly
+/// zeros), as [`Mlp`](crate::Mlp) does.
+///
+/// Dropout layers need a generator: [`Sequential::forward_with_dropout`] draws their masks from
+/// it; [`Model::forward`] leaves dropout out (evaluation mode).
+///
+/// ```
+/// use nn::{Model, Sequential, SequentialConfig};
+/// let config = SequentialConfig::parse(SequentialConfig::LENET, [1, 28, 28]).unwrap();
+/// let lenet = Sequential::new(&config, &mut train_rng());
+/// assert_eq!(lenet.params().num_scalars(), 61_706);
+/// assert_eq!(lenet.params().get(lenet.params().by_name("conv2.weight").unwrap()).shape(), &[16, 6, 5, 5]);
+/// # fn train_rng() -> rand_chacha::ChaCha8Rng { rand::SeedableRng::seed_from_u64(0) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Sequential {
+    config: SequentialConfig,
+    layers: Vec<Built>,
+    params: Params,
+    classes: usize,
+}
+
+impl Sequential {
+    /// A model initialised as PyTorch initialises `nn.Conv2d` and `nn.Linear` (uniform in
+    /// `±1/sqrt(fan_in)`), layer by layer, from the caller's generator.
+    ///
+    /// # Panics
+    /// If the config does not fit its input (configs from [`SequentialConfig::parse`] do).
+    #[track_caller]
+    pub fn new<R: Rng + ?Sized>(config: &SequentialConfig, rng: &mut R) -> Self {
+        Self::build(config, |fan_out, fan_in| {
+            let (w, b) = tensor::linear_init(fan_out, fan_in, rng);
+            (w.into_raw_vec_and_offset().0, b.to_vec())
+        })
+    }
+
+    fn build(config: &SequentialConfig, mut init: impl FnMut(usize, usize) -> (Vec<f32>, Vec<f32>)) -> Self {
+        let shapes = config.shapes().unwrap_or_else(|e| panic!("{e}"));
+        let mut params = Params::new();
+        let (mut convs, mut linears) = (0, 0);
+        let mut shape = Shape::Image(config.input[0], config.input[1], config.input[2]);
+        let mut layers = Vec::with_capacity(config.layers.len());
+        for (layer, &next) in config.layers.iter().zip(&shapes) {
+            let first_with_params = convs + linears == 0;
+            layers.push(match (*layer, shape) {
+                (Layer::Conv2d { out, kernel, bias, .. }, Shape::Image(c, h, w)) => {
+                    convs += 1;
+                    let geom = conv_shape(*layer, (c, h, w));
+                    let scope = Scope::new(format!("conv{convs}"));
+                    let (wv, bv) = init(out, geom.patch_len());
+                    let weight = params.add(scope.name("weight"), &[out, c, kernel, kernel], wv);
+                    let bias = bias.then(|| params.add(scope.name("bias"), &[out], bv));
+                    Built::Conv { weight, bias, shape: geom }
+                }
+                (Layer::MaxPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
+                    Built::Pool(pool_shape(kernel, stride, (c, h, w)))
+                }
+                (Layer::Linear { out }, Shape::Flat(inputs)) => {
+                    linears += 1;
+                    let (wv, bv) = init(out, inputs);
+                    let mut linear = Linear::from_values(&mut params, &format!("fc{linears}"), inputs, out, wv, bv);
+                    linear.sparse_input = first_with_params;
+                    Built::Linear(linear)
+                }
+                (Layer::Relu, _) => Built::Relu,
+                (Layer::Flatten, _) => Built::Flatten,
+                (Layer::Dropout { p }, _) => Built::Dropout(p),
+                (layer, shape) => unreachable!("{layer} on {shape} passed the shape check"),
+            });
+            shape = next;
+        }
+        Self { config: config.clone(), layers, params, classes: shape.len() }
+    }
+
+    /// The model's description.
+    pub fn config(&self) -> &SequentialConfig {
+        &self.config
+    }
+
+    /// Records the forward pass in training mode: dropout layers draw their masks from `rng`.
+    ///
+    /// # Panics
+    /// If `x` is not as wide as the input.
+    #[track_caller]
+    pub fn forward_with_dropout(&self, tape: &mut Tape, x: Var, rng: Option<&mut dyn rand::RngCore>) -> Var {
+        let mut rng = rng;
+        let mut h = x;
+        for layer in &self.layers {
+            h = match layer {
+                Built::Conv { weight, bias, shape } => tape.conv2d(&self.params, h, *weight, *bias, *shape),
+                Built::Pool(shape) => tape.max_pool2d(h, *shape),
+                Built::Relu => tape.relu(h),
+                Built::Flatten => h,
+                Built::Linear(linear) => linear.forward(tape, &self.params, h),
+                Built::Dropout(p) => match rng.as_deref_mut() {
+                    Some(rng) => tape.dropout(h, *p, rng),
+                    None => h,
+                },
+            };
+        }
+        h
+    }
+}
+
+impl Model for Sequential {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
+    }
+
+    fn input_width(&self) -> usize {
+        self.config.input.iter().product()
+    }
+
+    fn classes(&self) -> usize {
+        self.classes
+    }
+
+    fn describe(&self) -> String {
+        self.config.to_string()
+    }
+
+    fn forward(&self, tape: &mut Tape, x: Var) -> Var {
+        self.forward_with_dropout(tape, x, None)
+    }
+
+    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
+        let rows = x.nrows();
+        assert_eq!(
+            x.ncols(),
+            self.input_width(),
+            "input is {} wide, the model takes {}",
+            x.ncols(),
+            self.input_width()
+        );
+        let Inference { layers: buffers, sparse, cols, indices } = scratch;
+        buffers.resize_with(2, Vec::new);
+        let (mut width, mut current) = (x.ncols(), None::<usize>);
+        for layer in &self.layers {
+            let out_width = match layer {
+                Built::Conv { shape, .. } => shape.out_len(),
+                Built::Pool(shape) => shape.out_len(),
+                Built::Linear(l) => l.out_features,
+                Built::Relu => {
+                    if let Some(i) = current {
+                        buffers[i].iter_mut().for_each(|v| *v = v.max(0.0));
+                    } else {
+                        let mut copy = x.to_owned();
+                        copy.mapv_inplace(|v| v.max(0.0));
+                        buffers[0] = copy.into_raw_vec_and_offset().0;
+                        current = Some(0);
+                    }
+                    continue;
+                }
+                Built::Flatten | Built::Dropout(_) => continue,
+            };
+            let target = current.map_or(0, |i| 1 - i);
+            let (a, b) = buffers.split_at_mut(1);
+            let (src, dst) = if target == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
+            let input = match current {
+                Some(_) => {
+                    ArrayView2::from_shape((rows, width), &src[..rows * width]).expect("previous layer's output")
+                }
+                None => x.view(),
+            };
+            dst.resize(rows * out_width, 0.0);
+            let y = ArrayViewMut2::from_shape((rows, out_width), &mut dst[..]).expect("sized above");
+            match layer {
+                Built::Conv { weight, bias, shape } => {
+                    let bias = bias.map(|b| self.params.vector(b));
+                    tensor::conv2d(input, self.params.matrix(*weight), bias, shape, cols, y);
+                }
+                Built::Pool(shape) => tensor::max_pool2d(input, shape, y, indices),
+                Built::Linear(l) => {
+                    let (w, b) = (self.params.matrix(l.weight), self.params.vector(l.bias));
+                    crate::tape::linear_forward(input, w, Some(b), l.sparse_input.then_some(&mut *sparse), y);
+                }
+                _ => unreachable!("handled above"),
+            }
+            width = out_width;
+            current = Some(target);
+        }
+        let last = current.expect("a model has a layer with output");
+        ArrayView2::from_shape((rows, width), &buffers[last][..rows * width]).expect("last layer's output")
+    }
+
+    fn state_dict(&self) -> StateDict {
+        if let Some(mlp) = self.config.as_mlp() {
+            // An MLP's file, as Mlp writes it, which every earlier reader understands.
+            let mut state = crate::Mlp::from_params(mlp, self.params.clone()).state_dict();
+            state.set_meta(INPUT_KEY, self.config.input.map(|d| d.to_string()).join(","));
+            return state;
+        }
+        let mut state = self.params.state_dict();
+        let [c, h, w] = self.config.input;
+        state.set_meta(FORMAT_KEY, FORMAT);
+        state.set_meta(INPUT_KEY, format!("{c},{h},{w}"));
+        state.set_meta(LAYERS_KEY, self.config.to_string());
+        state
+    }
+
+    /// Reads a file written by [`Model::state_dict`] of a `Sequential`, or an MLP's file
+    /// ([`Mlp`](crate::Mlp), which records its widths): then the input is one channel of
+    /// `1 x inputs` values, as flat as an MLP takes it.
+    fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
+        let config = match state.meta(LAYERS_KEY) {
+            Some(_) => SequentialConfig::from_state_dict(state)?,
+            None => {
+                let mlp = MlpConfig::from_state_dict(state)?;
+                let input = match state.meta(INPUT_KEY) {
+                    Some(_) => SequentialConfig::input_from_state_dict(state)?,
+                    None => [1, 1, mlp.widths[0]],
+                };
+                if input.iter().product::<usize>() != mlp.widths[0] {
+                    return Err(NnError::BadMetadata {
+                        key: INPUT_KEY.into(),
+                        value: input.map(|d| d.to_string()).join(","),
+                        expected: "as many values as the first width",
+                    });
+                }
+                SequentialConfig::mlp(input, &mlp)
+            }
+        };
+        let mut model = Self::build(&config, |fan_out, fan_in| (vec![0.0; fan_out * fan_in], vec![0.0; fan_out]));
+        model.params.load_state_dict(state)?;
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::Mlp;
+
+    fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
+    }
+
+    #[test]
+    fn bad_layer_lists_are_refused_naming_the_layer_and_the_shapes() {
+        for (text, message) in [
+            ("conv(6,5),relu,linear(10)", "layers: linear(10): its input is 6x24x24: add flatten before it"),
+            (
+                "conv(6,30),flatten,linear(10)",
+                "layers: conv(6,30): its input is 1x28x28, smaller than the 30x30 kernel",
+            ),
+            (
+                "flatten,conv(2,3),flatten,linear(3)",
+                "layers: conv(2,3): its input is 784 values, not images: it must come before flatten",
+            ),
+            ("conv(2,3)", "layers: the model ends on 2x26x26: end with flatten and linear"),
+            ("flatten,linear(0)", "layers: linear(0): a width of 0"),
+            ("flatten,dropout(1.5),linear(10)", "layers: dropout(1.5): the probability 1.5 is not in [0, 1)"),
+            (
+                "flatten,lin(10)",
+                "layers: \"lin(10)\": unknown layer; known: conv, maxpool, relu, flatten, linear, dropout",
+            ),
+            (
+                "conv(6),flatten,linear(10)",
+                "layers: \"conv(6)\": takes output channels and a kernel size, as conv(6,5)",
+            ),
+            ("conv(6,5,padding=2),flatten,linear(3)", "layers: \"conv(6,5,padding=2)\": unknown option \"padding\""),
+            ("conv(6,x),flatten,linear(3)", "layers: \"conv(6,x)\": \"x\" is not a count"),
+            ("flatten,linear(10", "layers: \"linear(10\": a parenthesis is not closed"),
+            ("flatten,,linear(10)", "layers: \"\": an empty layer"),
+        ] {
+            let err = SequentialConfig::parse(text, [1, 28, 28]).unwrap_err();
+            assert_eq!(err.to_string(), message, "{text}");
+        }
+    }
+
+    #[test]
+    fn lenet_has_pytorchs_names_shapes_and_output() {
+        let config = SequentialConfig::parse(SequentialConfig::LENET, [1, 28, 28]).unwrap();
+        assert_eq!(config.to_string(), SequentialConfig::LENET);
+        let lenet = Sequential::new(&config, &mut rng(0));
+        let names: Vec<(&str, &[usize])> = lenet.params().iter().map(|p| (p.name(), p.shape())).collect();
+        assert_eq!(
+            names,
+            [
+                ("conv1.weight", &[6, 1, 5, 5][..]),
+                ("conv1.bias", &[6]),
+                ("conv2.weight", &[16, 6, 5, 5]),
+                ("conv2.bias", &[16]),
+                ("fc1.weight", &[120, 400]),
+                ("fc1.bias", &[120]),
+                ("fc2.weight", &[84, 120]),
+                ("fc2.bias", &[84]),
+                ("fc3.weight", &[10, 84]),
+                ("fc3.bias", &[10]),
+            ]
+        );
+        assert_eq!((lenet.input_width(), lenet.classes()), (784, 10));
+    }
+
+    #[test]
+    fn inference_matches_the_tape_and_files_round_trip() {
+        let config = SequentialConfig::parse(
+            "conv(3,3,pad=1),relu,maxpool(2),conv(4,3,stride=2,bias=false),relu,flatten,dropout(0.5),linear(5)",
+            [2, 9, 8],
+        )
+        .unwrap();
+        let model = Sequential::new(&config, &mut rng(1));
+        let x = Array2::from_shape_fn(
+            (3, 144),
+            |(i, j)| if (i * 7 + j) % 3 == 0 { ((i + j) % 5) as f32 * 0.2 } else { 0.0 },
+        );
+        let mut tape = Tape::new();
+        let input = tape.input(x.view());
+        let logits = model.forward(&mut tape, input);
+        assert_eq!(tape.value(logits), model.logits(x.view()));
+
+        let back =
+            Sequential::from_state_dict(&StateDict::from_safetensors(&model.state_dict().to_safetensors()).unwrap())
+                .unwrap();
+        assert_eq!((back.config(), back.params()), (model.config(), model.params()));
+        assert_eq!(back.logits(x.view()), model.logits(x.view()));
+    }
+
+    #[test]
+    fn an_mlp_as_a_sequence_is_the_mlp_bit_for_bit_and_saves_as_one() {
+        let mlp_config = MlpConfig { widths: vec![16, 8, 5, 3], output_relu: true };
+        let config = SequentialConfig::mlp([1, 4, 4], &mlp_config);
+        assert_eq!(config.to_string(), "flatten,linear(8),relu,linear(5),relu,linear(3),relu");
+        assert_eq!(config.as_mlp(), Some(mlp_config.clone()));
+        let (seq, mlp) = (Sequential::new(&config, &mut rng(2)), Mlp::new(&mlp_config, &mut rng(2)));
+        assert_eq!(seq.params(), mlp.params());
+        let x = Array2::from_shape_fn((4, 16), |(i, j)| if (i + j) % 4 == 0 { 0.5 } else { 0.0 });
+        assert_eq!(seq.logits(x.view()), mlp.logits(x.view()));
+
+        let mut seq_state = seq.state_dict();
+        assert_eq!(seq_state.meta("input"), Some("1,4,4"));
+        seq_state.set_meta("input", "");
+        let mut mlp_state = mlp.state_dict();
+        mlp_state.set_meta("input", "");
+        assert_eq!(seq_state, mlp_state, "the MLP's file, with the input's shape beside it");
+        // An MLP's file loads as a sequence, and so does one without the input's shape.
+        assert_eq!(Sequential::from_state_dict(&mlp.state_dict()).unwrap().params(), mlp.params());
+        assert_eq!(Sequential::from_state_dict(&seq.state_dict()).unwrap().config(), &config);
+        assert_eq!(
+            SequentialConfig::parse("flatten,linear(3),relu,linear(2)", [1, 1, 5]).unwrap().as_mlp().unwrap().widths,
+            [5, 3, 2]
+        );
+        assert_eq!(SequentialConfig::parse("flatten,linear(3),linear(2)", [1, 1, 5]).unwrap().as_mlp(), None);
+    }
+}
