@@ -98,8 +98,11 @@ fn max_pool2d_outputs_and_gradients_match_pytorch() {
     }
 }
 
+/// Every parameter's gradient by name, row-major.
+type NamedGrads = Vec<(String, Vec<f32>)>;
+
 /// Forward and backward through `model` on one batch: (loss, logits, gradients by name).
-fn run_batch(model: &nn::Sequential, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, Vec<(String, Vec<f32>)>) {
+fn run_batch(model: &nn::Sequential, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, NamedGrads) {
     use nn::Model;
     let mut tape = nn::Tape::new();
     let input = tape.input(x);
