@@ -50,7 +50,9 @@ fn defaults() -> (Settings, AdamConfig) {
 }
 
 /// Flags that define a run: a resumed run keeps its own, so clap refuses them with --resume.
-const RUN_DEFINING: [&str; 10] = [
+const RUN_DEFINING: [&str; 12] = [
+    "model",
+    "layers",
     "batch_size",
     "lr",
     "optimizer",
@@ -87,11 +89,22 @@ pub(crate) struct TrainArgs {
           help = format!("Weight decay: L2 for adam and sgd, decoupled for adamw [default: 0, adamw {}]",
                          OptimizerConfig::Adam(defaults().1).weight_decay().coefficient()))]
     pub(crate) weight_decay: Option<f64>,
+    /// mlp (the notebook's, shaped by --hidden and --output-relu) or lenet (LeNet-5, as in
+    /// PyTorch's tutorials) [default: mlp].
+    #[arg(long, value_enum, conflicts_with = "layers")]
+    pub(crate) model: Option<ModelKind>,
+    /// A model as a list of layers, e.g. "conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)":
+    /// conv(OUT,K[,stride=S][,pad=P][,bias=false]), maxpool(K[,S]), relu, flatten (C, H, W
+    /// order), linear(OUT), dropout(P). Input widths come from the data; the last layer's
+    /// width must be the number of classes.
+    #[arg(long, value_name = "LAYERS", conflicts_with_all = ["hidden", "output_relu"])]
+    pub(crate) layers: Option<String>,
     #[arg(long, value_name = "W,W,...",
-          help = format!("Hidden layer widths, comma-separated (\"\" for none: softmax regression) [default: {}]",
+          help = format!("Hidden layer widths of the MLP, comma-separated (\"\" for none: softmax regression) [default: {}]",
                          widths(&MlpConfig::NOTEBOOK_HIDDEN)))]
     pub(crate) hidden: Option<String>,
-    /// Apply ReLU to the output logits too, as the notebook does (it lets output units die).
+    /// Apply ReLU to the MLP's output logits too, as the notebook does (it lets output units
+    /// die).
     #[arg(long)]
     pub(crate) output_relu: bool,
     #[arg(long, value_name = "N",
@@ -135,6 +148,12 @@ pub(crate) struct TrainArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ModelKind {
+    Mlp,
+    Lenet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OptimizerKind {
     Adam,
     Adamw,
@@ -166,15 +185,29 @@ pub(crate) struct PredictArgs {
     pub(crate) images: Vec<PathBuf>,
 }
 
-/// A new run: its settings and its model's shape (input and output widths come from the data).
+/// A new run: its settings and its model (whose input and output widths come from the data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
     /// The engine's settings.
     pub settings: Settings,
-    /// Hidden widths.
-    pub hidden: Vec<usize>,
-    /// ReLU on the logits.
-    pub output_relu: bool,
+    /// The model.
+    pub architecture: Architecture,
+}
+
+/// The model a new run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    /// The notebook's MLP.
+    Mlp {
+        /// Hidden widths.
+        hidden: Vec<usize>,
+        /// ReLU on the logits.
+        output_relu: bool,
+    },
+    /// LeNet-5.
+    Lenet,
+    /// A list of layers, as `--layers` takes it.
+    Layers(String),
 }
 
 /// What `train` starts from.
@@ -308,11 +341,22 @@ impl TrainArgs {
             val_split,
             early_stop,
         };
-        let hidden = match &self.hidden {
-            Some(spec) => hidden(spec)?,
-            None => MlpConfig::NOTEBOOK_HIDDEN.to_vec(),
+        let mlp_flag = self.hidden.is_some() || self.output_relu;
+        let architecture = match (&self.layers, self.model.unwrap_or(ModelKind::Mlp)) {
+            (Some(layers), _) => Architecture::Layers(layers.clone()),
+            (None, ModelKind::Lenet) if mlp_flag => {
+                return Err(usage("--hidden and --output-relu shape the MLP, not --model lenet".into()));
+            }
+            (None, ModelKind::Lenet) => Architecture::Lenet,
+            (None, ModelKind::Mlp) => Architecture::Mlp {
+                hidden: match &self.hidden {
+                    Some(spec) => hidden(spec)?,
+                    None => MlpConfig::NOTEBOOK_HIDDEN.to_vec(),
+                },
+                output_relu: self.output_relu,
+            },
         };
-        Ok(NewRun { settings, hidden, output_relu: self.output_relu })
+        Ok(NewRun { settings, architecture })
     }
 }
 
@@ -361,10 +405,8 @@ mod tests {
     fn defaults_are_the_notebooks_recipe() {
         let c = parse(&[]).unwrap();
         let run = new_run(&[]);
-        assert_eq!(
-            (c.epochs, run.settings.batch_size, run.hidden, run.output_relu),
-            (10, 64, vec![128, 64, 32], false)
-        );
+        assert_eq!(run.architecture, Architecture::Mlp { hidden: vec![128, 64, 32], output_relu: false });
+        assert_eq!((c.epochs, run.settings.batch_size), (10, 64));
         assert_eq!(run.settings, Settings::default());
         assert_eq!(run.settings.optimizer, OptimizerConfig::Adam(AdamConfig::default()));
         assert_eq!(c.data_dir, PathBuf::from("data/mnist"));
@@ -402,8 +444,22 @@ mod tests {
         let run = new_run(&["--optimizer", "adamw"]);
         assert_eq!(run.settings.optimizer, OptimizerConfig::Adam(AdamConfig::adamw()));
         assert_eq!(run.settings.optimizer.name(), "adamw");
-        assert_eq!(new_run(&["--hidden", ""]).hidden, Vec::<usize>::new());
-        assert_eq!(new_run(&["--hidden", "256, 128"]).hidden, vec![256, 128]);
+        let hidden = |args: &[&str]| match new_run(args).architecture {
+            Architecture::Mlp { hidden, .. } => hidden,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hidden(&["--hidden", ""]), Vec::<usize>::new());
+        assert_eq!(hidden(&["--hidden", "256, 128"]), vec![256, 128]);
+        assert_eq!(new_run(&["--model", "lenet"]).architecture, Architecture::Lenet);
+        assert_eq!(
+            new_run(&["--layers", "flatten,linear(10)"]).architecture,
+            Architecture::Layers("flatten,linear(10)".into())
+        );
+        assert_eq!(
+            parse(&["--model", "lenet", "--hidden", "8"]).unwrap_err(),
+            "--hidden and --output-relu shape the MLP, not --model lenet"
+        );
+        assert!(parse(&["--layers", "flatten,linear(10)", "--hidden", "8"]).is_err());
     }
 
     #[test]
@@ -421,6 +477,8 @@ mod tests {
             &["--early-stop", "5"],
             &["--momentum", "0.5"],
             &["--weight-decay", "0.1"],
+            &["--model", "lenet"],
+            &["--layers", "flatten,linear(10)"],
         ] {
             let err = parse(&[&["--resume", "x.ckpt"], flag].concat()).unwrap_err();
             assert_eq!(err, "an argument cannot be used with one or more of the other specified arguments", "{flag:?}");

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use data::{DataError, Mnist};
-use nn::Mlp;
+use nn::Sequential;
 
 /// Loads the data set, with a hint on how to get it when files are missing.
 pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
@@ -18,8 +18,8 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
     })
 }
 
-/// Reads a model file (or the model of a training checkpoint).
-pub(crate) fn load_model(path: &Path) -> Result<Mlp> {
+/// Reads a model file (or the model of a training checkpoint), of any architecture.
+pub(crate) fn load_model(path: &Path) -> Result<Sequential> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
 }

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use nn::{Mlp, MlpConfig, Model};
+use nn::{MlpConfig, Model, Sequential, SequentialConfig};
 use train::{EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
 
-use crate::args::{Start, TrainConfig};
+use crate::UsageError;
+use crate::args::{Architecture, Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
 use crate::files::{load_mnist, write_output};
 use crate::plots;
@@ -58,10 +59,11 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?
         }
         (None, Start::New(run)) => {
-            let config =
-                MlpConfig::with_hidden(mnist.train.image_len(), &run.hidden, mnist.train.classes(), run.output_relu);
-            let mlp = Mlp::new(&config, &mut train::init_rng(run.settings.seed));
-            Trainer::new(mlp, run.settings.clone())?
+            let config = architecture(&run.architecture, &mnist.train)?;
+            let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
+            train::check_fits(&model, &mnist.train)
+                .map_err(|e| UsageError(format!("{}: {e}", flag(&run.architecture))))?;
+            Trainer::new(model, run.settings.clone())?
         }
         (None, Start::Resume(_)) => unreachable!("read above"),
     }
@@ -120,7 +122,32 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     Ok(())
 }
 
-fn read_state(path: &Path) -> Result<TrainingState<Mlp>> {
+/// The layers of a new run's model, for the data's image shape and classes.
+fn architecture(architecture: &Architecture, data: &data::Dataset) -> Result<SequentialConfig, UsageError> {
+    let input = [1, data.rows(), data.cols()];
+    let parsed = match architecture {
+        Architecture::Mlp { hidden, output_relu } => {
+            return Ok(SequentialConfig::mlp(
+                input,
+                &MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), *output_relu),
+            ));
+        }
+        Architecture::Lenet => SequentialConfig::lenet(input, data.classes()),
+        Architecture::Layers(text) => SequentialConfig::parse(text, input),
+    };
+    parsed.map_err(|e| UsageError(format!("{}: {e}", flag(architecture))))
+}
+
+/// The flag that chose the model.
+fn flag(architecture: &Architecture) -> &'static str {
+    match architecture {
+        Architecture::Mlp { .. } => "--hidden",
+        Architecture::Lenet => "--model lenet",
+        Architecture::Layers(_) => "--layers",
+    }
+}
+
+fn read_state(path: &Path) -> Result<TrainingState<Sequential>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     TrainingState::from_safetensors(&bytes).map_err(|e| match e {
         train::TrainError::NoTrainingState => {
@@ -140,7 +167,7 @@ struct Progress<'a> {
     bar: ProgressBar,
 }
 
-impl Observer<Mlp> for Progress<'_> {
+impl Observer<Sequential> for Progress<'_> {
     fn epoch_started(&mut self, epoch: usize, steps: usize) {
         self.bar = if self.cfg.quiet || !std::io::stderr().is_terminal() {
             ProgressBar::hidden()
@@ -156,7 +183,7 @@ impl Observer<Mlp> for Progress<'_> {
         self.bar.inc(1);
     }
 
-    fn epoch_done(&mut self, trainer: &Trainer<Mlp>, record: &EpochRecord) -> Result<(), ObserverError> {
+    fn epoch_done(&mut self, trainer: &Trainer<Sequential>, record: &EpochRecord) -> Result<(), ObserverError> {
         self.bar.finish_and_clear();
         if !self.cfg.quiet {
             writeln!(self.out, "{}", epoch_line(record, self.cfg.epochs))?;

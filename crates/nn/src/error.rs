@@ -43,7 +43,7 @@ pub enum NnError {
         name: String,
     },
     /// A list of layers that does not describe a model.
-    #[error("layers: {reason}")]
+    #[error("{reason}")]
     BadLayers {
         /// The layer and what is wrong with it.
         reason: String,

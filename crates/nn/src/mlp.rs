@@ -45,6 +45,13 @@ impl MlpConfig {
         Self { widths, output_relu }
     }
 
+    /// The widths joined by dashes, as the notebook's model is known: `784-128-64-32-10`.
+    pub fn describe(&self) -> String {
+        let widths: Vec<String> = self.widths.iter().map(usize::to_string).collect();
+        let relu = if self.output_relu { " with ReLU on the logits" } else { "" };
+        format!("{}{relu}", widths.join("-"))
+    }
+
     /// The hidden widths: all but the first and the last.
     pub fn hidden(&self) -> &[usize] {
         &self.widths[1..self.widths.len().max(2) - 1]
@@ -235,9 +242,7 @@ impl Model for Mlp {
     }
 
     fn describe(&self) -> String {
-        let widths: Vec<String> = self.config.widths.iter().map(usize::to_string).collect();
-        let relu = if self.config.output_relu { " with ReLU on the logits" } else { "" };
-        format!("{}{relu}", widths.join("-"))
+        self.config.describe()
     }
 
     /// # Panics

@@ -25,8 +25,16 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
     /// A short description of the architecture for people, e.g. `784-128-64-32-10`.
     fn describe(&self) -> String;
 
-    /// Records the forward pass on `tape` and returns the logits.
+    /// Records the forward pass on `tape` and returns the logits, as at evaluation: layers
+    /// that only act while training (dropout) pass their input through.
     fn forward(&self, tape: &mut Tape, x: Var) -> Var;
+
+    /// Records the forward pass in training mode, drawing whatever is random (dropout's
+    /// masks) from `rng`. For a model without such layers this is [`Model::forward`].
+    fn forward_train(&self, tape: &mut Tape, x: Var, rng: &mut dyn rand::RngCore) -> Var {
+        let _ = rng;
+        self.forward(tape, x)
+    }
 
     /// The logits for `x` (one sample per row) without a tape, into buffers that `scratch`
     /// keeps from call to call, so that evaluating batch after batch allocates nothing once

@@ -137,6 +137,16 @@ impl SequentialConfig {
     /// LeNet-5 for 28x28 images, as PyTorch's tutorials write it.
     pub const LENET: &'static str = "conv(6,5,pad=2),relu,maxpool(2),conv(16,5),relu,maxpool(2),flatten,linear(120),relu,linear(84),relu,linear(10)";
 
+    /// LeNet-5 for images of `input` = `[C, H, W]` and `classes` classes: [`Self::LENET`] with
+    /// its last layer as wide as the classes.
+    ///
+    /// # Errors
+    /// Images too small for its kernels.
+    pub fn lenet(input: [usize; 3], classes: usize) -> Result<Self, NnError> {
+        let text = Self::LENET.replace("linear(10)", &format!("linear({classes})"));
+        Self::parse(&text, input)
+    }
+
     /// Parses a layer list (see the [module](self) docs) for inputs of `input` = `[C, H, W]`.
     ///
     /// ```
@@ -399,8 +409,8 @@ enum Built {
 /// parameters reads the data as sparse rows when it is a linear layer (images are mostly
 /// zeros), as [`Mlp`](crate::Mlp) does.
 ///
-/// Dropout layers need a generator: [`Sequential::forward_with_dropout`] draws their masks from
-/// it; [`Model::forward`] leaves dropout out (evaluation mode).
+/// Dropout layers need a generator: [`Model::forward_train`] draws their masks from it;
+/// [`Model::forward`] leaves dropout out (evaluation mode).
 ///
 /// ```
 /// use nn::{Model, Sequential, SequentialConfig};
@@ -475,12 +485,10 @@ impl Sequential {
         &self.config
     }
 
-    /// Records the forward pass in training mode: dropout layers draw their masks from `rng`.
-    ///
-    /// # Panics
-    /// If `x` is not as wide as the input.
+    /// Records the forward pass; with `rng`, in training mode (dropout layers draw their masks
+    /// from it).
     #[track_caller]
-    pub fn forward_with_dropout(&self, tape: &mut Tape, x: Var, rng: Option<&mut dyn rand::RngCore>) -> Var {
+    fn forward_with_dropout(&self, tape: &mut Tape, x: Var, rng: Option<&mut dyn rand::RngCore>) -> Var {
         let mut rng = rng;
         let mut h = x;
         for layer in &self.layers {
@@ -518,11 +526,18 @@ impl Model for Sequential {
     }
 
     fn describe(&self) -> String {
-        self.config.to_string()
+        match self.config.as_mlp() {
+            Some(mlp) => mlp.describe(),
+            None => self.config.to_string(),
+        }
     }
 
     fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         self.forward_with_dropout(tape, x, None)
+    }
+
+    fn forward_train(&self, tape: &mut Tape, x: Var, rng: &mut dyn rand::RngCore) -> Var {
+        self.forward_with_dropout(tape, x, Some(rng))
     }
 
     fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
@@ -644,30 +659,21 @@ mod tests {
     #[test]
     fn bad_layer_lists_are_refused_naming_the_layer_and_the_shapes() {
         for (text, message) in [
-            ("conv(6,5),relu,linear(10)", "layers: linear(10): its input is 6x24x24: add flatten before it"),
-            (
-                "conv(6,30),flatten,linear(10)",
-                "layers: conv(6,30): its input is 1x28x28, smaller than the 30x30 kernel",
-            ),
+            ("conv(6,5),relu,linear(10)", "linear(10): its input is 6x24x24: add flatten before it"),
+            ("conv(6,30),flatten,linear(10)", "conv(6,30): its input is 1x28x28, smaller than the 30x30 kernel"),
             (
                 "flatten,conv(2,3),flatten,linear(3)",
-                "layers: conv(2,3): its input is 784 values, not images: it must come before flatten",
+                "conv(2,3): its input is 784 values, not images: it must come before flatten",
             ),
-            ("conv(2,3)", "layers: the model ends on 2x26x26: end with flatten and linear"),
-            ("flatten,linear(0)", "layers: linear(0): a width of 0"),
-            ("flatten,dropout(1.5),linear(10)", "layers: dropout(1.5): the probability 1.5 is not in [0, 1)"),
-            (
-                "flatten,lin(10)",
-                "layers: \"lin(10)\": unknown layer; known: conv, maxpool, relu, flatten, linear, dropout",
-            ),
-            (
-                "conv(6),flatten,linear(10)",
-                "layers: \"conv(6)\": takes output channels and a kernel size, as conv(6,5)",
-            ),
-            ("conv(6,5,padding=2),flatten,linear(3)", "layers: \"conv(6,5,padding=2)\": unknown option \"padding\""),
-            ("conv(6,x),flatten,linear(3)", "layers: \"conv(6,x)\": \"x\" is not a count"),
-            ("flatten,linear(10", "layers: \"linear(10\": a parenthesis is not closed"),
-            ("flatten,,linear(10)", "layers: \"\": an empty layer"),
+            ("conv(2,3)", "the model ends on 2x26x26: end with flatten and linear"),
+            ("flatten,linear(0)", "linear(0): a width of 0"),
+            ("flatten,dropout(1.5),linear(10)", "dropout(1.5): the probability 1.5 is not in [0, 1)"),
+            ("flatten,lin(10)", "\"lin(10)\": unknown layer; known: conv, maxpool, relu, flatten, linear, dropout"),
+            ("conv(6),flatten,linear(10)", "\"conv(6)\": takes output channels and a kernel size, as conv(6,5)"),
+            ("conv(6,5,padding=2),flatten,linear(3)", "\"conv(6,5,padding=2)\": unknown option \"padding\""),
+            ("conv(6,x),flatten,linear(3)", "\"conv(6,x)\": \"x\" is not a count"),
+            ("flatten,linear(10", "\"linear(10\": a parenthesis is not closed"),
+            ("flatten,,linear(10)", "\"\": an empty layer"),
         ] {
             let err = SequentialConfig::parse(text, [1, 28, 28]).unwrap_err();
             assert_eq!(err.to_string(), message, "{text}");

@@ -234,6 +234,7 @@ impl<M: Model> Trainer<M> {
                 break;
             }
             loader.set_epoch(epoch as u64);
+            stepper.start_epoch(seed, epoch);
             let steps = loader.num_batches();
             observer.epoch_started(epoch + 1, steps);
             let started = Instant::now();

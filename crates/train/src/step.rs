@@ -4,6 +4,8 @@
 use data::Dataset;
 use nn::{Grads, Model, Tape};
 use optim::Optimizer;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// A batch's mean loss above this means the weights have diverged: on average the true class
@@ -16,6 +18,11 @@ pub(crate) struct Stepper {
     shards: Vec<Shard>,
     grads: Vec<Grads>,
 }
+
+/// The first ChaCha8 stream of a run's seed that dropout masks are drawn from: epoch `e`'s
+/// part `p` of every batch uses stream `DROPOUT_STREAMS + e·2^16 + p`, so that a resumed run
+/// draws the masks an uninterrupted one would. (Streams below 2^32 are epochs' shuffles.)
+const DROPOUT_STREAMS: u64 = 1 << 32;
 
 /// What a step reports.
 pub(crate) struct StepResult {
@@ -31,6 +38,14 @@ impl Stepper {
         Self {
             shards: (0..parts.max(1)).map(|_| Shard::default()).collect(),
             grads: (0..parts.max(1)).map(|_| Grads::new(model.params())).collect(),
+        }
+    }
+
+    /// Starts epoch `epoch` (0-based) of a run with `seed`: each part's dropout generator.
+    pub(crate) fn start_epoch(&mut self, seed: u64, epoch: usize) {
+        for (part, shard) in self.shards.iter_mut().enumerate() {
+            shard.rng = ChaCha8Rng::seed_from_u64(seed);
+            shard.rng.set_stream(DROPOUT_STREAMS + ((epoch as u64) << 16) + part as u64);
         }
     }
 
@@ -61,13 +76,19 @@ pub(crate) enum StepError {
     Optimizer(optim::OptimError),
 }
 
-/// One thread's part of every batch: its tape and labels, reused.
-#[derive(Default)]
+/// One thread's part of every batch: its tape, labels and dropout generator, reused.
 struct Shard {
     tape: Tape,
     labels: Vec<usize>,
+    rng: ChaCha8Rng,
     loss: f32,
     correct: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { tape: Tape::new(), labels: Vec::new(), rng: ChaCha8Rng::seed_from_u64(0), loss: 0.0, correct: 0 }
+    }
 }
 
 impl Shard {
@@ -78,7 +99,7 @@ impl Shard {
         // The pixels go from their stored bytes straight into the tape's input.
         let x = self.tape.input_with(indices.len(), data.image_len(), |x| data::fill_rows(data, indices, x));
         data::fill_labels(data, indices, &mut self.labels);
-        let logits = model.forward(&mut self.tape, x);
+        let logits = model.forward_train(&mut self.tape, x, &mut self.rng);
         let loss = self.tape.cross_entropy(logits, &self.labels);
         self.loss = self.tape.value(loss)[[0, 0]];
         let rows = self.tape.value(logits);
