@@ -95,7 +95,14 @@ impl Tape {
                     }
                     tensor::relu_backward(dy, node.value(), beta, dx);
                 }
-                Op::Conv2d { x, weight, bias, shape } => {
+                Op::Conv2d { x, weight, bias, shape, sparse: true } => {
+                    // The same rules over the nonzero values of data, which takes no gradient.
+                    let input = &before[x.index];
+                    let x_value = ArrayView2::from_shape((input.rows, input.cols), &input.value).expect("node buffer");
+                    let (dw, db) = grads.weight_and_bias_mut(params, weight, bias);
+                    tensor::sparse_conv2d_backward(x_value, dy, &shape, &mut self.sparse_conv, dw, db);
+                }
+                Op::Conv2d { x, weight, bias, shape, sparse: false } => {
                     // y_n = W·im2col(x_n) + b:  dW += Σ_n dy_n·im2col(x_n)ᵀ,  db += Σ dy,
                     // dx_n += col2im(Wᵀ·dy_n).
                     let input = &mut before[x.index];

@@ -81,4 +81,5 @@ pub struct Inference {
     pub(crate) sparse: tensor::SparseRows,
     pub(crate) cols: Vec<f32>,
     pub(crate) indices: Vec<u32>,
+    pub(crate) sparse_conv: tensor::SparseConvScratch,
 }

@@ -397,7 +397,7 @@ fn pool_shape(kernel: usize, stride: usize, (c, h, w): (usize, usize, usize)) ->
 /// A layer built: its parameters and its geometry.
 #[derive(Debug, Clone)]
 enum Built {
-    Conv { weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape },
+    Conv { weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape, sparse: bool },
     Pool(tensor::MaxPool2dShape),
     Relu,
     Flatten,
@@ -406,8 +406,8 @@ enum Built {
 }
 
 /// A model built from a [`SequentialConfig`], owning its parameters. The first layer with
-/// parameters reads the data as sparse rows when it is a linear layer (images are mostly
-/// zeros), as [`Mlp`](crate::Mlp) does.
+/// parameters reads the data as sparse, convolution or linear layer alike: images are mostly
+/// zeros ([`Tape::sparse_conv2d`], [`Tape::sparse_linear`]).
 ///
 /// Dropout layers need a generator: [`Model::forward_train`] draws their masks from it;
 /// [`Model::forward`] leaves dropout out (evaluation mode).
@@ -458,7 +458,7 @@ impl Sequential {
                     let (wv, bv) = init(out, geom.patch_len());
                     let weight = params.add(scope.name("weight"), &[out, c, kernel, kernel], wv);
                     let bias = bias.then(|| params.add(scope.name("bias"), &[out], bv));
-                    Built::Conv { weight, bias, shape: geom }
+                    Built::Conv { weight, bias, shape: geom, sparse: first_with_params }
                 }
                 (Layer::MaxPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
                     Built::Pool(pool_shape(kernel, stride, (c, h, w)))
@@ -493,7 +493,12 @@ impl Sequential {
         let mut h = x;
         for layer in &self.layers {
             h = match layer {
-                Built::Conv { weight, bias, shape } => tape.conv2d(&self.params, h, *weight, *bias, *shape),
+                Built::Conv { weight, bias, shape, sparse: true } => {
+                    tape.sparse_conv2d(&self.params, h, *weight, *bias, *shape)
+                }
+                Built::Conv { weight, bias, shape, sparse: false } => {
+                    tape.conv2d(&self.params, h, *weight, *bias, *shape)
+                }
                 Built::Pool(shape) => tape.max_pool2d(h, *shape),
                 Built::Relu => tape.relu(h),
                 Built::Flatten => h,
@@ -549,7 +554,7 @@ impl Model for Sequential {
             x.ncols(),
             self.input_width()
         );
-        let Inference { layers: buffers, sparse, cols, indices } = scratch;
+        let Inference { layers: buffers, sparse, cols, indices, sparse_conv } = scratch;
         buffers.resize_with(2, Vec::new);
         let (mut width, mut current) = (x.ncols(), None::<usize>);
         for layer in &self.layers {
@@ -582,9 +587,13 @@ impl Model for Sequential {
             dst.resize(rows * out_width, 0.0);
             let y = ArrayViewMut2::from_shape((rows, out_width), &mut dst[..]).expect("sized above");
             match layer {
-                Built::Conv { weight, bias, shape } => {
-                    let bias = bias.map(|b| self.params.vector(b));
-                    tensor::conv2d(input, self.params.matrix(*weight), bias, shape, cols, y);
+                Built::Conv { weight, bias, shape, sparse } => {
+                    let (w, bias) = (self.params.matrix(*weight), bias.map(|b| self.params.vector(b)));
+                    if *sparse {
+                        tensor::sparse_conv2d(input, w, bias, shape, sparse_conv, y);
+                    } else {
+                        tensor::conv2d(input, w, bias, shape, cols, y);
+                    }
                 }
                 Built::Pool(shape) => tensor::max_pool2d(input, shape, y, indices),
                 Built::Linear(l) => {

@@ -53,7 +53,8 @@ pub(crate) enum Op {
     /// `y = max(x, 0)`.
     Relu { x: Var },
     /// `y = conv2d(x, W) (+ b)`, `x` and `y` holding each sample's `[C, H, W]` values in a row.
-    Conv2d { x: Var, weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape },
+    /// When `sparse`, `x` is data and only its nonzero values are visited.
+    Conv2d { x: Var, weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape, sparse: bool },
     /// `y` = the maximum of each window; the positions of the maxima are in `indices`.
     MaxPool2d { x: Var },
     /// `y = x · mask`, the mask (0, or `1 / (1 - p)`) kept in `aux`.
@@ -133,6 +134,8 @@ pub struct Tape {
     pub(crate) labels: Vec<usize>,
     /// Unfolded patches for convolutions, reused.
     pub(crate) cols: Vec<f32>,
+    /// Buffers of sparse convolutions, reused.
+    pub(crate) sparse_conv: tensor::SparseConvScratch,
     generation: u64,
 }
 
@@ -266,7 +269,42 @@ impl Tape {
         bias: Option<ParamId>,
         shape: tensor::Conv2dShape,
     ) -> Var {
+        self.conv2d_op(params, x, weight, bias, shape, false)
+    }
+
+    /// [`Tape::conv2d`] for data that is mostly zeros, such as pixels: only the nonzero values
+    /// are visited, forward and for the weight gradient. The same sums in another order.
+    ///
+    /// # Panics
+    /// As [`Tape::conv2d`]; also if `x` is not a [`Tape::input`] (no gradient flows into data).
+    #[track_caller]
+    pub fn sparse_conv2d(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: Option<ParamId>,
+        shape: tensor::Conv2dShape,
+    ) -> Var {
+        self.conv2d_op(params, x, weight, bias, shape, true)
+    }
+
+    #[track_caller]
+    fn conv2d_op(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: Option<ParamId>,
+        shape: tensor::Conv2dShape,
+        sparse: bool,
+    ) -> Var {
         self.check(x);
+        assert!(
+            !sparse || matches!(self.nodes[x.index].op, Op::Input),
+            "{}: the sparse path reads data, recorded by Tape::input",
+            params.get(weight).name()
+        );
         let (k, out) = (shape.kernel, shape.out_channels);
         let name = params.get(weight).name();
         assert_eq!(params.get(weight).shape(), [out, shape.in_channels, k, k], "{name}: weight shape for {shape:?}");
@@ -274,11 +312,15 @@ impl Tape {
             assert_eq!(params.get(b).shape(), [out], "{name}: bias shape");
         }
         let rows = self.nodes[x.index].rows;
-        let y = self.push(Op::Conv2d { x, weight, bias, shape }, rows, shape.out_len(), true);
+        let y = self.push(Op::Conv2d { x, weight, bias, shape, sparse }, rows, shape.out_len(), true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let y_view = rest[0].value_mut();
-        let bias = bias.map(|b| params.vector(b));
-        tensor::conv2d(before[x.index].value(), params.matrix(weight), bias, &shape, &mut self.cols, y_view);
+        let (x, w, bias) = (before[x.index].value(), params.matrix(weight), bias.map(|b| params.vector(b)));
+        if sparse {
+            tensor::sparse_conv2d(x, w, bias, &shape, &mut self.sparse_conv, y_view);
+        } else {
+            tensor::conv2d(x, w, bias, &shape, &mut self.cols, y_view);
+        }
         y
     }
 

@@ -68,15 +68,6 @@ impl Conv2dShape {
             && self.height + 2 * self.padding >= self.kernel
             && self.width + 2 * self.padding >= self.kernel
     }
-
-    /// For each patch entry `(c, i, j)` and output position `(oy, ox)`, the input offset read,
-    /// or `None` in the padding.
-    #[inline]
-    fn source(&self, c: usize, i: usize, j: usize, oy: usize, ox: usize) -> Option<usize> {
-        let y = (oy * self.stride + i).checked_sub(self.padding)?;
-        let x = (ox * self.stride + j).checked_sub(self.padding)?;
-        (y < self.height && x < self.width).then(|| (c * self.height + y) * self.width + x)
-    }
 }
 
 /// Unfolds one sample `x` (`C·H·W` values) into `cols`, a `patch_len x positions` matrix whose
@@ -88,20 +79,16 @@ impl Conv2dShape {
 pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
     assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "im2col: columns buffer");
-    let (oh, ow, k) = (shape.out_height(), shape.out_width(), shape.kernel);
-    let mut rows = cols.chunks_exact_mut(oh * ow);
-    for c in 0..shape.in_channels {
-        for i in 0..k {
-            for j in 0..k {
-                let row = rows.next().expect("one row per patch entry");
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        row[oy * ow + ox] = shape.source(c, i, j, oy, ox).map_or(0.0, |s| x[s]);
-                    }
-                }
+    for_each_segment(shape, cols.chunks_exact_mut(shape.positions()), |segment| match segment {
+        Segment::Zeros(out) => out.fill(0.0),
+        Segment::Copy { out, from, step } => {
+            if step == 1 {
+                out.copy_from_slice(&x[from..from + out.len()]);
+            } else {
+                out.iter_mut().enumerate().for_each(|(t, o)| *o = x[from + t * step]);
             }
         }
-    }
+    });
 }
 
 /// The adjoint of [`im2col`]: adds each entry of `cols` into the input value it was read from.
@@ -112,21 +99,85 @@ pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
 pub fn col2im_add(cols: &[f32], shape: &Conv2dShape, dx: &mut [f32]) {
     assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "col2im: columns buffer");
-    let (oh, ow, k) = (shape.out_height(), shape.out_width(), shape.kernel);
-    let mut rows = cols.chunks_exact(oh * ow);
-    for c in 0..shape.in_channels {
-        for i in 0..k {
-            for j in 0..k {
-                let row = rows.next().expect("one row per patch entry");
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        if let Some(s) = shape.source(c, i, j, oy, ox) {
-                            dx[s] += row[oy * ow + ox];
-                        }
-                    }
-                }
+    for_each_segment(shape, cols.chunks_exact(shape.positions()), |segment| match segment {
+        Segment::Zeros(_) => {}
+        Segment::Copy { out, from, step } => {
+            if step == 1 {
+                dx[from..from + out.len()].iter_mut().zip(out.iter()).for_each(|(d, &c)| *d += c);
+            } else {
+                out.iter().enumerate().for_each(|(t, &c)| dx[from + t * step] += c);
             }
         }
+    });
+}
+
+/// A run of one row of the unfolded matrix: in the padding, or read from the input at
+/// `from`, `from + step`, ...
+enum Segment<T> {
+    Zeros(T),
+    Copy { out: T, from: usize, step: usize },
+}
+
+/// Walks the unfolded matrix's rows (one per patch entry `(c, i, j)`) as runs along each row of
+/// output positions, so that the work is copies of whole runs rather than an index per entry.
+#[inline(always)]
+fn for_each_segment<'a, T, S>(shape: &Conv2dShape, rows: impl Iterator<Item = S>, mut f: impl FnMut(Segment<T>))
+where
+    S: SplitRun<'a, T>,
+{
+    let (oh, ow, k, s, p) = (shape.out_height(), shape.out_width(), shape.kernel, shape.stride, shape.padding);
+    let (h, w) = (shape.height, shape.width);
+    for (r, mut row) in rows.enumerate() {
+        let (c, i, j) = (r / (k * k), (r / k) % k, r % k);
+        // Output columns whose input column `ox·s + j - p` lies inside the image.
+        let lo = p.saturating_sub(j).div_ceil(s).min(ow);
+        let hi = if w + p > j { ((w + p - j - 1) / s + 1).min(ow) } else { 0 }.max(lo);
+        for oy in 0..oh {
+            let line = row.take(ow);
+            let y = (oy * s + i).checked_sub(p).filter(|&y| y < h);
+            let Some(y) = y else {
+                f(Segment::Zeros(line));
+                continue;
+            };
+            let (left, rest) = S::split(line, lo);
+            let (mid, right) = S::split(rest, hi - lo);
+            f(Segment::Zeros(left));
+            f(Segment::Copy { out: mid, from: (c * h + y) * w + lo * s + j - p, step: s });
+            f(Segment::Zeros(right));
+        }
+    }
+}
+
+/// A row of the unfolded matrix, cut into runs: mutable for [`im2col`], shared for
+/// [`col2im_add`].
+trait SplitRun<'a, T> {
+    /// The next `n` entries.
+    fn take(&mut self, n: usize) -> T;
+    /// `run` split after `n` entries.
+    fn split(run: T, n: usize) -> (T, T);
+}
+
+impl<'a> SplitRun<'a, &'a mut [f32]> for &'a mut [f32] {
+    fn take(&mut self, n: usize) -> &'a mut [f32] {
+        let (head, tail) = std::mem::take(self).split_at_mut(n);
+        *self = tail;
+        head
+    }
+
+    fn split(run: &'a mut [f32], n: usize) -> (&'a mut [f32], &'a mut [f32]) {
+        run.split_at_mut(n)
+    }
+}
+
+impl<'a> SplitRun<'a, &'a [f32]> for &'a [f32] {
+    fn take(&mut self, n: usize) -> &'a [f32] {
+        let (head, tail) = self.split_at(n);
+        *self = tail;
+        head
+    }
+
+    fn split(run: &'a [f32], n: usize) -> (&'a [f32], &'a [f32]) {
+        run.split_at(n)
     }
 }
 
@@ -222,7 +273,7 @@ pub fn conv2d_backward(
 }
 
 #[track_caller]
-fn check(x: (usize, usize), w: (usize, usize), y: (usize, usize), shape: &Conv2dShape) {
+pub(crate) fn check(x: (usize, usize), w: (usize, usize), y: (usize, usize), shape: &Conv2dShape) {
     assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
     assert_eq!(x.1, shape.in_len(), "conv2d: input rows of {} for {shape:?}", x.1);
     assert_eq!(w, (shape.out_channels, shape.patch_len()), "conv2d: weight {w:?} for {shape:?}");
@@ -234,6 +285,14 @@ mod tests {
     use ndarray::{Array1, Array2};
 
     use super::*;
+
+    /// For each patch entry `(c, i, j)` and output position `(oy, ox)`, the input offset read,
+    /// or `None` in the padding.
+    fn source(sh: &Conv2dShape, c: usize, i: usize, j: usize, oy: usize, ox: usize) -> Option<usize> {
+        let y = (oy * sh.stride + i).checked_sub(sh.padding)?;
+        let x = (ox * sh.stride + j).checked_sub(sh.padding)?;
+        (y < sh.height && x < sh.width).then(|| (c * sh.height + y) * sh.width + x)
+    }
 
     fn shape(in_channels: usize, h: usize, w: usize, out: usize, k: usize, s: usize, p: usize) -> Conv2dShape {
         Conv2dShape { in_channels, height: h, width: w, out_channels: out, kernel: k, stride: s, padding: p }
@@ -250,7 +309,7 @@ mod tests {
                     for c in 0..sh.in_channels {
                         for i in 0..k {
                             for j in 0..k {
-                                if let Some(s) = sh.source(c, i, j, oy, ox) {
+                                if let Some(s) = source(sh, c, i, j, oy, ox) {
                                     acc += w[((o * sh.in_channels + c) * k + i) * k + j] * x[s];
                                 }
                             }

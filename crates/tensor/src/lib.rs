@@ -14,6 +14,7 @@ mod matmul;
 mod pool;
 mod softmax;
 mod sparse;
+mod sparse_conv;
 
 pub use conv::{Conv2dShape, col2im_add, conv2d, conv2d_backward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
@@ -22,3 +23,4 @@ pub use matmul::{matmul, matmul_nt, matmul_tn};
 pub use pool::{MaxPool2dShape, max_pool2d, max_pool2d_backward};
 pub use softmax::{argmax, argmax_rows, log_softmax_rows, softmax_rows};
 pub use sparse::{SparseRows, sparse_matmul, sparse_matmul_tn};
+pub use sparse_conv::{SparseConvScratch, sparse_conv2d, sparse_conv2d_backward};

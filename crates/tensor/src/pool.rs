@@ -63,27 +63,65 @@ pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, mut y: ArrayViewMu
     let (h, w, k, s) = (shape.height, shape.width, shape.kernel, shape.stride);
     let (oh, ow) = (shape.out_height(), shape.out_width());
     argmax.resize(x.nrows() * shape.out_len(), 0);
-    let mut index = argmax.iter_mut();
-    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+    for ((xn, mut yn), index) in x.rows().into_iter().zip(y.rows_mut()).zip(argmax.chunks_exact_mut(shape.out_len())) {
         let xn = xn.to_slice().expect("standard rows");
-        let mut out = yn.iter_mut();
+        let yn = yn.as_slice_mut().expect("standard rows");
+        if k == 2 && s == 2 && !xn.iter().any(|v| v.is_nan()) {
+            pool_2x2(xn, shape, yn, index);
+            continue;
+        }
+        let mut o = 0;
         for c in 0..shape.channels {
+            let plane = &xn[c * h * w..(c + 1) * h * w];
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let first = (c * h + oy * s) * w + ox * s;
-                    let mut best = first;
+                    let first = oy * s * w + ox * s;
+                    let (mut best, mut value) = (first, plane[first]);
                     for i in 0..k {
-                        for j in 0..k {
-                            let at = first + i * w + j;
-                            // Strictly greater: on a tie the first in row-major order stays.
-                            if xn[at] > xn[best] || xn[at].is_nan() && !xn[best].is_nan() {
-                                best = at;
+                        let row = &plane[first + i * w..first + i * w + k];
+                        for (j, &v) in row.iter().enumerate() {
+                            // Strictly greater: on a tie the first in row-major order stays. A
+                            // NaN wins, as it does in PyTorch.
+                            if v > value || (v.is_nan() && !value.is_nan()) {
+                                (best, value) = (first + i * w + j, v);
                             }
                         }
                     }
-                    *out.next().expect("sized by the check") = xn[best];
-                    *index.next().expect("sized above") = best as u32;
+                    yn[o] = value;
+                    index[o] = (c * h * w + best) as u32;
+                    o += 1;
                 }
+            }
+        }
+    }
+}
+
+/// [`max_pool2d`] for 2x2 windows with stride 2 and no NaN, the common case, without the
+/// general loops.
+fn pool_2x2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+    let (h, w) = (shape.height, shape.width);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let mut o = 0;
+    for c in 0..shape.channels {
+        for oy in 0..oh {
+            let top = c * h * w + 2 * oy * w;
+            let (upper, lower) = (&xn[top..top + w], &xn[top + w..top + 2 * w]);
+            for ox in 0..ow {
+                let x = 2 * ox;
+                // In row-major order, replacing only on a strictly greater value.
+                let (mut best, mut value) = (top + x, upper[x]);
+                if upper[x + 1] > value {
+                    (best, value) = (top + x + 1, upper[x + 1]);
+                }
+                if lower[x] > value {
+                    (best, value) = (top + w + x, lower[x]);
+                }
+                if lower[x + 1] > value {
+                    (best, value) = (top + w + x + 1, lower[x + 1]);
+                }
+                yn[o] = value;
+                index[o] = best as u32;
+                o += 1;
             }
         }
     }

@@ -1,0 +1,313 @@
+//! Convolution of data that is mostly zeros: MNIST's pixels are 81% zeros, so a first
+//! convolution only needs the terms of its nonzero pixels. Each nonzero input value is
+//! scattered into the outputs its kernel window reaches (forward), and gathered with the output
+//! gradients there (weight gradient): the same sums as [`conv2d`](crate::conv2d), in another
+//! order, without the terms that are exactly zero.
+//!
+//! Output channels are kept contiguous (padded to a multiple of 8) while summing, so that each
+//! term is one vector operation over the channels.
+
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+
+use crate::Conv2dShape;
+
+/// Lanes of one vector operation over output channels.
+const LANES: usize = 8;
+
+/// Buffers for the sparse convolution, reused from call to call.
+#[derive(Debug, Clone, Default)]
+pub struct SparseConvScratch {
+    /// The weight, transposed to `patch_len x channels` (channels padded).
+    weight: Vec<f32>,
+    /// One sample's outputs or output gradients, `positions x channels` (padded).
+    outputs: Vec<f32>,
+}
+
+fn padded(channels: usize) -> usize {
+    channels.div_ceil(LANES) * LANES
+}
+
+/// Calls `f(kernel_index, position)` for every output position that input value `(c, yy, xx)`
+/// takes part in, with the index of the kernel entry it meets there.
+#[inline(always)]
+fn windows(shape: &Conv2dShape, c: usize, yy: usize, xx: usize, mut f: impl FnMut(usize, usize)) {
+    let (k, s, p) = (shape.kernel, shape.stride, shape.padding);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    // Kernel rows i with (yy + p - i) a multiple of s below s·oh: i from i_lo to min(k - 1, yy + p).
+    let (ty, tx) = (yy + p, xx + p);
+    let i_lo = (ty + 1).saturating_sub(s * oh);
+    let j_lo = (tx + 1).saturating_sub(s * ow);
+    if s == 1 {
+        // Every kernel entry in range meets an output: no remainders to test.
+        for i in i_lo..k.min(ty + 1) {
+            let (row, kernel_row) = ((ty - i) * ow, (c * k + i) * k);
+            for j in j_lo..k.min(tx + 1) {
+                f(kernel_row + j, row + tx - j);
+            }
+        }
+        return;
+    }
+    for i in i_lo..k.min(ty + 1) {
+        if (ty - i) % s != 0 {
+            continue;
+        }
+        let (row, kernel_row) = ((ty - i) / s * ow, (c * k + i) * k);
+        for j in j_lo..k.min(tx + 1) {
+            if (tx - j) % s == 0 {
+                f(kernel_row + j, row + (tx - j) / s);
+            }
+        }
+    }
+}
+
+/// `dst += v * src`, vector by vector (fused on AVX2/FMA machines, which round once per term).
+#[inline(always)]
+fn axpy<const FUSED: bool>(v: f32, src: &[[f32; LANES]], dst: &mut [[f32; LANES]]) {
+    #[cfg(target_arch = "x86_64")]
+    if FUSED {
+        // SAFETY: the fused path is only taken on CPUs with AVX2 and FMA (see its callers).
+        return unsafe { axpy_fma(v, src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = if FUSED { v.mul_add(s, *d) } else { *d + v * s };
+        }
+    }
+}
+
+/// [`axpy`] with one fused multiply-add per vector: what `mul_add` lane by lane computes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn axpy_fma(v: f32, src: &[[f32; LANES]], dst: &mut [[f32; LANES]]) {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps};
+    let v = _mm256_set1_ps(v);
+    for (d, s) in dst.iter_mut().zip(src) {
+        // SAFETY: each pointer is to eight f32s of an array.
+        unsafe {
+            _mm256_storeu_ps(
+                d.as_mut_ptr(),
+                _mm256_fmadd_ps(v, _mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(d.as_ptr())),
+            )
+        };
+    }
+}
+
+/// `y = conv2d(x, w) + bias` for a batch whose rows are mostly zeros.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn sparse_conv2d(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
+    crate::conv::check(x.dim(), w.dim(), y.dim(), shape);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { forward_avx2(x, w, bias, shape, scratch, y) };
+    }
+    forward::<false>(x, w, bias, shape, scratch, y);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn forward_avx2(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
+    forward::<true>(x, w, bias, shape, scratch, y);
+}
+
+#[inline(always)]
+fn forward<const FUSED: bool>(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    mut y: ArrayViewMut2<f32>,
+) {
+    let (o, kk, p) = (shape.out_channels, shape.patch_len(), shape.positions());
+    let lanes = padded(o);
+    let SparseConvScratch { weight, outputs } = scratch;
+    weight.clear();
+    weight.resize(kk * lanes, 0.0);
+    for ((oc, kidx), &v) in w.indexed_iter() {
+        weight[kidx * lanes + oc] = v;
+    }
+    outputs.resize(p * lanes, 0.0);
+    let (hw, width) = (shape.height * shape.width, shape.width);
+    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+        outputs.fill(0.0);
+        for (q, &v) in xn.iter().enumerate() {
+            if v == 0.0 {
+                continue;
+            }
+            let (c, yy, xx) = (q / hw, (q % hw) / width, q % width);
+            let (weight, outputs) = (weight.as_chunks::<LANES>().0, outputs.as_chunks_mut::<LANES>().0);
+            let vectors = lanes / LANES;
+            windows(shape, c, yy, xx, |kidx, pos| {
+                let src = &weight[kidx * vectors..(kidx + 1) * vectors];
+                axpy::<FUSED>(v, src, &mut outputs[pos * vectors..(pos + 1) * vectors]);
+            });
+        }
+        let yn = yn.as_slice_mut().expect("standard rows");
+        for oc in 0..o {
+            let b = bias.map_or(0.0, |b| b[oc]);
+            for (pos, out) in yn[oc * p..(oc + 1) * p].iter_mut().enumerate() {
+                *out = outputs[pos * lanes + oc] + b;
+            }
+        }
+    }
+}
+
+/// The weight and bias gradients of [`sparse_conv2d`] given `dy`: `dw = beta_w·dw + Σ` over the
+/// nonzero inputs, `db = beta_b·db + Σ dy`. Data takes no gradient.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn sparse_conv2d_backward(
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    dw: (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
+    crate::conv::check(x.dim(), dw.0.dim(), dy.dim(), shape);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { backward_avx2(x, dy, shape, scratch, dw, db) };
+    }
+    backward::<false>(x, dy, shape, scratch, dw, db);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn backward_avx2(
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    dw: (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
+    backward::<true>(x, dy, shape, scratch, dw, db);
+}
+
+#[inline(always)]
+fn backward<const FUSED: bool>(
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
+    let (o, kk, p) = (shape.out_channels, shape.patch_len(), shape.positions());
+    let lanes = padded(o);
+    // Here `weight` gathers the weight gradient, transposed, and `outputs` holds one sample's
+    // output gradients, transposed.
+    let SparseConvScratch { weight: grad, outputs: dyt } = scratch;
+    grad.clear();
+    grad.resize(kk * lanes, 0.0);
+    dyt.resize(p * lanes, 0.0);
+    let (hw, width) = (shape.height * shape.width, shape.width);
+    for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
+        let dy_n = dy_n.to_slice().expect("standard rows");
+        for oc in 0..o {
+            for (pos, &g) in dy_n[oc * p..(oc + 1) * p].iter().enumerate() {
+                dyt[pos * lanes + oc] = g;
+            }
+        }
+        for (q, &v) in xn.iter().enumerate() {
+            if v == 0.0 {
+                continue;
+            }
+            let (c, yy, xx) = (q / hw, (q % hw) / width, q % width);
+            let (dyt, grad) = (dyt.as_chunks::<LANES>().0, grad.as_chunks_mut::<LANES>().0);
+            let vectors = lanes / LANES;
+            windows(shape, c, yy, xx, |kidx, pos| {
+                let src = &dyt[pos * vectors..(pos + 1) * vectors];
+                axpy::<FUSED>(v, src, &mut grad[kidx * vectors..(kidx + 1) * vectors]);
+            });
+        }
+    }
+    for ((oc, kidx), d) in dw.indexed_iter_mut() {
+        let g = grad[kidx * lanes + oc];
+        *d = if beta_w == 0.0 { g } else { beta_w * *d + g };
+    }
+    if let Some((mut db, beta_b)) = db {
+        for (oc, d) in db.iter_mut().enumerate() {
+            let sum: f32 = dy.rows().into_iter().map(|r| r.iter().skip(oc * p).take(p).sum::<f32>()).sum();
+            *d = if beta_b == 0.0 { sum } else { beta_b * *d + sum };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array1, Array2};
+
+    use super::*;
+
+    #[test]
+    fn sparse_and_dense_convolutions_agree() {
+        for shape in [
+            Conv2dShape { in_channels: 1, height: 9, width: 8, out_channels: 6, kernel: 5, stride: 1, padding: 2 },
+            Conv2dShape { in_channels: 2, height: 7, width: 6, out_channels: 10, kernel: 3, stride: 2, padding: 1 },
+        ] {
+            let n = 3;
+            let x = Array2::from_shape_fn((n, shape.in_len()), |(a, b)| {
+                if (a * 13 + b * 7) % 5 == 0 { ((a + b) % 9) as f32 * 0.25 - 1.0 } else { 0.0 }
+            });
+            let w = Array2::from_shape_fn((shape.out_channels, shape.patch_len()), |(a, b)| {
+                ((a * 3 + b * 5) % 11) as f32 * 0.1 - 0.5
+            });
+            let b = Array1::from_shape_fn(shape.out_channels, |o| o as f32 * 0.1);
+            let dy = Array2::from_shape_fn((n, shape.out_len()), |(a, b)| ((a * 7 + b * 3) % 13) as f32 * 0.1 - 0.6);
+            let mut scratch = SparseConvScratch::default();
+            let (mut dense, mut sparse) = (Array2::zeros(dy.dim()), Array2::zeros(dy.dim()));
+            crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut Vec::new(), dense.view_mut());
+            sparse_conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut scratch, sparse.view_mut());
+            for (a, b) in dense.iter().zip(&sparse) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{shape:?}: forward {a} vs {b}");
+            }
+            let (mut dw_dense, mut dw_sparse) = (Array2::zeros(w.dim()), Array2::from_elem(w.dim(), 1.0));
+            let (mut db_dense, mut db_sparse) = (Array1::zeros(b.dim()), Array1::from_elem(b.dim(), 1.0));
+            crate::conv2d_backward(
+                x.view(),
+                w.view(),
+                dy.view(),
+                &shape,
+                &mut Vec::new(),
+                (dw_dense.view_mut(), 0.0),
+                Some((db_dense.view_mut(), 0.0)),
+                None,
+            );
+            sparse_conv2d_backward(
+                x.view(),
+                dy.view(),
+                &shape,
+                &mut scratch,
+                (dw_sparse.view_mut(), 0.0),
+                Some((db_sparse.view_mut(), 0.0)),
+            );
+            for (a, b) in dw_dense.iter().zip(&dw_sparse).chain(db_dense.iter().zip(&db_sparse)) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{shape:?}: gradient {a} vs {b}");
+            }
+        }
+    }
+}
