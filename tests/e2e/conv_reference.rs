@@ -43,7 +43,8 @@ fn conv2d_outputs_and_gradients_match_pytorch() {
         let bias = case.get("bias").map(|b| Array1::from(floats(b)));
         let mut cols = Vec::new();
         let mut y = Array2::zeros((n, shape.out_len()));
-        tensor::conv2d(x.view(), w.view(), bias.as_ref().map(|b| b.view()), &shape, &mut cols, y.view_mut());
+        let mut tmp = Vec::new();
+        tensor::conv2d(x.view(), w.view(), bias.as_ref().map(|b| b.view()), &shape, &mut cols, &mut tmp, y.view_mut());
         assert_close(&format!("{name} y"), y.as_slice().unwrap(), &floats(&case["y"]));
 
         let upstream = rows(floats(&case["upstream"]), n);
@@ -51,11 +52,11 @@ fn conv2d_outputs_and_gradients_match_pytorch() {
         let mut db = Array1::zeros(shape.out_channels);
         let db_arg = bias.is_some().then(|| (db.view_mut(), 0.0));
         tensor::conv2d_backward(
-            x.view(),
             w.view(),
             upstream.view(),
             &shape,
             &mut cols,
+            &mut tmp,
             (dw.view_mut(), 0.0),
             db_arg,
             Some((dx.view_mut(), 0.0)),

@@ -31,6 +31,8 @@ pub struct Options {
     pub runs: usize,
     /// Epochs per configuration of the scaling table.
     pub scaling_epochs: usize,
+    /// Full LeNet-5 training runs.
+    pub lenet_runs: usize,
     /// A Python interpreter and PyTorch script to compare with, if any.
     pub pytorch: Option<(PathBuf, PathBuf)>,
     /// Where to write the report.
@@ -180,6 +182,52 @@ pub fn bench(opts: &Options) -> Result<String> {
         dev_epoch / medians[1]
     )?;
 
+    eprintln!("LeNet-5 ...");
+    let mut lenet_runs = Vec::new();
+    for r in 0..opts.lenet_runs {
+        eprintln!("LeNet-5, run {}/{} ...", r + 1, opts.lenet_runs);
+        let summary = scratch.path().join(format!("lenet-{r}.json"));
+        let args = [
+            "train",
+            "--model",
+            "lenet",
+            "--threads",
+            "2",
+            "--data-dir",
+            path_str(&opts.data_dir)?,
+            "--summary-json",
+            path_str(&summary)?,
+        ];
+        lenet_runs.push(measure_run(&bin, &args, &summary)?);
+    }
+    let lenet_flops = Flops::lenet(&shape, density);
+    let lenet_epoch = median(&lenet_runs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect::<Vec<_>>());
+    writeln!(report, "## LeNet-5\n")?;
+    writeln!(
+        report,
+        "`mnist train --model lenet --threads 2` (conv 6@5x5 pad 2, max-pool, conv 16@5x5, max-pool, 120, 84, 10; \
+         Adam lr 1e-3, batch 64, 10 epochs), {} runs. A step costs {:.0} kFLOP per sample counted densely \
+         (forward, weight gradients, input gradients of every layer but the first); the first convolution \
+         only visits nonzero pixels, so {:.0} kFLOP are executed.\n",
+        opts.lenet_runs,
+        lenet_flops.dense / 1e3,
+        lenet_flops.executed / 1e3
+    )?;
+    writeln!(
+        report,
+        "| threads | s/epoch | samples/s | GFLOP/s, dense-equivalent | GFLOP/s, executed | share of peak | test accuracy |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    let executed = lenet_flops.executed * shape.train as f64 / lenet_epoch / 1e9;
+    writeln!(
+        report,
+        "| 2 | {lenet_epoch:.3} | {:.0} | {:.0} | {executed:.0} | {:.0}% | {} |\n",
+        shape.train as f64 / lenet_epoch,
+        lenet_flops.dense * shape.train as f64 / lenet_epoch / 1e9,
+        100.0 * executed / (2.0 * ghz * FLOP_PER_CYCLE),
+        lenet_runs.iter().map(|r| format!("{:.2}%", r.test_accuracy)).collect::<Vec<_>>().join(", "),
+    )?;
+
     writeln!(report, "## Scaling\n")?;
     writeln!(
         report,
@@ -229,34 +277,35 @@ pub fn bench(opts: &Options) -> Result<String> {
     }
 
     if let Some((python, script)) = &opts.pytorch {
-        eprintln!("PyTorch ...");
         let started = Instant::now();
-        let out = Command::new(python)
-            .arg(script)
-            .args(["--threads", "2", "--data", path_str(&opts.data_dir)?])
-            .output()
-            .with_context(|| format!("cannot run {}", python.display()))?;
-        if !out.status.success() {
-            bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let torch_epoch = field(&text, "median_epoch_seconds: ")?;
-        let torch_accuracy = field(&text, "Test Accuracy: ")?;
-        let version = text.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        let mlp = pytorch(python, script, "mlp", &opts.data_dir)?;
+        let lenet = pytorch(python, script, "lenet", &opts.data_dir)?;
         writeln!(report, "\n## Against PyTorch\n")?;
         writeln!(
             report,
-            "The same workload in PyTorch {version}, written for speed on a CPU (data decoded once into \
-             one tensor, batches sliced from a per-epoch permutation), 2 threads, run by this command \
-             right after the runs above ({:.0} s):\n",
+            "The same workloads in PyTorch {}, written for speed on a CPU (data decoded once into one tensor, \
+             batches sliced from a per-epoch permutation), 2 threads, run by this command right after the runs \
+             above ({:.0} s):\n",
+            mlp.version,
             started.elapsed().as_secs_f64()
         )?;
-        writeln!(report, "| | s/epoch (median) | test accuracy |")?;
-        writeln!(report, "|---|---|---|")?;
-        writeln!(report, "| PyTorch | {torch_epoch:.3} | {torch_accuracy:.2}% |")?;
-        let ours = &speed[1].1;
-        writeln!(report, "| this project | {:.3} | {:.2}% |", medians[1], ours[0].test_accuracy)?;
-        writeln!(report, "\nThis project is {:.1}x faster per epoch.", torch_epoch / medians[1])?;
+        writeln!(
+            report,
+            "| model | PyTorch s/epoch | PyTorch test accuracy | this project s/epoch | this project test accuracy | ratio |"
+        )?;
+        writeln!(report, "|---|---|---|---|---|---|")?;
+        for (name, torch, ours, accuracy) in [
+            ("MLP", &mlp, medians[1], speed[1].1[0].test_accuracy),
+            ("LeNet-5", &lenet, lenet_epoch, lenet_runs[0].test_accuracy),
+        ] {
+            writeln!(
+                report,
+                "| {name} | {:.3} | {:.2}% | {ours:.3} | {accuracy:.2}% | {:.1}x faster |",
+                torch.epoch_seconds,
+                torch.accuracy,
+                torch.epoch_seconds / ours
+            )?;
+        }
     }
 
     writeln!(report, "\n## Kernels\n")?;
@@ -266,6 +315,32 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
     atomic_file::write(&opts.output, |w| w.write_all(report.as_bytes()))?;
     Ok(report)
+}
+
+/// What PyTorch's script reported.
+struct Torch {
+    version: String,
+    epoch_seconds: f64,
+    accuracy: f64,
+}
+
+/// Runs the PyTorch script for `model` (10 epochs, 2 threads).
+fn pytorch(python: &Path, script: &Path, model: &str, data: &Path) -> Result<Torch> {
+    eprintln!("PyTorch, {model} ...");
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--threads", "2", "--model", model, "--data", path_str(data)?])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(Torch {
+        version: text.split_whitespace().nth(1).unwrap_or("?").to_owned(),
+        epoch_seconds: field(&text, "median_epoch_seconds: ")?,
+        accuracy: field(&text, "Test Accuracy: ")?,
+    })
 }
 
 /// A core's nominal f32 rate: two 8-wide fused multiply-adds a cycle.
@@ -290,6 +365,21 @@ struct Flops {
 }
 
 impl Flops {
+    /// LeNet-5 on the data's images: conv 6@5x5 pad 2, pool, conv 16@5x5, pool, 120, 84, classes.
+    fn lenet(shape: &Shape, density: f64) -> Self {
+        let side = (shape.inputs as f64).sqrt() as usize;
+        // Per sample: 2·out·(in·k²)·positions for a convolution, 2·in·out for a linear layer.
+        let conv1 = 2.0 * (6 * 25 * side * side) as f64;
+        let after2 = (side / 2 - 4).pow(2);
+        let conv2 = 2.0 * (16 * 150 * after2) as f64;
+        let flat = 16 * (side / 2 - 4) / 2 * ((side / 2 - 4) / 2);
+        let fc = 2.0 * (flat * 120 + 120 * 84 + 84 * shape.classes) as f64;
+        // Forward and weight gradients of everything, input gradients of all but conv1.
+        let dense = 2.0 * conv1 + 3.0 * conv2 + 3.0 * fc;
+        let executed = 2.0 * density * conv1 + 3.0 * conv2 + 3.0 * fc;
+        Self { dense, executed }
+    }
+
     fn new(widths: &[usize], density: f64) -> Self {
         let layer = |i: usize| 2.0 * (widths[i] * widths[i + 1]) as f64;
         let layers = widths.len() - 1;
@@ -457,6 +547,14 @@ fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flops_of_lenet() {
+        // conv1 2·6·25·784 = 235200, conv2 2·16·150·100 = 480000, fc 2·(400·120 + 120·84 + 84·10) = 117840.
+        let f = Flops::lenet(&Shape { train: 60_000, inputs: 784, classes: 10 }, 1.0);
+        assert_eq!(f.dense, 2.0 * 235_200.0 + 3.0 * 480_000.0 + 3.0 * 117_840.0);
+        assert_eq!(f.executed, f.dense);
+    }
 
     #[test]
     fn flops_of_the_default_model() {

@@ -38,6 +38,9 @@ enum Command {
         /// Full 10-epoch training runs per thread count.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Full 10-epoch LeNet-5 training runs.
+        #[arg(long, default_value_t = 3)]
+        lenet_runs: usize,
         /// Epochs per configuration of the scaling table.
         #[arg(long, default_value_t = 2)]
         scaling_epochs: usize,
@@ -74,14 +77,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fetch::fetch(&opts, &mut std::io::stderr())?;
             Ok(())
         }
-        Command::Bench { data_dir, runs, scaling_epochs, pytorch, python, output } => {
-            if runs == 0 || scaling_epochs == 0 {
-                anyhow::bail!("--runs and --scaling-epochs must be at least 1");
+        Command::Bench { data_dir, runs, lenet_runs, scaling_epochs, pytorch, python, output } => {
+            if runs == 0 || scaling_epochs == 0 || lenet_runs == 0 {
+                anyhow::bail!("--runs, --lenet-runs and --scaling-epochs must be at least 1");
             }
             let root = xtask::repo_root();
             let opts = bench::Options {
                 data_dir: data_dir.unwrap_or_else(|| root.join("data").join("mnist")),
                 runs,
+                lenet_runs,
                 scaling_epochs,
                 pytorch: python.zip(pytorch),
                 output: output.unwrap_or_else(|| root.join("BENCHMARKS.md")),

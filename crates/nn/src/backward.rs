@@ -104,10 +104,9 @@ impl Tape {
                 }
                 Op::Conv2d { x, weight, bias, shape, sparse: false } => {
                     // y_n = W·im2col(x_n) + b:  dW += Σ_n dy_n·im2col(x_n)ᵀ,  db += Σ dy,
-                    // dx_n += col2im(Wᵀ·dy_n).
+                    // dx_n += col2im(Wᵀ·dy_n). The patches were kept by the forward pass.
                     let input = &mut before[x.index];
                     let (rows, cols, needs_grad) = (input.rows, input.cols, input.needs_grad);
-                    let x_value = ArrayView2::from_shape((rows, cols), &input.value).expect("node buffer matches");
                     let dx = needs_grad.then(|| {
                         let beta = crate::grads::write_beta(&mut input.grad_written);
                         (
@@ -117,7 +116,8 @@ impl Tape {
                     });
                     let (dw, db) = grads.weight_and_bias_mut(params, weight, bias);
                     let w = params.matrix(weight);
-                    tensor::conv2d_backward(x_value, w, dy, &shape, &mut self.cols, dw, db, dx);
+                    let dy = ArrayView2::from_shape((node.rows, node.cols), &node.grad).expect("node buffer matches");
+                    tensor::conv2d_backward(w, dy, &shape, &mut node.aux, &mut self.conv_tmp, dw, db, dx);
                 }
                 Op::MaxPool2d { x, .. } => {
                     // y = max over the window:  dx[argmax] += dy.

@@ -80,6 +80,7 @@ pub struct Inference {
     pub(crate) layers: Vec<Vec<f32>>,
     pub(crate) sparse: tensor::SparseRows,
     pub(crate) cols: Vec<f32>,
+    pub(crate) conv_tmp: Vec<f32>,
     pub(crate) indices: Vec<u32>,
     pub(crate) sparse_conv: tensor::SparseConvScratch,
 }

@@ -554,7 +554,7 @@ impl Model for Sequential {
             x.ncols(),
             self.input_width()
         );
-        let Inference { layers: buffers, sparse, cols, indices, sparse_conv } = scratch;
+        let Inference { layers: buffers, sparse, cols, conv_tmp, indices, sparse_conv } = scratch;
         buffers.resize_with(2, Vec::new);
         let (mut width, mut current) = (x.ncols(), None::<usize>);
         for layer in &self.layers {
@@ -592,7 +592,7 @@ impl Model for Sequential {
                     if *sparse {
                         tensor::sparse_conv2d(input, w, bias, shape, sparse_conv, y);
                     } else {
-                        tensor::conv2d(input, w, bias, shape, cols, y);
+                        tensor::conv2d(input, w, bias, shape, cols, conv_tmp, y);
                     }
                 }
                 Built::Pool(shape) => tensor::max_pool2d(input, shape, y, indices),

@@ -132,8 +132,8 @@ pub struct Tape {
     pub(crate) nodes: Vec<Node>,
     pub(crate) len: usize,
     pub(crate) labels: Vec<usize>,
-    /// Unfolded patches for convolutions, reused.
-    pub(crate) cols: Vec<f32>,
+    /// Scratch of convolutions, reused.
+    pub(crate) conv_tmp: Vec<f32>,
     /// Buffers of sparse convolutions, reused.
     pub(crate) sparse_conv: tensor::SparseConvScratch,
     generation: u64,
@@ -314,12 +314,14 @@ impl Tape {
         let rows = self.nodes[x.index].rows;
         let y = self.push(Op::Conv2d { x, weight, bias, shape, sparse }, rows, shape.out_len(), true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
-        let y_view = rest[0].value_mut();
+        let node = &mut rest[0];
+        let y_view = ArrayViewMut2::from_shape((rows, shape.out_len()), &mut node.value[..]).expect("sized by push");
         let (x, w, bias) = (before[x.index].value(), params.matrix(weight), bias.map(|b| params.vector(b)));
         if sparse {
             tensor::sparse_conv2d(x, w, bias, &shape, &mut self.sparse_conv, y_view);
         } else {
-            tensor::conv2d(x, w, bias, &shape, &mut self.cols, y_view);
+            // The unfolded patches stay in the node for the backward pass.
+            tensor::conv2d(x, w, bias, &shape, &mut node.aux, &mut self.conv_tmp, y_view);
         }
         y
     }

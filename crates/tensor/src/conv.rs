@@ -77,9 +77,15 @@ impl Conv2dShape {
 /// If the lengths do not fit the shape.
 #[track_caller]
 pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
-    assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "im2col: columns buffer");
-    for_each_segment(shape, cols.chunks_exact_mut(shape.positions()), |segment| match segment {
+    im2col_rows(x, shape, cols.chunks_exact_mut(shape.positions()));
+}
+
+/// [`im2col`] into rows that may be parts of longer rows (sample `n`'s block of a batch's
+/// unfolded matrix).
+fn im2col_rows<'a>(x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'a mut [f32]>) {
+    assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
+    for_each_segment(shape, rows, |segment| match segment {
         Segment::Zeros(out) => out.fill(0.0),
         Segment::Copy { out, from, step } => {
             if step == 1 {
@@ -97,9 +103,14 @@ pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
 /// If the lengths do not fit the shape.
 #[track_caller]
 pub fn col2im_add(cols: &[f32], shape: &Conv2dShape, dx: &mut [f32]) {
-    assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "col2im: columns buffer");
-    for_each_segment(shape, cols.chunks_exact(shape.positions()), |segment| match segment {
+    col2im_rows(cols.chunks_exact(shape.positions()), shape, dx);
+}
+
+/// [`col2im_add`] from rows that may be parts of longer rows.
+fn col2im_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, shape: &Conv2dShape, dx: &mut [f32]) {
+    assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
+    for_each_segment(shape, rows, |segment| match segment {
         Segment::Zeros(_) => {}
         Segment::Copy { out, from, step } => {
             if step == 1 {
@@ -182,7 +193,9 @@ impl<'a> SplitRun<'a, &'a [f32]> for &'a [f32] {
 }
 
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
-/// `N x out_len`. `cols` is scratch, grown as needed.
+/// `N x out_len`. The batch's patches are unfolded side by side into `cols` (`patch_len x
+/// N·positions`), so that the whole batch is one matrix product, and left there for
+/// [`conv2d_backward`]; `tmp` is scratch. Both grow as needed.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -193,81 +206,83 @@ pub fn conv2d(
     bias: Option<ArrayView1<f32>>,
     shape: &Conv2dShape,
     cols: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
     mut y: ArrayViewMut2<f32>,
 ) {
     check(x.dim(), w.dim(), y.dim(), shape);
-    let (k, p) = (shape.patch_len(), shape.positions());
-    cols.resize(k * p, 0.0);
-    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
-        im2col(xn.as_slice().expect("rows of a standard matrix"), shape, cols);
-        let cols = ArrayView2::from_shape((k, p), &cols[..]).expect("sized above");
-        let yn = ArrayViewMut2::from_shape((shape.out_channels, p), yn.as_slice_mut().expect("standard rows"))
-            .expect("sized by check");
-        matmul(1.0, w, cols, 0.0, yn);
+    let (n, k, p, o) = (x.nrows(), shape.patch_len(), shape.positions(), shape.out_channels);
+    cols.resize(k * n * p, 0.0);
+    for (s, xn) in x.rows().into_iter().enumerate() {
+        let rows = cols.chunks_exact_mut(n * p).map(|row| &mut row[s * p..(s + 1) * p]);
+        im2col_rows(xn.as_slice().expect("rows of a standard matrix"), shape, rows);
     }
-    if let Some(b) = bias {
-        for mut yn in y.rows_mut() {
-            for (chunk, &bc) in yn.as_slice_mut().expect("standard rows").chunks_exact_mut(p).zip(b) {
-                chunk.iter_mut().for_each(|v| *v += bc);
-            }
+    tmp.resize(o * n * p, 0.0);
+    let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
+    let out = ArrayViewMut2::from_shape((o, n * p), &mut tmp[..]).expect("sized above");
+    matmul(1.0, w, c, 0.0, out);
+    // From [out, sample·position] to each sample's [out, position], with the bias.
+    for (s, mut yn) in y.rows_mut().into_iter().enumerate() {
+        let yn = yn.as_slice_mut().expect("standard rows");
+        for oc in 0..o {
+            let b = bias.map_or(0.0, |b| b[oc]);
+            let src = &tmp[oc * n * p + s * p..oc * n * p + (s + 1) * p];
+            yn[oc * p..(oc + 1) * p].iter_mut().zip(src).for_each(|(y, &v)| *y = v + b);
         }
     }
 }
 
-/// The gradients of [`conv2d`] given `dy` (`N x out_len`): `dw = beta_w·dw + Σ_n dy_n·colsᵀ`,
-/// `db = beta_b·db + Σ over samples and positions of dy`, and, when asked,
-/// `dx = beta_x·dx + col2im(wᵀ·dy_n)`.
+/// The gradients of [`conv2d`] given `dy` (`N x out_len`), with `cols` as [`conv2d`] left them
+/// for the same `x`: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
+/// positions of dy`, and, when asked, `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites
+/// `cols`). `tmp` is scratch.
 ///
 /// # Panics
 /// If the shapes do not fit.
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
-    x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
-    cols: &mut Vec<f32>,
-    (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
+    cols: &mut [f32],
+    tmp: &mut Vec<f32>,
+    (dw, beta_w): (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
     dx: Option<(ArrayViewMut2<f32>, f32)>,
 ) {
-    check(x.dim(), w.dim(), dy.dim(), shape);
-    let (k, p) = (shape.patch_len(), shape.positions());
-    cols.resize(k * p, 0.0);
-    let mut beta = beta_w;
-    for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
-        im2col(xn.as_slice().expect("rows of a standard matrix"), shape, cols);
-        let c = ArrayView2::from_shape((k, p), &cols[..]).expect("sized above");
-        let d = ArrayView2::from_shape((shape.out_channels, p), dy_n.to_slice().expect("standard rows"))
-            .expect("sized by check");
-        matmul_nt(1.0, d, c, beta, dw.view_mut());
-        beta = 1.0;
-    }
-    if x.nrows() == 0 && beta_w == 0.0 {
-        dw.fill(0.0);
-    }
-    if let Some((mut db, beta_b)) = db {
-        if beta_b == 0.0 {
-            db.fill(0.0);
+    let (n, k, p, o) = (dy.nrows(), shape.patch_len(), shape.positions(), shape.out_channels);
+    assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
+    assert_eq!(w.dim(), (o, k), "conv2d_backward: weight {:?} for {shape:?}", w.dim());
+    assert_eq!(dy.ncols(), shape.out_len(), "conv2d_backward: output gradient for {shape:?}");
+    assert_eq!(cols.len(), k * n * p, "conv2d_backward: the columns conv2d left for this batch");
+    // dy from each sample's [out, position] to [out, sample·position].
+    tmp.resize(o * n * p, 0.0);
+    for (s, dy_n) in dy.rows().into_iter().enumerate() {
+        let dy_n = dy_n.to_slice().expect("standard rows");
+        for oc in 0..o {
+            tmp[oc * n * p + s * p..oc * n * p + (s + 1) * p].copy_from_slice(&dy_n[oc * p..(oc + 1) * p]);
         }
-        for dy_n in dy.rows() {
-            for (chunk, g) in dy_n.to_slice().expect("standard rows").chunks_exact(p).zip(db.iter_mut()) {
-                *g += chunk.iter().sum::<f32>();
-            }
+    }
+    let d = ArrayView2::from_shape((o, n * p), &tmp[..]).expect("sized above");
+    matmul_nt(1.0, d, ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized by the check"), beta_w, dw);
+    if let Some((mut db, beta_b)) = db {
+        for (g, row) in db.iter_mut().zip(d.rows()) {
+            let sum = row.sum();
+            *g = if beta_b == 0.0 { sum } else { beta_b * *g + sum };
         }
     }
     if let Some((mut dx, beta_x)) = dx {
-        assert_eq!(dx.dim(), x.dim(), "conv2d_backward: input gradient shape");
+        assert_eq!(dx.dim(), (n, shape.in_len()), "conv2d_backward: input gradient shape");
         if beta_x == 0.0 {
             dx.fill(0.0);
+        } else if beta_x != 1.0 {
+            dx *= beta_x;
         }
-        for (dy_n, mut dxn) in dy.rows().into_iter().zip(dx.rows_mut()) {
-            let d = ArrayView2::from_shape((shape.out_channels, p), dy_n.to_slice().expect("standard rows"))
-                .expect("sized by check");
-            let c = ArrayViewMut2::from_shape((k, p), &mut cols[..]).expect("sized above");
-            matmul_tn(1.0, w, d, 0.0, c);
-            col2im_add(cols, shape, dxn.as_slice_mut().expect("standard rows"));
+        let dcols = ArrayViewMut2::from_shape((k, n * p), &mut cols[..]).expect("sized by the check");
+        matmul_tn(1.0, w, d, 0.0, dcols);
+        for (s, mut dxn) in dx.rows_mut().into_iter().enumerate() {
+            let rows = cols.chunks_exact(n * p).map(|row| &row[s * p..(s + 1) * p]);
+            col2im_rows(rows, shape, dxn.as_slice_mut().expect("standard rows"));
         }
     }
 }
@@ -340,7 +355,7 @@ mod tests {
                 Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 * 0.5);
             let b = Array1::from_shape_fn(sh.out_channels, |o| o as f32);
             let mut y = Array2::zeros((n, sh.out_len()));
-            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut Vec::new(), y.view_mut());
+            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut Vec::new(), &mut Vec::new(), y.view_mut());
             for s in 0..n {
                 let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), b.as_slice().unwrap(), &sh);
                 assert_eq!(y.row(s).to_vec(), want, "{sh:?}");

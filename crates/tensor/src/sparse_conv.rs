@@ -280,7 +280,8 @@ mod tests {
             let dy = Array2::from_shape_fn((n, shape.out_len()), |(a, b)| ((a * 7 + b * 3) % 13) as f32 * 0.1 - 0.6);
             let mut scratch = SparseConvScratch::default();
             let (mut dense, mut sparse) = (Array2::zeros(dy.dim()), Array2::zeros(dy.dim()));
-            crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut Vec::new(), dense.view_mut());
+            let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+            crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut cols, &mut tmp, dense.view_mut());
             sparse_conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut scratch, sparse.view_mut());
             for (a, b) in dense.iter().zip(&sparse) {
                 assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{shape:?}: forward {a} vs {b}");
@@ -288,11 +289,11 @@ mod tests {
             let (mut dw_dense, mut dw_sparse) = (Array2::zeros(w.dim()), Array2::from_elem(w.dim(), 1.0));
             let (mut db_dense, mut db_sparse) = (Array1::zeros(b.dim()), Array1::from_elem(b.dim(), 1.0));
             crate::conv2d_backward(
-                x.view(),
                 w.view(),
                 dy.view(),
                 &shape,
-                &mut Vec::new(),
+                &mut cols,
+                &mut tmp,
                 (dw_dense.view_mut(), 0.0),
                 Some((db_dense.view_mut(), 0.0)),
                 None,
