@@ -6,7 +6,7 @@
 //! faster, so they stay.
 
 use data::Dataset;
-use nn::{Mlp, MlpConfig};
+use nn::{Mlp, MlpConfig, Sequential, SequentialConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use train::{Observer, Settings, Trainer};
@@ -28,7 +28,7 @@ struct Count {
     calls: Option<usize>,
 }
 
-impl Observer<Mlp> for Count {
+impl<M: nn::Model> Observer<M> for Count {
     fn epoch_started(&mut self, epoch: usize, _steps: usize) {
         self.current = epoch;
     }
@@ -63,6 +63,29 @@ fn a_warm_training_step_allocates_only_in_dense_products() {
         let steps = ds.len() / 64 - 1; // counted from the end of step 1 to the end of the last
         // Per part: the forward products of layers 2-4, and their weight and input gradients.
         let dense_products = 2 * 3 * 3 * steps;
+        assert!(
+            calls <= dense_products,
+            "{steps} warm steps allocated {calls} times, more than their {dense_products} dense products"
+        );
+    });
+}
+
+#[test]
+fn a_warm_lenet_step_allocates_only_in_dense_products() {
+    let _turn = exclusive();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let ds = dataset();
+        let config = SequentialConfig::parse(SequentialConfig::LENET, [1, 28, 28]).unwrap();
+        let lenet = Sequential::new(&config, &mut ChaCha8Rng::seed_from_u64(1));
+        let mut trainer = Trainer::new(lenet, Settings::default()).unwrap().with_threads(2);
+        let mut count = Count { epoch: 3, current: 0, first: None, calls: None };
+        trainer.fit(&ds, 3, &mut count).unwrap();
+        let calls = count.calls.expect("epoch 3 ran");
+        let steps = ds.len() / 64 - 1;
+        // Per part: conv2's product, weight and input gradients (conv1 is sparse and allocates
+        // nothing), and the three linear layers' forward, weight and input gradients.
+        let dense_products = 2 * (3 + 3 * 3) * steps;
         assert!(
             calls <= dense_products,
             "{steps} warm steps allocated {calls} times, more than their {dense_products} dense products"
