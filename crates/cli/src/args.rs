@@ -35,6 +35,8 @@ pub(crate) enum Command {
     Eval(EvalArgs),
     /// Classify image files (PNG or JPEG, any size) with a saved model.
     Predict(PredictArgs),
+    /// Serve a model over HTTP: a page to draw digits on, and a prediction API.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +187,23 @@ pub(crate) struct PredictArgs {
     pub(crate) images: Vec<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The model to serve (as written by `train --save` or `--checkpoint`); without it, the
+    /// default model is trained first, which takes a few seconds.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub(crate) addr: std::net::SocketAddr,
+    /// Where MNIST is, to train a model when --model is not given.
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    /// Worker threads for training and inference [default: all cores].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub(crate) threads: Option<i64>,
+}
+
 /// A new run: its settings and its model (whose input and output widths come from the data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
@@ -208,6 +227,13 @@ pub enum Architecture {
     Lenet,
     /// A list of layers, as `--layers` takes it.
     Layers(String),
+}
+
+impl Architecture {
+    /// The notebook's MLP: the default.
+    pub fn notebook() -> Self {
+        Self::Mlp { hidden: MlpConfig::NOTEBOOK_HIDDEN.to_vec(), output_relu: false }
+    }
 }
 
 /// What `train` starts from.
@@ -348,12 +374,12 @@ impl TrainArgs {
                 return Err(usage("--hidden and --output-relu shape the MLP, not --model lenet".into()));
             }
             (None, ModelKind::Lenet) => Architecture::Lenet,
-            (None, ModelKind::Mlp) => Architecture::Mlp {
-                hidden: match &self.hidden {
-                    Some(spec) => hidden(spec)?,
-                    None => MlpConfig::NOTEBOOK_HIDDEN.to_vec(),
+            (None, ModelKind::Mlp) => match &self.hidden {
+                None if !self.output_relu => Architecture::notebook(),
+                spec => Architecture::Mlp {
+                    hidden: spec.as_deref().map(hidden).transpose()?.unwrap_or(MlpConfig::NOTEBOOK_HIDDEN.to_vec()),
+                    output_relu: self.output_relu,
                 },
-                output_relu: self.output_relu,
             },
         };
         Ok(NewRun { settings, architecture })

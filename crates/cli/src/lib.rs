@@ -1,4 +1,4 @@
-//! The `mnist` command line: `train`, `eval` and `predict`. It parses flags, calls the
+//! The `mnist` command line: `train`, `eval`, `predict` and `serve`. It parses flags, calls the
 //! libraries (`data`, `nn`, `train`, `metrics`), prints and draws; [`main`] is the whole
 //! program, and [`run`] runs a command line in process.
 
@@ -7,6 +7,7 @@ mod eval;
 mod files;
 mod plots;
 mod predict;
+mod serving;
 mod training;
 
 use std::ffi::OsString;
@@ -81,6 +82,7 @@ fn command(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
         }
         args::Command::Eval(a) => with_threads(args::threads(a.threads)?, || eval::run(&a, out)),
         args::Command::Predict(a) => predict::run(&a, out),
+        args::Command::Serve(a) => with_threads(args::threads(a.threads)?, || serving::run(&a, out)),
     }
 }
 

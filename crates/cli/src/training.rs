@@ -123,7 +123,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
 }
 
 /// The layers of a new run's model, for the data's image shape and classes.
-fn architecture(architecture: &Architecture, data: &data::Dataset) -> Result<SequentialConfig, UsageError> {
+pub(crate) fn architecture(architecture: &Architecture, data: &data::Dataset) -> Result<SequentialConfig, UsageError> {
     let input = [1, data.rows(), data.cols()];
     let parsed = match architecture {
         Architecture::Mlp { hidden, output_relu } => {

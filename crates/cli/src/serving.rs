@@ -1,0 +1,54 @@
+//! The `serve` command: a model over HTTP, with a line per request on stderr.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use nn::Sequential;
+use train::{Settings, Trainer};
+
+use crate::args::{Architecture, ServeArgs};
+use crate::files::{load_mnist, load_model};
+
+/// Serves until Ctrl-C, then finishes the requests under way.
+pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let (model, accuracy) = match &args.model {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let state =
+                nn::StateDict::from_safetensors(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            (load_model(path)?, train::recorded_test_accuracy(&state))
+        }
+        None => train_default(args)?,
+    };
+    let app = serve::App::new(model, accuracy, serve::Limits::default());
+    let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("--addr {}", args.addr))?;
+        writeln!(out, "Serving on http://{} (Ctrl-C stops)", listener.local_addr()?)?;
+        out.flush()?;
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        serve::serve(listener, router, stop).await?;
+        eprintln!("Stopped");
+        Ok(())
+    })
+}
+
+/// The notebook's model, trained with its recipe, and its test accuracy.
+fn train_default(args: &ServeArgs) -> Result<(Sequential, Option<f64>)> {
+    eprintln!("No --model given: training the default model first (a few seconds) ...");
+    let mnist = load_mnist(&args.data.data_dir)?;
+    let settings = Settings::default();
+    let config = crate::training::architecture(&Architecture::notebook(), &mnist.train)?;
+    let model = Sequential::new(&config, &mut train::init_rng(settings.seed));
+    let mut trainer = Trainer::new(model, settings)?;
+    trainer.fit(&mnist.train, train::DEFAULT_EPOCHS, &mut ())?;
+    let model = trainer.into_model();
+    let all: Vec<usize> = (0..mnist.test.len()).collect();
+    let accuracy = train::evaluate(&model, &mnist.test, &all).accuracy();
+    eprintln!("Trained: {:.2}% test accuracy", 100.0 * accuracy);
+    Ok((model, Some(accuracy)))
+}

@@ -1,0 +1,193 @@
+//! The JSON API: predictions from an image or from pixels, the model's facts, health.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use data::digit::SIDE;
+use nn::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::App;
+
+/// Every error's body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong, in one line.
+    pub error: String,
+}
+
+/// An error response: `status` with `{"error": message}`.
+pub(crate) fn error(status: StatusCode, message: String) -> (StatusCode, Json<ErrorBody>) {
+    (status, Json(ErrorBody { error: message }))
+}
+
+type Failure = (StatusCode, Json<ErrorBody>);
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    error(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// What `GET /api/model` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    /// The architecture, as `mnist train` describes it.
+    pub architecture: String,
+    /// Trainable scalars.
+    pub parameters: usize,
+    /// Values per image (784 for 28x28).
+    pub inputs: usize,
+    /// The number of classes.
+    pub classes: usize,
+    /// The test accuracy the model's file records, if any.
+    pub test_accuracy: Option<f64>,
+}
+
+/// One image's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The most likely class.
+    pub class: usize,
+    /// Every class's probability.
+    pub probabilities: Vec<f32>,
+    /// The 28x28 image the model received, row-major, in `[0, 1]`.
+    pub input: Vec<f32>,
+}
+
+/// A JSON request: one image or many, each 784 numbers in `[0, 1]` (or, when any exceeds 1, in
+/// `[0, 255]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PixelsRequest {
+    pixels: Option<Vec<f64>>,
+    images: Option<Vec<Vec<f64>>>,
+}
+
+pub(crate) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn model(State(app): State<App>) -> Json<ModelFacts> {
+    Json((*app.facts).clone())
+}
+
+pub(crate) async fn not_found() -> Failure {
+    error(StatusCode::NOT_FOUND, "no such path; try GET /, POST /api/predict, GET /api/model".into())
+}
+
+pub(crate) async fn method_not_allowed() -> Failure {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path".into())
+}
+
+/// `POST /api/predict`: a PNG or JPEG body, or JSON pixels.
+pub(crate) async fn predict(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()).into_response(),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let kind = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let images = match kind.as_str() {
+        "image/png" | "image/jpeg" | "image/jpg" => Input::Image(body),
+        "application/json" => Input::Json(body),
+        "" => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a Content-Type is needed: image/png, image/jpeg or application/json".into(),
+            )
+            .into_response();
+        }
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Type {other}: send image/png, image/jpeg or application/json"),
+            )
+            .into_response();
+        }
+    };
+    // Decoding and inference are CPU work: on the blocking pool, off the threads that serve
+    // connections.
+    match tokio::task::spawn_blocking(move || answer(&app, images)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(failure)) => failure.into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into()).into_response(),
+    }
+}
+
+enum Input {
+    Image(Bytes),
+    Json(Bytes),
+}
+
+fn answer(app: &App, input: Input) -> Result<Response, Failure> {
+    let side = SIDE * SIDE;
+    if app.model.input_width() != side {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the model takes {} values, not {SIDE}x{SIDE} images", app.model.input_width()),
+        ));
+    }
+    let (images, batch) = match input {
+        Input::Image(bytes) => {
+            let pixels =
+                data::digit::from_image_bytes(&bytes, app.limits.image).map_err(|e| bad_request(e.to_string()))?;
+            (vec![pixels], false)
+        }
+        Input::Json(bytes) => {
+            let request: PixelsRequest =
+                serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("malformed JSON: {e}")))?;
+            match (request.pixels, request.images) {
+                (Some(p), None) => (vec![pixels(p, 0)?], false),
+                (None, Some(images)) => {
+                    if images.is_empty() || images.len() > app.limits.images {
+                        return Err(bad_request(format!(
+                            "\"images\" holds {} images; send 1 to {}",
+                            images.len(),
+                            app.limits.images
+                        )));
+                    }
+                    (images.into_iter().enumerate().map(|(i, p)| pixels(p, i)).collect::<Result<_, _>>()?, true)
+                }
+                _ => return Err(bad_request("send either \"pixels\" (one image) or \"images\" (several)")),
+            }
+        }
+    };
+    let x = ndarray::Array2::from_shape_vec((images.len(), side), images.concat()).expect("784 values each");
+    let probabilities = app.model.probabilities(x.view());
+    let predictions: Vec<Prediction> = probabilities
+        .rows()
+        .into_iter()
+        .zip(images)
+        .map(|(row, input)| {
+            let class = row.iter().enumerate().fold(0, |best, (c, &p)| if p > row[best] { c } else { best });
+            Prediction { class, probabilities: row.to_vec(), input }
+        })
+        .collect();
+    Ok(if batch {
+        Json(serde_json::json!({ "predictions": predictions })).into_response()
+    } else {
+        Json(predictions.into_iter().next().expect("one image")).into_response()
+    })
+}
+
+/// One image's 784 values, checked and scaled to `[0, 1]`.
+fn pixels(values: Vec<f64>, index: usize) -> Result<Vec<f32>, Failure> {
+    let side = SIDE * SIDE;
+    if values.len() != side {
+        return Err(bad_request(format!(
+            "image {index} has {} values; a {SIDE}x{SIDE} image has {side}",
+            values.len()
+        )));
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_finite() || **v < 0.0 || **v > 255.0) {
+        return Err(bad_request(format!("image {index} holds {v}; values are in 0..1 or 0..255")));
+    }
+    let scale = if values.iter().any(|&v| v > 1.0) { 255.0 } else { 1.0 };
+    Ok(values.into_iter().map(|v| (v / scale) as f32).collect())
+}

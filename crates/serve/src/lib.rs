@@ -1,0 +1,159 @@
+//! An HTTP server for a trained model: a page to draw digits on and watch the model read them,
+//! and a JSON prediction API. Build the [`router`] from a model with [`App::new`], then run it
+//! with [`serve`] on a listener of your choice:
+//!
+//! ```no_run
+//! # async fn run(model: nn::Sequential) -> std::io::Result<()> {
+//! let app = serve::App::new(model, None, serve::Limits::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve::serve(listener, serve::router(app, |_| {}), std::future::pending()).await
+//! # }
+//! ```
+//!
+//! Everything a stranger sends is bounded before it is decoded: the body's size
+//! ([`Limits::body_bytes`], 413 beyond), an image's sides and decoding memory
+//! ([`Limits::image`]), the images in one request, the time a request may take
+//! ([`Limits::timeout`], 408 beyond) and the requests in flight ([`Limits::in_flight`], 503
+//! beyond). Inference runs on the blocking pool, so that a slow request never stalls the
+//! threads that read and write the others. Every error is JSON, `{"error": "..."}`.
+//!
+//! The page is three files embedded in the binary: it needs no network beyond the server.
+
+mod api;
+mod page;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use nn::{Model, Sequential};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+pub use api::{ErrorBody, ModelFacts, Prediction};
+
+/// What the server accepts at most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Bytes of a request's body.
+    pub body_bytes: usize,
+    /// Images in one request.
+    pub images: usize,
+    /// How large an uploaded image may be decoded.
+    pub image: data::digit::Limits,
+    /// How long a request may take, from its headers to its response.
+    pub timeout: Duration,
+    /// Requests handled at once; more wait for a slot, up to the timeout.
+    pub in_flight: usize,
+}
+
+impl Default for Limits {
+    /// 2 MiB bodies, 256 images a request, images of 2048 pixels a side and 32 MiB decoded,
+    /// 10 s a request, 256 requests in flight.
+    fn default() -> Self {
+        Self {
+            body_bytes: 2 << 20,
+            images: 256,
+            image: data::digit::Limits { max_side: 2048, max_bytes: 32 << 20 },
+            timeout: Duration::from_secs(10),
+            in_flight: 256,
+        }
+    }
+}
+
+/// The model being served, with what the page shows of it.
+#[derive(Debug, Clone)]
+pub struct App {
+    model: Arc<Sequential>,
+    facts: Arc<ModelFacts>,
+    limits: Limits,
+}
+
+impl App {
+    /// Serves `model`; `test_accuracy` is what its file records, if anything.
+    pub fn new(model: Sequential, test_accuracy: Option<f64>, limits: Limits) -> Self {
+        let facts = ModelFacts {
+            architecture: model.describe(),
+            parameters: model.params().num_scalars(),
+            inputs: model.input_width(),
+            classes: model.classes(),
+            test_accuracy,
+        };
+        Self { model: Arc::new(model), facts: Arc::new(facts), limits }
+    }
+}
+
+/// One request, as the server answered it: for a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLog {
+    /// The method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The status code sent.
+    pub status: u16,
+    /// Microseconds from the request to the response.
+    pub micros: u128,
+}
+
+/// The routes, limits and timeouts; `log` is called once per request, after the response.
+pub fn router(app: App, log: impl Fn(&RequestLog) + Clone + Send + Sync + 'static) -> Router {
+    let limits = app.limits;
+    let api = Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/style.css", get(page::style))
+        .route("/healthz", get(api::health))
+        .route("/api/model", get(api::model))
+        .route("/api/predict", post(api::predict))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(app);
+    api.layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn(move |request: Request, next: Next| {
+                let log = log.clone();
+                logged(request, next, log)
+            }))
+            .layer(middleware::from_fn(move |request: Request, next: Next| timed_out(request, next, limits.timeout)))
+            .layer(GlobalConcurrencyLimitLayer::new(limits.in_flight))
+            .layer(DefaultBodyLimit::max(limits.body_bytes)),
+    )
+}
+
+async fn logged(request: Request, next: Next, log: impl Fn(&RequestLog)) -> Response {
+    let started = Instant::now();
+    let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    log(&RequestLog { method, path, status: response.status().as_u16(), micros: started.elapsed().as_micros() });
+    response
+}
+
+/// 408 with a JSON body when a request takes longer than `timeout`.
+async fn timed_out(request: Request, next: Next, timeout: Duration) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            api::error(StatusCode::REQUEST_TIMEOUT, format!("the request took longer than {timeout:?}")).into_response()
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes the requests under
+/// way and returns.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

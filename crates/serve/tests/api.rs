@@ -1,0 +1,185 @@
+//! The server on loopback: every endpoint, every bad request, concurrent and stalled clients.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nn::{Sequential, SequentialConfig};
+use serve::{App, ErrorBody, Limits, ModelFacts, Prediction};
+
+/// A server on 127.0.0.1 with an OS-chosen port, on its own runtime, for the test's lifetime.
+fn start(limits: Limits) -> String {
+    let config = SequentialConfig::parse("conv(4,5,pad=2),relu,maxpool(2),flatten,linear(10)", [1, 28, 28]).unwrap();
+    let model = Sequential::new(&config, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
+    let app = App::new(model, Some(0.5), limits);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        runtime.block_on(serve::serve(listener, serve::router(app, |_| {}), std::future::pending())).unwrap();
+    });
+    format!("http://{addr}")
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// Sends `body` with `content_type` to `/api/predict`: the status and the body's text.
+fn post(base: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut response =
+        agent().post(format!("{base}/api/predict")).header("Content-Type", content_type).send(body).unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+fn get(base: &str, path: &str) -> (u16, String, String) {
+    let mut response = agent().get(format!("{base}{path}")).call().unwrap();
+    let kind = response.headers().get("content-type").map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), kind, response.body_mut().read_to_string().unwrap())
+}
+
+fn png_of_a_bar() -> Vec<u8> {
+    let img = image::GrayImage::from_fn(60, 80, |x, y| {
+        image::Luma([if (26..34).contains(&x) && (10..70).contains(&y) { 0 } else { 255 }])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
+fn assert_prediction(p: &Prediction) {
+    assert_eq!((p.probabilities.len(), p.input.len()), (10, 784));
+    let sum: f32 = p.probabilities.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
+    let best = p.probabilities.iter().copied().fold(f32::MIN, f32::max);
+    assert_eq!(p.probabilities[p.class], best);
+    assert!(p.input.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn the_page_its_files_health_and_model_facts_are_served() {
+    let base = start(Limits::default());
+    let (status, kind, html) = get(&base, "/");
+    assert_eq!((status, kind.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(html.contains("<canvas id=\"pad\"") && html.contains("/app.js") && !html.contains("http"), "{html}");
+    let (status, kind, js) = get(&base, "/app.js");
+    assert!(status == 200 && kind.starts_with("text/javascript") && js.contains("/api/predict"));
+    assert_eq!(get(&base, "/style.css").0, 200);
+    assert_eq!(get(&base, "/healthz"), (200, "application/json".into(), "{\"status\":\"ok\"}".into()));
+    let facts: ModelFacts = serde_json::from_str(&get(&base, "/api/model").2).unwrap();
+    assert_eq!((facts.parameters, facts.inputs, facts.classes, facts.test_accuracy), (7954, 784, 10, Some(0.5)));
+    assert!(facts.architecture.starts_with("conv(4,5,pad=2)"), "{}", facts.architecture);
+}
+
+#[test]
+fn images_and_pixels_are_predicted_alike() {
+    let base = start(Limits::default());
+    let (status, body) = post(&base, "image/png", &png_of_a_bar());
+    assert_eq!(status, 200, "{body}");
+    let from_png: Prediction = serde_json::from_str(&body).unwrap();
+    assert_prediction(&from_png);
+
+    // The preprocessed image sent back as pixels, in 0..1 and in 0..255, reads the same.
+    let unit = serde_json::json!({ "pixels": from_png.input });
+    let (status, body) = post(&base, "application/json", unit.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let from_unit: Prediction = serde_json::from_str(&body).unwrap();
+    assert_eq!(from_unit.class, from_png.class);
+    let bytes: Vec<f64> = from_png.input.iter().map(|&v| (f64::from(v) * 255.0).round()).collect();
+    let (_, body) =
+        post(&base, "application/json; charset=utf-8", serde_json::json!({ "pixels": bytes }).to_string().as_bytes());
+    assert_eq!(serde_json::from_str::<Prediction>(&body).unwrap().class, from_png.class);
+
+    let batch = serde_json::json!({ "images": [from_png.input, vec![0.0; 784], vec![1.0; 784]] });
+    let (status, body) = post(&base, "application/json", batch.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let predictions: Vec<Prediction> = serde_json::from_value(value["predictions"].clone()).unwrap();
+    assert_eq!(predictions.len(), 3);
+    predictions.iter().for_each(assert_prediction);
+    assert_eq!(predictions[0].class, from_png.class);
+}
+
+#[test]
+fn bad_requests_get_a_json_error_and_the_right_status() {
+    let limits = Limits { body_bytes: 64 << 10, images: 4, ..Limits::default() };
+    let base = start(limits);
+    let pixels = |n: usize| serde_json::json!({ "pixels": vec![0.5; n] }).to_string();
+    for (content_type, body, status, needle) in [
+        ("application/json", b"{\"pixels\": [1, 2".to_vec(), 400, "malformed JSON"),
+        ("application/json", b"{\"pixles\": []}".to_vec(), 400, "malformed JSON"),
+        ("application/json", pixels(783).into_bytes(), 400, "has 783 values"),
+        ("application/json", b"{\"pixels\": [1e999]}".to_vec(), 400, "malformed JSON"),
+        ("application/json", format!("{{\"pixels\": [{}-3]}}", "0,".repeat(783)).into_bytes(), 400, "holds -3"),
+        ("application/json", format!("{{\"pixels\": [{}300]}}", "0,".repeat(783)).into_bytes(), 400, "holds 300"),
+        ("application/json", b"{}".to_vec(), 400, "send either"),
+        (
+            "application/json",
+            serde_json::json!({ "images": vec![vec![0.0; 784]; 5] }).to_string().into_bytes(),
+            400,
+            "holds 5 images",
+        ),
+        ("image/png", b"not a png".to_vec(), 400, "not a readable image"),
+        ("image/png", vec![0u8; 70 << 10], 413, "length limit"),
+        ("text/plain", b"7".to_vec(), 415, "unsupported Content-Type text/plain"),
+        ("", b"7".to_vec(), 415, "a Content-Type is needed"),
+    ] {
+        let (got, text) = post(&base, content_type, &body);
+        assert_eq!(got, status, "{content_type} {needle}: {text}");
+        let error: ErrorBody = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not a JSON error: {text}"));
+        assert!(error.error.contains(needle), "{needle}: {}", error.error);
+    }
+    let blank = {
+        let mut bytes = Vec::new();
+        image::GrayImage::from_pixel(30, 30, image::Luma([255]))
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        bytes
+    };
+    assert_eq!(post(&base, "image/png", &blank).0, 400);
+    assert_eq!(get(&base, "/nope").0, 404);
+    let response = agent().delete(format!("{base}/api/predict")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    // Still healthy after all that.
+    assert_eq!(get(&base, "/healthz").0, 200);
+}
+
+#[test]
+fn concurrent_clients_are_all_answered() {
+    let base = start(Limits::default());
+    let body = serde_json::json!({ "pixels": vec![0.25; 784] }).to_string();
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (base, body) = (base.clone(), body.clone());
+            std::thread::spawn(move || {
+                (0..25).filter(|_| post(&base, "application/json", body.as_bytes()).0 == 200).count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(ok, 16 * 25);
+}
+
+#[test]
+fn a_stalled_client_times_out_without_holding_up_the_others() {
+    let base = start(Limits { timeout: Duration::from_millis(500), ..Limits::default() });
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Headers and half a body, then nothing.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"pix"
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_eq!(get(&base, "/healthz").0, 200, "others are served meanwhile");
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+}
