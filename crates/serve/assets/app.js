@@ -116,7 +116,7 @@ function showError(message) {
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
   const accuracy = m.test_accuracy == null ? "" : `, ${(100 * m.test_accuracy).toFixed(2)}% test accuracy`;
-  document.getElementById("facts").textContent = `Model: ${m.architecture}, ${m.parameters.toLocaleString()} parameters${accuracy}.`;
+  document.getElementById("facts").textContent = `Model: ${m.architecture.replaceAll(",", ", ")}; ${m.parameters.toLocaleString()} parameters${accuracy}.`;
 }).catch(() => { document.getElementById("facts").textContent = "The model's facts could not be loaded."; });
 
 clearPad();

@@ -1,0 +1,215 @@
+//! `mnist serve` in a real headless Chromium, driven over WebDriver (chromedriver) as a person
+//! would use the page: draw a "1" and a "0" with pointer strokes, and read what the page shows.
+//! The screenshots are kept in `target/browser/`.
+//!
+//! Needs `chromium` and `chromedriver` (Debian's `chromium` and `chromium-driver`) and the real
+//! MNIST, to train a model that reads drawn digits. Without them it is skipped, except when
+//! `CI=true`, where it fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{arg, program, run, text};
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A WebDriver session.
+struct Browser {
+    base: String,
+    session: String,
+    agent: ureq::Agent,
+}
+
+impl Browser {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            (_, body) => self.agent.post(&url).send_json(body.unwrap_or(json!({}))),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let value: Value = response.body_mut().read_json().unwrap();
+        assert!(value["value"].get("error").is_none(), "{method} {path}: {value}");
+        value["value"].clone()
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.call("POST", "/element", Some(json!({ "using": "css selector", "value": css })));
+        found.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_owned()
+    }
+
+    fn text(&self, css: &str) -> String {
+        let id = self.element(css);
+        self.call("GET", &format!("/element/{id}/text"), None).as_str().unwrap().to_owned()
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
+    }
+
+    /// Draws a stroke through `points` (in the canvas's own pixels) with a pen.
+    fn draw(&self, points: &[(f64, f64)]) {
+        let rect = self.script(
+            "const r = document.getElementById('pad').getBoundingClientRect(); return [r.left, r.top, r.width / 280];",
+        );
+        let (left, top, scale) = (rect[0].as_f64().unwrap(), rect[1].as_f64().unwrap(), rect[2].as_f64().unwrap());
+        let at = |&(x, y): &(f64, f64)| json!({ "type": "pointerMove", "duration": 10, "origin": "viewport", "x": (left + x * scale).round() as i64, "y": (top + y * scale).round() as i64 });
+        let mut actions = vec![at(&points[0]), json!({ "type": "pointerDown", "button": 0 })];
+        actions.extend(points[1..].iter().map(at));
+        actions.push(json!({ "type": "pointerUp", "button": 0 }));
+        let pointer =
+            json!({ "type": "pointer", "id": "pen", "parameters": { "pointerType": "pen" }, "actions": actions });
+        self.call("POST", "/actions", Some(json!({ "actions": [pointer] })));
+    }
+
+    /// The class the page shows once it has answered, and its ten probabilities.
+    fn reading(&self) -> (String, Vec<f64>) {
+        let started = Instant::now();
+        loop {
+            let probabilities: Vec<f64> = self
+                .script("return [...document.querySelectorAll('#bars li')].map(li => Number(li.dataset.probability));")
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let digit = self.text("#digit");
+            if digit != "?" && probabilities.len() == 10 {
+                // Let the last stroke's request land.
+                std::thread::sleep(Duration::from_millis(600));
+                return (self.text("#digit"), probabilities);
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "the page showed no prediction");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        use base64::Engine;
+        let png = self.call("GET", "/screenshot", None);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+fn browser_available() -> bool {
+    let found = ["chromium", "chromedriver"]
+        .iter()
+        .all(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if !found {
+        assert!(
+            !testkit::on_ci(),
+            "CI=true but chromium or chromedriver cannot start (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipping the browser test: chromium or chromedriver is missing");
+    }
+    found
+}
+
+#[test]
+fn a_person_draws_a_one_and_a_zero_and_the_page_reads_them() {
+    let Some(data_dir) = testkit::mnist_dir() else { return };
+    if !browser_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let out = run(&[
+        "train",
+        "--model",
+        "lenet",
+        "--epochs",
+        "2",
+        "--data-dir",
+        arg(&data_dir),
+        "--save",
+        arg(&model),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut server = program()
+        .args(["serve", "--model", arg(&model), "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _server = Killed(server);
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}")).to_owned();
+
+    let port = free_port();
+    let _driver = Killed(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let started = Instant::now();
+    while agent.get(format!("{base}/status")).call().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let capabilities = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=820,900"]
+    }}}});
+    let mut response = agent.post(format!("{base}/session")).send_json(capabilities).expect("the browser starts");
+    let created: Value = response.body_mut().read_json().unwrap();
+    let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
+    let browser = Browser { base, session, agent };
+
+    browser.call("POST", "/url", Some(json!({ "url": url })));
+    assert_eq!(browser.call("GET", "/title", None), "Draw a digit");
+    let shots = testkit::repo_root().join("target").join("browser");
+
+    // A "1": one vertical stroke.
+    let one: Vec<(f64, f64)> = (0..=20).map(|i| (140.0, 50.0 + 9.0 * f64::from(i))).collect();
+    browser.draw(&one);
+    let (digit, probabilities) = browser.reading();
+    browser.screenshot(&shots.join("one.png"));
+    assert_eq!(digit, "1", "{probabilities:?}");
+    let sum: f64 = probabilities.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-3, "the probabilities sum to {sum}");
+    assert!(browser.text("#facts").contains("parameters"), "the model's facts are shown");
+
+    // Cleared, then a "0": an ellipse.
+    let clear = browser.element("#clear");
+    browser.call("POST", &format!("/element/{clear}/click"), None);
+    assert_eq!(browser.text("#digit"), "?");
+    let zero: Vec<(f64, f64)> = (0..=40)
+        .map(|i| {
+            let t = f64::from(i) / 40.0 * std::f64::consts::TAU;
+            (140.0 + 55.0 * t.sin(), 140.0 - 85.0 * t.cos())
+        })
+        .collect();
+    browser.draw(&zero);
+    let (digit, probabilities) = browser.reading();
+    browser.screenshot(&shots.join("zero.png"));
+    assert_eq!(digit, "0", "{probabilities:?}");
+    browser.call("DELETE", "", None);
+}
