@@ -308,7 +308,24 @@ pub fn bench(opts: &Options) -> Result<String> {
         }
     }
 
-    writeln!(report, "\n## Kernels\n")?;
+    eprintln!("serving under load ...");
+    let model = scratch.path().join("served.safetensors");
+    let status = Command::new(&bin)
+        .args(["train", "--quiet", "--data-dir", path_str(&opts.data_dir)?, "--save", path_str(&model)?])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("mnist train --save failed");
+    }
+    let load = crate::loadtest::Options {
+        program: bin.clone(),
+        model,
+        clients: 64,
+        duration: std::time::Duration::from_secs(20),
+    };
+    writeln!(report, "\n{}", crate::loadtest::section(&crate::loadtest::run(&load)?))?;
+
+    writeln!(report, "## Kernels\n")?;
     writeln!(
         report,
         "Micro-benchmarks of the kernels at the model's shapes: `cargo bench -p tensor --bench kernels`."

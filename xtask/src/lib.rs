@@ -1,8 +1,10 @@
 //! The project's chores as a library, so that tests can run them in process:
-//! [`fetch`] downloads and verifies MNIST, [`bench`](mod@bench) measures the `mnist` program.
+//! [`fetch`] downloads and verifies MNIST, [`bench`](mod@bench) measures the `mnist` program,
+//! [`loadtest`] measures `mnist serve` under load.
 
 pub mod bench;
 pub mod fetch;
+pub mod loadtest;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, fetch};
+use xtask::{bench, fetch, loadtest};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project chores: fetch MNIST, run the benchmarks")]
@@ -28,6 +28,25 @@ enum Command {
         /// Download again even when verified files are present.
         #[arg(long)]
         force: bool,
+    },
+    /// Measure `mnist serve` under load on loopback, and update the Serving section of
+    /// BENCHMARKS.md.
+    Loadtest {
+        /// The model to serve [default: the default MLP, trained first].
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// Folder with MNIST, to train the model [default: data/mnist in the workspace].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Concurrent keep-alive clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The report to update.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// Build in release and measure training speed, memory, evaluation and loading times, and
     /// scaling; write BENCHMARKS.md.
@@ -56,6 +75,38 @@ enum Command {
     },
 }
 
+/// Builds the release `mnist` program and trains the default model into `dir`, unless given.
+fn program_and_model(
+    data_dir: &std::path::Path,
+    model: Option<PathBuf>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let root = xtask::repo_root();
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "cli", "--bin", "mnist"])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build --release failed");
+    let program = root.join("target").join("release").join("mnist");
+    let model = match model {
+        Some(model) => model,
+        None => {
+            let model = dir.join("model.safetensors");
+            eprintln!("training the default model to serve ...");
+            let status = std::process::Command::new(&program)
+                .args(["train", "--quiet", "--data-dir"])
+                .arg(data_dir)
+                .arg("--save")
+                .arg(&model)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "mnist train failed");
+            model
+        }
+    };
+    Ok((program, model))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +126,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.force = force;
             opts.progress_bars = std::io::stderr().is_terminal();
             fetch::fetch(&opts, &mut std::io::stderr())?;
+            Ok(())
+        }
+        Command::Loadtest { model, data_dir, clients, seconds, output } => {
+            anyhow::ensure!(clients > 0 && seconds > 0, "--clients and --seconds must be at least 1");
+            let root = xtask::repo_root();
+            let data_dir = data_dir.unwrap_or_else(|| root.join("data").join("mnist"));
+            let scratch = tempfile::tempdir()?;
+            let (program, model) = program_and_model(&data_dir, model, scratch.path())?;
+            let opts = loadtest::Options { program, model, clients, duration: std::time::Duration::from_secs(seconds) };
+            let report = loadtest::run(&opts)?;
+            let section = loadtest::section(&report);
+            loadtest::update_benchmarks(&output.unwrap_or_else(|| root.join("BENCHMARKS.md")), &section)?;
+            println!("{section}");
             Ok(())
         }
         Command::Bench { data_dir, runs, lenet_runs, scaling_epochs, pytorch, python, output } => {

@@ -22,7 +22,9 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
     };
     let app = serve::App::new(model, accuracy, serve::Limits::default());
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Inference is CPU work: more blocking threads than cores would only queue in the kernel.
+    let threads = rayon::current_num_threads();
+    let runtime = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(threads).enable_all().build()?;
     runtime.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("--addr {}", args.addr))?;
