@@ -218,8 +218,9 @@ pub fn run(opts: &Options) -> Result<Report> {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     // One client in eight mixes in a malformed and an oversized request.
-                    let bad = (c % 8 == 0 && n % 50 == 0)
-                        .then(|| if n % 100 == 0 { (&oversized[..], 413) } else { (&b"{\"pixels\": [1, 2"[..], 400) });
+                    let bad = (c.is_multiple_of(8) && n.is_multiple_of(50)).then(|| {
+                        if n.is_multiple_of(100) { (&oversized[..], 413) } else { (&b"{\"pixels\": [1, 2"[..], 400) }
+                    });
                     let t = Instant::now();
                     match bad {
                         Some((body, expected)) => match conn.post("application/json", body) {
