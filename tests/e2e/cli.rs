@@ -344,3 +344,38 @@ fn saved_models_load_in_pytorch_with_the_same_accuracy() {
         assert_eq!(test_accuracy(&stdout), ours, "{name}");
     }
 }
+
+#[test]
+fn serve_trains_a_model_when_given_none_logs_requests_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut server = crate::support::program()
+        .args(["serve", "--data-dir", arg(synthetic_dir()), "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}")).to_owned();
+    let mut response = ureq::get(format!("{url}/api/model")).call().unwrap();
+    let facts: serde_json::Value = response.body_mut().read_json().unwrap();
+    assert_eq!(facts["architecture"], "784-128-64-32-10");
+    assert!(facts["test_accuracy"].as_f64().unwrap() > 0.5, "{facts}");
+    let kill = std::process::Command::new("kill").args(["-INT", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed().as_secs() < 10, "the server did not stop on Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.starts_with("No --model given: training the default model first"), "{stderr}");
+    assert!(stderr.contains("GET /api/model 200 "), "a line per request: {stderr}");
+    assert!(stderr.trim_end().ends_with("Stopped"), "{stderr}");
+}

@@ -109,6 +109,7 @@ pub fn router(app: App, log: impl Fn(&RequestLog) + Clone + Send + Sync + 'stati
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
         .route("/style.css", get(page::style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(api::health))
         .route("/api/model", get(api::model))
         .route("/api/predict", post(api::predict))
