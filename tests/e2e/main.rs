@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod conv_reference;
 mod mnist_data;
+mod recipe_reference;
 mod reference;
 mod reliability;
 mod support;

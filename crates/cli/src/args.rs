@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nn::MlpConfig;
-use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
+use optim::{AdamConfig, LrSchedule, OptimizerConfig, Schedule, SgdConfig, WeightDecay};
 use train::Settings;
 
 /// A command line that parses but does not make sense; exits with status 2, like clap's own.
@@ -52,7 +52,13 @@ fn defaults() -> (Settings, AdamConfig) {
 }
 
 /// Flags that define a run: a resumed run keeps its own, so clap refuses them with --resume.
-const RUN_DEFINING: [&str; 12] = [
+const RUN_DEFINING: [&str; 18] = [
+    "schedule",
+    "warmup_epochs",
+    "min_lr",
+    "step_epochs",
+    "gamma",
+    "label_smoothing",
     "model",
     "layers",
     "batch_size",
@@ -120,6 +126,28 @@ pub(crate) struct TrainArgs {
     /// epoch's weights (needs --val-split).
     #[arg(long, value_name = "PATIENCE", allow_negative_numbers = true)]
     pub(crate) early_stop: Option<i64>,
+    /// How the learning rate changes, per optimizer step, as PyTorch's schedulers: cosine
+    /// (CosineAnnealingLR down to --min-lr over the run), step (StepLR: times --gamma every
+    /// --step-epochs) or onecycle (OneCycleLR peaking at --lr) [default: constant].
+    #[arg(long, value_enum)]
+    pub(crate) schedule: Option<ScheduleKind>,
+    /// Epochs of linear warm-up (LinearLR from a third of the learning rate) before the
+    /// schedule [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub(crate) warmup_epochs: Option<i64>,
+    /// The lowest learning rate of --schedule cosine [default: 0].
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true, requires = "schedule")]
+    pub(crate) min_lr: Option<f64>,
+    /// Epochs between decays of --schedule step [default: a third of --epochs].
+    #[arg(long, value_name = "N", allow_negative_numbers = true, requires = "schedule")]
+    pub(crate) step_epochs: Option<i64>,
+    /// The factor of each decay of --schedule step [default: 0.1].
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true, requires = "schedule")]
+    pub(crate) gamma: Option<f64>,
+    /// Label smoothing of the training loss, as F.cross_entropy(label_smoothing=EPS)
+    /// [default: 0].
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    pub(crate) label_smoothing: Option<f64>,
     /// Worker threads; each takes an equal part of every batch [default: all cores].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) threads: Option<i64>,
@@ -147,6 +175,14 @@ pub(crate) struct TrainArgs {
     /// Print only the test accuracy.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScheduleKind {
+    Constant,
+    Cosine,
+    Step,
+    Onecycle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,11 +240,42 @@ pub(crate) struct ServeArgs {
     pub(crate) threads: Option<i64>,
 }
 
+/// A learning-rate schedule in epochs, as the flags give it; its steps come from the data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleFlags {
+    kind: ScheduleKind,
+    warmup_epochs: usize,
+    min_lr: f32,
+    step_epochs: Option<usize>,
+    gamma: f32,
+}
+
+impl ScheduleFlags {
+    /// The schedule in optimizer steps, for a run of `epochs` epochs of `steps` steps each.
+    pub fn in_steps(&self, epochs: usize, steps: u64, lr: f32) -> LrSchedule {
+        let warmup_steps = self.warmup_epochs as u64 * steps;
+        let after = (epochs as u64 * steps).saturating_sub(warmup_steps).max(1);
+        let schedule = match self.kind {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Cosine => Schedule::Cosine { t_max: after, eta_min: f64::from(self.min_lr) },
+            ScheduleKind::Step => Schedule::Step {
+                step_size: self.step_epochs.unwrap_or(epochs.div_ceil(3)).max(1) as u64 * steps,
+                gamma: f64::from(self.gamma),
+            },
+            ScheduleKind::Onecycle => LrSchedule::one_cycle(f64::from(lr), after).schedule,
+        };
+        // PyTorch's LinearLR starts from a third by default.
+        LrSchedule { warmup_steps, warmup_start: 1.0 / 3.0, schedule }
+    }
+}
+
 /// A new run: its settings and its model (whose input and output widths come from the data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
-    /// The engine's settings.
+    /// The engine's settings (the schedule still in epochs: see `schedule`).
     pub settings: Settings,
+    /// The learning-rate schedule as the flags give it.
+    pub schedule: ScheduleFlags,
     /// The model.
     pub architecture: Architecture,
 }
@@ -356,6 +423,18 @@ impl TrainArgs {
         if early_stop.is_some() && val_split == 0.0 {
             return Err(usage("--early-stop needs a validation set: add --val-split FRACTION".into()));
         }
+        let label_smoothing =
+            float("--label-smoothing", self.label_smoothing, false)?.unwrap_or(defaults.label_smoothing);
+        if label_smoothing >= 1.0 {
+            return Err(usage(format!("--label-smoothing must be below 1, got {label_smoothing}")));
+        }
+        let schedule = ScheduleFlags {
+            kind: self.schedule.unwrap_or(ScheduleKind::Constant),
+            warmup_epochs: self.warmup_epochs.map(|w| count("--warmup-epochs", w, 0)).transpose()?.unwrap_or(0),
+            min_lr: float("--min-lr", self.min_lr, false)?.unwrap_or(0.0),
+            step_epochs: self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?,
+            gamma: float("--gamma", self.gamma, true)?.unwrap_or(0.1),
+        };
         let settings = Settings {
             batch_size: self
                 .batch_size
@@ -366,6 +445,8 @@ impl TrainArgs {
             seed: self.seed.unwrap_or(defaults.seed),
             val_split,
             early_stop,
+            label_smoothing,
+            ..defaults
         };
         let mlp_flag = self.hidden.is_some() || self.output_relu;
         let architecture = match (&self.layers, self.model.unwrap_or(ModelKind::Mlp)) {
@@ -382,7 +463,7 @@ impl TrainArgs {
                 },
             },
         };
-        Ok(NewRun { settings, architecture })
+        Ok(NewRun { settings, schedule, architecture })
     }
 }
 
@@ -489,6 +570,30 @@ mod tests {
     }
 
     #[test]
+    fn schedules_are_counted_in_the_runs_steps() {
+        let run = new_run(&[
+            "--schedule",
+            "cosine",
+            "--warmup-epochs",
+            "2",
+            "--min-lr",
+            "0.0001",
+            "--label-smoothing",
+            "0.05",
+        ]);
+        assert_eq!(run.settings.label_smoothing, 0.05);
+        let schedule = run.schedule.in_steps(10, 100, 0.001);
+        assert_eq!(schedule.to_string(), "warmup(200,0.3333333333333333)+cosine(800,9.999999747378752e-5)");
+        let step = new_run(&["--schedule", "step", "--gamma", "0.5"]).schedule.in_steps(9, 10, 0.1);
+        assert_eq!(step.to_string(), "step(30,0.5)");
+        let one = new_run(&["--schedule", "onecycle", "--lr", "0.01"]).schedule.in_steps(2, 50, 0.01);
+        assert_eq!(one.lr(0.01, 29), 0.01, "the peak, 30% of the way");
+        assert!(new_run(&[]).schedule.in_steps(10, 938, 0.001).is_constant());
+        assert_eq!(parse(&["--label-smoothing", "1"]).unwrap_err(), "--label-smoothing must be below 1, got 1");
+        assert_eq!(parse(&["--min-lr", "0.1"]).unwrap_err(), "one or more required arguments were not provided");
+    }
+
+    #[test]
     fn a_resumed_run_refuses_flags_that_define_a_run() {
         let c = parse(&["--resume", "x.ckpt", "--epochs", "20", "--threads", "1", "--save", "m"]).unwrap();
         assert_eq!((c.start, c.epochs), (Start::Resume("x.ckpt".into()), 20));
@@ -505,6 +610,9 @@ mod tests {
             &["--weight-decay", "0.1"],
             &["--model", "lenet"],
             &["--layers", "flatten,linear(10)"],
+            &["--schedule", "cosine"],
+            &["--label-smoothing", "0.1"],
+            &["--warmup-epochs", "1"],
         ] {
             let err = parse(&[&["--resume", "x.ckpt"], flag].concat()).unwrap_err();
             assert_eq!(err, "an argument cannot be used with one or more of the other specified arguments", "{flag:?}");

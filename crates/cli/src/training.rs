@@ -63,7 +63,10 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
             train::check_fits(&model, &mnist.train)
                 .map_err(|e| UsageError(format!("{}: {e}", flag(&run.architecture))))?;
-            Trainer::new(model, run.settings.clone())?
+            let mut settings = run.settings.clone();
+            let steps = settings.steps_per_epoch(mnist.train.len());
+            settings.schedule = run.schedule.in_steps(cfg.epochs, steps, settings.optimizer.lr());
+            Trainer::new(model, settings)?
         }
         (None, Start::Resume(_)) => unreachable!("read above"),
     }

@@ -132,14 +132,15 @@ impl Tape {
                     let (mut dx, beta) = input.grad_to_write();
                     ndarray::Zip::from(&mut dx).and(&dy).and(&mask).for_each(|d, &g, &m| *d = beta * *d + g * m);
                 }
-                Op::CrossEntropy { logits, ref labels } => {
-                    // L = mean_i -log softmax(z_i)[y_i]:  dz = (softmax(z) - onehot(y)) * dL / N.
+                Op::CrossEntropy { logits, ref labels, smoothing } => {
+                    // L = mean_i -Σ_k t_ik log softmax(z_i)_k with t = (1 - ε)·onehot(y) + ε/K:
+                    // dz = (softmax(z) - t) * dL / N.
                     let input = &mut before[logits.index];
                     let scale = dy[[0, 0]] / input.rows as f32;
                     let probs = ndarray::ArrayView2::from_shape((input.rows, input.cols), &node.aux)
                         .expect("softmax kept at the loss's shape");
                     let (dz, beta) = input.grad_to_write();
-                    softmax_cross_entropy_backward(probs, &self.labels[labels.clone()], scale, beta, dz);
+                    softmax_cross_entropy_backward(probs, &self.labels[labels.clone()], smoothing, scale, beta, dz);
                 }
             }
         }

@@ -147,7 +147,9 @@ impl SequentialConfig {
         Self::parse(&text, input)
     }
 
-    /// Parses a layer list (see the [module](self) docs) for inputs of `input` = `[C, H, W]`.
+    /// Parses a layer list for inputs of `input` = `[C, H, W]`: layers separated by commas,
+    /// `conv(OUT,K)` (options `stride=S`, `pad=P`, `bias=false`), `maxpool(K)` or
+    /// `maxpool(K,S)`, `relu`, `flatten`, `linear(OUT)`, `dropout(P)`.
     ///
     /// ```
     /// let config = nn::SequentialConfig::parse("conv(4,3,pad=1),relu,maxpool(2),flatten,linear(10)", [1, 8, 8]).unwrap();

@@ -61,7 +61,7 @@ pub(crate) enum Op {
     Dropout { x: Var },
     /// The mean over rows of `-log softmax(logits)[label]`: a 1x1 value. The softmax is kept in
     /// the node's `aux` buffer for the backward pass; the labels are in the tape's list.
-    CrossEntropy { logits: Var, labels: Range<usize> },
+    CrossEntropy { logits: Var, labels: Range<usize>, smoothing: f32 },
 }
 
 #[derive(Debug)]
@@ -395,6 +395,18 @@ impl Tape {
     /// If there is not one label per row, or a label is not a column of `logits`.
     #[track_caller]
     pub fn cross_entropy(&mut self, logits: Var, labels: &[usize]) -> Var {
+        self.cross_entropy_smoothed(logits, labels, 0.0)
+    }
+
+    /// [`Tape::cross_entropy`] with label smoothing `eps`: the target puts `1 - eps` on the
+    /// label and spreads `eps` evenly over all classes, as
+    /// `F.cross_entropy(logits, y, label_smoothing=eps)`. `eps = 0` is plain cross-entropy.
+    ///
+    /// # Panics
+    /// As [`Tape::cross_entropy`]; also if `eps` is not in `[0, 1]`.
+    #[track_caller]
+    pub fn cross_entropy_smoothed(&mut self, logits: Var, labels: &[usize], eps: f32) -> Var {
+        assert!((0.0..=1.0).contains(&eps), "label smoothing {eps} is not in [0, 1]");
         self.check(logits);
         let src = &self.nodes[logits.index];
         let (rows, classes, needs_grad) = (src.rows, src.cols, src.needs_grad);
@@ -404,11 +416,11 @@ impl Tape {
         }
         let start = self.labels.len();
         self.labels.extend_from_slice(labels);
-        let op = Op::CrossEntropy { logits, labels: start..self.labels.len() };
+        let op = Op::CrossEntropy { logits, labels: start..self.labels.len(), smoothing: eps };
         let y = self.push(op, 1, 1, needs_grad);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        node.value[0] = crate::loss::softmax_cross_entropy(before[logits.index].value(), labels, &mut node.aux);
+        node.value[0] = crate::loss::softmax_cross_entropy(before[logits.index].value(), labels, eps, &mut node.aux);
         y
     }
 

@@ -13,11 +13,13 @@
 
 mod adam;
 mod error;
+mod schedule;
 mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig};
 pub use error::OptimError;
+pub use schedule::{LrSchedule, Schedule};
 pub use sgd::{Sgd, SgdConfig};
 
 use nn::{Grads, Params, StateDict};

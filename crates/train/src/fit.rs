@@ -225,7 +225,8 @@ impl<M: Model> Trainer<M> {
         if epochs <= first {
             return Err(TrainError::AlreadyDone { done: first });
         }
-        let Settings { batch_size, seed, val_split, early_stop, .. } = self.settings;
+        let Settings { batch_size, seed, val_split, early_stop, schedule, label_smoothing, .. } = self.settings;
+        let base_lr = self.settings.optimizer.lr();
         let (train_idx, val_idx) = split(data.len(), val_split, seed)?;
         let mut loader = Loader::new(data, train_idx, batch_size, Order::Shuffled { seed });
         let mut stepper = Stepper::new(self.threads.min(batch_size), &self.model);
@@ -240,7 +241,12 @@ impl<M: Model> Trainer<M> {
             let started = Instant::now();
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
             for step in 0..steps {
-                let result = stepper.step(&mut self.model, self.optimizer.as_mut(), data, loader.batch_indices(step));
+                if !schedule.is_constant() {
+                    // Steps are counted over the whole run, so that a resumed run continues them.
+                    self.optimizer.set_learning_rate(schedule.lr(base_lr, (epoch * steps + step) as u64));
+                }
+                let indices = loader.batch_indices(step);
+                let result = stepper.step(&mut self.model, self.optimizer.as_mut(), data, indices, label_smoothing);
                 match result {
                     Ok(r) => {
                         loss_sum += r.loss;

@@ -1,7 +1,7 @@
 //! What defines a training run, as opposed to where its outputs go: a resumed run keeps these.
 
 use nn::StateDict;
-use optim::OptimizerConfig;
+use optim::{LrSchedule, OptimizerConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -42,11 +42,23 @@ pub struct Settings {
     /// Stop after this many epochs without a better validation loss, keeping the best
     /// epoch's weights (needs a validation split).
     pub early_stop: Option<usize>,
+    /// How the learning rate changes from optimizer step to optimizer step.
+    pub schedule: LrSchedule,
+    /// Label smoothing of the training loss, in `[0, 1)`.
+    pub label_smoothing: f32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { batch_size: 64, optimizer: OptimizerConfig::default(), seed: 0, val_split: 0.0, early_stop: None }
+        Self {
+            batch_size: 64,
+            optimizer: OptimizerConfig::default(),
+            seed: 0,
+            val_split: 0.0,
+            early_stop: None,
+            schedule: LrSchedule::default(),
+            label_smoothing: 0.0,
+        }
     }
 }
 
@@ -55,6 +67,8 @@ mod keys {
     pub(crate) const SEED: &str = "seed";
     pub(crate) const VAL_SPLIT: &str = "val_split";
     pub(crate) const EARLY_STOP: &str = "early_stop";
+    pub(crate) const SCHEDULE: &str = "schedule";
+    pub(crate) const LABEL_SMOOTHING: &str = "label_smoothing";
 }
 
 impl Settings {
@@ -73,10 +87,19 @@ impl Settings {
         if self.early_stop.is_some() && self.val_split == 0.0 {
             return bad("early stopping needs a validation split".into());
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
         if self.early_stop == Some(0) {
             return bad("early stopping needs a patience of at least 1 epoch".into());
         }
         self.optimizer.build().map(drop).map_err(|e| TrainError::Settings { reason: e.to_string() })
+    }
+
+    /// Optimizer steps per epoch over `samples` samples, after the validation split.
+    pub fn steps_per_epoch(&self, samples: usize) -> u64 {
+        let train = samples - data::validation_count(samples, self.val_split);
+        train.div_ceil(self.batch_size.max(1)) as u64
     }
 
     /// Writes the settings into `state`'s metadata (the optimizer's config as `optim` writes
@@ -86,6 +109,8 @@ impl Settings {
         state.set_meta(keys::SEED, self.seed.to_string());
         state.set_meta(keys::VAL_SPLIT, format!("{:?}", self.val_split));
         state.set_meta(keys::EARLY_STOP, self.early_stop.map_or("none".into(), |p| p.to_string()));
+        state.set_meta(keys::SCHEDULE, self.schedule.to_string());
+        state.set_meta(keys::LABEL_SMOOTHING, format!("{:?}", self.label_smoothing));
         self.optimizer.write_metadata(state);
     }
 
@@ -104,6 +129,15 @@ impl Settings {
             seed: state.parse_meta(keys::SEED, "a count")?,
             val_split: state.parse_meta(keys::VAL_SPLIT, "a number")?,
             early_stop,
+            // Files from before schedules and smoothing existed had neither.
+            schedule: match state.meta(keys::SCHEDULE) {
+                Some(_) => state.parse_meta(keys::SCHEDULE, "a schedule")?,
+                None => LrSchedule::default(),
+            },
+            label_smoothing: match state.meta(keys::LABEL_SMOOTHING) {
+                Some(_) => state.parse_meta(keys::LABEL_SMOOTHING, "a number")?,
+                None => 0.0,
+            },
         })
     }
 }

@@ -60,8 +60,10 @@ impl Stepper {
         optimizer: &mut dyn Optimizer,
         data: &Dataset,
         indices: &[usize],
+        smoothing: f32,
     ) -> Result<StepResult, StepError> {
-        let (loss, correct, parts) = forward_backward(&mut self.shards, &mut self.grads, model, data, indices);
+        let (loss, correct, parts) =
+            forward_backward(&mut self.shards, &mut self.grads, model, data, indices, smoothing);
         if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
             return Err(StepError::Diverged { loss });
         }
@@ -94,13 +96,21 @@ impl Default for Shard {
 impl Shard {
     /// Forward and backward over the samples `indices`, which are the share `scale` of a batch:
     /// the gradient written into `grads` is that share of the batch's.
-    fn run<M: Model>(&mut self, model: &M, data: &Dataset, indices: &[usize], scale: f32, grads: &mut Grads) {
+    fn run<M: Model>(
+        &mut self,
+        model: &M,
+        data: &Dataset,
+        indices: &[usize],
+        smoothing: f32,
+        scale: f32,
+        grads: &mut Grads,
+    ) {
         self.tape.clear();
         // The pixels go from their stored bytes straight into the tape's input.
         let x = self.tape.input_with(indices.len(), data.image_len(), |x| data::fill_rows(data, indices, x));
         data::fill_labels(data, indices, &mut self.labels);
         let logits = model.forward_train(&mut self.tape, x, &mut self.rng);
-        let loss = self.tape.cross_entropy(logits, &self.labels);
+        let loss = self.tape.cross_entropy_smoothed(logits, &self.labels, smoothing);
         self.loss = self.tape.value(loss)[[0, 0]];
         let rows = self.tape.value(logits);
         self.correct = rows.rows().into_iter().zip(&self.labels).filter(|(row, y)| tensor::argmax(*row) == **y).count();
@@ -117,18 +127,19 @@ fn forward_backward<M: Model>(
     model: &M,
     data: &Dataset,
     indices: &[usize],
+    smoothing: f32,
 ) -> (f64, usize, usize) {
     let n = indices.len();
     let parts = shards.len().min(n).max(1);
     let shards = &mut shards[..parts];
     let range = |s: usize| s * n / parts..(s + 1) * n / parts;
     if parts == 1 {
-        shards[0].run(model, data, indices, 1.0, &mut grads[0]);
+        shards[0].run(model, data, indices, smoothing, 1.0, &mut grads[0]);
     } else {
         shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
             let rows = range(s);
             let scale = rows.len() as f32 / n as f32;
-            shard.run(model, data, &indices[rows], scale, grads);
+            shard.run(model, data, &indices[rows], smoothing, scale, grads);
         });
     }
     let loss = shards.iter().enumerate().map(|(s, sh)| f64::from(sh.loss) * range(s).len() as f64 / n as f64).sum();

@@ -3,7 +3,7 @@
 
 use data::{Dataset, Mnist};
 use nn::{Mlp, MlpConfig, Model};
-use optim::{AdamConfig, OptimizerConfig};
+use optim::{AdamConfig, LrSchedule, OptimizerConfig, Schedule};
 use testkit::Synthetic;
 use train::{EpochRecord, Observer, ObserverError, Settings, TrainError, Trainer, TrainingState};
 
@@ -72,8 +72,20 @@ impl Observer<Mlp> for Recorder {
     }
 }
 
+/// A run with every moving part: validation, early stopping, a warm-up then a cosine
+/// schedule stepped per optimizer step, and label smoothing.
 fn settings() -> Settings {
-    Settings { batch_size: 32, val_split: 0.2, early_stop: Some(5), seed: 4, ..Settings::default() }
+    let schedule =
+        LrSchedule { warmup_steps: 10, warmup_start: 0.1, schedule: Schedule::Cosine { t_max: 40, eta_min: 1e-5 } };
+    Settings {
+        batch_size: 32,
+        val_split: 0.2,
+        early_stop: Some(5),
+        seed: 4,
+        schedule,
+        label_smoothing: 0.1,
+        ..Settings::default()
+    }
 }
 
 #[test]
@@ -148,6 +160,8 @@ fn early_stopping_keeps_the_best_epochs_weights() {
         batch_size: 10,
         early_stop: Some(1),
         optimizer: OptimizerConfig::Adam(AdamConfig { lr: 0.1, ..AdamConfig::default() }),
+        schedule: LrSchedule::default(),
+        label_smoothing: 0.0,
         ..settings()
     };
     let mut rec = Recorder::default();
@@ -213,4 +227,19 @@ fn bad_runs_are_refused_before_training() {
     trainer.fit(&set.train, 1, &mut ()).unwrap();
     let err = trainer.fit(&set.train, 1, &mut ()).unwrap_err();
     assert_eq!(err.to_string(), "the run has 1 epochs done already; ask for more than that to train on");
+}
+
+#[test]
+fn a_schedule_and_smoothing_are_saved_and_change_the_run() {
+    let set = synthetic(Synthetic::default());
+    let run = |settings: Settings| {
+        let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 2), settings).unwrap();
+        trainer.fit(&set.train, 2, &mut ()).unwrap();
+        trainer.state()
+    };
+    let plain = run(Settings { batch_size: 32, ..Settings::default() });
+    let full = run(settings());
+    assert_ne!(plain.model.params(), full.model.params());
+    let back = TrainingState::<Mlp>::from_safetensors(&full.to_safetensors()).unwrap();
+    assert_eq!(back.settings, settings());
 }

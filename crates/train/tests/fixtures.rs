@@ -62,6 +62,7 @@ fn an_adam_checkpoint_with_early_stopping_loads_whole() {
             seed: 3,
             val_split: 0.25,
             early_stop: Some(2),
+            ..Settings::default()
         }
     );
     assert_eq!((state.epochs_done(), state.threads), (2, 2));
