@@ -223,6 +223,7 @@ fn a_model_of_another_shape_is_refused() {
         "small.safetensors: the model maps 100 inputs to 10 classes, but the data has 784 pixels per image",
     );
     assert_fails(&["predict", "--model", arg(&path), "x.png"], 1, "the model takes 100 inputs");
+    assert_fails(&["serve", "--model", arg(&path)], 1, "--model: the model takes 100 values per image");
 }
 
 #[test]

@@ -20,6 +20,14 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         }
         None => train_default(args)?,
     };
+    let side = data::digit::SIDE;
+    if nn::Model::input_width(&model) != side * side {
+        anyhow::bail!(
+            "--model: the model takes {} values per image, but the page and the API send {side}x{side} = {}",
+            nn::Model::input_width(&model),
+            side * side
+        );
+    }
     let app = serve::App::new(model, accuracy, serve::Limits::default());
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
     // Inference is CPU work: more blocking threads than cores would only queue in the kernel.
