@@ -52,7 +52,11 @@ fn defaults() -> (Settings, AdamConfig) {
 }
 
 /// Flags that define a run: a resumed run keeps its own, so clap refuses them with --resume.
-const RUN_DEFINING: [&str; 18] = [
+const RUN_DEFINING: [&str; 22] = [
+    "augment",
+    "rotate",
+    "shift",
+    "scale",
     "schedule",
     "warmup_epochs",
     "min_lr",
@@ -144,6 +148,19 @@ pub(crate) struct TrainArgs {
     /// The factor of each decay of --schedule step [default: 0.1].
     #[arg(long, value_name = "FACTOR", allow_negative_numbers = true, requires = "schedule")]
     pub(crate) gamma: Option<f64>,
+    /// Train on randomly transformed images: each rotated, shifted and scaled a little, a fresh
+    /// draw per image and epoch from the run's seed.
+    #[arg(long)]
+    pub(crate) augment: bool,
+    #[arg(long, value_name = "DEGREES", allow_negative_numbers = true, requires = "augment",
+          help = format!("The largest rotation of --augment, either way [default: {}]", data::Augment::default().rotate))]
+    pub(crate) rotate: Option<f64>,
+    #[arg(long, value_name = "PIXELS", allow_negative_numbers = true, requires = "augment",
+          help = format!("The largest shift of --augment along each axis [default: {}]", data::Augment::default().shift))]
+    pub(crate) shift: Option<f64>,
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true, requires = "augment",
+          help = format!("The largest change of size of --augment, either way [default: {}]", data::Augment::default().scale))]
+    pub(crate) scale: Option<f64>,
     /// Label smoothing of the training loss, as F.cross_entropy(label_smoothing=EPS)
     /// [default: 0].
     #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
@@ -446,6 +463,7 @@ impl TrainArgs {
             val_split,
             early_stop,
             label_smoothing,
+            augment: self.augment_flags()?,
             ..defaults
         };
         let mlp_flag = self.hidden.is_some() || self.output_relu;
@@ -464,6 +482,23 @@ impl TrainArgs {
             },
         };
         Ok(NewRun { settings, schedule, architecture })
+    }
+}
+
+impl TrainArgs {
+    /// `--augment` with its ranges, the library's defaults for those not given.
+    fn augment_flags(&self) -> Result<Option<data::Augment>, UsageError> {
+        if !self.augment {
+            return Ok(None);
+        }
+        let d = data::Augment::default();
+        let augment = data::Augment {
+            rotate: float("--rotate", self.rotate, false)?.unwrap_or(d.rotate),
+            shift: float("--shift", self.shift, false)?.unwrap_or(d.shift),
+            scale: float("--scale", self.scale, false)?.unwrap_or(d.scale),
+        };
+        augment.validate().map_err(|e| usage(format!("--augment: {e}")))?;
+        Ok(Some(augment))
     }
 }
 

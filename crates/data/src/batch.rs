@@ -27,7 +27,7 @@ pub fn pixel_to_f32(v: u8) -> f32 {
 
 /// Converts a row of pixels with the fastest exact method the CPU allows; every path computes
 /// exactly `v / 255`.
-fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
+pub(crate) fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.

@@ -10,7 +10,7 @@ use optim::Optimizer;
 use crate::error::ObserverError;
 use crate::evaluate::{check_fits, evaluate};
 use crate::state::{Best, TrainingState};
-use crate::step::{StepError, Stepper};
+use crate::step::{Recipe, StepError, Stepper};
 use crate::{Settings, TrainError};
 
 /// One epoch's figures.
@@ -225,7 +225,9 @@ impl<M: Model> Trainer<M> {
         if epochs <= first {
             return Err(TrainError::AlreadyDone { done: first });
         }
-        let Settings { batch_size, seed, val_split, early_stop, schedule, label_smoothing, .. } = self.settings;
+        let Settings { batch_size, seed, val_split, early_stop, schedule, label_smoothing, augment, .. } =
+            self.settings;
+        let recipe = Recipe { smoothing: label_smoothing, augment };
         let base_lr = self.settings.optimizer.lr();
         let (train_idx, val_idx) = split(data.len(), val_split, seed)?;
         let mut loader = Loader::new(data, train_idx, batch_size, Order::Shuffled { seed });
@@ -246,7 +248,7 @@ impl<M: Model> Trainer<M> {
                     self.optimizer.set_learning_rate(schedule.lr(base_lr, (epoch * steps + step) as u64));
                 }
                 let indices = loader.batch_indices(step);
-                let result = stepper.step(&mut self.model, self.optimizer.as_mut(), data, indices, label_smoothing);
+                let result = stepper.step(&mut self.model, self.optimizer.as_mut(), data, indices, recipe);
                 match result {
                     Ok(r) => {
                         loss_sum += r.loss;

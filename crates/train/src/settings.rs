@@ -46,6 +46,8 @@ pub struct Settings {
     pub schedule: LrSchedule,
     /// Label smoothing of the training loss, in `[0, 1)`.
     pub label_smoothing: f32,
+    /// Random affine transforms of the training images, a fresh draw per image and epoch.
+    pub augment: Option<data::Augment>,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             early_stop: None,
             schedule: LrSchedule::default(),
             label_smoothing: 0.0,
+            augment: None,
         }
     }
 }
@@ -69,6 +72,7 @@ mod keys {
     pub(crate) const EARLY_STOP: &str = "early_stop";
     pub(crate) const SCHEDULE: &str = "schedule";
     pub(crate) const LABEL_SMOOTHING: &str = "label_smoothing";
+    pub(crate) const AUGMENT: &str = "augment";
 }
 
 impl Settings {
@@ -89,6 +93,9 @@ impl Settings {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
+        if let Some(Err(reason)) = self.augment.map(|a| a.validate()) {
+            return bad(reason);
         }
         if self.early_stop == Some(0) {
             return bad("early stopping needs a patience of at least 1 epoch".into());
@@ -111,6 +118,11 @@ impl Settings {
         state.set_meta(keys::EARLY_STOP, self.early_stop.map_or("none".into(), |p| p.to_string()));
         state.set_meta(keys::SCHEDULE, self.schedule.to_string());
         state.set_meta(keys::LABEL_SMOOTHING, format!("{:?}", self.label_smoothing));
+        state.set_meta(
+            keys::AUGMENT,
+            self.augment
+                .map_or("none".into(), |a| format!("rotate={:?},shift={:?},scale={:?}", a.rotate, a.shift, a.scale)),
+        );
         self.optimizer.write_metadata(state);
     }
 
@@ -138,6 +150,30 @@ impl Settings {
                 Some(_) => state.parse_meta(keys::LABEL_SMOOTHING, "a number")?,
                 None => 0.0,
             },
+            augment: match state.meta(keys::AUGMENT) {
+                None | Some("none") => None,
+                Some(text) => Some(parse_augment(text).ok_or_else(|| nn::NnError::BadMetadata {
+                    key: keys::AUGMENT.into(),
+                    value: text.into(),
+                    expected: "rotate=R,shift=S,scale=F",
+                })?),
+            },
         })
     }
+}
+
+/// Reads `rotate=R,shift=S,scale=F`.
+fn parse_augment(text: &str) -> Option<data::Augment> {
+    let mut augment = data::Augment::default();
+    for part in text.split(',') {
+        let (key, value) = part.split_once('=')?;
+        let value: f32 = value.parse().ok()?;
+        match key {
+            "rotate" => augment.rotate = value,
+            "shift" => augment.shift = value,
+            "scale" => augment.scale = value,
+            _ => return None,
+        }
+    }
+    Some(augment)
 }

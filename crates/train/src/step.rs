@@ -60,16 +60,24 @@ impl Stepper {
         optimizer: &mut dyn Optimizer,
         data: &Dataset,
         indices: &[usize],
-        smoothing: f32,
+        recipe: Recipe,
     ) -> Result<StepResult, StepError> {
-        let (loss, correct, parts) =
-            forward_backward(&mut self.shards, &mut self.grads, model, data, indices, smoothing);
+        let (loss, correct, parts) = forward_backward(&mut self.shards, &mut self.grads, model, data, indices, recipe);
         if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
             return Err(StepError::Diverged { loss });
         }
         optimizer.step_sum(model.params_mut(), &self.grads[..parts]).map_err(StepError::Optimizer)?;
         Ok(StepResult { loss, correct })
     }
+}
+
+/// What a step does to each batch besides forward and backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recipe {
+    /// Label smoothing of the loss.
+    pub(crate) smoothing: f32,
+    /// Random transforms of the images.
+    pub(crate) augment: Option<data::Augment>,
 }
 
 /// Why a step failed.
@@ -82,6 +90,7 @@ pub(crate) enum StepError {
 struct Shard {
     tape: Tape,
     labels: Vec<usize>,
+    warper: data::Warper,
     rng: ChaCha8Rng,
     loss: f32,
     correct: usize,
@@ -89,7 +98,14 @@ struct Shard {
 
 impl Default for Shard {
     fn default() -> Self {
-        Self { tape: Tape::new(), labels: Vec::new(), rng: ChaCha8Rng::seed_from_u64(0), loss: 0.0, correct: 0 }
+        Self {
+            tape: Tape::new(),
+            labels: Vec::new(),
+            warper: data::Warper::default(),
+            rng: ChaCha8Rng::seed_from_u64(0),
+            loss: 0.0,
+            correct: 0,
+        }
     }
 }
 
@@ -101,16 +117,23 @@ impl Shard {
         model: &M,
         data: &Dataset,
         indices: &[usize],
-        smoothing: f32,
+        recipe: Recipe,
         scale: f32,
         grads: &mut Grads,
     ) {
         self.tape.clear();
-        // The pixels go from their stored bytes straight into the tape's input.
-        let x = self.tape.input_with(indices.len(), data.image_len(), |x| data::fill_rows(data, indices, x));
-        data::fill_labels(data, indices, &mut self.labels);
+        // The pixels go from their stored bytes straight into the tape's input (transformed
+        // on the way when augmenting, with draws from this part's generator).
+        let Self { tape, labels, warper, rng, .. } = self;
+        let x = tape.input_with(indices.len(), data.image_len(), |x| match &recipe.augment {
+            Some(augment) => data::fill_rows_augmented(data, indices, augment, rng, warper, x, labels),
+            None => {
+                data::fill_rows(data, indices, x);
+                data::fill_labels(data, indices, labels);
+            }
+        });
         let logits = model.forward_train(&mut self.tape, x, &mut self.rng);
-        let loss = self.tape.cross_entropy_smoothed(logits, &self.labels, smoothing);
+        let loss = self.tape.cross_entropy_smoothed(logits, &self.labels, recipe.smoothing);
         self.loss = self.tape.value(loss)[[0, 0]];
         let rows = self.tape.value(logits);
         self.correct = rows.rows().into_iter().zip(&self.labels).filter(|(row, y)| tensor::argmax(*row) == **y).count();
@@ -127,19 +150,19 @@ fn forward_backward<M: Model>(
     model: &M,
     data: &Dataset,
     indices: &[usize],
-    smoothing: f32,
+    recipe: Recipe,
 ) -> (f64, usize, usize) {
     let n = indices.len();
     let parts = shards.len().min(n).max(1);
     let shards = &mut shards[..parts];
     let range = |s: usize| s * n / parts..(s + 1) * n / parts;
     if parts == 1 {
-        shards[0].run(model, data, indices, smoothing, 1.0, &mut grads[0]);
+        shards[0].run(model, data, indices, recipe, 1.0, &mut grads[0]);
     } else {
         shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
             let rows = range(s);
             let scale = rows.len() as f32 / n as f32;
-            shard.run(model, data, &indices[rows], smoothing, scale, grads);
+            shard.run(model, data, &indices[rows], recipe, scale, grads);
         });
     }
     let loss = shards.iter().enumerate().map(|(s, sh)| f64::from(sh.loss) * range(s).len() as f64 / n as f64).sum();

@@ -73,7 +73,7 @@ impl Observer<Mlp> for Recorder {
 }
 
 /// A run with every moving part: validation, early stopping, a warm-up then a cosine
-/// schedule stepped per optimizer step, and label smoothing.
+/// schedule stepped per optimizer step, label smoothing and augmentation.
 fn settings() -> Settings {
     let schedule =
         LrSchedule { warmup_steps: 10, warmup_start: 0.1, schedule: Schedule::Cosine { t_max: 40, eta_min: 1e-5 } };
@@ -162,6 +162,7 @@ fn early_stopping_keeps_the_best_epochs_weights() {
         optimizer: OptimizerConfig::Adam(AdamConfig { lr: 0.1, ..AdamConfig::default() }),
         schedule: LrSchedule::default(),
         label_smoothing: 0.0,
+        augment: None,
         ..settings()
     };
     let mut rec = Recorder::default();
