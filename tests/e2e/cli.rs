@@ -380,3 +380,19 @@ fn serve_trains_a_model_when_given_none_logs_requests_and_stops_on_ctrl_c() {
     assert!(stderr.contains("GET /api/model 200 "), "a line per request: {stderr}");
     assert!(stderr.trim_end().ends_with("Stopped"), "{stderr}");
 }
+
+#[test]
+fn the_strong_recipe_says_what_it_expands_to_and_draws_its_augmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let plots = dir.path().join("plots");
+    let out = train_synthetic(&["--recipe", "strong", "--epochs", "2", "--plots", arg(&plots)]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("Recipe strong: --epochs 2 --lr 0.003 --augment --rotate 10 --shift 2 --scale 0.1 --schedule onecycle --label-smoothing 0.05"),
+        "{stderr}"
+    );
+    let svg = std::fs::read_to_string(plots.join("augmented.svg")).unwrap();
+    assert!(svg.contains("augmented (rotation ±10°"), "{svg:.200}");
+    // Six digits, each as it is and in seven transformed versions, on black squares.
+    assert!(svg.matches("fill=\"#000000\"").count() >= 6 * 8, "too few digits drawn");
+}

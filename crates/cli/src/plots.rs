@@ -204,6 +204,37 @@ pub(crate) fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -
     })
 }
 
+/// `augmented.svg`: the first training digits as they are, then as `augment` transforms them
+/// (what the model trains on), a row per digit.
+pub(crate) fn augmented(dir: &Path, data: &Dataset, augment: &data::Augment, seed: u64) -> Result<()> {
+    const DIGITS: usize = 6;
+    const VERSIONS: usize = 7;
+    let (scale, pad, top) = (3, 10, 40);
+    let (w, h) = (data.cols() as i32 * scale, data.rows() as i32 * scale);
+    let size = ((pad + (VERSIONS as i32 + 1) * (w + pad)) as u32, (top + DIGITS as i32 * (h + pad)) as u32);
+    render(dir, "augmented.svg", size, |root| {
+        let title = format!(
+            "Training digits, then augmented (rotation ±{}°, shift ±{} px, scale ±{}%)",
+            augment.rotate,
+            augment.shift,
+            100.0 * augment.scale
+        );
+        root.draw(&Text::new(title, (pad, 14), (FAMILY, 15).into_font())).map_err(err)?;
+        for d in 0..DIGITS.min(data.len()) {
+            let image = data.image(d);
+            let bytes = |v: &[f32]| -> Vec<u8> { v.iter().map(|&p| (p * 255.0).round() as u8).collect() };
+            let versions = augment.preview(image, data.rows(), data.cols(), seed.wrapping_add(d as u64), VERSIONS);
+            let y = top + d as i32 * (h + pad);
+            for (k, pixels) in std::iter::once(image.to_vec()).chain(versions.iter().map(|v| bytes(v))).enumerate() {
+                let x = pad + k as i32 * (w + pad) + if k > 0 { pad } else { 0 };
+                root.draw(&Rectangle::new([(x, y), (x + w, y + h)], BLACK.filled())).map_err(err)?;
+                draw_digit(root, &pixels, data.cols(), (x, y), scale)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Draws a grayscale digit as runs of equal (16-level) shade, to keep the SVG small.
 fn draw_digit(
     root: &DrawingArea<SVGBackend, Shift>,

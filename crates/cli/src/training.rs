@@ -66,6 +66,9 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             let mut settings = run.settings.clone();
             let steps = settings.steps_per_epoch(mnist.train.len());
             settings.schedule = run.schedule.in_steps(cfg.epochs, steps, settings.optimizer.lr());
+            if let (Some(expanded), false) = (&run.recipe, cfg.quiet) {
+                eprintln!("Recipe {expanded}");
+            }
             Trainer::new(model, settings)?
         }
         (None, Start::Resume(_)) => unreachable!("read above"),
@@ -118,6 +121,9 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         plots::training_curves(dir, &history)?;
         plots::confusion_heatmap(dir, &test.confusion)?;
         plots::misclassified(dir, &mnist.test, &test.predictions)?;
+        if let Some(augment) = &settings.augment {
+            plots::augmented(dir, &mnist.train, augment, settings.seed)?;
+        }
         if !cfg.quiet {
             eprintln!("Wrote plots to {}", dir.display());
         }

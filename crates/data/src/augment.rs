@@ -216,6 +216,23 @@ impl Row {
     }
 }
 
+impl Augment {
+    /// `count` transformed versions of one image, drawn from a generator seeded with `seed`:
+    /// what a person looks at to see what a model trains on.
+    pub fn preview(&self, image: &[u8], rows: usize, cols: usize, seed: u64, count: usize) -> Vec<Vec<f32>> {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut warper = Warper::default();
+        (0..count)
+            .map(|_| {
+                let mut out = vec![0.0; rows * cols];
+                self.warp(image, rows, cols, &mut rng, &mut warper, &mut out);
+                out
+            })
+            .collect()
+    }
+}
+
 /// [`fill_rows`](crate::fill_rows) with every image transformed by `augment`, each with a fresh
 /// draw from `rng`, and the labels into `labels`.
 ///
