@@ -351,7 +351,7 @@ impl Architecture {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Start {
     /// A new run.
-    New(NewRun),
+    New(Box<NewRun>),
     /// The run saved at this path.
     Resume(PathBuf),
 }
@@ -566,7 +566,7 @@ impl TryFrom<TrainArgs> for TrainConfig {
                 if let Some(kind) = a.recipe {
                     run.recipe = Some(expansion(kind, &run, epochs));
                 }
-                Start::New(run)
+                Start::New(Box::new(run))
             }
         };
         Ok(Self {
@@ -596,7 +596,7 @@ mod tests {
 
     fn new_run(args: &[&str]) -> NewRun {
         match parse(args).unwrap().start {
-            Start::New(run) => run,
+            Start::New(run) => *run,
             Start::Resume(_) => panic!("not a new run"),
         }
     }
