@@ -31,8 +31,8 @@ pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()
         );
     }
     let x = Array2::from_shape_vec((args.images.len(), SIDE * SIDE), pixels)?;
-    let probabilities = model.probabilities(x.view());
-    for ((path, row), class) in args.images.iter().zip(probabilities.rows()).zip(model.predict(x.view())) {
+    let (classes, probabilities) = model.classify(x.view());
+    for ((path, row), class) in args.images.iter().zip(probabilities.rows()).zip(classes) {
         writeln!(out, "{}: {class} ({:.2}%)", path.display(), 100.0 * row[class])?;
         let all: Vec<String> = row.iter().enumerate().map(|(c, p)| format!("{c}: {p:.4}")).collect();
         writeln!(out, "  {}", all.join("  "))?;

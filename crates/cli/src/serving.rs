@@ -7,16 +7,18 @@ use nn::Sequential;
 use train::{Settings, Trainer};
 
 use crate::args::{Architecture, ServeArgs};
-use crate::files::{load_mnist, load_model};
+use crate::files::load_mnist;
 
 /// Serves until Ctrl-C, then finishes the requests under way.
 pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let (model, accuracy) = match &args.model {
         Some(path) => {
+            // The file is read once: the model, and the test accuracy its metadata records.
             let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            let state =
-                nn::StateDict::from_safetensors(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            (load_model(path)?, train::recorded_test_accuracy(&state))
+            let model: Sequential =
+                train::load_model(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let state = nn::StateDict::from_safetensors(&bytes).expect("parsed just above");
+            (model, train::recorded_test_accuracy(&state))
         }
         None => train_default(args)?,
     };

@@ -72,6 +72,14 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
     fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
         tensor::argmax_rows(self.logits_with(x, &mut Inference::default()))
     }
+
+    /// The predicted class of each row of `x` and every class's probability, from one pass.
+    fn classify(&self, x: ArrayView2<f32>) -> (Vec<usize>, Array2<f32>) {
+        let logits = self.logits(x);
+        let mut probs = Array2::zeros(logits.dim());
+        tensor::softmax_rows(logits.view(), probs.view_mut());
+        (tensor::argmax_rows(logits.view()), probs)
+    }
 }
 
 /// Buffers for [`Model::logits_with`], reused from batch to batch.

@@ -159,15 +159,13 @@ fn answer(app: &App, input: Input) -> Result<Response, Failure> {
         }
     };
     let x = ndarray::Array2::from_shape_vec((images.len(), side), images.concat()).expect("784 values each");
-    let probabilities = app.model.probabilities(x.view());
+    let (classes, probabilities) = app.model.classify(x.view());
     let predictions: Vec<Prediction> = probabilities
         .rows()
         .into_iter()
+        .zip(classes)
         .zip(images)
-        .map(|(row, input)| {
-            let class = row.iter().enumerate().fold(0, |best, (c, &p)| if p > row[best] { c } else { best });
-            Prediction { class, probabilities: row.to_vec(), input }
-        })
+        .map(|((row, class), input)| Prediction { class, probabilities: row.to_vec(), input })
         .collect();
     Ok(if batch {
         Json(serde_json::json!({ "predictions": predictions })).into_response()
