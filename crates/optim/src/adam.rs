@@ -151,6 +151,14 @@ impl Optimizer for Adam {
     }
 }
 
+/// `x`, or zero if it is subnormal. The moments of a weight whose gradient stays zero decay
+/// geometrically into the subnormal range, where arithmetic is many times slower on common
+/// CPUs; an update from such a moment is below the precision of any parameter of normal size.
+#[inline(always)]
+fn flush_subnormal(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
+}
+
 /// One Adam step's constants, applied element by element.
 #[derive(Debug, Clone, Copy)]
 struct AdamStep {
@@ -190,10 +198,21 @@ impl AdamStep {
     #[inline(always)]
     fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.apply_avx512(p, g, m, v) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { self.apply_avx2(p, g, m, v) };
         }
+        self.apply_portable(p, g, m, v);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn apply_avx512(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         self.apply_portable(p, g, m, v);
     }
 
@@ -213,8 +232,8 @@ impl AdamStep {
                 pi *= shrink;
             }
             let gi = if let Some(l2) = self.l2 { g(i) + l2 * pi } else { g(i) };
-            let mi = m[i] + self.one_minus_beta1 * (gi - m[i]);
-            let vi = v[i] * self.beta2 + self.one_minus_beta2 * gi * gi;
+            let mi = flush_subnormal(m[i] + self.one_minus_beta1 * (gi - m[i]));
+            let vi = flush_subnormal(v[i] * self.beta2 + self.one_minus_beta2 * gi * gi);
             let denom = vi.sqrt() / self.bc2_sqrt + self.eps;
             p[i] = pi + -self.step_size * mi / denom;
             m[i] = mi;

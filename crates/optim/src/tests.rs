@@ -247,3 +247,36 @@ fn configs_round_trip_through_metadata() {
     }
     assert_eq!(OptimizerConfig::Adam(AdamConfig::adamw()).name(), "adamw");
 }
+
+#[test]
+fn moments_decaying_below_the_normal_range_become_zero_without_moving_the_weights() {
+    // One gradient, then none for long enough that the moments decay below f32's normal range.
+    // f64 keeps them: the weights must not notice the flush.
+    let (mut p, mut g) = params(&[0.25, -1.5, 3.0, 0.0], &[1e-3, -2e-2, 0.0, 1e-5]);
+    let grads0 = [1e-3f64, -2e-2, 0.0, 1e-5];
+    let mut adam = Adam::new(AdamConfig { lr: 0.01, ..AdamConfig::default() }).unwrap();
+    let (b1, b2, lr, eps) = (0.9f64, 0.999f64, 0.01f64, 1e-8f64);
+    let mut want = [0.25f64, -1.5, 3.0, 0.0];
+    let (mut m, mut v) = ([0.0f64; 4], [0.0f64; 4]);
+    for t in 1..=800 {
+        let grad = if t == 1 { grads0 } else { [0.0; 4] };
+        set_grad(&p, &mut g, &grad.map(|x| x as f32));
+        adam.step(&mut p, &g).unwrap();
+        for i in 0..4 {
+            m[i] = b1 * m[i] + (1.0 - b1) * grad[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * grad[i] * grad[i];
+            let step = lr / (1.0 - b1.powi(t)) * m[i] / (v[i].sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
+            want[i] -= step;
+        }
+    }
+    for (got, want) in values(&p).iter().zip(want) {
+        assert!((f64::from(*got) - want).abs() < 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+    }
+    let state = adam.state_dict(&p);
+    let m = state.get("w.exp_avg").unwrap().data();
+    // 0.9^800 takes each first moment below the smallest normal f32 (not below the smallest
+    // subnormal): flushed, they are exactly zero.
+    assert!(m.iter().all(|&x| x == 0.0), "{m:?}");
+    let v = state.get("w.exp_avg_sq").unwrap().data();
+    assert!(v.iter().all(|&x| x == 0.0 || x.is_normal()), "no subnormal second moment: {v:?}");
+}
