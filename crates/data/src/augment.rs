@@ -2,6 +2,8 @@
 //! fresh draw per image, sampled bilinearly with zeros outside. The draws come from the
 //! caller's generator, so that a run stays reproducible from its seed.
 
+use std::ops::Range;
+
 use rand::RngCore;
 
 use crate::Dataset;
@@ -36,6 +38,103 @@ pub struct Warper {
     padded: Vec<f32>,
     /// Each column's pixels OR-ed together: nonzero where the column has ink.
     columns: Vec<u8>,
+    /// Where each output row to compute starts reading the source.
+    starts: Vec<(f32, f32)>,
+}
+
+/// The rows and columns an image's ink spans, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ink {
+    x_lo: usize,
+    x_hi: usize,
+    y_lo: usize,
+    y_hi: usize,
+}
+
+impl Warper {
+    /// Converts `image` into the padded source and finds its ink; `None` if it has none.
+    fn load(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
+        self.fit(rows, cols);
+        #[cfg(target_arch = "x86_64")]
+        if cols <= 32
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has the features, and a row fits in one 32-byte register.
+            return unsafe { self.load_avx512(image, rows, cols) };
+        }
+        self.load_portable(image, cols)
+    }
+
+    /// Sizes the padded source for `rows x cols` images.
+    fn fit(&mut self, rows: usize, cols: usize) {
+        if self.padded.len() != (rows + 2) * (cols + 2) {
+            // The border stays zero from here on: loads write the interior only.
+            self.padded.clear();
+            self.padded.resize((rows + 2) * (cols + 2), 0.0);
+        }
+    }
+
+    fn load_portable(&mut self, image: &[u8], cols: usize) -> Option<Ink> {
+        let width = cols + 2;
+        // The ink's rows and columns, by OR-ing bytes (which vectorises), not by searching.
+        self.columns.clear();
+        self.columns.resize(cols, 0);
+        let (mut y_lo, mut y_hi) = (usize::MAX, 0);
+        for (y, row) in image.chunks_exact(cols).enumerate() {
+            crate::batch::pixels_to_f32(row, &mut self.padded[(y + 1) * width + 1..(y + 1) * width + 1 + cols]);
+            if row.iter().fold(0u8, |a, &p| a | p) != 0 {
+                (y_lo, y_hi) = (y_lo.min(y), y);
+                self.columns.iter_mut().zip(row).for_each(|(c, &p)| *c |= p);
+            }
+        }
+        let x_lo = self.columns.iter().position(|&c| c != 0)?;
+        let x_hi = self.columns.iter().rposition(|&c| c != 0)?;
+        (y_lo <= y_hi).then_some(Ink { x_lo, x_hi, y_lo, y_hi })
+    }
+
+    /// A row at a time in registers: its bytes OR-ed into the columns' and tested for ink, and
+    /// converted as [`pixels_to_f32`](crate::batch::pixels_to_f32) does (exactly `v / 255`).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn load_avx512(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
+        use std::arch::x86_64::*;
+        assert!(cols <= 32 && image.len() == rows * cols && self.padded.len() == (rows + 2) * (cols + 2));
+        let width = cols + 2;
+        let bytes_mask = ((1u64 << cols) - 1) as u32;
+        let (lo_mask, hi_mask) = ((1u32 << cols.min(16)) - 1, (1u32 << cols.saturating_sub(16)) - 1);
+        let (r, scale) = (_mm512_set1_ps(1.0 / 255.0), _mm512_set1_ps(255.0));
+        let exact = |v: __m512| {
+            let q = _mm512_mul_ps(v, r);
+            _mm512_fmadd_ps(_mm512_fnmadd_ps(q, scale, v), r, q)
+        };
+        let mut columns = _mm256_setzero_si256();
+        let (mut y_lo, mut y_hi) = (usize::MAX, 0);
+        for y in 0..rows {
+            // SAFETY: the mask keeps the load within row `y` of the image, and the stores
+            // within the interior of row `y + 1` of the padded image (asserted lengths).
+            unsafe {
+                let bytes = _mm256_maskz_loadu_epi8(bytes_mask, image.as_ptr().add(y * cols).cast());
+                columns = _mm256_or_si256(columns, bytes);
+                if _mm256_test_epi8_mask(bytes, bytes) != 0 {
+                    (y_lo, y_hi) = (y_lo.min(y), y);
+                }
+                let low = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(bytes)));
+                let high = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(bytes)));
+                let dst = self.padded.as_mut_ptr().add((y + 1) * width + 1);
+                _mm512_mask_storeu_ps(dst, lo_mask as u16, exact(low));
+                _mm512_mask_storeu_ps(dst.add(16), hi_mask as u16, exact(high));
+            }
+        }
+        let inked = _mm256_test_epi8_mask(columns, columns);
+        (inked != 0).then(|| Ink {
+            x_lo: inked.trailing_zeros() as usize,
+            x_hi: 31 - inked.leading_zeros() as usize,
+            y_lo,
+            y_hi,
+        })
+    }
 }
 
 impl Augment {
@@ -74,29 +173,11 @@ impl Augment {
         let scale = 1.0 + symmetric(rng) * self.scale;
         let (sin, cos) = angle.sin_cos();
 
-        // The source with a zero border, and the extent of its ink.
-        let width = cols + 2;
-        warper.padded.clear();
-        warper.padded.resize((rows + 2) * width, 0.0);
-        // The ink's rows and columns, by OR-ing bytes (which vectorises), not by searching.
-        warper.columns.clear();
-        warper.columns.resize(cols, 0);
-        let (mut y_lo, mut y_hi) = (usize::MAX, 0);
-        for (y, row) in image.chunks_exact(cols).enumerate() {
-            if row.iter().fold(0u8, |a, &p| a | p) == 0 {
-                continue;
-            }
-            (y_lo, y_hi) = (y_lo.min(y), y);
-            warper.columns.iter_mut().zip(row).for_each(|(c, &p)| *c |= p);
-            let dst = &mut warper.padded[(y + 1) * width + 1..(y + 1) * width + 1 + cols];
-            crate::batch::pixels_to_f32(row, dst);
-        }
         out.fill(0.0);
-        if y_lo == usize::MAX {
+        let width = cols + 2;
+        let Some(Ink { x_lo, x_hi, y_lo, y_hi }) = warper.load(image, rows, cols) else {
             return;
-        }
-        let x_lo = warper.columns.iter().position(|&c| c != 0).expect("a row has ink");
-        let x_hi = warper.columns.iter().rposition(|&c| c != 0).expect("a row has ink");
+        };
 
         // Output (ox, oy) reads source c + Rᵀ·(o - c - t) / scale.
         let (cx, cy) = ((cols as f32 - 1.0) / 2.0, (rows as f32 - 1.0) / 2.0);
@@ -124,10 +205,27 @@ impl Augment {
         let oy_hi = clamp(corners.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max).ceil(), rows);
 
         let geometry = Row { a, b, rows: rows as f32, cols: cols as f32, width };
-        for oy in oy_lo..=oy_hi {
-            let (sx, sy) = source(ox_lo as f32, oy as f32);
-            geometry.sample(&warper.padded, sx, sy, &mut out[oy * cols + ox_lo..=oy * cols + ox_hi]);
-        }
+        warper.starts.clear();
+        warper.starts.extend((oy_lo..=oy_hi).map(|oy| source(ox_lo as f32, oy as f32)));
+        let lines = Lines { starts: &warper.starts, stride: cols, span: 0..ox_hi - ox_lo + 1 };
+        geometry.sample(&warper.padded, &lines, &mut out[oy_lo * cols + ox_lo..]);
+    }
+}
+
+/// The output rows to sample: row `i` starts reading the source at `starts[i]` and is
+/// written to `out[i·stride + k]` for `k` in `span`.
+struct Lines<'a> {
+    starts: &'a [(f32, f32)],
+    stride: usize,
+    span: Range<usize>,
+}
+
+impl Lines<'_> {
+    /// Each row's start in the source and its outputs, `span` of which are written.
+    fn rows<'o>(&self, out: &'o mut [f32]) -> impl Iterator<Item = ((f32, f32), &'o mut [f32])> {
+        let needed = self.starts.len().saturating_sub(1) * self.stride + self.span.end;
+        assert!(out.len() >= needed, "{} outputs for {} rows of {}", out.len(), self.starts.len(), self.stride);
+        self.starts.iter().copied().zip(out.chunks_mut(self.stride))
     }
 }
 
@@ -143,21 +241,32 @@ struct Row {
 }
 
 impl Row {
-    /// Samples `out[k]` at source `(sx + a·k, sy - b·k)`, bilinearly, zero outside the image.
-    /// Every path computes the same operations in the same order, so results do not depend on
-    /// the CPU.
-    fn sample(&self, padded: &[f32], sx: f32, sy: f32, out: &mut [f32]) {
+    /// Samples each row of `lines`: output `k` of a row starting at `(sx, sy)` reads the
+    /// source at `(sx + a·k, sy - b·k)`, bilinearly, zero outside the image. Every path
+    /// computes the same operations in the same order, so results do not depend on the CPU.
+    fn sample(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.width <= 2 * 16 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, and a padded row fits in two registers.
+            return unsafe { self.sample_avx512(padded, lines, out) };
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { self.sample_avx2(padded, sx, sy, out) };
+            return unsafe { self.sample_avx2(padded, lines, out) };
         }
-        self.sample_portable(padded, sx, sy, out, 0);
+        self.sample_portable(padded, lines, out);
+    }
+
+    fn sample_portable(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+        for ((sx, sy), out) in lines.rows(out) {
+            self.sample_row(padded, sx, sy, out, lines.span.clone());
+        }
     }
 
     #[inline(always)]
-    fn sample_portable(&self, padded: &[f32], sx0: f32, sy0: f32, out: &mut [f32], from: usize) {
-        for (k, o) in out.iter_mut().enumerate().skip(from) {
+    fn sample_row(&self, padded: &[f32], sx0: f32, sy0: f32, out: &mut [f32], span: Range<usize>) {
+        for (k, o) in out[..span.end].iter_mut().enumerate().skip(span.start) {
             let kf = k as f32;
             let (sx, sy) = (sx0 + self.a * kf, sy0 - self.b * kf);
             let (fx, fy) = (sx.floor(), sy.floor());
@@ -179,49 +288,131 @@ impl Row {
     /// Eight outputs at a time, the four neighbours gathered.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn sample_avx2(&self, padded: &[f32], sx0: f32, sy0: f32, out: &mut [f32]) {
+    fn sample_avx2(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let chunks = out.len() / 8;
+        let span = lines.span.clone();
+        let chunks = (span.end - span.start) / 8;
         let lanes = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
         let (a, b) = (_mm256_set1_ps(self.a), _mm256_set1_ps(self.b));
         let (minus_one, one) = (_mm256_set1_ps(-1.0), _mm256_set1_ps(1.0));
         let (cols, rows) = (_mm256_set1_ps(self.cols), _mm256_set1_ps(self.rows));
         let width = _mm256_set1_epi32(self.width as i32);
-        let (x0, y0) = (_mm256_set1_ps(sx0), _mm256_set1_ps(sy0));
-        for c in 0..chunks {
-            let kf = _mm256_add_ps(lanes, _mm256_set1_ps((c * 8) as f32));
-            let sx = _mm256_add_ps(x0, _mm256_mul_ps(a, kf));
-            let sy = _mm256_sub_ps(y0, _mm256_mul_ps(b, kf));
-            let (fx, fy) = (_mm256_floor_ps(sx), _mm256_floor_ps(sy));
-            let inside = _mm256_and_ps(
-                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(fx, minus_one), _mm256_cmp_ps::<_CMP_GE_OQ>(fy, minus_one)),
-                _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(fx, cols), _mm256_cmp_ps::<_CMP_LT_OQ>(fy, rows)),
-            );
-            let ix = _mm256_cvttps_epi32(_mm256_add_ps(fx, one));
-            let iy = _mm256_cvttps_epi32(_mm256_add_ps(fy, one));
-            // Lanes outside read index 0, which is in bounds; their result is masked to 0.
-            let index =
-                _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(iy, width), ix), _mm256_castps_si256(inside));
-            let base = padded.as_ptr();
-            // SAFETY: inside lanes index the padded image's interior and its right and bottom
-            // neighbours (fx < cols, fy < rows), within its (rows + 2)·(cols + 2) values; the
-            // other lanes read index 0 and its neighbours, also within it.
-            let (p00, p01, p10, p11) = unsafe {
-                (
-                    _mm256_i32gather_ps::<4>(base, index),
-                    _mm256_i32gather_ps::<4>(base.add(1), index),
-                    _mm256_i32gather_ps::<4>(base.add(self.width), index),
-                    _mm256_i32gather_ps::<4>(base.add(self.width + 1), index),
-                )
-            };
-            let (wx, wy) = (_mm256_sub_ps(sx, fx), _mm256_sub_ps(sy, fy));
-            let top = _mm256_add_ps(p00, _mm256_mul_ps(_mm256_sub_ps(p01, p00), wx));
-            let bottom = _mm256_add_ps(p10, _mm256_mul_ps(_mm256_sub_ps(p11, p10), wx));
-            let value = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), wy));
-            // SAFETY: `c * 8 + 8 <= out.len()`.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), _mm256_and_ps(value, inside)) };
+        for ((sx0, sy0), out) in lines.rows(out) {
+            let (x0, y0) = (_mm256_set1_ps(sx0), _mm256_set1_ps(sy0));
+            for start in (span.start..).step_by(8).take(chunks) {
+                let kf = _mm256_add_ps(lanes, _mm256_set1_ps(start as f32));
+                let sx = _mm256_add_ps(x0, _mm256_mul_ps(a, kf));
+                let sy = _mm256_sub_ps(y0, _mm256_mul_ps(b, kf));
+                let (fx, fy) = (_mm256_floor_ps(sx), _mm256_floor_ps(sy));
+                let inside = _mm256_and_ps(
+                    _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GE_OQ>(fx, minus_one),
+                        _mm256_cmp_ps::<_CMP_GE_OQ>(fy, minus_one),
+                    ),
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(fx, cols), _mm256_cmp_ps::<_CMP_LT_OQ>(fy, rows)),
+                );
+                let ix = _mm256_cvttps_epi32(_mm256_add_ps(fx, one));
+                let iy = _mm256_cvttps_epi32(_mm256_add_ps(fy, one));
+                // Lanes outside read index 0, which is in bounds; their result is masked to 0.
+                let index =
+                    _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(iy, width), ix), _mm256_castps_si256(inside));
+                let base = padded.as_ptr();
+                // SAFETY: inside lanes index the padded image's interior and its right and bottom
+                // neighbours (fx < cols, fy < rows), within its (rows + 2)·(cols + 2) values; the
+                // other lanes read index 0 and its neighbours, also within it.
+                let (p00, p01, p10, p11) = unsafe {
+                    (
+                        _mm256_i32gather_ps::<4>(base, index),
+                        _mm256_i32gather_ps::<4>(base.add(1), index),
+                        _mm256_i32gather_ps::<4>(base.add(self.width), index),
+                        _mm256_i32gather_ps::<4>(base.add(self.width + 1), index),
+                    )
+                };
+                let (wx, wy) = (_mm256_sub_ps(sx, fx), _mm256_sub_ps(sy, fy));
+                let top = _mm256_add_ps(p00, _mm256_mul_ps(_mm256_sub_ps(p01, p00), wx));
+                let bottom = _mm256_add_ps(p10, _mm256_mul_ps(_mm256_sub_ps(p11, p10), wx));
+                let value = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), wy));
+                // SAFETY: `start + 8 <= span.end`, within `out` (see `Lines::rows`).
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(start), _mm256_and_ps(value, inside)) };
+            }
+            self.sample_row(padded, sx0, sy0, out, span.start + chunks * 8..span.end);
         }
-        self.sample_portable(padded, sx0, sy0, out, chunks * 8);
+    }
+
+    /// Sixteen outputs at a time, without gathers (slow on many CPUs): a padded row fits in
+    /// two registers, so each source row the sixteen outputs touch is loaded once and its
+    /// pixels picked by a permutation. The outputs of one vector span a few source rows only.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn sample_avx512(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+        debug_assert!(self.width <= 32 && padded.len() >= (self.rows as usize + 2) * self.width);
+        let lanes =
+            _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+        let (a, b) = (_mm512_set1_ps(self.a), _mm512_set1_ps(self.b));
+        let (minus_one, one) = (_mm512_set1_ps(-1.0), _mm512_set1_ps(1.0));
+        let (cols, rows) = (_mm512_set1_ps(self.cols), _mm512_set1_ps(self.rows));
+        // A padded row as two registers; masked loads read nothing past the row's end.
+        let (lo_mask, hi_mask) = ((1u32 << self.width.min(16)) - 1, (1u32 << self.width.saturating_sub(16)) - 1);
+        let last_row = self.rows as i64 + 1;
+        let span = lines.span.clone();
+        for ((sx0, sy0), out) in lines.rows(out) {
+            let (x0, y0) = (_mm512_set1_ps(sx0), _mm512_set1_ps(sy0));
+            for start in span.clone().step_by(16) {
+                let count = (span.end - start).min(16);
+                let kf = _mm512_add_ps(lanes, _mm512_set1_ps(start as f32));
+                let sx = _mm512_add_ps(x0, _mm512_mul_ps(a, kf));
+                let sy = _mm512_sub_ps(y0, _mm512_mul_ps(b, kf));
+                let (fx, fy) = (_mm512_roundscale_ps::<FLOOR>(sx), _mm512_roundscale_ps::<FLOOR>(sy));
+                let inside = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fx, minus_one)
+                    & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fy, minus_one)
+                    & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fx, cols)
+                    & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fy, rows)
+                    & ((1u32 << count) - 1) as u16;
+                // Padded coordinates of the top-left neighbour: the row above a lane and its column.
+                let ix = _mm512_cvttps_epi32(_mm512_add_ps(fx, one));
+                let ix1 = _mm512_add_epi32(ix, _mm512_set1_epi32(1));
+                let iy = _mm512_cvttps_epi32(_mm512_add_ps(fy, one));
+                let (wx, wy) = (_mm512_sub_ps(sx, fx), _mm512_sub_ps(sy, fy));
+                // `sy` is monotonic in the lane, so the first and last lanes bound the rows read.
+                let first = _mm_cvtsi128_si32(_mm512_castsi512_si128(iy));
+                let last = _mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
+                    _mm512_set1_epi32(count as i32 - 1),
+                    iy,
+                )));
+                let (least, most) = if self.b >= 0.0 { (last, first) } else { (first, last) };
+                let (top_row, bottom_row) = (i64::from(least).max(0), (i64::from(most) + 1).min(last_row));
+                let zero = _mm512_setzero_ps();
+                let (mut top, mut bottom) = (zero, zero);
+                let iy1 = _mm512_add_epi32(iy, _mm512_set1_epi32(1));
+                // Each source row, interpolated along x, is the upper value of the lanes whose
+                // upper neighbours are on it, and the lower value of those whose lower ones are.
+                for r in top_row..=bottom_row {
+                    // SAFETY: row `r` of the padded image is within it (0 <= r <= rows + 1), and
+                    // the masks keep both loads within that row.
+                    let row = unsafe { padded.as_ptr().add(r as usize * self.width) };
+                    let (left, right) = unsafe {
+                        (_mm512_maskz_loadu_ps(lo_mask as u16, row), _mm512_maskz_loadu_ps(hi_mask as u16, row.add(16)))
+                    };
+                    let (v0, v1) = (_mm512_permutex2var_ps(left, ix, right), _mm512_permutex2var_ps(left, ix1, right));
+                    let along = _mm512_add_ps(v0, _mm512_mul_ps(_mm512_sub_ps(v1, v0), wx));
+                    let r = _mm512_set1_epi32(r as i32);
+                    top = _mm512_mask_mov_ps(top, _mm512_cmpeq_epi32_mask(iy, r), along);
+                    bottom = _mm512_mask_mov_ps(bottom, _mm512_cmpeq_epi32_mask(iy1, r), along);
+                }
+                let value = _mm512_add_ps(top, _mm512_mul_ps(_mm512_sub_ps(bottom, top), wy));
+                // SAFETY: the mask keeps the store within `out[start..start + count]`, within
+                // `out` (see `Lines::rows`).
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(start),
+                        ((1u32 << count) - 1) as u16,
+                        _mm512_maskz_mov_ps(inside, value),
+                    )
+                };
+            }
+        }
     }
 }
 
@@ -259,7 +450,8 @@ pub fn fill_rows_augmented(
 ) {
     let width = data.image_len();
     assert_eq!(x.len(), indices.len() * width, "{} values for {} images of {width}", x.len(), indices.len());
-    for (row, &i) in x.chunks_exact_mut(width).zip(indices) {
+    for (k, (row, &i)) in x.chunks_exact_mut(width).zip(indices).enumerate() {
+        crate::batch::prefetch_ahead(data, indices, k);
         augment.warp(data.image(i), data.rows(), data.cols(), rng, warper, row);
     }
     fill_labels(data, indices, labels);
@@ -325,12 +517,110 @@ mod tests {
         for y in 0..28 {
             crate::batch::pixels_to_f32(&image[y * 28..(y + 1) * 28], &mut padded[(y + 1) * 30 + 1..(y + 1) * 30 + 29]);
         }
-        let row = Row { a: 0.93, b: 0.21, rows: 28.0, cols: 28.0, width: 30 };
-        for (sx, sy) in [(-3.2f32, 4.7f32), (0.0, 0.0), (10.5, 27.9), (-1.5, -1.0), (20.0, 13.3)] {
-            let (mut fast, mut plain) = (vec![7.0; 28], vec![7.0; 28]);
-            row.sample(&padded, sx, sy, &mut fast);
-            row.sample_portable(&padded, sx, sy, &mut plain, 0);
-            assert_eq!(fast, plain, "{sx}, {sy}");
+        let padded_small: Vec<f32> = padded[..14 * 14].iter().map(|v| v * 0.5 + 0.1).collect();
+        let starts = [(-3.2f32, 4.7f32), (0.0, 0.0), (10.5, 27.9), (-1.5, -1.0), (20.0, 13.3), (-30.0, 5.0)];
+        for (row, padded) in [
+            (Row { a: 0.93, b: 0.21, rows: 28.0, cols: 28.0, width: 30 }, &padded),
+            (Row { a: 1.08, b: -0.17, rows: 28.0, cols: 28.0, width: 30 }, &padded),
+            (Row { a: 0.0, b: 1.0, rows: 28.0, cols: 28.0, width: 30 }, &padded),
+            (Row { a: 0.97, b: 0.05, rows: 12.0, cols: 12.0, width: 14 }, &padded_small),
+        ] {
+            for (stride, span) in [
+                (1, 0..1),
+                (7, 0..7),
+                (16, 0..16),
+                (23, 0..23),
+                (28, 0..28),
+                (28, 3..28),
+                (28, 5..9),
+                (30, 13..30),
+                (20, 20..20),
+            ] {
+                let lines = Lines { starts: &starts, stride, span: span.clone() };
+                let mut plain = vec![7.0; starts.len() * stride];
+                row.sample_portable(padded, &lines, &mut plain);
+                let mut fast = vec![7.0; starts.len() * stride];
+                row.sample(padded, &lines, &mut fast);
+                assert_eq!(fast, plain, "dispatched: {span:?}");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    let mut fast = vec![7.0; starts.len() * stride];
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { row.sample_avx2(padded, &lines, &mut fast) };
+                    assert_eq!(fast, plain, "avx2: {span:?}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut fast = vec![7.0; starts.len() * stride];
+                    // SAFETY: the CPU has AVX-512F, and the rows are at most 32 wide.
+                    unsafe { row.sample_avx512(padded, &lines, &mut fast) };
+                    assert_eq!(fast, plain, "avx512: {span:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_outputs_that_cannot_reach_ink_are_skipped() {
+        // Every output, computed the plain way from the same draws, against the warp, which
+        // skips what it proves to be zero; strokes of noise in a 28x28 image, wide transforms.
+        let mut noise = ChaCha8Rng::seed_from_u64(9);
+        let aug = Augment { rotate: 40.0, shift: 4.0, scale: 0.3 };
+        let mut warper = Warper::default();
+        let mut out = vec![0.0; 28 * 28];
+        for draw in 0..400u64 {
+            let (y0, x0, h, w) =
+                (3 + draw as usize % 9, 2 + draw as usize % 13, 4 + draw as usize % 17, 2 + draw as usize % 11);
+            let image: Vec<u8> = (0..28 * 28)
+                .map(|i| {
+                    let (y, x) = (i / 28, i % 28);
+                    let ink = (y0..y0 + h).contains(&y) && (x0..x0 + w).contains(&x);
+                    if ink && noise.next_u32() % 3 != 0 { (noise.next_u32() % 255 + 1) as u8 } else { 0 }
+                })
+                .collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(draw);
+            let mut same = rng.clone();
+            aug.warp(&image, 28, 28, &mut rng, &mut warper, &mut out);
+
+            let angle = (symmetric(&mut same) * aug.rotate).to_radians();
+            let (tx, ty) = (symmetric(&mut same) * aug.shift, symmetric(&mut same) * aug.shift);
+            let scale = 1.0 + symmetric(&mut same) * aug.scale;
+            let (sin, cos) = angle.sin_cos();
+            let pixel = |x: f32, y: f32| {
+                let inside = (0.0..28.0).contains(&x) && (0.0..28.0).contains(&y);
+                if inside { f32::from(image[y as usize * 28 + x as usize]) / 255.0 } else { 0.0 }
+            };
+            for (i, &got) in out.iter().enumerate() {
+                let (dx, dy) = ((i % 28) as f32 - 13.5 - tx, (i / 28) as f32 - 13.5 - ty);
+                let (sx, sy) = (13.5 + (cos * dx + sin * dy) / scale, 13.5 + (-sin * dx + cos * dy) / scale);
+                let (fx, fy) = (sx.floor(), sy.floor());
+                let (wx, wy) = (sx - fx, sy - fy);
+                let top = pixel(fx, fy) * (1.0 - wx) + pixel(fx + 1.0, fy) * wx;
+                let bottom = pixel(fx, fy + 1.0) * (1.0 - wx) + pixel(fx + 1.0, fy + 1.0) * wx;
+                let want = top * (1.0 - wy) + bottom * wy;
+                assert!((got - want).abs() < 1e-3, "draw {draw}, output {i}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_load_computes_what_the_portable_one_does() {
+        let mut noise = ChaCha8Rng::seed_from_u64(4);
+        for (rows, cols) in [(28, 28), (12, 12), (5, 32), (3, 1), (30, 17)] {
+            let (mut plain, mut fast) = (Warper::default(), Warper::default());
+            for ink in [0, 1, 3, 50] {
+                let image: Vec<u8> = (0..rows * cols)
+                    .map(|_| if noise.next_u32() % 100 < ink { noise.next_u32() as u8 } else { 0 })
+                    .collect();
+                // Fresh buffers, and buffers holding the previous image.
+                for _ in 0..2 {
+                    plain.fit(rows, cols);
+                    let want = plain.load_portable(&image, cols);
+                    let got = fast.load(&image, rows, cols);
+                    assert_eq!(got, want, "{rows}x{cols}, {ink}%");
+                    assert_eq!(fast.padded, plain.padded, "{rows}x{cols}, {ink}%");
+                }
+            }
         }
     }
 
