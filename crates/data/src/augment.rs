@@ -34,13 +34,24 @@ fn symmetric(rng: &mut dyn RngCore) -> f32 {
 /// The buffers of [`Augment::warp`], reused from image to image.
 #[derive(Debug, Clone, Default)]
 pub struct Warper {
-    /// The source image in `[0, 1]` with a border of zeros, one pixel wide.
-    padded: Vec<f32>,
+    /// The source's pixels inside a border of zeros: a row above, a column to the left, zeros
+    /// to the right up to `pitch`, and rows of zeros below ([`SPARE_ROWS`] more than one).
+    padded: Vec<u8>,
+    /// The distance from one padded row to the next.
+    pitch: usize,
     /// Each column's pixels OR-ed together: nonzero where the column has ink.
     columns: Vec<u8>,
     /// Where each output row to compute starts reading the source.
     starts: Vec<(f32, f32)>,
 }
+
+/// Rows of zeros below the bottom border: the byte-permuting sampler reads four rows from any
+/// padded row, and the gathering one four bytes from any pixel.
+const SPARE_ROWS: usize = 3;
+
+/// The padded row length that suits the byte-permuting sampler: a block of four rows fills two
+/// 64-byte registers.
+const PITCH: usize = 32;
 
 /// The rows and columns an image's ink spans, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +63,11 @@ struct Ink {
 }
 
 impl Warper {
-    /// Converts `image` into the padded source and finds its ink; `None` if it has none.
+    /// Copies `image` into the padded source and finds its ink; `None` if it has none.
     fn load(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
         self.fit(rows, cols);
         #[cfg(target_arch = "x86_64")]
-        if cols <= 32
+        if self.pitch == PITCH
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
@@ -69,21 +80,24 @@ impl Warper {
 
     /// Sizes the padded source for `rows x cols` images.
     fn fit(&mut self, rows: usize, cols: usize) {
-        if self.padded.len() != (rows + 2) * (cols + 2) {
+        let pitch = if cols + 2 <= PITCH { PITCH } else { cols + 2 };
+        let len = (rows + 2 + SPARE_ROWS) * pitch;
+        if self.pitch != pitch || self.padded.len() != len {
             // The border stays zero from here on: loads write the interior only.
+            self.pitch = pitch;
             self.padded.clear();
-            self.padded.resize((rows + 2) * (cols + 2), 0.0);
+            self.padded.resize(len, 0);
         }
     }
 
     fn load_portable(&mut self, image: &[u8], cols: usize) -> Option<Ink> {
-        let width = cols + 2;
+        let pitch = self.pitch;
         // The ink's rows and columns, by OR-ing bytes (which vectorises), not by searching.
         self.columns.clear();
         self.columns.resize(cols, 0);
         let (mut y_lo, mut y_hi) = (usize::MAX, 0);
         for (y, row) in image.chunks_exact(cols).enumerate() {
-            crate::batch::pixels_to_f32(row, &mut self.padded[(y + 1) * width + 1..(y + 1) * width + 1 + cols]);
+            self.padded[(y + 1) * pitch + 1..(y + 1) * pitch + 1 + cols].copy_from_slice(row);
             if row.iter().fold(0u8, |a, &p| a | p) != 0 {
                 (y_lo, y_hi) = (y_lo.min(y), y);
                 self.columns.iter_mut().zip(row).for_each(|(c, &p)| *c |= p);
@@ -94,37 +108,26 @@ impl Warper {
         (y_lo <= y_hi).then_some(Ink { x_lo, x_hi, y_lo, y_hi })
     }
 
-    /// A row at a time in registers: its bytes OR-ed into the columns' and tested for ink, and
-    /// converted as [`pixels_to_f32`](crate::batch::pixels_to_f32) does (exactly `v / 255`).
+    /// A row at a time in a register: copied, OR-ed into the columns' and tested for ink.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     fn load_avx512(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
         use std::arch::x86_64::*;
-        assert!(cols <= 32 && image.len() == rows * cols && self.padded.len() == (rows + 2) * (cols + 2));
-        let width = cols + 2;
-        let bytes_mask = ((1u64 << cols) - 1) as u32;
-        let (lo_mask, hi_mask) = ((1u32 << cols.min(16)) - 1, (1u32 << cols.saturating_sub(16)) - 1);
-        let (r, scale) = (_mm512_set1_ps(1.0 / 255.0), _mm512_set1_ps(255.0));
-        let exact = |v: __m512| {
-            let q = _mm512_mul_ps(v, r);
-            _mm512_fmadd_ps(_mm512_fnmadd_ps(q, scale, v), r, q)
-        };
+        assert!(self.pitch == PITCH && cols + 2 <= PITCH && image.len() == rows * cols);
+        assert!(self.padded.len() >= (rows + 2) * PITCH);
+        let row_mask = ((1u64 << cols) - 1) as u32;
         let mut columns = _mm256_setzero_si256();
         let (mut y_lo, mut y_hi) = (usize::MAX, 0);
         for y in 0..rows {
-            // SAFETY: the mask keeps the load within row `y` of the image, and the stores
+            // SAFETY: the mask keeps the load within row `y` of the image, and the store
             // within the interior of row `y + 1` of the padded image (asserted lengths).
             unsafe {
-                let bytes = _mm256_maskz_loadu_epi8(bytes_mask, image.as_ptr().add(y * cols).cast());
+                let bytes = _mm256_maskz_loadu_epi8(row_mask, image.as_ptr().add(y * cols).cast());
                 columns = _mm256_or_si256(columns, bytes);
                 if _mm256_test_epi8_mask(bytes, bytes) != 0 {
                     (y_lo, y_hi) = (y_lo.min(y), y);
                 }
-                let low = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(bytes)));
-                let high = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(bytes)));
-                let dst = self.padded.as_mut_ptr().add((y + 1) * width + 1);
-                _mm512_mask_storeu_ps(dst, lo_mask as u16, exact(low));
-                _mm512_mask_storeu_ps(dst.add(16), hi_mask as u16, exact(high));
+                _mm256_mask_storeu_epi8(self.padded.as_mut_ptr().add((y + 1) * PITCH + 1).cast(), row_mask, bytes);
             }
         }
         let inked = _mm256_test_epi8_mask(columns, columns);
@@ -174,7 +177,6 @@ impl Augment {
         let (sin, cos) = angle.sin_cos();
 
         out.fill(0.0);
-        let width = cols + 2;
         let Some(Ink { x_lo, x_hi, y_lo, y_hi }) = warper.load(image, rows, cols) else {
             return;
         };
@@ -204,7 +206,7 @@ impl Augment {
         let oy_lo = clamp(corners.iter().map(|c| c.1).fold(f32::INFINITY, f32::min).floor(), rows);
         let oy_hi = clamp(corners.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max).ceil(), rows);
 
-        let geometry = Row { a, b, rows: rows as f32, cols: cols as f32, width };
+        let geometry = Row { a, b, rows: rows as f32, cols: cols as f32, pitch: warper.pitch };
         warper.starts.clear();
         warper.starts.extend((oy_lo..=oy_hi).map(|oy| source(ox_lo as f32, oy as f32)));
         let lines = Lines { starts: &warper.starts, stride: cols, span: 0..ox_hi - ox_lo + 1 };
@@ -237,18 +239,24 @@ struct Row {
     rows: f32,
     cols: f32,
     /// The padded source's row length.
-    width: usize,
+    pitch: usize,
 }
 
 impl Row {
     /// Samples each row of `lines`: output `k` of a row starting at `(sx, sy)` reads the
-    /// source at `(sx + a·k, sy - b·k)`, bilinearly, zero outside the image. Every path
-    /// computes the same operations in the same order, so results do not depend on the CPU.
-    fn sample(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+    /// source at `(sx + a·k, sy - b·k)`, bilinearly, zero outside the image, and divides by 255.
+    /// Every path computes the same operations in the same order, so results do not depend on
+    /// the CPU.
+    fn sample(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
+        assert!(padded.len() >= (self.rows as usize + 2 + SPARE_ROWS) * self.pitch, "a padded source");
         #[cfg(target_arch = "x86_64")]
-        if self.width <= 2 * 16 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, and a padded row fits in two registers.
-            return unsafe { self.sample_avx512(padded, lines, out) };
+        if self.pitch == PITCH
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+        {
+            // SAFETY: the CPU has the features, and the rows are PITCH apart.
+            return unsafe { self.sample_vbmi(padded, lines, out) };
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -258,14 +266,15 @@ impl Row {
         self.sample_portable(padded, lines, out);
     }
 
-    fn sample_portable(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+    fn sample_portable(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         for ((sx, sy), out) in lines.rows(out) {
             self.sample_row(padded, sx, sy, out, lines.span.clone());
         }
     }
 
     #[inline(always)]
-    fn sample_row(&self, padded: &[f32], sx0: f32, sy0: f32, out: &mut [f32], span: Range<usize>) {
+    fn sample_row(&self, padded: &[u8], sx0: f32, sy0: f32, out: &mut [f32], span: Range<usize>) {
+        let pixel = |i: usize| f32::from(padded[i]);
         for (k, o) in out[..span.end].iter_mut().enumerate().skip(span.start) {
             let kf = k as f32;
             let (sx, sy) = (sx0 + self.a * kf, sy0 - self.b * kf);
@@ -273,22 +282,21 @@ impl Row {
             // Inside the padded image: a corner at -1 or at the last column reads zeros.
             *o = if fx >= -1.0 && fy >= -1.0 && fx < self.cols && fy < self.rows {
                 let (wx, wy) = (sx - fx, sy - fy);
-                let i = (fy + 1.0) as usize * self.width + (fx + 1.0) as usize;
-                let (p00, p01, p10, p11) =
-                    (padded[i], padded[i + 1], padded[i + self.width], padded[i + self.width + 1]);
+                let i = (fy + 1.0) as usize * self.pitch + (fx + 1.0) as usize;
+                let (p00, p01, p10, p11) = (pixel(i), pixel(i + 1), pixel(i + self.pitch), pixel(i + self.pitch + 1));
                 let top = p00 + (p01 - p00) * wx;
                 let bottom = p10 + (p11 - p10) * wx;
-                top + (bottom - top) * wy
+                (top + (bottom - top) * wy) / 255.0
             } else {
                 0.0
             };
         }
     }
 
-    /// Eight outputs at a time, the four neighbours gathered.
+    /// Eight outputs at a time, each pair of horizontal neighbours gathered as one 32-bit word.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn sample_avx2(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+    fn sample_avx2(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let span = lines.span.clone();
         let chunks = (span.end - span.start) / 8;
@@ -296,7 +304,9 @@ impl Row {
         let (a, b) = (_mm256_set1_ps(self.a), _mm256_set1_ps(self.b));
         let (minus_one, one) = (_mm256_set1_ps(-1.0), _mm256_set1_ps(1.0));
         let (cols, rows) = (_mm256_set1_ps(self.cols), _mm256_set1_ps(self.rows));
-        let width = _mm256_set1_epi32(self.width as i32);
+        let pitch = _mm256_set1_epi32(self.pitch as i32);
+        let (byte, scale) = (_mm256_set1_epi32(0xff), _mm256_set1_ps(255.0));
+        let base = padded.as_ptr();
         for ((sx0, sy0), out) in lines.rows(out) {
             let (x0, y0) = (_mm256_set1_ps(sx0), _mm256_set1_ps(sy0));
             for start in (span.start..).step_by(8).take(chunks) {
@@ -315,23 +325,23 @@ impl Row {
                 let iy = _mm256_cvttps_epi32(_mm256_add_ps(fy, one));
                 // Lanes outside read index 0, which is in bounds; their result is masked to 0.
                 let index =
-                    _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(iy, width), ix), _mm256_castps_si256(inside));
-                let base = padded.as_ptr();
-                // SAFETY: inside lanes index the padded image's interior and its right and bottom
-                // neighbours (fx < cols, fy < rows), within its (rows + 2)·(cols + 2) values; the
-                // other lanes read index 0 and its neighbours, also within it.
-                let (p00, p01, p10, p11) = unsafe {
+                    _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(iy, pitch), ix), _mm256_castps_si256(inside));
+                // SAFETY: each gather reads four bytes from a pixel of the padded image's
+                // interior or its right neighbour (fx < cols, fy < rows), or from index 0, or
+                // from the row below those: within the spare rows (asserted by `sample`).
+                let (upper, lower) = unsafe {
                     (
-                        _mm256_i32gather_ps::<4>(base, index),
-                        _mm256_i32gather_ps::<4>(base.add(1), index),
-                        _mm256_i32gather_ps::<4>(base.add(self.width), index),
-                        _mm256_i32gather_ps::<4>(base.add(self.width + 1), index),
+                        _mm256_i32gather_epi32::<1>(base.cast(), index),
+                        _mm256_i32gather_epi32::<1>(base.add(self.pitch).cast(), index),
                     )
                 };
+                let low = |w| _mm256_cvtepi32_ps(_mm256_and_si256(w, byte));
+                let high = |w| _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32::<8>(w), byte));
+                let (p00, p01, p10, p11) = (low(upper), high(upper), low(lower), high(lower));
                 let (wx, wy) = (_mm256_sub_ps(sx, fx), _mm256_sub_ps(sy, fy));
                 let top = _mm256_add_ps(p00, _mm256_mul_ps(_mm256_sub_ps(p01, p00), wx));
                 let bottom = _mm256_add_ps(p10, _mm256_mul_ps(_mm256_sub_ps(p11, p10), wx));
-                let value = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), wy));
+                let value = _mm256_div_ps(_mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bottom, top), wy)), scale);
                 // SAFETY: `start + 8 <= span.end`, within `out` (see `Lines::rows`).
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(start), _mm256_and_ps(value, inside)) };
             }
@@ -339,23 +349,44 @@ impl Row {
         }
     }
 
-    /// Sixteen outputs at a time, without gathers (slow on many CPUs): a padded row fits in
-    /// two registers, so each source row the sixteen outputs touch is loaded once and its
-    /// pixels picked by a permutation. The outputs of one vector span a few source rows only.
+    /// Sixteen outputs at a time, without gathers (slow on many CPUs): four padded rows fill
+    /// two registers, and one byte permutation picks the four neighbours of every output whose
+    /// upper neighbours are on the first three of them; the outputs of one vector usually span
+    /// that few rows, else another block of rows follows.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn sample_avx512(&self, padded: &[f32], lines: &Lines, out: &mut [f32]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn sample_vbmi(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         use std::arch::x86_64::*;
         const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-        debug_assert!(self.width <= 32 && padded.len() >= (self.rows as usize + 2) * self.width);
+        /// Rows of a block whose outputs it completes (the fourth holds lower neighbours).
+        const BLOCK: i32 = 3;
+        assert!(self.pitch == PITCH);
         let lanes =
             _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
         let (a, b) = (_mm512_set1_ps(self.a), _mm512_set1_ps(self.b));
         let (minus_one, one) = (_mm512_set1_ps(-1.0), _mm512_set1_ps(1.0));
         let (cols, rows) = (_mm512_set1_ps(self.cols), _mm512_set1_ps(self.rows));
-        // A padded row as two registers; masked loads read nothing past the row's end.
-        let (lo_mask, hi_mask) = ((1u32 << self.width.min(16)) - 1, (1u32 << self.width.saturating_sub(16)) - 1);
-        let last_row = self.rows as i64 + 1;
+        let scale = _mm512_set1_ps(255.0);
+        // Byte offsets of the four neighbours, one per quarter of the permutation's index.
+        let neighbours = _mm512_set_epi32(
+            0x2121_2121,
+            0x2121_2121,
+            0x2121_2121,
+            0x2121_2121,
+            0x2020_2020,
+            0x2020_2020,
+            0x2020_2020,
+            0x2020_2020,
+            0x0101_0101,
+            0x0101_0101,
+            0x0101_0101,
+            0x0101_0101,
+            0,
+            0,
+            0,
+            0,
+        );
+        let last_row = self.rows as i32 + 1;
         let span = lines.span.clone();
         for ((sx0, sy0), out) in lines.rows(out) {
             let (x0, y0) = (_mm512_set1_ps(sx0), _mm512_set1_ps(sy0));
@@ -370,38 +401,46 @@ impl Row {
                     & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fx, cols)
                     & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fy, rows)
                     & ((1u32 << count) - 1) as u16;
-                // Padded coordinates of the top-left neighbour: the row above a lane and its column.
+                // Padded coordinates of the upper-left neighbour.
                 let ix = _mm512_cvttps_epi32(_mm512_add_ps(fx, one));
-                let ix1 = _mm512_add_epi32(ix, _mm512_set1_epi32(1));
                 let iy = _mm512_cvttps_epi32(_mm512_add_ps(fy, one));
-                let (wx, wy) = (_mm512_sub_ps(sx, fx), _mm512_sub_ps(sy, fy));
-                // `sy` is monotonic in the lane, so the first and last lanes bound the rows read.
+                // `sy` is monotonic in the lane, so the first and last lanes bound the rows.
                 let first = _mm_cvtsi128_si32(_mm512_castsi512_si128(iy));
                 let last = _mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
                     _mm512_set1_epi32(count as i32 - 1),
                     iy,
                 )));
                 let (least, most) = if self.b >= 0.0 { (last, first) } else { (first, last) };
-                let (top_row, bottom_row) = (i64::from(least).max(0), (i64::from(most) + 1).min(last_row));
+                let (mut block, most) = (least.clamp(0, last_row), most.min(last_row));
                 let zero = _mm512_setzero_ps();
-                let (mut top, mut bottom) = (zero, zero);
-                let iy1 = _mm512_add_epi32(iy, _mm512_set1_epi32(1));
-                // Each source row, interpolated along x, is the upper value of the lanes whose
-                // upper neighbours are on it, and the lower value of those whose lower ones are.
-                for r in top_row..=bottom_row {
-                    // SAFETY: row `r` of the padded image is within it (0 <= r <= rows + 1), and
-                    // the masks keep both loads within that row.
-                    let row = unsafe { padded.as_ptr().add(r as usize * self.width) };
+                let (mut p00, mut p01, mut p10, mut p11) = (zero, zero, zero, zero);
+                loop {
+                    // SAFETY: the block's four rows start at a padded row at most `rows + 1`,
+                    // and the spare rows below it complete them (asserted by `sample`).
                     let (left, right) = unsafe {
-                        (_mm512_maskz_loadu_ps(lo_mask as u16, row), _mm512_maskz_loadu_ps(hi_mask as u16, row.add(16)))
+                        let at = padded.as_ptr().add(block as usize * PITCH);
+                        (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()))
                     };
-                    let (v0, v1) = (_mm512_permutex2var_ps(left, ix, right), _mm512_permutex2var_ps(left, ix1, right));
-                    let along = _mm512_add_ps(v0, _mm512_mul_ps(_mm512_sub_ps(v1, v0), wx));
-                    let r = _mm512_set1_epi32(r as i32);
-                    top = _mm512_mask_mov_ps(top, _mm512_cmpeq_epi32_mask(iy, r), along);
-                    bottom = _mm512_mask_mov_ps(bottom, _mm512_cmpeq_epi32_mask(iy1, r), along);
+                    let row = _mm512_sub_epi32(iy, _mm512_set1_epi32(block));
+                    // Unsigned: rows above the block compare as large.
+                    let here = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(BLOCK));
+                    let index = _mm512_add_epi32(_mm512_slli_epi32::<5>(row), ix);
+                    let index = _mm512_add_epi8(_mm512_broadcast_i32x4(_mm512_cvtepi32_epi8(index)), neighbours);
+                    let taps = _mm512_permutex2var_epi8(left, index, right);
+                    let tap = |q: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+                    p00 = _mm512_mask_mov_ps(p00, here, tap(_mm512_castsi512_si128(taps)));
+                    p01 = _mm512_mask_mov_ps(p01, here, tap(_mm512_extracti32x4_epi32::<1>(taps)));
+                    p10 = _mm512_mask_mov_ps(p10, here, tap(_mm512_extracti32x4_epi32::<2>(taps)));
+                    p11 = _mm512_mask_mov_ps(p11, here, tap(_mm512_extracti32x4_epi32::<3>(taps)));
+                    block += BLOCK;
+                    if block > most {
+                        break;
+                    }
                 }
-                let value = _mm512_add_ps(top, _mm512_mul_ps(_mm512_sub_ps(bottom, top), wy));
+                let (wx, wy) = (_mm512_sub_ps(sx, fx), _mm512_sub_ps(sy, fy));
+                let top = _mm512_add_ps(p00, _mm512_mul_ps(_mm512_sub_ps(p01, p00), wx));
+                let bottom = _mm512_add_ps(p10, _mm512_mul_ps(_mm512_sub_ps(p11, p10), wx));
+                let value = _mm512_div_ps(_mm512_add_ps(top, _mm512_mul_ps(_mm512_sub_ps(bottom, top), wy)), scale);
                 // SAFETY: the mask keeps the store within `out[start..start + count]`, within
                 // `out` (see `Lines::rows`).
                 unsafe {
@@ -512,18 +551,24 @@ mod tests {
 
     #[test]
     fn the_vector_path_computes_what_the_portable_one_does() {
-        let image: Vec<u8> = (0..28 * 28).map(|i| ((i * 37) % 251) as u8).collect();
-        let mut padded = vec![0.0; 30 * 30];
-        for y in 0..28 {
-            crate::batch::pixels_to_f32(&image[y * 28..(y + 1) * 28], &mut padded[(y + 1) * 30 + 1..(y + 1) * 30 + 29]);
-        }
-        let padded_small: Vec<f32> = padded[..14 * 14].iter().map(|v| v * 0.5 + 0.1).collect();
-        let starts = [(-3.2f32, 4.7f32), (0.0, 0.0), (10.5, 27.9), (-1.5, -1.0), (20.0, 13.3), (-30.0, 5.0)];
+        // Sources of 28x28, 12x12 and 31x31 (too wide for the byte permutation): every pixel
+        // inked, so that any neighbour read wrong shows.
+        let source = |size: usize| {
+            let image: Vec<u8> = (0..size * size).map(|i| ((i * 37) % 251 + 3) as u8).collect();
+            let mut warper = Warper::default();
+            warper.load(&image, size, size).expect("ink");
+            (warper.padded, warper.pitch)
+        };
+        let ((big, big_pitch), (small, small_pitch), (wide, wide_pitch)) = (source(28), source(12), source(31));
+        let starts =
+            [(-3.2f32, 4.7f32), (0.0, 0.0), (10.5, 27.9), (-1.5, -1.0), (20.0, 13.3), (-30.0, 5.0), (3.0, 9.5)];
         for (row, padded) in [
-            (Row { a: 0.93, b: 0.21, rows: 28.0, cols: 28.0, width: 30 }, &padded),
-            (Row { a: 1.08, b: -0.17, rows: 28.0, cols: 28.0, width: 30 }, &padded),
-            (Row { a: 0.0, b: 1.0, rows: 28.0, cols: 28.0, width: 30 }, &padded),
-            (Row { a: 0.97, b: 0.05, rows: 12.0, cols: 12.0, width: 14 }, &padded_small),
+            (Row { a: 0.93, b: 0.21, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
+            (Row { a: 1.08, b: -0.17, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
+            (Row { a: 0.0, b: 1.0, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
+            (Row { a: -0.3, b: -0.8, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
+            (Row { a: 0.97, b: 0.05, rows: 12.0, cols: 12.0, pitch: small_pitch }, &small),
+            (Row { a: 0.9, b: 0.3, rows: 31.0, cols: 31.0, pitch: wide_pitch }, &wide),
         ] {
             for (stride, span) in [
                 (1, 0..1),
@@ -550,11 +595,14 @@ mod tests {
                     assert_eq!(fast, plain, "avx2: {span:?}");
                 }
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if row.pitch == PITCH
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vbmi")
+                {
                     let mut fast = vec![7.0; starts.len() * stride];
-                    // SAFETY: the CPU has AVX-512F, and the rows are at most 32 wide.
-                    unsafe { row.sample_avx512(padded, &lines, &mut fast) };
-                    assert_eq!(fast, plain, "avx512: {span:?}");
+                    // SAFETY: the CPU has the features, and the rows are PITCH apart.
+                    unsafe { row.sample_vbmi(padded, &lines, &mut fast) };
+                    assert_eq!(fast, plain, "avx512 vbmi: {span:?}");
                 }
             }
         }
