@@ -1,6 +1,6 @@
 //! Files written by `mnist train --save` and `--checkpoint` before the training engine became a
 //! library (the fixtures, made on the data set of `testkit::write_fixture_set`) still load, and
-//! a run resumed from them ends exactly where the older code's resumed run did.
+//! a run resumed from them ends where the older code's resumed run did, to rounding.
 
 use std::path::PathBuf;
 
@@ -114,7 +114,17 @@ fn resume_matches(checkpoint: &str, expected: &str) {
         trainer.fit(&data.train, 3, &mut ()).unwrap();
         trainer.into_model()
     });
-    assert_eq!(model_tensors(&model), raw_tensors(&fixture(expected)), "{checkpoint}");
+    let (got, want) = (model_tensors(&model), raw_tensors(&fixture(expected)));
+    for ((name, shape, values), (want_name, want_shape, want_values)) in got.iter().zip(&want) {
+        assert_eq!((name, shape), (want_name, want_shape), "{checkpoint}");
+        // To rounding, not to the bit: on CPUs with AVX-512 the products now sum in another
+        // order than when the fixtures were made (4.7e-6 at worst here). A resume that lost
+        // any state (moments, momentum, step count, the data order) is off by far more.
+        let worst =
+            values.iter().zip(want_values).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0f32, f32::max);
+        assert!(worst <= 2e-5, "{checkpoint} {name}: {worst:e} from the older code's result");
+    }
+    assert_eq!(got.len(), want.len());
 }
 
 #[test]
