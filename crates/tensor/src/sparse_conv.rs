@@ -292,11 +292,121 @@ pub fn sparse_conv2d_backward(
 ) {
     crate::conv::check(x.dim(), dw.0.dim(), dy.dim(), shape);
     #[cfg(target_arch = "x86_64")]
+    if rows_fit(shape) && shape.padding < shape.kernel && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature, and the shape is one the functions handle.
+        match shape.kernel {
+            3 => return unsafe { backward_rows_avx512::<3, 10>(x, dy, shape, scratch, dw, db) },
+            5 => return unsafe { backward_rows_avx512::<5, 6>(x, dy, shape, scratch, dw, db) },
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { backward_avx2(x, dy, shape, scratch, dw, db) };
     }
     backward::<false>(x, dy, shape, scratch, dw, db);
+}
+
+/// The weight gradient of a `K x K` kernel over one-channel inputs, `G` output channels at a
+/// time: for each nonzero input value, each kernel row meets `K` neighbouring outputs of one
+/// output row, which one unaligned 16-lane load reads from a zero-margined copy of the output
+/// gradient (lanes past `K` are ignored). The `G·K` sums stay in registers for the whole batch,
+/// instead of being read and written back for every input value.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn backward_rows_avx512<const K: usize, const G: usize>(
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
+    use std::arch::x86_64::*;
+    assert!(rows_fit(shape) && shape.kernel == K && shape.padding < K);
+    let (o, p, pad) = (shape.out_channels, shape.positions(), shape.padding);
+    let (wd, oh, ow) = (shape.width, shape.out_height(), shape.out_width());
+    // Each channel's output gradient inside a margin wide enough that every kernel row of
+    // every input pixel reads within it (zeros where no output is), plus a vector's slack.
+    let margin = K - 1 - pad;
+    let (pitch, plane_rows) = (ow + 2 * margin, oh + 2 * margin);
+    let plane = pitch * plane_rows;
+    let SparseConvScratch { outputs: planes, .. } = scratch;
+    planes.clear();
+    planes.resize(G * plane + 16, 0.0);
+    for group in (0..o).step_by(G) {
+        let channels = (o - group).min(G);
+        let mut acc = [[_mm512_setzero_ps(); K]; G];
+        for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
+            let (xn, dy_n) = (xn.to_slice().expect("standard rows"), dy_n.to_slice().expect("standard rows"));
+            for c in 0..channels {
+                let src = &dy_n[(group + c) * p..(group + c + 1) * p];
+                for (oy, row) in src.chunks_exact(ow).enumerate() {
+                    let at = c * plane + (oy + margin) * pitch + margin;
+                    planes[at..at + ow].copy_from_slice(row);
+                }
+            }
+            for (yy, row) in xn.chunks_exact(wd).enumerate() {
+                for (xx, &v) in row.iter().enumerate() {
+                    if v == 0.0 {
+                        continue;
+                    }
+                    let v = _mm512_set1_ps(v);
+                    // Kernel row i meets output row yy + pad - i, columns xx + pad - (K - 1)
+                    // onwards (kernel columns K - 1 down to 0), in plane coordinates.
+                    let first = (yy + pad + margin) * pitch + xx + pad + margin + 1 - K;
+                    for (c, acc) in acc.iter_mut().enumerate().take(channels) {
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: within plane c: its rows yy + pad + margin - i are inside
+                            // it (the margin), and the 16 values from any of its positions
+                            // stay within the planes and their slack.
+                            let g = unsafe { _mm512_loadu_ps(planes.as_ptr().add(c * plane + first - i * pitch)) };
+                            *acc = _mm512_fmadd_ps(v, g, *acc);
+                        }
+                    }
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate().take(channels) {
+            for (i, acc) in acc.iter().enumerate() {
+                let mut lanes = [0.0f32; 16];
+                // SAFETY: sixteen floats into an array of sixteen.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                for j in 0..K {
+                    let d = &mut dw[[group + c, i * K + j]];
+                    let g = lanes[K - 1 - j];
+                    *d = if beta_w == 0.0 { g } else { beta_w * *d + g };
+                }
+            }
+        }
+    }
+    bias_gradient(dy, shape, db);
+}
+
+/// `db = beta·db + Σ dy` over samples and positions, channel by channel.
+fn bias_gradient(dy: ArrayView2<f32>, shape: &Conv2dShape, db: Option<(ArrayViewMut1<f32>, f32)>) {
+    let p = shape.positions();
+    if let Some((mut db, beta_b)) = db {
+        for (oc, d) in db.iter_mut().enumerate() {
+            let sum: f32 = dy
+                .rows()
+                .into_iter()
+                .map(|r| lanes_sum(&r.to_slice().expect("standard rows")[oc * p..(oc + 1) * p]))
+                .sum();
+            *d = if beta_b == 0.0 { sum } else { beta_b * *d + sum };
+        }
+    }
+}
+
+/// The sum of `values` in sixteen running sums, added up at the end: one long chain of
+/// dependent additions would take as many latencies as there are values.
+fn lanes_sum(values: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 16];
+    for chunk in values.chunks(16) {
+        sums.iter_mut().zip(chunk).for_each(|(s, &v)| *s += v);
+    }
+    sums.iter().sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -354,12 +464,7 @@ fn backward<const FUSED: bool>(
         let g = grad[kidx * lanes + oc];
         *d = if beta_w == 0.0 { g } else { beta_w * *d + g };
     }
-    if let Some((mut db, beta_b)) = db {
-        for (oc, d) in db.iter_mut().enumerate() {
-            let sum: f32 = dy.rows().into_iter().map(|r| r.iter().skip(oc * p).take(p).sum::<f32>()).sum();
-            *d = if beta_b == 0.0 { sum } else { beta_b * *d + sum };
-        }
-    }
+    bias_gradient(dy, shape, db);
 }
 
 #[cfg(test)]
@@ -374,7 +479,8 @@ mod tests {
             Conv2dShape { in_channels: 1, height: 9, width: 8, out_channels: 6, kernel: 5, stride: 1, padding: 2 },
             Conv2dShape { in_channels: 1, height: 28, width: 28, out_channels: 6, kernel: 5, stride: 1, padding: 2 },
             Conv2dShape { in_channels: 1, height: 12, width: 20, out_channels: 10, kernel: 3, stride: 1, padding: 0 },
-            Conv2dShape { in_channels: 1, height: 6, width: 30, out_channels: 13, kernel: 4, stride: 1, padding: 1 },
+            Conv2dShape { in_channels: 1, height: 6, width: 30, out_channels: 13, kernel: 5, stride: 1, padding: 2 },
+            Conv2dShape { in_channels: 1, height: 7, width: 11, out_channels: 3, kernel: 4, stride: 1, padding: 1 },
             Conv2dShape { in_channels: 2, height: 7, width: 6, out_channels: 10, kernel: 3, stride: 2, padding: 1 },
         ] {
             let n = 3;
