@@ -60,37 +60,49 @@ pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, mut y: ArrayViewMu
     assert!(shape.is_valid(), "max_pool2d: invalid shape {shape:?}");
     assert_eq!(x.ncols(), shape.in_len(), "max_pool2d: input rows of {} for {shape:?}", x.ncols());
     assert_eq!(y.dim(), (x.nrows(), shape.out_len()), "max_pool2d: output for {shape:?}");
-    let (h, w, k, s) = (shape.height, shape.width, shape.kernel, shape.stride);
-    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let (k, s) = (shape.kernel, shape.stride);
     argmax.resize(x.nrows() * shape.out_len(), 0);
     for ((xn, mut yn), index) in x.rows().into_iter().zip(y.rows_mut()).zip(argmax.chunks_exact_mut(shape.out_len())) {
         let xn = xn.to_slice().expect("standard rows");
         let yn = yn.as_slice_mut().expect("standard rows");
+        #[cfg(target_arch = "x86_64")]
+        if k == 2 && s == 2 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature.
+            unsafe { pool_2x2_avx512(xn, shape, yn, index) };
+            continue;
+        }
         if k == 2 && s == 2 && !xn.iter().any(|v| v.is_nan()) {
             pool_2x2(xn, shape, yn, index);
             continue;
         }
-        let mut o = 0;
-        for c in 0..shape.channels {
-            let plane = &xn[c * h * w..(c + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let first = oy * s * w + ox * s;
-                    let (mut best, mut value) = (first, plane[first]);
-                    for i in 0..k {
-                        let row = &plane[first + i * w..first + i * w + k];
-                        for (j, &v) in row.iter().enumerate() {
-                            // Strictly greater: on a tie the first in row-major order stays. A
-                            // NaN wins, as it does in PyTorch.
-                            if v > value || (v.is_nan() && !value.is_nan()) {
-                                (best, value) = (first + i * w + j, v);
-                            }
+        pool_any(xn, shape, yn, index);
+    }
+}
+
+/// One sample of [`max_pool2d`], for any window and stride.
+fn pool_any(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+    let (h, w, k, s) = (shape.height, shape.width, shape.kernel, shape.stride);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let mut o = 0;
+    for c in 0..shape.channels {
+        let plane = &xn[c * h * w..(c + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let first = oy * s * w + ox * s;
+                let (mut best, mut value) = (first, plane[first]);
+                for i in 0..k {
+                    let row = &plane[first + i * w..first + i * w + k];
+                    for (j, &v) in row.iter().enumerate() {
+                        // Strictly greater: on a tie the first in row-major order stays. A
+                        // NaN wins, as it does in PyTorch.
+                        if v > value || (v.is_nan() && !value.is_nan()) {
+                            (best, value) = (first + i * w + j, v);
                         }
                     }
-                    yn[o] = value;
-                    index[o] = (c * h * w + best) as u32;
-                    o += 1;
                 }
+                yn[o] = value;
+                index[o] = (c * h * w + best) as u32;
+                o += 1;
             }
         }
     }
@@ -127,6 +139,57 @@ fn pool_2x2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32
     }
 }
 
+/// [`max_pool2d`] for 2x2 windows with stride 2, sixteen windows of a row at a time: the
+/// even and odd columns of both input rows are separated by permutations, and the four
+/// candidates compared in row-major order with the general loop's rule (strictly greater
+/// replaces, a NaN replaces a number), without a branch per window.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let (h, w) = (shape.height, shape.width);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    assert!(xn.len() == shape.in_len() && yn.len() == shape.out_len() && index.len() == yn.len());
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+    let lane_x = _mm512_slli_epi32::<1>(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    let replaces = |v: __m512, value: __m512| {
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, value)
+            | (_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) & _mm512_cmp_ps_mask::<_CMP_ORD_Q>(value, value))
+    };
+    let mut o = 0;
+    for c in 0..shape.channels {
+        for oy in 0..oh {
+            let top = c * h * w + 2 * oy * w;
+            for ox in (0..ow).step_by(16) {
+                let count = (ow - ox).min(16);
+                let (outs, ins) = (((1u32 << count) - 1) as u16, (1u64 << (2 * count)) - 1);
+                let (lo, hi) = ((ins & 0xffff) as u16, (ins >> 16) as u16);
+                // SAFETY: the masks keep the loads within the window rows' 2·count values, in
+                // `xn` (asserted lengths), and the stores within the row's `count` outputs.
+                unsafe {
+                    let at = xn.as_ptr().add(top + 2 * ox);
+                    let load = |p: *const f32| {
+                        let (a, b) = (_mm512_maskz_loadu_ps(lo, p), _mm512_maskz_loadu_ps(hi, p.wrapping_add(16)));
+                        (_mm512_permutex2var_ps(a, evens, b), _mm512_permutex2var_ps(a, odds, b))
+                    };
+                    let ((u0, u1), (l0, l1)) = (load(at), load(at.add(w)));
+                    let first = _mm512_add_epi32(_mm512_set1_epi32((top + 2 * ox) as i32), lane_x);
+                    let (mut value, mut best) = (u0, first);
+                    for (v, offset) in [(u1, 1), (l0, w as i32), (l1, w as i32 + 1)] {
+                        let m = replaces(v, value);
+                        value = _mm512_mask_mov_ps(value, m, v);
+                        best = _mm512_mask_mov_epi32(best, m, _mm512_add_epi32(first, _mm512_set1_epi32(offset)));
+                    }
+                    _mm512_mask_storeu_ps(yn.as_mut_ptr().add(o), outs, value);
+                    _mm512_mask_storeu_epi32(index.as_mut_ptr().add(o).cast(), outs, best);
+                }
+                o += count;
+            }
+        }
+    }
+}
+
 /// `dx = beta·dx + (dy routed to each window's maximum)`, with `argmax` from [`max_pool2d`].
 ///
 /// # Panics
@@ -153,6 +216,35 @@ mod tests {
     use ndarray::{Array2, array};
 
     use super::*;
+
+    #[test]
+    fn every_path_pools_as_the_general_loop() {
+        // Few distinct values, so that ties are common, and some NaNs.
+        let mut state = 7u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state >> 16
+        };
+        for (channels, height, width) in [(6, 28, 28), (16, 10, 10), (2, 5, 7), (3, 9, 40), (1, 2, 2)] {
+            let shape = MaxPool2dShape { channels, height, width, kernel: 2, stride: 2 };
+            for nans in [false, true] {
+                let x: Vec<f32> = (0..shape.in_len())
+                    .map(|_| match next() % 50 {
+                        0 if nans => f32::NAN,
+                        v => (v % 5) as f32 - 2.0,
+                    })
+                    .collect();
+                let (mut want, mut want_index) = (vec![0.0; shape.out_len()], vec![0; shape.out_len()]);
+                pool_any(&x, &shape, &mut want, &mut want_index);
+                let x = Array2::from_shape_vec((1, x.len()), x).unwrap();
+                let (mut got, mut got_index) = (Array2::zeros((1, shape.out_len())), Vec::new());
+                max_pool2d(x.view(), &shape, got.view_mut(), &mut got_index);
+                assert_eq!(got_index, want_index, "{shape:?}, NaNs: {nans}");
+                let same = |a: &f32, b: &f32| a == b || (a.is_nan() && b.is_nan());
+                assert!(got.iter().zip(&want).all(|(a, b)| same(a, b)), "{shape:?}, NaNs: {nans}");
+            }
+        }
+    }
 
     #[test]
     fn windows_their_maxima_and_ties() {
