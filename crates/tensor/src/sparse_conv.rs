@@ -332,6 +332,7 @@ fn backward_rows_avx512<const K: usize, const G: usize>(
     let margin = K - 1 - pad;
     let (pitch, plane_rows) = (ow + 2 * margin, oh + 2 * margin);
     let plane = pitch * plane_rows;
+    let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
     let SparseConvScratch { outputs: planes, .. } = scratch;
     planes.clear();
     planes.resize(G * plane + 16, 0.0);
@@ -340,19 +341,36 @@ fn backward_rows_avx512<const K: usize, const G: usize>(
         let mut acc = [[_mm512_setzero_ps(); K]; G];
         for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
             let (xn, dy_n) = (xn.to_slice().expect("standard rows"), dy_n.to_slice().expect("standard rows"));
+            let (row_lo, row_hi) = (lanes(ow), lanes(ow.saturating_sub(16)));
             for c in 0..channels {
                 let src = &dy_n[(group + c) * p..(group + c + 1) * p];
                 for (oy, row) in src.chunks_exact(ow).enumerate() {
                     let at = c * plane + (oy + margin) * pitch + margin;
-                    planes[at..at + ow].copy_from_slice(row);
+                    // SAFETY: the row's `ow` values, into plane c's row oy + margin (asserted
+                    // sizes): masked, as a copy call per row of 28 costs more than the row.
+                    unsafe {
+                        let (from, to) = (row.as_ptr(), planes.as_mut_ptr().add(at));
+                        _mm512_mask_storeu_ps(to, row_lo, _mm512_maskz_loadu_ps(row_lo, from));
+                        _mm512_mask_storeu_ps(
+                            to.wrapping_add(16),
+                            row_hi,
+                            _mm512_maskz_loadu_ps(row_hi, from.wrapping_add(16)),
+                        );
+                    }
                 }
             }
             for (yy, row) in xn.chunks_exact(wd).enumerate() {
-                for (xx, &v) in row.iter().enumerate() {
-                    if v == 0.0 {
-                        continue;
-                    }
-                    let v = _mm512_set1_ps(v);
+                // The nonzero values of the row, sixteen columns compared at a time.
+                let mut nonzero = 0u32;
+                for (half, mask) in [(0, lanes(wd)), (16, lanes(wd.saturating_sub(16)))] {
+                    // SAFETY: the mask keeps the load within the row.
+                    let v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(half)) };
+                    nonzero |= u32::from(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps())) << half;
+                }
+                while nonzero != 0 {
+                    let xx = nonzero.trailing_zeros() as usize;
+                    nonzero &= nonzero - 1;
+                    let v = _mm512_set1_ps(row[xx]);
                     // Kernel row i meets output row yy + pad - i, columns xx + pad - (K - 1)
                     // onwards (kernel columns K - 1 down to 0), in plane coordinates.
                     let first = (yy + pad + margin) * pitch + xx + pad + margin + 1 - K;
