@@ -58,7 +58,10 @@ pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, 
     let at = a.t();
     check_shapes("aᵀ·b", at.dim(), b.dim(), c.dim());
     #[cfg(target_arch = "x86_64")]
-    if avx512::broadcast(alpha, Strided::of(at), b, beta, c.view_mut()) {
+    // A column-major c (a weight gradient stored [in, out]) is the row-major cᵀ = bᵀ·a.
+    if avx512::broadcast(alpha, Strided::of(at), b, beta, c.view_mut())
+        || avx512::broadcast(alpha, Strided::of(b.t()), a, beta, c.view_mut().reversed_axes())
+    {
         return;
     }
     general_mat_mul(alpha, &at, &b, beta, &mut c);
@@ -382,6 +385,9 @@ mod tests {
                 check("a·bᵀ, b column-major", &run(&|c| matmul_nt(alpha, a.view(), b.t(), beta, c)));
                 check("aᵀ·b", &run(&|c| matmul_tn(alpha, a_cm.view(), b.view(), beta, c)));
                 check("aᵀ·b, b column-major", &run(&|c| matmul_tn(alpha, a_cm.view(), b_cm.t(), beta, c)));
+                let mut c_cm = c0.t().as_standard_layout().to_owned();
+                matmul_tn(alpha, a_cm.view(), b.view(), beta, c_cm.view_mut().reversed_axes());
+                check("aᵀ·b into a column-major c", &c_cm.t().to_owned());
             }
         }
     }
