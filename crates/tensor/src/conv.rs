@@ -366,14 +366,19 @@ pub fn conv2d(
     check(x.dim(), w.dim(), y.dim(), shape);
     let (n, k, p, o) = (x.nrows(), shape.patch_len(), shape.positions(), shape.out_channels);
     cols.resize(k * n * p, 0.0);
-    for (s, xn) in x.rows().into_iter().enumerate() {
-        let rows = cols.chunks_exact_mut(n * p).map(|row| &mut row[s * p..(s + 1) * p]);
-        im2col_rows(xn.as_slice().expect("rows of a standard matrix"), shape, rows);
-    }
     tmp.resize(o * n * p, 0.0);
-    let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
-    let out = ArrayViewMut2::from_shape((o, n * p), &mut tmp[..]).expect("sized above");
-    matmul(1.0, w, c, 0.0, out);
+    // A few samples at a time, so that their unfolded columns are still in the cache when
+    // the product reads them.
+    for samples in chunks(n, k * p) {
+        for s in samples.clone() {
+            let rows = cols.chunks_exact_mut(n * p).map(|row| &mut row[s * p..(s + 1) * p]);
+            im2col_rows(x.row(s).to_slice().expect("rows of a standard matrix"), shape, rows);
+        }
+        let span = samples.start * p..samples.end * p;
+        let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
+        let mut out = ArrayViewMut2::from_shape((o, n * p), &mut tmp[..]).expect("sized above");
+        matmul(1.0, w, c.slice(ndarray::s![.., span.clone()]), 0.0, out.slice_mut(ndarray::s![.., span]));
+    }
     // From [out, sample·position] to each sample's [out, position], with the bias.
     for (s, mut yn) in y.rows_mut().into_iter().enumerate() {
         let yn = yn.as_slice_mut().expect("standard rows");
@@ -418,26 +423,53 @@ pub fn conv2d_backward(
         }
     }
     let d = ArrayView2::from_shape((o, n * p), &tmp[..]).expect("sized above");
-    matmul_nt(1.0, d, ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized by the check"), beta_w, dw);
+    let (mut dw, mut dx) = (dw, dx);
+    if n == 0 {
+        dw.map_inplace(|g| *g = if beta_w == 0.0 { 0.0 } else { beta_w * *g });
+    }
+    if let Some((dx, beta_x)) = dx.as_mut() {
+        assert_eq!(dx.dim(), (n, shape.in_len()), "conv2d_backward: input gradient shape");
+        if *beta_x == 0.0 {
+            dx.fill(0.0);
+        } else if *beta_x != 1.0 {
+            *dx *= *beta_x;
+        }
+    }
+    // A few samples at a time, as in the forward pass: each chunk's columns serve the weight
+    // gradient, then are overwritten by the input gradient's, while in the cache.
+    for (part, samples) in chunks(n, k * p).enumerate() {
+        let span = samples.start * p..samples.end * p;
+        let (d_part, columns) = (d.slice(ndarray::s![.., span.clone()]), ArrayView2::from_shape((k, n * p), &cols[..]));
+        let columns = columns.expect("sized by the check");
+        matmul_nt(
+            1.0,
+            d_part,
+            columns.slice(ndarray::s![.., span.clone()]),
+            if part == 0 { beta_w } else { 1.0 },
+            dw.view_mut(),
+        );
+        if let Some((dx, _)) = dx.as_mut() {
+            let mut dcols = ArrayViewMut2::from_shape((k, n * p), &mut cols[..]).expect("sized by the check");
+            matmul_tn(1.0, w, d_part, 0.0, dcols.slice_mut(ndarray::s![.., span]));
+            for s in samples {
+                let mut dxn = dx.row_mut(s);
+                col2im_rows(cols, n * p, s * p, shape, dxn.as_slice_mut().expect("standard rows"));
+            }
+        }
+    }
     if let Some((mut db, beta_b)) = db {
         for (g, row) in db.iter_mut().zip(d.rows()) {
             let sum = row.sum();
             *g = if beta_b == 0.0 { sum } else { beta_b * *g + sum };
         }
     }
-    if let Some((mut dx, beta_x)) = dx {
-        assert_eq!(dx.dim(), (n, shape.in_len()), "conv2d_backward: input gradient shape");
-        if beta_x == 0.0 {
-            dx.fill(0.0);
-        } else if beta_x != 1.0 {
-            dx *= beta_x;
-        }
-        let dcols = ArrayViewMut2::from_shape((k, n * p), &mut cols[..]).expect("sized by the check");
-        matmul_tn(1.0, w, d, 0.0, dcols);
-        for (s, mut dxn) in dx.rows_mut().into_iter().enumerate() {
-            col2im_rows(cols, n * p, s * p, shape, dxn.as_slice_mut().expect("standard rows"));
-        }
-    }
+}
+
+/// Consecutive samples, as many as keep their unfolded columns (`per_sample` values each)
+/// within about 256 KiB.
+fn chunks(n: usize, per_sample: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let size = (256 * 1024 / 4 / per_sample.max(1)).clamp(1, n.max(1));
+    (0..n).step_by(size).map(move |start| start..(start + size).min(n))
 }
 
 #[track_caller]
@@ -537,6 +569,52 @@ mod tests {
             // Each input sums the same values in another order: integers, so exactly.
             assert_eq!(fast, walk, "{sh:?}");
         }
+    }
+
+    #[test]
+    fn gradients_in_chunks_of_samples_are_the_definitions() {
+        // Nine samples of LeNet-5's second layer: three chunks of samples.
+        let sh = shape(6, 14, 14, 16, 5, 1, 0);
+        let n = 9;
+        assert!(chunks(n, sh.patch_len() * sh.positions()).count() > 1);
+        let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
+        let w = Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
+        let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
+        let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+        let mut y = Array2::zeros((n, sh.out_len()));
+        conv2d(x.view(), w.view(), None, &sh, &mut cols, &mut tmp, y.view_mut());
+        let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
+        conv2d_backward(
+            w.view(),
+            dy.view(),
+            &sh,
+            &mut cols,
+            &mut tmp,
+            (dw.view_mut(), 0.5),
+            None,
+            Some((dx.view_mut(), 1.0)),
+        );
+        // Integers: the sums are exact in any order.
+        let (k, oh, ow) = (sh.kernel, sh.out_height(), sh.out_width());
+        let mut want_dw = Array2::from_elem(w.dim(), 0.5f32);
+        let mut want_dx = Array2::from_elem(x.dim(), 2.0f32);
+        for s in 0..n {
+            for (oc, c, i, j) in (0..16)
+                .flat_map(|oc| (0..6).flat_map(move |c| (0..k).flat_map(move |i| (0..k).map(move |j| (oc, c, i, j)))))
+            {
+                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                    let g = dy[[s, (oc * oh + oy) * ow + ox]];
+                    let xi = (c * 14 + oy + i) * 14 + ox + j;
+                    want_dw[[oc, (c * k + i) * k + j]] += g * x[[s, xi]];
+                    want_dx[[s, xi]] += g * w[[oc, (c * k + i) * k + j]];
+                }
+            }
+        }
+        for s in 0..n {
+            assert_eq!(y.row(s).to_vec(), naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &[0.0; 16], &sh));
+        }
+        assert_eq!(dw, want_dw);
+        assert_eq!(dx, want_dx);
     }
 
     #[test]
