@@ -379,9 +379,7 @@ impl Tape {
         let (rows, cols, needs_grad) = (src.rows, src.cols, src.needs_grad);
         let y = self.push(Op::Relu { x }, rows, cols, needs_grad);
         let (before, rest) = self.nodes.split_at_mut(y.index);
-        for (dst, &v) in rest[0].value.iter_mut().zip(&before[x.index].value) {
-            *dst = v.max(0.0);
-        }
+        tensor::relu_into(&before[x.index].value, &mut rest[0].value);
         y
     }
 

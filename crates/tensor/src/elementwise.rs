@@ -36,14 +36,52 @@ pub fn relu_inplace(mut y: ArrayViewMut2<f32>) {
     y.mapv_inplace(|v| v.max(0.0));
 }
 
+/// `y = max(x, 0)`, element by element.
+///
+/// # Panics
+/// If the lengths differ.
+#[track_caller]
+pub fn relu_into(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "relu: {} inputs for {} outputs", x.len(), y.len());
+    wide(|| y.iter_mut().zip(x).for_each(|(y, &v)| *y = v.max(0.0)));
+}
+
+#[inline(always)]
+fn relu_backward_slices(dy: &[f32], y: &[f32], beta: f32, dx: &mut [f32]) {
+    if beta == 0.0 {
+        dx.iter_mut().zip(dy).zip(y).for_each(|((dx, &dy), &y)| *dx = if y > 0.0 { dy } else { 0.0 });
+    } else {
+        dx.iter_mut().zip(dy).zip(y).for_each(|((dx, &dy), &y)| *dx = beta * *dx + if y > 0.0 { dy } else { 0.0 });
+    }
+}
+
+/// Runs `f`, a simple loop, compiled for AVX-512 where the CPU has it (the default target
+/// stops at SSE2): the same operations, sixteen lanes at a time.
+#[inline(always)]
+fn wide(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn run(f: impl FnOnce()) {
+            f()
+        }
+        // SAFETY: the CPU has the feature.
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// `dx = beta * dx + dy * [y > 0]`, where `y = relu(x)`: the gradient passes where the
 /// output is positive. At `x = 0` the gradient is 0, as in PyTorch.
 ///
 /// # Panics
 /// If the shapes differ.
 #[track_caller]
-pub fn relu_backward(dy: ArrayView2<f32>, y: ArrayView2<f32>, beta: f32, dx: ArrayViewMut2<f32>) {
+pub fn relu_backward(dy: ArrayView2<f32>, y: ArrayView2<f32>, beta: f32, mut dx: ArrayViewMut2<f32>) {
     assert!(dy.dim() == y.dim() && y.dim() == dx.dim(), "relu_backward: shapes differ");
+    if let (Some(dy), Some(y), Some(dx)) = (dy.as_slice(), y.as_slice(), dx.as_slice_mut()) {
+        return wide(|| relu_backward_slices(dy, y, beta, dx));
+    }
     if beta == 0.0 {
         Zip::from(dx).and(dy).and(y).for_each(|dx, &dy, &y| *dx = if y > 0.0 { dy } else { 0.0 });
     } else {
@@ -81,5 +119,23 @@ mod tests {
         assert_eq!(dx, array![[0.0, 0.0, 7.0]]);
         relu_backward(dy.view(), y.view(), 1.0, dx.view_mut());
         assert_eq!(dx, array![[0.0, 0.0, 14.0]]);
+    }
+
+    #[test]
+    fn contiguous_and_strided_operands_agree() {
+        // Long enough for whole vectors and a tail; the transposed views take the general path.
+        let x = ndarray::Array2::from_shape_fn((37, 5), |(a, b)| ((a * 7 + b * 3) % 11) as f32 - 5.0);
+        let mut y = vec![0.0; x.len()];
+        relu_into(x.as_slice().unwrap(), &mut y);
+        let mut z = x.clone();
+        relu_inplace(z.view_mut());
+        assert_eq!(y, z.as_slice().unwrap());
+        let dy = x.mapv(|v| v * 0.5 + 0.25);
+        for beta in [0.0, 0.5] {
+            let (mut fast, mut strided) = (x.mapv(|v| v * 0.1), x.t().as_standard_layout().mapv(|v| v * 0.1));
+            relu_backward(dy.view(), z.view(), beta, fast.view_mut());
+            relu_backward(dy.t(), z.t(), beta, strided.view_mut());
+            assert_eq!(fast.t(), strided, "beta {beta}");
+        }
     }
 }

@@ -17,7 +17,7 @@ mod sparse;
 mod sparse_conv;
 
 pub use conv::{Conv2dShape, col2im_add, conv2d, conv2d_backward, im2col};
-pub use elementwise::{add_bias, relu_backward, relu_inplace, sum_rows};
+pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};
 pub use pool::{MaxPool2dShape, max_pool2d, max_pool2d_backward};

@@ -403,6 +403,7 @@ fn backward_rows_avx512<const K: usize, const G: usize>(
 }
 
 /// `db = beta·db + Σ dy` over samples and positions, channel by channel.
+#[inline]
 fn bias_gradient(dy: ArrayView2<f32>, shape: &Conv2dShape, db: Option<(ArrayViewMut1<f32>, f32)>) {
     let p = shape.positions();
     if let Some((mut db, beta_b)) = db {
@@ -419,11 +420,15 @@ fn bias_gradient(dy: ArrayView2<f32>, shape: &Conv2dShape, db: Option<(ArrayView
 
 /// The sum of `values` in sixteen running sums, added up at the end: one long chain of
 /// dependent additions would take as many latencies as there are values.
+#[inline]
 fn lanes_sum(values: &[f32]) -> f32 {
     let mut sums = [0.0f32; 16];
-    for chunk in values.chunks(16) {
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
         sums.iter_mut().zip(chunk).for_each(|(s, &v)| *s += v);
     }
+    sums.iter_mut().zip(rest).for_each(|(s, &v)| *s += v);
     sums.iter().sum()
 }
 
