@@ -388,7 +388,7 @@ fn the_strong_recipe_says_what_it_expands_to_and_draws_its_augmentation() {
     let out = train_synthetic(&["--recipe", "strong", "--epochs", "2", "--plots", arg(&plots)]);
     let stderr = text(&out.stderr);
     assert!(
-        stderr.starts_with("Recipe strong: --epochs 2 --lr 0.002 --augment --rotate 10 --shift 2 --scale 0.1 --schedule onecycle --label-smoothing 0.05"),
+        stderr.starts_with("Recipe strong: --epochs 2 --lr 0.003 --augment --rotate 10 --shift 2 --scale 0.1 --schedule onecycle --label-smoothing 0.05"),
         "{stderr}"
     );
     let svg = std::fs::read_to_string(plots.join("augmented.svg")).unwrap();
