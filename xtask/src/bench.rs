@@ -89,23 +89,9 @@ pub fn bench(opts: &Options) -> Result<String> {
 
     let mut speed = Vec::new();
     for threads in [1usize, 2] {
-        let mut runs = Vec::new();
-        for r in 0..opts.runs {
-            eprintln!("training, {threads} thread(s), run {}/{} ...", r + 1, opts.runs);
-            let summary = scratch.path().join(format!("t{threads}-{r}.json"));
-            let threads_arg = threads.to_string();
-            let args = [
-                "train",
-                "--threads",
-                &threads_arg,
-                "--data-dir",
-                path_str(&opts.data_dir)?,
-                "--summary-json",
-                path_str(&summary)?,
-            ];
-            runs.push(measure_run(&bin, &args, &summary)?);
-        }
-        speed.push((threads, runs));
+        let threads_arg = threads.to_string();
+        let label = format!("training, {threads} thread(s)");
+        speed.push((threads, train_runs(&bin, opts, scratch.path(), &label, &["--threads", &threads_arg], opts.runs)?));
     }
 
     writeln!(report, "## Training: the default recipe\n")?;
@@ -127,8 +113,7 @@ pub fn bench(opts: &Options) -> Result<String> {
     let ghz = cpu_mhz() / 1e3;
     let mut medians = Vec::new();
     for (threads, runs) in &speed {
-        let epochs: Vec<f64> = runs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect();
-        let s = median(&epochs);
+        let s = median_epoch(runs);
         medians.push(s);
         let accuracies: Vec<String> = runs.iter().map(|r| format!("{:.2}%", r.test_accuracy)).collect();
         let executed = flops.executed * shape.train as f64 / s / 1e9;
@@ -163,23 +148,8 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
 
     eprintln!("augmentation ...");
-    let mut augmented = Vec::new();
-    for r in 0..opts.runs {
-        eprintln!("--augment, run {}/{} ...", r + 1, opts.runs);
-        let summary = scratch.path().join(format!("augment-{r}.json"));
-        let args = [
-            "train",
-            "--augment",
-            "--threads",
-            "2",
-            "--data-dir",
-            path_str(&opts.data_dir)?,
-            "--summary-json",
-            path_str(&summary)?,
-        ];
-        augmented.push(measure_run(&bin, &args, &summary)?);
-    }
-    let augmented_epoch = median(&augmented.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect::<Vec<_>>());
+    let augmented = train_runs(&bin, opts, scratch.path(), "--augment", &["--augment", "--threads", "2"], opts.runs)?;
+    let augmented_epoch = median_epoch(&augmented);
     writeln!(
         report,
         "With `--augment` (a random rotation, shift and scale per image, {} runs on 2 threads), an epoch \
@@ -213,25 +183,10 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
 
     eprintln!("LeNet-5 ...");
-    let mut lenet_runs = Vec::new();
-    for r in 0..opts.lenet_runs {
-        eprintln!("LeNet-5, run {}/{} ...", r + 1, opts.lenet_runs);
-        let summary = scratch.path().join(format!("lenet-{r}.json"));
-        let args = [
-            "train",
-            "--model",
-            "lenet",
-            "--threads",
-            "2",
-            "--data-dir",
-            path_str(&opts.data_dir)?,
-            "--summary-json",
-            path_str(&summary)?,
-        ];
-        lenet_runs.push(measure_run(&bin, &args, &summary)?);
-    }
+    let lenet_args = ["--model", "lenet", "--threads", "2"];
+    let lenet_runs = train_runs(&bin, opts, scratch.path(), "LeNet-5", &lenet_args, opts.lenet_runs)?;
     let lenet_flops = Flops::lenet(&shape, density);
-    let lenet_epoch = median(&lenet_runs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect::<Vec<_>>());
+    let lenet_epoch = median_epoch(&lenet_runs);
     writeln!(report, "## LeNet-5\n")?;
     writeln!(
         report,
@@ -517,6 +472,33 @@ impl Shape {
 }
 
 /// Runs the program, collecting its peak memory, and reads the JSON summary it wrote.
+/// `count` runs of `mnist train` with `extra` flags on `opts`' data, each with its summary in
+/// `scratch`; `label` names them in the progress lines.
+fn train_runs(
+    bin: &Path,
+    opts: &Options,
+    scratch: &Path,
+    label: &str,
+    extra: &[&str],
+    count: usize,
+) -> Result<Vec<Run>> {
+    (0..count)
+        .map(|r| {
+            eprintln!("{label}, run {}/{count} ...", r + 1);
+            let summary = scratch.join(format!("{}-{r}.json", label.replace(|c: char| !c.is_alphanumeric(), "")));
+            let mut args = vec!["train"];
+            args.extend_from_slice(extra);
+            args.extend(["--data-dir", path_str(&opts.data_dir)?, "--summary-json", path_str(&summary)?]);
+            measure_run(bin, &args, &summary)
+        })
+        .collect()
+}
+
+/// The median over every epoch of every run.
+fn median_epoch(runs: &[Run]) -> f64 {
+    median(&runs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect::<Vec<_>>())
+}
+
 fn measure_run(bin: &Path, args: &[&str], summary: &Path) -> Result<Run> {
     let (status, _, stderr, peak_rss_mb) = run_measured(bin, args)?;
     if !status {

@@ -127,40 +127,43 @@ mod avx512 {
             return false;
         }
         let ((m, n), k) = (c.dim(), b.nrows());
+        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
         // SAFETY: the CPU has AVX-512F; `a` addresses an m x k matrix (the caller's checked
         // view), `b` a k x n one with rows `ldb` apart, and `c` an m x n one with rows `ldc`
         // apart, none overlapping `c`.
-        unsafe { broadcast_avx512(m, n, k, alpha, a, b.as_ptr(), ldb, beta, c.as_mut_ptr(), ldc) };
+        unsafe { broadcast_avx512(m, n, product) };
         true
     }
 
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn broadcast_avx512(
-        m: usize,
-        n: usize,
+    /// What the tiles of one product share: `c = alpha·(a times b) + beta·c` with a sum over
+    /// `k`, `b` and `c` read by rows `ldb` and `ldc` apart.
+    #[derive(Clone, Copy)]
+    struct Product {
         k: usize,
         alpha: f32,
+        beta: f32,
         a: Strided,
         b: *const f32,
         ldb: usize,
-        beta: f32,
         c: *mut f32,
         ldc: usize,
-    ) {
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn broadcast_avx512(m: usize, n: usize, product: Product) {
         for j in (0..n).step_by(NR) {
             let width = (n - j).min(NR);
             let masks = (lanes(width), lanes(width.saturating_sub(16)));
             let mut i = 0;
             while i + MR <= m {
                 // SAFETY: as for `broadcast_avx512`, with rows i..i + MR and columns j..j + width.
-                unsafe { broadcast_tile::<MR>(i, j, masks, k, alpha, a, b, ldb, beta, c, ldc) };
+                unsafe { broadcast_tile::<MR>(i, j, masks, product) };
                 i += MR;
             }
             // The last rows, one at a time.
             for i in i..m {
                 // SAFETY: as above, with row i.
-                unsafe { broadcast_tile::<1>(i, j, masks, k, alpha, a, b, ldb, beta, c, ldc) };
+                unsafe { broadcast_tile::<1>(i, j, masks, product) };
             }
         }
     }
@@ -172,20 +175,8 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn broadcast_tile<const R: usize>(
-        i: usize,
-        j: usize,
-        (m0, m1): (u16, u16),
-        k: usize,
-        alpha: f32,
-        a: Strided,
-        b: *const f32,
-        ldb: usize,
-        beta: f32,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn broadcast_tile<const R: usize>(i: usize, j: usize, (m0, m1): (u16, u16), product: Product) {
+        let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for p in 0..k {
             // SAFETY: row p of b, columns j..j + width (the masks), and a's rows i..i + R at
@@ -231,36 +222,24 @@ mod avx512 {
             return false;
         }
         let ((m, n), k) = (c.dim(), a.ncols());
+        let a = Strided { ptr: a.as_ptr(), rows: lda, cols: 1 };
+        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
         // SAFETY: the CPU has AVX-512F; a is m x k, b is n x k and c is m x n, rows `lda`,
         // `ldb` and `ldc` apart (the caller's checked views).
-        unsafe { dots_avx512(m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c.as_mut_ptr(), ldc) };
+        unsafe { dots_avx512(m, n, product) };
         true
     }
 
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dots_avx512(
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        beta: f32,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    unsafe fn dots_avx512(m: usize, n: usize, product: Product) {
         let tile = |i: usize, j: usize, rows: usize, cols: usize| {
-            let args = (k, alpha, a, lda, b, ldb, beta, c, ldc);
             // SAFETY: rows i..i + rows of a and c, rows j..j + cols of b, within the matrices.
             unsafe {
                 match (rows, cols) {
-                    (4, 4) => dots_tile::<4, 4>(i, j, args),
-                    (4, _) => (j..j + cols).for_each(|j| dots_tile::<4, 1>(i, j, args)),
-                    (_, 4) => (i..i + rows).for_each(|i| dots_tile::<1, 4>(i, j, args)),
-                    _ => (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<1, 1>(i, j, args))),
+                    (4, 4) => dots_tile::<4, 4>(i, j, product),
+                    (4, _) => (j..j + cols).for_each(|j| dots_tile::<4, 1>(i, j, product)),
+                    (_, 4) => (i..i + rows).for_each(|i| dots_tile::<1, 4>(i, j, product)),
+                    _ => (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<1, 1>(i, j, product))),
                 }
             }
         };
@@ -271,15 +250,12 @@ mod avx512 {
         }
     }
 
-    type DotArgs = (usize, f32, *const f32, usize, *const f32, usize, f32, *mut f32, usize);
-
+    /// A tile of [`dots`]: `a`'s rows are `a.rows` apart, its columns contiguous.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn dots_tile<const R: usize, const C: usize>(
-        i: usize,
-        j: usize,
-        (k, alpha, a, lda, b, ldb, beta, c, ldc): DotArgs,
-    ) {
+    unsafe fn dots_tile<const R: usize, const C: usize>(i: usize, j: usize, product: Product) {
+        let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
+        let (a, lda) = (a.ptr, a.rows);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for p in (0..k).step_by(16) {
             let mask = lanes(k - p);
