@@ -231,6 +231,14 @@ impl Lines<'_> {
     }
 }
 
+/// Whether the CPU has what [`Row::sample_vbmi`] is compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
 /// What every output row of one warp shares.
 struct Row {
     /// The source's step per output column: `(a, -b)`.
@@ -250,11 +258,7 @@ impl Row {
     fn sample(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         assert!(padded.len() >= (self.rows as usize + 2 + SPARE_ROWS) * self.pitch, "a padded source");
         #[cfg(target_arch = "x86_64")]
-        if self.pitch == PITCH
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
-        {
+        if self.pitch == PITCH && has_vbmi() {
             // SAFETY: the CPU has the features, and the rows are PITCH apart.
             return unsafe { self.sample_vbmi(padded, lines, out) };
         }
@@ -360,50 +364,38 @@ impl Row {
         const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
         /// Rows of a block whose outputs it completes (the fourth holds lower neighbours).
         const BLOCK: i32 = 3;
+        /// The low byte of every 32-bit lane.
+        const LOW_BYTES: u64 = 0x1111_1111_1111_1111;
         assert!(self.pitch == PITCH);
         let lanes =
             _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
         let (a, b) = (_mm512_set1_ps(self.a), _mm512_set1_ps(self.b));
-        let (minus_one, one) = (_mm512_set1_ps(-1.0), _mm512_set1_ps(1.0));
-        let (cols, rows) = (_mm512_set1_ps(self.cols), _mm512_set1_ps(self.rows));
+        let one = _mm512_set1_epi32(1);
+        let (cols, rows) = (_mm512_set1_epi32(self.cols as i32), _mm512_set1_epi32(self.rows as i32));
         let scale = _mm512_set1_ps(255.0);
-        // Byte offsets of the four neighbours, one per quarter of the permutation's index.
-        let neighbours = _mm512_set_epi32(
-            0x2121_2121,
-            0x2121_2121,
-            0x2121_2121,
-            0x2121_2121,
-            0x2020_2020,
-            0x2020_2020,
-            0x2020_2020,
-            0x2020_2020,
-            0x0101_0101,
-            0x0101_0101,
-            0x0101_0101,
-            0x0101_0101,
-            0,
-            0,
-            0,
-            0,
-        );
         let last_row = self.rows as i32 + 1;
+        // What each vector of a row adds to the row's start is the same for every row. A row
+        // is at most 30 pixels (the padded row holds it): two vectors.
         let span = lines.span.clone();
+        assert!(span.len() <= 32);
+        let vector = |start: usize| {
+            let count = span.end.saturating_sub(start).min(16);
+            let kf = _mm512_add_ps(lanes, _mm512_set1_ps(start as f32));
+            (start, count, ((1u32 << count) - 1) as u16, _mm512_mul_ps(a, kf), _mm512_mul_ps(b, kf))
+        };
+        let vectors = [vector(span.start), vector(span.start + 16)];
+        let vectors = &vectors[..span.len().div_ceil(16)];
         for ((sx0, sy0), out) in lines.rows(out) {
             let (x0, y0) = (_mm512_set1_ps(sx0), _mm512_set1_ps(sy0));
-            for start in span.clone().step_by(16) {
-                let count = (span.end - start).min(16);
-                let kf = _mm512_add_ps(lanes, _mm512_set1_ps(start as f32));
-                let sx = _mm512_add_ps(x0, _mm512_mul_ps(a, kf));
-                let sy = _mm512_sub_ps(y0, _mm512_mul_ps(b, kf));
-                let (fx, fy) = (_mm512_roundscale_ps::<FLOOR>(sx), _mm512_roundscale_ps::<FLOOR>(sy));
-                let inside = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fx, minus_one)
-                    & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(fy, minus_one)
-                    & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fx, cols)
-                    & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(fy, rows)
-                    & ((1u32 << count) - 1) as u16;
-                // Padded coordinates of the upper-left neighbour.
-                let ix = _mm512_cvttps_epi32(_mm512_add_ps(fx, one));
-                let iy = _mm512_cvttps_epi32(_mm512_add_ps(fy, one));
+            for &(start, count, lanes_used, ak, bk) in vectors {
+                let sx = _mm512_add_ps(x0, ak);
+                let sy = _mm512_sub_ps(y0, bk);
+                // Padded coordinates of the upper-left neighbour. Inside the padded image they
+                // run from 0 to `cols` and `rows`; below, and beyond `i32` (which converts to
+                // `i32::MIN`), they compare as large unsigned numbers.
+                let ix = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<FLOOR>(sx), one);
+                let iy = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<FLOOR>(sy), one);
+                let inside = _mm512_cmple_epu32_mask(ix, cols) & _mm512_cmple_epu32_mask(iy, rows) & lanes_used;
                 // `sy` is monotonic in the lane, so the first and last lanes bound the rows.
                 let first = _mm_cvtsi128_si32(_mm512_castsi512_si128(iy));
                 let last = _mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
@@ -424,19 +416,21 @@ impl Row {
                     let row = _mm512_sub_epi32(iy, _mm512_set1_epi32(block));
                     // Unsigned: rows above the block compare as large.
                     let here = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(BLOCK));
+                    // The byte of each neighbour lands in the low byte of its lane, zero-extended.
                     let index = _mm512_add_epi32(_mm512_slli_epi32::<5>(row), ix);
-                    let index = _mm512_add_epi8(_mm512_broadcast_i32x4(_mm512_cvtepi32_epi8(index)), neighbours);
-                    let taps = _mm512_permutex2var_epi8(left, index, right);
-                    let tap = |q: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
-                    p00 = _mm512_mask_mov_ps(p00, here, tap(_mm512_castsi512_si128(taps)));
-                    p01 = _mm512_mask_mov_ps(p01, here, tap(_mm512_extracti32x4_epi32::<1>(taps)));
-                    p10 = _mm512_mask_mov_ps(p10, here, tap(_mm512_extracti32x4_epi32::<2>(taps)));
-                    p11 = _mm512_mask_mov_ps(p11, here, tap(_mm512_extracti32x4_epi32::<3>(taps)));
+                    let tap = |to: __m512, offset: i32| {
+                        let at = _mm512_add_epi32(index, _mm512_set1_epi32(offset));
+                        let byte = _mm512_maskz_permutex2var_epi8(LOW_BYTES, left, at, right);
+                        _mm512_mask_cvtepi32_ps(to, here, byte)
+                    };
+                    (p00, p01) = (tap(p00, 0), tap(p01, 1));
+                    (p10, p11) = (tap(p10, PITCH as i32), tap(p11, PITCH as i32 + 1));
                     block += BLOCK;
                     if block > most {
                         break;
                     }
                 }
+                let (fx, fy) = (_mm512_roundscale_ps::<FLOOR>(sx), _mm512_roundscale_ps::<FLOOR>(sy));
                 let (wx, wy) = (_mm512_sub_ps(sx, fx), _mm512_sub_ps(sy, fy));
                 let top = _mm512_add_ps(p00, _mm512_mul_ps(_mm512_sub_ps(p01, p00), wx));
                 let bottom = _mm512_add_ps(p10, _mm512_mul_ps(_mm512_sub_ps(p11, p10), wx));
@@ -444,11 +438,7 @@ impl Row {
                 // SAFETY: the mask keeps the store within `out[start..start + count]`, within
                 // `out` (see `Lines::rows`).
                 unsafe {
-                    _mm512_mask_storeu_ps(
-                        out.as_mut_ptr().add(start),
-                        ((1u32 << count) - 1) as u16,
-                        _mm512_maskz_mov_ps(inside, value),
-                    )
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), lanes_used, _mm512_maskz_mov_ps(inside, value))
                 };
             }
         }
@@ -560,8 +550,19 @@ mod tests {
             (warper.padded, warper.pitch)
         };
         let ((big, big_pitch), (small, small_pitch), (wide, wide_pitch)) = (source(28), source(12), source(31));
-        let starts =
-            [(-3.2f32, 4.7f32), (0.0, 0.0), (10.5, 27.9), (-1.5, -1.0), (20.0, 13.3), (-30.0, 5.0), (3.0, 9.5)];
+        // Inside, across the borders, far outside, and beyond what `i32` holds.
+        let starts = [
+            (-3.2f32, 4.7f32),
+            (0.0, 0.0),
+            (10.5, 27.9),
+            (-1.5, -1.0),
+            (20.0, 13.3),
+            (-30.0, 5.0),
+            (3.0, 9.5),
+            (5e3, -4e3),
+            (3e9, 2.0),
+            (4.0, -3e9),
+        ];
         for (row, padded) in [
             (Row { a: 0.93, b: 0.21, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
             (Row { a: 1.08, b: -0.17, rows: 28.0, cols: 28.0, pitch: big_pitch }, &big),
@@ -595,10 +596,7 @@ mod tests {
                     assert_eq!(fast, plain, "avx2: {span:?}");
                 }
                 #[cfg(target_arch = "x86_64")]
-                if row.pitch == PITCH
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vbmi")
-                {
+                if row.pitch == PITCH && has_vbmi() {
                     let mut fast = vec![7.0; starts.len() * stride];
                     // SAFETY: the CPU has the features, and the rows are PITCH apart.
                     unsafe { row.sample_vbmi(padded, &lines, &mut fast) };
