@@ -230,6 +230,12 @@ unsafe fn compact_nonzeros_avx2(row: &[f32], cols: &mut [u32], vals: &mut [f32],
 
 /// `y = beta * y + x·w` for a sparse `x` (`m x k`) and a dense `w` (`k x n`).
 ///
+/// Each row of `y` gathers the rows of `w` that its entries pick. Read row by row, `w` would
+/// stream from the outer caches once per sample; so the rows of `y` go in groups of
+/// [`GROUP`], and each group takes its entries in tiles of `w`'s rows small enough to stay
+/// near the core while the whole group reads them. A row's sum goes through its entries in
+/// the same order either way, so the tiles change no result.
+///
 /// # Panics
 /// If `w` is not `x.cols()` tall or `y` is not `x.rows() x w.ncols()`.
 #[track_caller]
@@ -242,11 +248,35 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: Array
         w.dim(),
         y.dim()
     );
-    for (i, out) in y.rows_mut().into_iter().enumerate() {
-        let (cols, vals) = x.row(i);
-        gather_rows(cols, vals, w, beta, out);
+    let tile = (TILE_BYTES / (w.ncols() * std::mem::size_of::<f32>()).max(1)).max(1);
+    let mut rows = y.rows_mut().into_iter().enumerate().peekable();
+    while rows.peek().is_some() {
+        let mut group: [_; GROUP] = std::array::from_fn(|_| None);
+        for (slot, (i, out)) in group.iter_mut().zip(&mut rows) {
+            *slot = Some((x.row(i), out));
+        }
+        let mut first = 0;
+        while first < x.cols() {
+            let end = (first + tile) as u32;
+            for ((cols, vals), out) in group.iter_mut().flatten() {
+                // A row's entries are sorted by column: this tile's lead the rest.
+                let here = cols[..cols.len().min(tile)].partition_point(|&k| k < end);
+                if first == 0 || here > 0 {
+                    gather_rows(&cols[..here], &vals[..here], w, if first == 0 { beta } else { 1.0 }, out.view_mut());
+                }
+                (*cols, *vals) = (&cols[here..], &vals[here..]);
+            }
+            first += tile;
+        }
     }
 }
+
+/// Rows of `y` that [`sparse_matmul`] computes together.
+const GROUP: usize = 32;
+
+/// The bytes of `w`'s rows that [`sparse_matmul`] reads together, for a group of rows: about a
+/// core's first-level data cache.
+const TILE_BYTES: usize = 64 * 1024;
 
 /// `c = beta * c + xᵀ·dy` for a sparse `x` (`m x k`) and a dense `dy` (`m x n`): the weight
 /// gradient of `x·w`. Rows of `c` for columns of `x` without entries are only scaled by `beta`.
@@ -435,6 +465,29 @@ mod tests {
             sparse_matmul_tn(&sx, dy.view(), 1.0, c.view_mut().reversed_axes());
             let expected = x.t().dot(&dy) + 2.0;
             assert!(c.t().iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    fn tiles_and_groups_change_no_result() {
+        // Against the sums row by row, in the same order, with a `beta` that only the first
+        // tile applies: MNIST's shape (3 groups of rows, 7 tiles), 2 groups of 5 tiles, 1 group
+        // of 8 tiles, and 2 groups of 1 tile.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (m, k, n, density) in [(70, 784, 128, 0.2), (33, 2000, 40, 0.05), (5, 600, 200, 0.9), (40, 300, 1, 0.3)] {
+            let x = sparse_random(&mut rng, m, k, density);
+            let w = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
+            let start = Array2::from_shape_fn((m, n), |_| rng.random_range(-1.0f32..1.0));
+            let mut sx = SparseRows::new();
+            sx.assign(x.view());
+            let mut y = start.clone();
+            sparse_matmul(&sx, w.view(), 0.7, y.view_mut());
+            let mut by_rows = start.clone();
+            for (i, out) in by_rows.rows_mut().into_iter().enumerate() {
+                let (cols, vals) = sx.row(i);
+                gather_rows(cols, vals, w.view(), 0.7, out);
+            }
+            assert_eq!(y, by_rows, "{m}x{k}x{n}");
         }
     }
 
