@@ -20,7 +20,7 @@ use crate::params::{Layout, ParamId, Params};
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grads {
-    buffers: Vec<Vec<f32>>,
+    buffers: Vec<tensor::AlignedVec>,
     /// Whether the last backward pass (or a `set`) gave the parameter a gradient.
     present: Vec<bool>,
     /// Whether the backward pass under way has written the buffer yet.
@@ -30,7 +30,7 @@ pub struct Grads {
 impl Grads {
     /// Buffers for every parameter of `params`, none holding a gradient yet.
     pub fn new(params: &Params) -> Self {
-        let buffers: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let buffers: Vec<tensor::AlignedVec> = params.iter().map(|p| tensor::AlignedVec::zeros(p.len())).collect();
         let n = buffers.len();
         Self { buffers, present: vec![false; n], written: vec![false; n] }
     }
@@ -52,7 +52,7 @@ impl Grads {
 
     /// Every parameter's gradient in its element order (or `None`), in the parameters' order.
     pub fn iter(&self) -> impl Iterator<Item = Option<&[f32]>> {
-        self.buffers.iter().zip(&self.present).map(|(b, &p)| p.then_some(b.as_slice()))
+        self.buffers.iter().zip(&self.present).map(|(b, &p)| p.then_some(&b[..]))
     }
 
     /// Parameter `id`'s gradient in the parameter's element order (that of
@@ -64,7 +64,7 @@ impl Grads {
     #[track_caller]
     pub fn get(&self, id: ParamId) -> Option<&[f32]> {
         let i = id.index();
-        self.present[i].then_some(self.buffers[i].as_slice())
+        self.present[i].then_some(&self.buffers[i][..])
     }
 
     /// Parameter `id`'s gradient as a row-major tensor of its shape (PyTorch's `p.grad`), if
@@ -114,7 +114,7 @@ impl Grads {
                 continue;
             }
             if self.present[i] {
-                self.buffers[i].iter_mut().zip(&other.buffers[i]).for_each(|(a, b)| *a += b);
+                self.buffers[i].iter_mut().zip(other.buffers[i].iter()).for_each(|(a, b)| *a += b);
             } else {
                 self.buffers[i].copy_from_slice(&other.buffers[i]);
                 self.present[i] = true;

@@ -40,7 +40,7 @@ pub struct Param {
     name: String,
     shape: Vec<usize>,
     layout: Layout,
-    value: Vec<f32>,
+    value: tensor::AlignedVec,
 }
 
 impl Param {
@@ -175,7 +175,7 @@ impl Params {
             (Layout::ColumnMajor, &[r, c]) => transpose(&value, r, c),
             _ => value,
         };
-        self.params.push(Param { name, shape: shape.to_vec(), layout, value });
+        self.params.push(Param { name, shape: shape.to_vec(), layout, value: value.into() });
         ParamId(self.params.len() - 1)
     }
 
@@ -257,7 +257,7 @@ impl Params {
             return Err(NnError::UnexpectedParam { name: name.to_owned() });
         }
         for (p, v) in self.params.iter_mut().zip(values) {
-            p.value = v;
+            p.value = v.into();
         }
         Ok(())
     }
@@ -281,7 +281,7 @@ impl Params {
     pub fn vector(&self, id: ParamId) -> ArrayView1<'_, f32> {
         let p = &self.params[id.0];
         assert_eq!(p.shape.len(), 1, "{} is {:?}, not a vector", p.name, p.shape);
-        ArrayView1::from(&p.value)
+        ArrayView1::from(&p.value[..])
     }
 }
 

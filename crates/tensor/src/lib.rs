@@ -7,6 +7,7 @@
 //! kernels run on the calling thread; callers parallelise across batches or samples.
 //! A wrong shape is a programmer error and panics with a message naming the shapes.
 
+mod aligned;
 mod conv;
 mod elementwise;
 mod init;
@@ -16,6 +17,7 @@ mod softmax;
 mod sparse;
 mod sparse_conv;
 
+pub use aligned::AlignedVec;
 pub use conv::{Conv2dShape, col2im_add, conv2d, conv2d_backward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};
 pub use init::linear_init;
