@@ -30,6 +30,17 @@ impl AlignedVec {
     pub fn zeros(len: usize) -> Self {
         Self { lines: vec![Line::default(); len.div_ceil(16)], len }
     }
+
+    /// Changes the length to `len`, filling new elements with `value`, like `Vec::resize`:
+    /// without allocating when the buffer has held as many before.
+    pub fn resize(&mut self, len: usize, value: f32) {
+        let old = self.len;
+        self.lines.resize(len.div_ceil(16), Line::default());
+        self.len = len;
+        if len > old {
+            self[old..].fill(value);
+        }
+    }
 }
 
 impl From<&[f32]> for AlignedVec {
@@ -63,6 +74,24 @@ impl DerefMut for AlignedVec {
     }
 }
 
+impl<'a> IntoIterator for &'a AlignedVec {
+    type Item = &'a f32;
+    type IntoIter = std::slice::Iter<'a, f32>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut AlignedVec {
+    type Item = &'a mut f32;
+    type IntoIter = std::slice::IterMut<'a, f32>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
 impl PartialEq for AlignedVec {
     fn eq(&self, other: &Self) -> bool {
         self[..] == other[..]
@@ -89,5 +118,20 @@ mod tests {
             assert_eq!(buffer.clone(), buffer);
             assert_eq!(AlignedVec::zeros(len).iter().filter(|v| **v != 0.0).count(), 0);
         }
+    }
+
+    #[test]
+    fn resizing_keeps_the_prefix_and_fills_the_rest() {
+        let mut b = AlignedVec::from(vec![1.0f32; 20]);
+        b.resize(3, 0.0);
+        assert_eq!(&b[..], &[1.0; 3]);
+        let start = b.as_ptr();
+        b.resize(30, 2.0);
+        assert_eq!(b.as_ptr(), start, "grown within what it held");
+        assert_eq!(&b[..3], &[1.0; 3]);
+        assert!(b[3..].iter().all(|&v| v == 2.0), "{b:?}");
+        b.resize(100, 5.0);
+        assert_eq!((b.len(), b[29], b[30], b[99]), (100, 2.0, 5.0, 5.0));
+        assert_eq!(b.as_ptr() as usize % 64, 0);
     }
 }
