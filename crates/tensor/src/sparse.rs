@@ -154,6 +154,11 @@ impl SparseRows {
 fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -> usize {
     assert!(cols.len() >= n + row.len() + SLACK && vals.len() >= n + row.len() + SLACK, "room for the row");
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the buffers have the room asserted above.
+        return unsafe { compact_nonzeros_avx512(row, cols, vals, n) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, and the buffers have the room asserted above.
         return unsafe { compact_nonzeros_avx2(row, cols, vals, n) };
@@ -161,8 +166,8 @@ fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -
     compact_nonzeros_portable(row, cols, vals, n, 0)
 }
 
-/// Entries written past the end of what is kept: the vector path stores whole vectors.
-const SLACK: usize = 8;
+/// Entries written past the end of what is kept: the vector paths store whole vectors.
+const SLACK: usize = 16;
 
 /// One entry at a time: every entry is written, and the end only advances past nonzero ones,
 /// which avoids a branch per entry. `first` is the column of `row[0]`.
@@ -226,6 +231,39 @@ unsafe fn compact_nonzeros_avx2(row: &[f32], cols: &mut [u32], vals: &mut [f32],
         n += mask.count_ones() as usize;
     }
     compact_nonzeros_portable(&row[chunks * 8..], cols, vals, n, chunks * 8)
+}
+
+/// Sixteen entries at a time: the nonzero lanes (and their column numbers) compressed to the
+/// front of a register, which is stored whole (a compressing store to memory is slow on some
+/// CPUs).
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `cols` and `vals` must have room for `n + row.len() + SLACK`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn compact_nonzeros_avx512(row: &[f32], cols: &mut [u32], vals: &mut [f32], mut n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let chunks = row.len() / 16;
+    let zero = _mm512_setzero_ps();
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for c in 0..chunks {
+        // SAFETY: `c * 16 + 16 <= row.len()`.
+        let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(c * 16)) };
+        // Not-equal, unordered: NaN counts as nonzero, as in the portable path.
+        let mask = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, zero);
+        if mask == 0 {
+            continue;
+        }
+        let columns = _mm512_add_epi32(lanes, _mm512_set1_epi32((c * 16) as i32));
+        // SAFETY: the stores write 16 entries from `n`, which the caller guarantees room for,
+        // as `n` stays at most the entries scanned so far.
+        unsafe {
+            _mm512_storeu_ps(vals.as_mut_ptr().add(n), _mm512_maskz_compress_ps(mask, v));
+            _mm512_storeu_si512(cols.as_mut_ptr().add(n).cast(), _mm512_maskz_compress_epi32(mask, columns));
+        }
+        n += mask.count_ones() as usize;
+    }
+    compact_nonzeros_portable(&row[chunks * 16..], cols, vals, n, chunks * 16)
 }
 
 /// `y = beta * y + x·w` for a sparse `x` (`m x k`) and a dense `w` (`k x n`).
@@ -488,6 +526,32 @@ mod tests {
                 gather_rows(cols, vals, w.view(), 0.7, out);
             }
             assert_eq!(y, by_rows, "{m}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_compaction_path_finds_the_same_entries() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for len in [1, 7, 8, 15, 16, 17, 33, 784] {
+            let mut row: Vec<f32> = sparse_random(&mut rng, 1, len, 0.4).into_raw_vec_and_offset().0;
+            row[0] = f32::NAN;
+            row[len - 1] = -0.0;
+            let room = 3 + len + SLACK;
+            let run = |path: unsafe fn(&[f32], &mut [u32], &mut [f32], usize) -> usize| {
+                let (mut cols, mut vals) = (vec![0; room], vec![0.0; room]);
+                // SAFETY: only called for the features the CPU has, with the room each needs.
+                let n = unsafe { path(&row, &mut cols, &mut vals, 3) };
+                (cols[3..n].to_vec(), vals[3..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            let portable = run(|row, cols, vals, n| compact_nonzeros_portable(row, cols, vals, n, 0));
+            assert_eq!(portable.0.len(), row.iter().filter(|v| **v != 0.0 || v.is_nan()).count());
+            if std::arch::is_x86_feature_detected!("avx2") {
+                assert_eq!(run(compact_nonzeros_avx2), portable, "avx2, {len}");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert_eq!(run(compact_nonzeros_avx512), portable, "avx512, {len}");
+            }
         }
     }
 
