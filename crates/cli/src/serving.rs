@@ -30,7 +30,8 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
             side * side
         );
     }
-    let app = serve::App::new(model, accuracy, serve::Limits::default());
+    let limits = serve::Limits::default();
+    let app = serve::App::new(model, accuracy, limits);
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
     // Inference is CPU work: more blocking threads than cores would only queue in the kernel.
     let threads = rayon::current_num_threads();
@@ -43,7 +44,7 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        serve::serve(listener, router, stop).await?;
+        serve::serve(listener, router, limits, stop).await?;
         eprintln!("Stopped");
         Ok(())
     })

@@ -6,16 +6,18 @@
 //! # async fn run(model: nn::Sequential) -> std::io::Result<()> {
 //! let app = serve::App::new(model, None, serve::Limits::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! serve::serve(listener, serve::router(app, |_| {}), std::future::pending()).await
+//! serve::serve(listener, serve::router(app, |_| {}), serve::Limits::default(), std::future::pending()).await
 //! # }
 //! ```
 //!
-//! Everything a stranger sends is bounded before it is decoded: the body's size
+//! Everything a stranger sends is bounded before it is decoded: the connections open at once
+//! ([`Limits::connections`]; more wait to be accepted), the time to send a request's headers
+//! ([`Limits::header_timeout`], which also ends idle connections), the body's size
 //! ([`Limits::body_bytes`], 413 beyond), an image's sides and decoding memory
 //! ([`Limits::image`]), the images in one request, the time a request may take
-//! ([`Limits::timeout`], 408 beyond) and the requests in flight ([`Limits::in_flight`], 503
-//! beyond). Inference runs on the blocking pool, so that a slow request never stalls the
-//! threads that read and write the others. Every error is JSON, `{"error": "..."}`.
+//! ([`Limits::timeout`], 408 beyond) and the requests in flight ([`Limits::in_flight`]; more
+//! wait, up to the timeout). Inference runs on the blocking pool, so that a slow request never
+//! stalls the threads that read and write the others. Every error is JSON, `{"error": "..."}`.
 //!
 //! The page is three files embedded in the binary: it needs no network beyond the server.
 
@@ -27,14 +29,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use nn::{Model, Sequential};
-use tower::ServiceBuilder;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{ServiceBuilder, ServiceExt};
 
 pub use api::{ErrorBody, ModelFacts, Prediction};
 
@@ -51,11 +60,17 @@ pub struct Limits {
     pub timeout: Duration,
     /// Requests handled at once; more wait for a slot, up to the timeout.
     pub in_flight: usize,
+    /// Connections open at once; more wait in the listener's queue until one closes.
+    pub connections: usize,
+    /// How long a connection may take to send a request's headers, counted from when the
+    /// server starts waiting for them (so also how long it may stay idle between requests);
+    /// then it is closed.
+    pub header_timeout: Duration,
 }
 
 impl Default for Limits {
     /// 2 MiB bodies, 256 images a request, images of 2048 pixels a side and 32 MiB decoded,
-    /// 10 s a request, 256 requests in flight.
+    /// 10 s a request, 256 requests in flight, 1024 connections, 10 s for headers.
     fn default() -> Self {
         Self {
             body_bytes: 2 << 20,
@@ -63,6 +78,8 @@ impl Default for Limits {
             image: data::digit::Limits { max_side: 2048, max_bytes: 32 << 20 },
             timeout: Duration::from_secs(10),
             in_flight: 256,
+            connections: 1024,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -146,15 +163,74 @@ async fn timed_out(request: Request, next: Next, timeout: Duration) -> Response 
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then finishes the requests under
-/// way and returns.
+/// Serves `app` on `listener`, with the connection limits of `limits`, until `shutdown`
+/// completes; then stops accepting, lets every open connection finish the request under way,
+/// and returns.
 ///
 /// # Errors
-/// The listener fails.
+/// The listener fails for good (errors of single connections are retried, as `accept` gives
+/// them).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let (stopping, stop) = watch::channel(());
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A slot first: beyond the limit, connections wait in the kernel's queue, unread.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await?;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone().map_request(|r: Request<Incoming>| r.map(Body::new)));
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            let mut connection = std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Finished connections leave the set as new ones come, so that it stays small.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stopping.send(());
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// What to do when `accept` fails: a connection that failed before it was accepted is
+/// skipped; anything else (out of file descriptors, say) is waited out for a moment, as it may
+/// pass when connections close. Only an error that cannot pass is returned.
+async fn accept_failed(e: std::io::Error) -> std::io::Result<()> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, InvalidInput};
+    match e.kind() {
+        ConnectionAborted | ConnectionRefused | ConnectionReset => Ok(()),
+        InvalidInput => Err(e),
+        _ => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(())
+        }
+    }
 }

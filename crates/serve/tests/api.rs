@@ -16,7 +16,7 @@ fn start(limits: Limits) -> String {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        runtime.block_on(serve::serve(listener, serve::router(app, |_| {}), std::future::pending())).unwrap();
+        runtime.block_on(serve::serve(listener, serve::router(app, |_| {}), limits, std::future::pending())).unwrap();
     });
     format!("http://{addr}")
 }
@@ -182,4 +182,47 @@ fn a_stalled_client_times_out_without_holding_up_the_others() {
     let _ = stalled.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_client_slow_to_send_its_headers_is_disconnected() {
+    let base = start(Limits { header_timeout: Duration::from_millis(300), ..Limits::default() });
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Half a request line, then nothing; and a connection that sends nothing at all.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    write!(slow, "GET /healthz HT").unwrap();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    assert_eq!(get(&base, "/healthz").0, 200, "others are served meanwhile");
+    for stream in [&mut slow, &mut silent] {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        // Closed by the server: the read ends (with the bytes of any error response).
+        let _ = stream.read_to_end(&mut answer);
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "closed after {waited:?}");
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_until_one_closes() {
+    let base = start(Limits { connections: 2, ..Limits::default() });
+    let addr = base.trim_start_matches("http://").to_owned();
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Two idle connections take both slots.
+    let first = TcpStream::connect(&addr).unwrap();
+    let _second = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    write!(third, "{request}").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte);
+    assert!(waited.is_err(), "answered beyond the limit: {waited:?}");
+    // A slot frees up: the queued connection is accepted and answered.
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
