@@ -269,9 +269,9 @@ unsafe fn compact_nonzeros_avx512(row: &[f32], cols: &mut [u32], vals: &mut [f32
 /// `y = beta * y + x·w` for a sparse `x` (`m x k`) and a dense `w` (`k x n`).
 ///
 /// Each row of `y` gathers the rows of `w` that its entries pick. Read row by row, `w` would
-/// stream from the outer caches once per sample; so the rows of `y` go in groups of
-/// [`GROUP`], and each group takes its entries in tiles of `w`'s rows small enough to stay
-/// near the core while the whole group reads them. A row's sum goes through its entries in
+/// stream from the outer caches once per sample; so the rows of `y` go in groups of 32, and
+/// each group takes its entries in tiles of `w`'s rows (64 KiB) small enough to stay near the
+/// core while the whole group reads them. A row's sum goes through its entries in
 /// the same order either way, so the tiles change no result.
 ///
 /// # Panics
