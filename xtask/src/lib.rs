@@ -13,3 +13,9 @@ pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
+
+/// Where `fetch-data` stores MNIST and the other tasks read it, unless told otherwise:
+/// `data/mnist` in the workspace (git-ignored).
+pub fn default_data_dir() -> PathBuf {
+    repo_root().join("data").join("mnist")
+}

@@ -121,7 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::FetchData { mirrors, data_dir, force } => {
             let env = std::env::var(fetch::MIRROR_ENV).ok();
-            let data_dir = data_dir.unwrap_or_else(|| xtask::repo_root().join("data").join("mnist"));
+            let data_dir = data_dir.unwrap_or_else(xtask::default_data_dir);
             let mut opts = fetch::Options::new(fetch::mirror_list(&mirrors, env.as_deref())?, data_dir);
             opts.force = force;
             opts.progress_bars = std::io::stderr().is_terminal();
@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadtest { model, data_dir, clients, seconds, output } => {
             anyhow::ensure!(clients > 0 && seconds > 0, "--clients and --seconds must be at least 1");
             let root = xtask::repo_root();
-            let data_dir = data_dir.unwrap_or_else(|| root.join("data").join("mnist"));
+            let data_dir = data_dir.unwrap_or_else(xtask::default_data_dir);
             let scratch = tempfile::tempdir()?;
             let (program, model) = program_and_model(&data_dir, model, scratch.path())?;
             let opts = loadtest::Options { program, model, clients, duration: std::time::Duration::from_secs(seconds) };
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let root = xtask::repo_root();
             let opts = bench::Options {
-                data_dir: data_dir.unwrap_or_else(|| root.join("data").join("mnist")),
+                data_dir: data_dir.unwrap_or_else(xtask::default_data_dir),
                 runs,
                 lenet_runs,
                 scaling_epochs,
