@@ -364,8 +364,6 @@ impl Row {
         const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
         /// Rows of a block whose outputs it completes (the fourth holds lower neighbours).
         const BLOCK: i32 = 3;
-        /// The low byte of every 32-bit lane.
-        const LOW_BYTES: u64 = 0x1111_1111_1111_1111;
         assert!(self.pitch == PITCH);
         let lanes =
             _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
@@ -416,12 +414,14 @@ impl Row {
                     let row = _mm512_sub_epi32(iy, _mm512_set1_epi32(block));
                     // Unsigned: rows above the block compare as large.
                     let here = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(BLOCK));
-                    // The byte of each neighbour lands in the low byte of its lane, zero-extended.
+                    // Each neighbour's byte lands in the low byte of its lane. In the lanes of
+                    // this block the index is below 128, so the lane's three upper index bytes
+                    // are 0, which picks the block's first byte: the left border's zero. So the
+                    // lane holds the byte zero-extended.
                     let index = _mm512_add_epi32(_mm512_slli_epi32::<5>(row), ix);
                     let tap = |to: __m512, offset: i32| {
                         let at = _mm512_add_epi32(index, _mm512_set1_epi32(offset));
-                        let byte = _mm512_maskz_permutex2var_epi8(LOW_BYTES, left, at, right);
-                        _mm512_mask_cvtepi32_ps(to, here, byte)
+                        _mm512_mask_cvtepi32_ps(to, here, _mm512_permutex2var_epi8(left, at, right))
                     };
                     (p00, p01) = (tap(p00, 0), tap(p01, 1));
                     (p10, p11) = (tap(p10, PITCH as i32), tap(p11, PITCH as i32 + 1));
