@@ -293,8 +293,9 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: Array
         for (slot, (i, out)) in group.iter_mut().zip(&mut rows) {
             *slot = Some((x.row(i), out));
         }
+        // The first tile runs even without columns: it applies `beta`.
         let mut first = 0;
-        while first < x.cols() {
+        while first == 0 || first < x.cols() {
             let end = (first + tile) as u32;
             for ((cols, vals), out) in group.iter_mut().flatten() {
                 // A row's entries are sorted by column: this tile's lead the rest.
@@ -510,9 +511,11 @@ mod tests {
     fn tiles_and_groups_change_no_result() {
         // Against the sums row by row, in the same order, with a `beta` that only the first
         // tile applies: MNIST's shape (3 groups of rows, 7 tiles), 2 groups of 5 tiles, 1 group
-        // of 8 tiles, and 2 groups of 1 tile.
+        // of 8 tiles, 2 groups of 1 tile, and no columns at all (only `beta` applies).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for (m, k, n, density) in [(70, 784, 128, 0.2), (33, 2000, 40, 0.05), (5, 600, 200, 0.9), (40, 300, 1, 0.3)] {
+        for (m, k, n, density) in
+            [(70, 784, 128, 0.2), (33, 2000, 40, 0.05), (5, 600, 200, 0.9), (40, 300, 1, 0.3), (3, 0, 4, 0.5)]
+        {
             let x = sparse_random(&mut rng, m, k, density);
             let w = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
             let start = Array2::from_shape_fn((m, n), |_| rng.random_range(-1.0f32..1.0));
