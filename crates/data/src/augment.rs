@@ -415,9 +415,10 @@ impl Row {
                     // Unsigned: rows above the block compare as large.
                     let here = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(BLOCK));
                     // Each neighbour's byte lands in the low byte of its lane. In the lanes of
-                    // this block the index is below 128, so the lane's three upper index bytes
-                    // are 0, which picks the block's first byte: the left border's zero. So the
-                    // lane holds the byte zero-extended.
+                    // this block inside the image the index is below 128, so the lane's three
+                    // upper index bytes are 0, which pick the block's first byte: the left
+                    // border's zero. So the lane holds the byte zero-extended. (Other lanes are
+                    // masked out, here or by `inside`.)
                     let index = _mm512_add_epi32(_mm512_slli_epi32::<5>(row), ix);
                     let tap = |to: __m512, offset: i32| {
                         let at = _mm512_add_epi32(index, _mm512_set1_epi32(offset));
