@@ -3,7 +3,7 @@
 use nn::{Grads, Params, StateDict};
 
 use crate::error::{check, check_unit};
-use crate::state::{GradSum, Slots, check_grads};
+use crate::state::{GradSum, Slots, check_grads, flush_subnormal};
 use crate::{OptimError, Optimizer, OptimizerConfig, WeightDecay};
 
 /// PyTorch's names for Adam's two buffers per parameter.
@@ -149,14 +149,6 @@ impl Optimizer for Adam {
     fn set_learning_rate(&mut self, lr: f32) {
         self.config.lr = lr;
     }
-}
-
-/// `x`, or zero if it is subnormal. The moments of a weight whose gradient stays zero decay
-/// geometrically into the subnormal range, where arithmetic is many times slower on common
-/// CPUs; an update from such a moment is below the precision of any parameter of normal size.
-#[inline(always)]
-fn flush_subnormal(x: f32) -> f32 {
-    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
 }
 
 /// One Adam step's constants, applied element by element.

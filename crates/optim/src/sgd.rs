@@ -3,7 +3,7 @@
 use nn::{Grads, Params, StateDict};
 
 use crate::error::{check, check_unit};
-use crate::state::{GradSum, Slots, check_grads};
+use crate::state::{GradSum, Slots, check_grads, flush_subnormal};
 use crate::{OptimError, Optimizer, OptimizerConfig, WeightDecay};
 
 /// PyTorch's name for SGD's buffer per parameter.
@@ -90,26 +90,16 @@ impl Optimizer for Sgd {
         check_grads(params, parts)?;
         let SgdConfig { lr, momentum, dampening, nesterov, weight_decay } = self.config;
         let (l2, shrink) = weight_decay.factors(lr);
-        let first = self.steps == 0;
         if momentum != 0.0 {
             self.slots.bind(params, 1)?;
         }
         let one_minus_dampening = (1.0 - f64::from(dampening)) as f32;
+        let step = SgdStep { lr, momentum, one_minus_dampening, nesterov, l2, shrink, first: self.steps == 0 };
         for (i, (id, param)) in params.ids().zip(params.iter_mut()).enumerate() {
             let grad = GradSum::of(parts, id, &mut self.scratch);
-            let mut buf = self.slots.buffers.get_mut(i).map(Vec::as_mut_slice);
-            for (j, p) in param.elements_mut().iter_mut().enumerate() {
-                let g = grad.at(j);
-                if let Some(shrink) = shrink {
-                    *p *= shrink;
-                }
-                let mut d = if let Some(l2) = l2 { g + l2 * *p } else { g };
-                if let Some(buf) = buf.as_deref_mut() {
-                    let b = &mut buf[j];
-                    *b = if first { d } else { *b * momentum + one_minus_dampening * d };
-                    d = if nesterov { d + momentum * *b } else { *b };
-                }
-                *p += -lr * d;
+            match self.slots.buffers.get_mut(i) {
+                Some(buffer) => step.apply(param.elements_mut(), grad, Some(&mut buffer[..])),
+                None => step.apply(param.elements_mut(), grad, None),
             }
         }
         self.steps += 1;
@@ -135,5 +125,117 @@ impl Optimizer for Sgd {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.config.lr = lr;
+    }
+}
+
+/// One SGD step's constants, applied element by element.
+#[derive(Debug, Clone, Copy)]
+struct SgdStep {
+    lr: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    nesterov: bool,
+    l2: Option<f32>,
+    shrink: Option<f32>,
+    /// The first step sets each momentum buffer to the gradient.
+    first: bool,
+}
+
+impl SgdStep {
+    /// Updates `p` from `g`, with momentum buffer `buf` when momentum is on, split across the
+    /// rayon pool when large. Each element is updated alone, so the split changes no result.
+    fn apply(&self, p: &mut [f32], g: GradSum, buf: Option<&mut [f32]>) {
+        /// Elements per thread below which an update is not split.
+        const PARALLEL_MIN: usize = 4096;
+        if p.len() >= 2 * PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            let mid = p.len() / 2;
+            let (p0, p1) = p.split_at_mut(mid);
+            let (g0, g1) = g.split_at(mid);
+            let (b0, b1) = match buf {
+                Some(b) => {
+                    let (b0, b1) = b.split_at_mut(mid);
+                    (Some(b0), Some(b1))
+                }
+                None => (None, None),
+            };
+            rayon::join(|| self.apply(p0, g0, b0), || self.apply(p1, g1, b1));
+            return;
+        }
+        match g {
+            GradSum::One(g) => self.apply_simd(p, |i| g[i], buf),
+            GradSum::Two(a, b) => self.apply_simd(p, |i| a[i] + b[i], buf),
+        }
+    }
+
+    /// The update with the widest vector instructions the CPU has. Every path computes the same
+    /// operations in the same order (no fused multiply-add), so results do not depend on the CPU.
+    #[inline(always)]
+    fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.apply_avx512(p, g, buf) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.apply_avx2(p, g, buf) };
+        }
+        self.apply_portable(p, g, buf);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn apply_avx512(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
+        self.apply_portable(p, g, buf);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn apply_avx2(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
+        self.apply_portable(p, g, buf);
+    }
+
+    /// With the conditions tested once, outside the loops, so that each loop vectorises.
+    #[inline(always)]
+    fn apply_portable(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
+        let decayed = |pi: &mut f32, gi: f32| {
+            if let Some(shrink) = self.shrink {
+                *pi *= shrink;
+            }
+            if let Some(l2) = self.l2 { gi + l2 * *pi } else { gi }
+        };
+        let Some(buf) = buf else {
+            for (i, pi) in p.iter_mut().enumerate() {
+                let d = decayed(pi, g(i));
+                *pi += -self.lr * d;
+            }
+            return;
+        };
+        let buf = &mut buf[..p.len()];
+        let (momentum, lr) = (self.momentum, self.lr);
+        match (self.first, self.nesterov) {
+            (true, nesterov) => {
+                for (i, (pi, b)) in p.iter_mut().zip(buf.iter_mut()).enumerate() {
+                    let d = decayed(pi, g(i));
+                    *b = flush_subnormal(d);
+                    *pi += -lr * if nesterov { d + momentum * *b } else { *b };
+                }
+            }
+            (false, false) => {
+                for (i, (pi, b)) in p.iter_mut().zip(buf.iter_mut()).enumerate() {
+                    let d = decayed(pi, g(i));
+                    *b = flush_subnormal(*b * momentum + self.one_minus_dampening * d);
+                    *pi += -lr * *b;
+                }
+            }
+            (false, true) => {
+                for (i, (pi, b)) in p.iter_mut().zip(buf.iter_mut()).enumerate() {
+                    let d = decayed(pi, g(i));
+                    *b = flush_subnormal(*b * momentum + self.one_minus_dampening * d);
+                    *pi += -lr * (d + momentum * *b);
+                }
+            }
+        }
     }
 }

@@ -116,6 +116,15 @@ pub(crate) fn check_grads(params: &Params, parts: &[Grads]) -> Result<(), OptimE
     }
 }
 
+/// `x`, or zero if it is subnormal. An optimizer's buffers for a weight whose gradient stays
+/// zero decay geometrically into the subnormal range, where arithmetic is many times slower on
+/// common CPUs; an update from such a buffer is below the precision of any parameter of
+/// normal size.
+#[inline(always)]
+pub(crate) fn flush_subnormal(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
+}
+
 /// One parameter's gradient: a single part, or two parts added element by element.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum GradSum<'a> {
@@ -139,15 +148,6 @@ impl<'a> GradSum<'a> {
                 }
                 Self::One(scratch)
             }
-        }
-    }
-
-    /// Element `i` of the sum.
-    #[inline(always)]
-    pub(crate) fn at(&self, i: usize) -> f32 {
-        match self {
-            Self::One(a) => a[i],
-            Self::Two(a, b) => a[i] + b[i],
         }
     }
 

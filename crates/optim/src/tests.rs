@@ -249,6 +249,36 @@ fn configs_round_trip_through_metadata() {
 }
 
 #[test]
+fn momentum_decaying_below_the_normal_range_becomes_zero_without_moving_the_weights() {
+    // One gradient, then none for long enough that the momentum decays below f32's normal
+    // range. f64 keeps it: the weights must not notice the flush.
+    let grads0 = [1e-3f64, -2e-2, 0.0, 1e-5];
+    for nesterov in [false, true] {
+        let (mut p, mut g) = params(&[0.25, -1.5, 3.0, 0.0], &[0.0; 4]);
+        let mut sgd = Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, nesterov, ..SgdConfig::default() }).unwrap();
+        let (mu, lr) = (0.9f64, 0.1f64);
+        let mut want = [0.25f64, -1.5, 3.0, 0.0];
+        let mut b = [0.0f64; 4];
+        for t in 1..=900 {
+            let grad = if t == 1 { grads0 } else { [0.0; 4] };
+            set_grad(&p, &mut g, &grad.map(|x| x as f32));
+            sgd.step(&mut p, &g).unwrap();
+            for i in 0..4 {
+                b[i] = if t == 1 { grad[i] } else { mu * b[i] + grad[i] };
+                want[i] -= lr * if nesterov { grad[i] + mu * b[i] } else { b[i] };
+            }
+        }
+        for (got, want) in values(&p).iter().zip(want) {
+            assert!((f64::from(*got) - want).abs() < 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+        }
+        let state = sgd.state_dict(&p);
+        let buffer = state.get("w.momentum_buffer").unwrap().data();
+        // 0.9^900 takes each buffer below the smallest normal f32: flushed, they are zero.
+        assert!(buffer.iter().all(|&x| x == 0.0), "nesterov {nesterov}: {buffer:?}");
+    }
+}
+
+#[test]
 fn moments_decaying_below_the_normal_range_become_zero_without_moving_the_weights() {
     // One gradient, then none for long enough that the moments decay below f32's normal range.
     // f64 keeps them: the weights must not notice the flush.
