@@ -188,11 +188,12 @@ fn a_stalled_client_times_out_without_holding_up_the_others() {
 fn a_client_slow_to_send_its_headers_is_disconnected() {
     let base = start(Limits { header_timeout: Duration::from_millis(300), ..Limits::default() });
     let addr = base.trim_start_matches("http://").to_owned();
-    // Half a request line, then nothing; and a connection that sends nothing at all.
+    // Half a request line, then nothing; and a connection that sends nothing at all. The clock
+    // starts before either connects, so that the server's deadline cannot start earlier.
+    let started = Instant::now();
     let mut slow = TcpStream::connect(&addr).unwrap();
     write!(slow, "GET /healthz HT").unwrap();
     let mut silent = TcpStream::connect(&addr).unwrap();
-    let started = Instant::now();
     assert_eq!(get(&base, "/healthz").0, 200, "others are served meanwhile");
     for stream in [&mut slow, &mut silent] {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
