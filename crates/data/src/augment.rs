@@ -2,6 +2,7 @@
 //! fresh draw per image, sampled bilinearly with zeros outside. The draws come from the
 //! caller's generator, so that a run stays reproducible from its seed.
 
+use simd::Simd;
 use std::ops::Range;
 
 use rand::RngCore;
@@ -64,15 +65,12 @@ struct Ink {
 
 impl Warper {
     /// Copies `image` into the padded source and finds its ink; `None` if it has none.
-    fn load(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
+    fn load(&mut self, simd: Simd, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
         self.fit(rows, cols);
         #[cfg(target_arch = "x86_64")]
-        if self.pitch == PITCH
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has the features, and a row fits in one 32-byte register.
+        if self.pitch == PITCH && simd.avx512() {
+            // SAFETY: the CPU has AVX-512 F, BW and VL (`simd` says so), and a row fits in one
+            // 32-byte register.
             return unsafe { self.load_avx512(image, rows, cols) };
         }
         self.load_portable(image, cols)
@@ -109,9 +107,12 @@ impl Warper {
     }
 
     /// A row at a time in a register: copied, OR-ed into the columns' and tested for ink.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VL.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    fn load_avx512(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
+    unsafe fn load_avx512(&mut self, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
         use std::arch::x86_64::*;
         assert!(self.pitch == PITCH && cols + 2 <= PITCH && image.len() == rows * cols);
         assert!(self.padded.len() >= (rows + 2) * PITCH);
@@ -177,7 +178,8 @@ impl Augment {
         let (sin, cos) = angle.sin_cos();
 
         out.fill(0.0);
-        let Some(Ink { x_lo, x_hi, y_lo, y_hi }) = warper.load(image, rows, cols) else {
+        let simd = Simd::get();
+        let Some(Ink { x_lo, x_hi, y_lo, y_hi }) = warper.load(simd, image, rows, cols) else {
             return;
         };
 
@@ -210,7 +212,7 @@ impl Augment {
         warper.starts.clear();
         warper.starts.extend((oy_lo..=oy_hi).map(|oy| source(ox_lo as f32, oy as f32)));
         let lines = Lines { starts: &warper.starts, stride: cols, span: 0..ox_hi - ox_lo + 1 };
-        geometry.sample(&warper.padded, &lines, &mut out[oy_lo * cols + ox_lo..]);
+        geometry.sample(simd, &warper.padded, &lines, &mut out[oy_lo * cols + ox_lo..]);
     }
 }
 
@@ -231,14 +233,6 @@ impl Lines<'_> {
     }
 }
 
-/// Whether the CPU has what [`Row::sample_vbmi`] is compiled for.
-#[cfg(target_arch = "x86_64")]
-fn has_vbmi() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vbmi")
-}
-
 /// What every output row of one warp shares.
 struct Row {
     /// The source's step per output column: `(a, -b)`.
@@ -255,16 +249,17 @@ impl Row {
     /// source at `(sx + a·k, sy - b·k)`, bilinearly, zero outside the image, and divides by 255.
     /// Every path computes the same operations in the same order, so results do not depend on
     /// the CPU.
-    fn sample(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
+    fn sample(&self, simd: Simd, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         assert!(padded.len() >= (self.rows as usize + 2 + SPARE_ROWS) * self.pitch, "a padded source");
         #[cfg(target_arch = "x86_64")]
-        if self.pitch == PITCH && has_vbmi() {
-            // SAFETY: the CPU has the features, and the rows are PITCH apart.
+        if self.pitch == PITCH && simd.avx512_vbmi() {
+            // SAFETY: the CPU has AVX-512 F, BW and VBMI (`simd` says so), and the rows are
+            // PITCH apart.
             return unsafe { self.sample_vbmi(padded, lines, out) };
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
+        if simd.avx2() {
+            // SAFETY: the CPU has AVX2 (`simd` says so).
             return unsafe { self.sample_avx2(padded, lines, out) };
         }
         self.sample_portable(padded, lines, out);
@@ -298,9 +293,12 @@ impl Row {
     }
 
     /// Eight outputs at a time, each pair of horizontal neighbours gathered as one 32-bit word.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn sample_avx2(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
+    unsafe fn sample_avx2(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let span = lines.span.clone();
         let chunks = (span.end - span.start) / 8;
@@ -357,9 +355,12 @@ impl Row {
     /// two registers, and one byte permutation picks the four neighbours of every output whose
     /// upper neighbours are on the first three of them; the outputs of one vector usually span
     /// that few rows, else another block of rows follows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VBMI.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    fn sample_vbmi(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
+    unsafe fn sample_vbmi(&self, padded: &[u8], lines: &Lines, out: &mut [f32]) {
         use std::arch::x86_64::*;
         const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
         /// Rows of a block whose outputs it completes (the fourth holds lower neighbours).
@@ -547,7 +548,7 @@ mod tests {
         let source = |size: usize| {
             let image: Vec<u8> = (0..size * size).map(|i| ((i * 37) % 251 + 3) as u8).collect();
             let mut warper = Warper::default();
-            warper.load(&image, size, size).expect("ink");
+            warper.load(Simd::get(), &image, size, size).expect("ink");
             (warper.padded, warper.pitch)
         };
         let ((big, big_pitch), (small, small_pitch), (wide, wide_pitch)) = (source(28), source(12), source(31));
@@ -586,22 +587,11 @@ mod tests {
                 let lines = Lines { starts: &starts, stride, span: span.clone() };
                 let mut plain = vec![7.0; starts.len() * stride];
                 row.sample_portable(padded, &lines, &mut plain);
-                let mut fast = vec![7.0; starts.len() * stride];
-                row.sample(padded, &lines, &mut fast);
-                assert_eq!(fast, plain, "dispatched: {span:?}");
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
+                // Every path at every level, the VBMI one where the CPU has it.
+                for simd in Simd::every() {
                     let mut fast = vec![7.0; starts.len() * stride];
-                    // SAFETY: the CPU has AVX2.
-                    unsafe { row.sample_avx2(padded, &lines, &mut fast) };
-                    assert_eq!(fast, plain, "avx2: {span:?}");
-                }
-                #[cfg(target_arch = "x86_64")]
-                if row.pitch == PITCH && has_vbmi() {
-                    let mut fast = vec![7.0; starts.len() * stride];
-                    // SAFETY: the CPU has the features, and the rows are PITCH apart.
-                    unsafe { row.sample_vbmi(padded, &lines, &mut fast) };
-                    assert_eq!(fast, plain, "avx512 vbmi: {span:?}");
+                    row.sample(simd, padded, &lines, &mut fast);
+                    assert_eq!(fast, plain, "{simd}: {span:?}");
                 }
             }
         }
@@ -663,9 +653,11 @@ mod tests {
                 for _ in 0..2 {
                     plain.fit(rows, cols);
                     let want = plain.load_portable(&image, cols);
-                    let got = fast.load(&image, rows, cols);
-                    assert_eq!(got, want, "{rows}x{cols}, {ink}%");
-                    assert_eq!(fast.padded, plain.padded, "{rows}x{cols}, {ink}%");
+                    for simd in Simd::every() {
+                        let got = fast.load(simd, &image, rows, cols);
+                        assert_eq!(got, want, "{simd}, {rows}x{cols}, {ink}%");
+                        assert_eq!(fast.padded, plain.padded, "{simd}, {rows}x{cols}, {ink}%");
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use simd::Simd;
 
 use crate::Dataset;
 use crate::shuffle::shuffle;
@@ -28,9 +29,13 @@ pub fn pixel_to_f32(v: u8) -> f32 {
 /// Converts a row of pixels with the fastest exact method the CPU allows; every path computes
 /// exactly `v / 255`.
 pub(crate) fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
+    pixels_to_f32_at(Simd::get(), src, dst);
+}
+
+fn pixels_to_f32_at(simd: Simd, src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if simd.avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` says so).
         return unsafe { pixels_to_f32_fma(src, dst) };
     }
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -40,9 +45,12 @@ pub(crate) fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
 
 /// `v / 255` without a division: `q = v · (1/255)` is within an ulp, and one fused correction,
 /// `q + (v - 255 q) · (1/255)`, rounds it to the quotient for every byte (a test checks all 256).
+///
+/// # Safety
+/// The CPU must have FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pixels_to_f32_fma(src: &[u8], dst: &mut [f32]) {
+unsafe fn pixels_to_f32_fma(src: &[u8], dst: &mut [f32]) {
     const R: f32 = 1.0 / 255.0;
     for (d, &s) in dst.iter_mut().zip(src) {
         let v = f32::from(s);
@@ -330,11 +338,13 @@ mod tests {
     #[test]
     fn pixels_scale_exactly_like_division_by_255() {
         let all: Vec<u8> = (0..=255).collect();
-        let mut row = vec![0.0; 256];
-        pixels_to_f32(&all, &mut row);
-        for v in 0..=255u8 {
-            assert_eq!(pixel_to_f32(v).to_bits(), (f32::from(v) / 255.0).to_bits());
-            assert_eq!(row[usize::from(v)].to_bits(), pixel_to_f32(v).to_bits());
+        for simd in Simd::every() {
+            let mut row = vec![0.0; 256];
+            pixels_to_f32_at(simd, &all, &mut row);
+            for v in 0..=255u8 {
+                assert_eq!(pixel_to_f32(v).to_bits(), (f32::from(v) / 255.0).to_bits());
+                assert_eq!(row[usize::from(v)].to_bits(), pixel_to_f32(v).to_bits(), "{simd}");
+            }
         }
         assert_eq!(pixel_to_f32(255), 1.0);
     }

@@ -1,6 +1,7 @@
 //! Adam and AdamW, with PyTorch's update rule and bias correction.
 
 use nn::{Grads, Params, StateDict};
+use simd::Simd;
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads, flush_subnormal};
@@ -120,7 +121,17 @@ impl Optimizer for Adam {
         let (one_minus_beta1, one_minus_beta2) = ((1.0 - f64::from(beta1)) as f32, (1.0 - f64::from(beta2)) as f32);
         let (l2, shrink) = weight_decay.factors(lr);
 
-        let constants = AdamStep { shrink, l2, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, step_size };
+        let constants = AdamStep {
+            shrink,
+            l2,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bc2_sqrt,
+            eps,
+            step_size,
+            simd: Simd::get(),
+        };
         let mut buffers = self.slots.buffers.chunks_exact_mut(2);
         for (id, param) in params.ids().zip(params.iter_mut()) {
             let [m, v] = buffers.next().expect("bound above") else { unreachable!("chunks of two") };
@@ -162,6 +173,8 @@ struct AdamStep {
     bc2_sqrt: f32,
     eps: f32,
     step_size: f32,
+    /// The vector level the update is compiled for.
+    simd: Simd,
 }
 
 impl AdamStep {
@@ -185,33 +198,11 @@ impl AdamStep {
         }
     }
 
-    /// The update with the widest vector instructions the CPU has. Every path computes the same
-    /// operations in the same order (no fused multiply-add), so results do not depend on the CPU.
+    /// The update compiled for the level in force. Every level computes the same operations in
+    /// the same order (no fused multiply-add), so results do not depend on the CPU.
     #[inline(always)]
     fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { self.apply_avx512(p, g, m, v) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { self.apply_avx2(p, g, m, v) };
-        }
-        self.apply_portable(p, g, m, v);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn apply_avx512(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
-        self.apply_portable(p, g, m, v);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn apply_avx2(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
-        self.apply_portable(p, g, m, v);
+        simd::dispatch!(self.simd, V => self.apply_portable(p, g, m, v))
     }
 
     #[inline(always)]
@@ -230,6 +221,46 @@ impl AdamStep {
             p[i] = pi + -self.step_size * mi / denom;
             m[i] = mi;
             v[i] = vi;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_updates_to_the_same_bits() {
+        // Long enough for whole vectors and a tail at every level, with weight decay both ways.
+        let n = 1000 + 7;
+        let wave = |k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 0.3).collect() };
+        let (p0, g, h, m0) = (wave(0.7), wave(1.3), wave(0.4), wave(2.1));
+        let v0: Vec<f32> = wave(0.9).iter().map(|x| x * x).collect();
+        for (shrink, l2) in [(None, None), (Some(0.999), None), (None, Some(0.01))] {
+            let mut first: Option<(Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+            for simd in Simd::every() {
+                let step = AdamStep {
+                    shrink,
+                    l2,
+                    one_minus_beta1: 0.1,
+                    beta2: 0.999,
+                    one_minus_beta2: 0.001,
+                    bc2_sqrt: 0.05,
+                    eps: 1e-8,
+                    step_size: 1e-3,
+                    simd,
+                };
+                let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+                step.apply(&mut p, GradSum::Two(&g, &h), &mut m, &mut v);
+                step.apply(&mut p, GradSum::One(&g), &mut m, &mut v);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let got = (p, m, v);
+                let want = first.get_or_insert_with(|| got.clone());
+                assert!(
+                    bits(&got.0) == bits(&want.0) && bits(&got.1) == bits(&want.1) && bits(&got.2) == bits(&want.2),
+                    "{simd}"
+                );
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov, as `torch.optim.SGD`.
 
 use nn::{Grads, Params, StateDict};
+use simd::Simd;
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads, flush_subnormal};
@@ -94,7 +95,16 @@ impl Optimizer for Sgd {
             self.slots.bind(params, 1)?;
         }
         let one_minus_dampening = (1.0 - f64::from(dampening)) as f32;
-        let step = SgdStep { lr, momentum, one_minus_dampening, nesterov, l2, shrink, first: self.steps == 0 };
+        let step = SgdStep {
+            lr,
+            momentum,
+            one_minus_dampening,
+            nesterov,
+            l2,
+            shrink,
+            first: self.steps == 0,
+            simd: Simd::get(),
+        };
         for (i, (id, param)) in params.ids().zip(params.iter_mut()).enumerate() {
             let grad = GradSum::of(parts, id, &mut self.scratch);
             match self.slots.buffers.get_mut(i) {
@@ -139,6 +149,8 @@ struct SgdStep {
     shrink: Option<f32>,
     /// The first step sets each momentum buffer to the gradient.
     first: bool,
+    /// The vector level the update is compiled for.
+    simd: Simd,
 }
 
 impl SgdStep {
@@ -167,33 +179,11 @@ impl SgdStep {
         }
     }
 
-    /// The update with the widest vector instructions the CPU has. Every path computes the same
-    /// operations in the same order (no fused multiply-add), so results do not depend on the CPU.
+    /// The update compiled for the level in force. Every level computes the same operations in
+    /// the same order (no fused multiply-add), so results do not depend on the CPU.
     #[inline(always)]
     fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { self.apply_avx512(p, g, buf) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { self.apply_avx2(p, g, buf) };
-        }
-        self.apply_portable(p, g, buf);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn apply_avx512(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
-        self.apply_portable(p, g, buf);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn apply_avx2(&self, p: &mut [f32], g: impl Fn(usize) -> f32, buf: Option<&mut [f32]>) {
-        self.apply_portable(p, g, buf);
+        simd::dispatch!(self.simd, V => self.apply_portable(p, g, buf))
     }
 
     /// With the conditions tested once, outside the loops, so that each loop vectorises.
@@ -235,6 +225,39 @@ impl SgdStep {
                     *b = flush_subnormal(*b * momentum + self.one_minus_dampening * d);
                     *pi += -lr * (d + momentum * *b);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_updates_to_the_same_bits() {
+        let n = 1000 + 7;
+        let wave = |k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 0.3).collect() };
+        let (p0, g, h, b0) = (wave(0.7), wave(1.3), wave(0.4), wave(2.1));
+        for (momentum, nesterov, first, shrink, l2) in [
+            (0.0, false, false, None, None),
+            (0.9, false, true, Some(0.999), None),
+            (0.9, false, false, None, Some(0.01)),
+            (0.9, true, false, None, None),
+        ] {
+            let mut want: Option<(Vec<u32>, Vec<u32>)> = None;
+            for simd in Simd::every() {
+                let step = SgdStep { lr: 0.01, momentum, one_minus_dampening: 1.0, nesterov, l2, shrink, first, simd };
+                let (mut p, mut b) = (p0.clone(), b0.clone());
+                let buf = (momentum != 0.0).then_some(&mut b[..]);
+                step.apply(&mut p, GradSum::Two(&g, &h), buf);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let got = (bits(&p), bits(&b));
+                assert_eq!(
+                    want.get_or_insert_with(|| got.clone()),
+                    &got,
+                    "{simd}, momentum {momentum}, nesterov {nesterov}"
+                );
             }
         }
     }

@@ -7,7 +7,9 @@
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use crate::matmul::{matmul, matmul_nt, matmul_tn};
+use simd::Simd;
+
+use crate::matmul::{matmul_at, matmul_nt_at, matmul_tn_at};
 
 /// The geometry of a convolution over one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,16 +80,16 @@ impl Conv2dShape {
 #[track_caller]
 pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "im2col: columns buffer");
-    im2col_rows(x, shape, cols.chunks_exact_mut(shape.positions()));
+    im2col_rows(Simd::get(), x, shape, cols.chunks_exact_mut(shape.positions()));
 }
 
 /// [`im2col`] into rows that may be parts of longer rows (sample `n`'s block of a batch's
 /// unfolded matrix).
-fn im2col_rows<'a>(x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'a mut [f32]>) {
+fn im2col_rows<'a>(simd: Simd, x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'a mut [f32]>) {
     assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
     #[cfg(target_arch = "x86_64")]
-    if let Some(lines) = Lines::new(shape) {
-        // SAFETY: the CPU has the feature (`Lines::new` checks).
+    if let Some(lines) = Lines::new(shape, simd) {
+        // SAFETY: the CPU has AVX-512F (`Lines::new` checks).
         return unsafe { lines.im2col(x, rows) };
     }
     im2col_walk(x, shape, rows);
@@ -114,18 +116,18 @@ fn im2col_walk<'a>(x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'
 #[track_caller]
 pub fn col2im_add(cols: &[f32], shape: &Conv2dShape, dx: &mut [f32]) {
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "col2im: columns buffer");
-    col2im_rows(cols, shape.positions(), 0, shape, dx);
+    col2im_rows(Simd::get(), cols, shape.positions(), 0, shape, dx);
 }
 
 /// [`col2im_add`] from rows that may be parts of longer rows.
 /// Row `r` of the unfolded matrix is `cols[r·stride + offset..][..positions]`.
-fn col2im_rows(cols: &[f32], stride: usize, offset: usize, shape: &Conv2dShape, dx: &mut [f32]) {
+fn col2im_rows(simd: Simd, cols: &[f32], stride: usize, offset: usize, shape: &Conv2dShape, dx: &mut [f32]) {
     assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
     let positions = shape.positions();
     assert!(offset + positions <= stride && cols.len() >= shape.patch_len() * stride - (stride - offset - positions));
     #[cfg(target_arch = "x86_64")]
-    if let Some(lines) = Lines::new(shape) {
-        // SAFETY: the CPU has the feature (`Lines::new` checks); the rows are in `cols`
+    if let Some(lines) = Lines::new(shape, simd) {
+        // SAFETY: the CPU has AVX-512F (`Lines::new` checks); the rows are in `cols`
         // (asserted above).
         return unsafe { lines.col2im(cols, stride, offset, dx) };
     }
@@ -163,12 +165,13 @@ struct Lines {
 impl Lines {
     const MAX_KERNEL: usize = 16;
 
-    fn new(shape: &Conv2dShape) -> Option<Self> {
+    /// `None` unless the shape fits and `simd` has AVX-512F.
+    fn new(shape: &Conv2dShape, simd: Simd) -> Option<Self> {
         let fits = shape.stride == 1
             && shape.out_width() <= 32
             && shape.width <= 32
             && shape.kernel <= Self::MAX_KERNEL
-            && std::arch::is_x86_feature_detected!("avx512f");
+            && simd.avx512();
         if !fits {
             return None;
         }
@@ -361,6 +364,21 @@ pub fn conv2d(
     shape: &Conv2dShape,
     cols: &mut Vec<f32>,
     tmp: &mut Vec<f32>,
+    y: ArrayViewMut2<f32>,
+) {
+    conv2d_at(Simd::get(), x, w, bias, shape, cols, tmp, y);
+}
+
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_at(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    cols: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
     mut y: ArrayViewMut2<f32>,
 ) {
     check(x.dim(), w.dim(), y.dim(), shape);
@@ -372,12 +390,12 @@ pub fn conv2d(
     for samples in chunks(n, k * p) {
         for s in samples.clone() {
             let rows = cols.chunks_exact_mut(n * p).map(|row| &mut row[s * p..(s + 1) * p]);
-            im2col_rows(x.row(s).to_slice().expect("rows of a standard matrix"), shape, rows);
+            im2col_rows(simd, x.row(s).to_slice().expect("rows of a standard matrix"), shape, rows);
         }
         let span = samples.start * p..samples.end * p;
         let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
         let mut out = ArrayViewMut2::from_shape((o, n * p), &mut tmp[..]).expect("sized above");
-        matmul(1.0, w, c.slice(ndarray::s![.., span.clone()]), 0.0, out.slice_mut(ndarray::s![.., span]));
+        matmul_at(simd, 1.0, w, c.slice(ndarray::s![.., span.clone()]), 0.0, out.slice_mut(ndarray::s![.., span]));
     }
     // From [out, sample·position] to each sample's [out, position], with the bias.
     for (s, mut yn) in y.rows_mut().into_iter().enumerate() {
@@ -400,6 +418,22 @@ pub fn conv2d(
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
+    w: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    cols: &mut [f32],
+    tmp: &mut Vec<f32>,
+    dw: (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+    dx: Option<(ArrayViewMut2<f32>, f32)>,
+) {
+    conv2d_backward_at(Simd::get(), w, dy, shape, cols, tmp, dw, db, dx);
+}
+
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_backward_at(
+    simd: Simd,
     w: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -441,7 +475,8 @@ pub fn conv2d_backward(
         let span = samples.start * p..samples.end * p;
         let (d_part, columns) = (d.slice(ndarray::s![.., span.clone()]), ArrayView2::from_shape((k, n * p), &cols[..]));
         let columns = columns.expect("sized by the check");
-        matmul_nt(
+        matmul_nt_at(
+            simd,
             1.0,
             d_part,
             columns.slice(ndarray::s![.., span.clone()]),
@@ -450,10 +485,10 @@ pub fn conv2d_backward(
         );
         if let Some((dx, _)) = dx.as_mut() {
             let mut dcols = ArrayViewMut2::from_shape((k, n * p), &mut cols[..]).expect("sized by the check");
-            matmul_tn(1.0, w, d_part, 0.0, dcols.slice_mut(ndarray::s![.., span]));
+            matmul_tn_at(simd, 1.0, w, d_part, 0.0, dcols.slice_mut(ndarray::s![.., span]));
             for s in samples {
                 let mut dxn = dx.row_mut(s);
-                col2im_rows(cols, n * p, s * p, shape, dxn.as_slice_mut().expect("standard rows"));
+                col2im_rows(simd, cols, n * p, s * p, shape, dxn.as_slice_mut().expect("standard rows"));
             }
         }
     }
@@ -539,11 +574,22 @@ mod tests {
             let w =
                 Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 * 0.5);
             let b = Array1::from_shape_fn(sh.out_channels, |o| o as f32);
-            let mut y = Array2::zeros((n, sh.out_len()));
-            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut Vec::new(), &mut Vec::new(), y.view_mut());
-            for s in 0..n {
-                let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), b.as_slice().unwrap(), &sh);
-                assert_eq!(y.row(s).to_vec(), want, "{sh:?}");
+            for simd in Simd::every() {
+                let mut y = Array2::zeros((n, sh.out_len()));
+                conv2d_at(
+                    simd,
+                    x.view(),
+                    w.view(),
+                    Some(b.view()),
+                    &sh,
+                    &mut Vec::new(),
+                    &mut Vec::new(),
+                    y.view_mut(),
+                );
+                for s in 0..n {
+                    let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), b.as_slice().unwrap(), &sh);
+                    assert_eq!(y.row(s).to_vec(), want, "{simd}, {sh:?}");
+                }
             }
         }
     }
@@ -558,16 +604,18 @@ mod tests {
         ] {
             let x: Vec<f32> = (0..sh.in_len()).map(|v| (v % 13) as f32 - 6.0).collect();
             let len = sh.patch_len() * sh.positions();
-            let (mut fast, mut walk) = (vec![9.0; len], vec![7.0; len]);
-            im2col(&x, &sh, &mut fast);
-            im2col_walk(&x, &sh, walk.chunks_exact_mut(sh.positions()));
-            assert_eq!(fast, walk, "{sh:?}");
-            let c: Vec<f32> = (0..len).map(|v| (v % 5) as f32 - 2.0).collect();
-            let (mut fast, mut walk) = (vec![1.0; sh.in_len()], vec![1.0; sh.in_len()]);
-            col2im_add(&c, &sh, &mut fast);
-            col2im_walk(c.chunks_exact(sh.positions()), &sh, &mut walk);
-            // Each input sums the same values in another order: integers, so exactly.
-            assert_eq!(fast, walk, "{sh:?}");
+            for simd in Simd::every() {
+                let (mut fast, mut walk) = (vec![9.0; len], vec![7.0; len]);
+                im2col_rows(simd, &x, &sh, fast.chunks_exact_mut(sh.positions()));
+                im2col_walk(&x, &sh, walk.chunks_exact_mut(sh.positions()));
+                assert_eq!(fast, walk, "{simd}, {sh:?}");
+                let c: Vec<f32> = (0..len).map(|v| (v % 5) as f32 - 2.0).collect();
+                let (mut fast, mut walk) = (vec![1.0; sh.in_len()], vec![1.0; sh.in_len()]);
+                col2im_rows(simd, &c, sh.positions(), 0, &sh, &mut fast);
+                col2im_walk(c.chunks_exact(sh.positions()), &sh, &mut walk);
+                // Each input sums the same values in another order: integers, so exactly.
+                assert_eq!(fast, walk, "{simd}, {sh:?}");
+            }
         }
     }
 
@@ -580,41 +628,47 @@ mod tests {
         let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
         let w = Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
         let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
-        let (mut cols, mut tmp) = (Vec::new(), Vec::new());
-        let mut y = Array2::zeros((n, sh.out_len()));
-        conv2d(x.view(), w.view(), None, &sh, &mut cols, &mut tmp, y.view_mut());
-        let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
-        conv2d_backward(
-            w.view(),
-            dy.view(),
-            &sh,
-            &mut cols,
-            &mut tmp,
-            (dw.view_mut(), 0.5),
-            None,
-            Some((dx.view_mut(), 1.0)),
-        );
-        // Integers: the sums are exact in any order.
-        let (k, oh, ow) = (sh.kernel, sh.out_height(), sh.out_width());
-        let mut want_dw = Array2::from_elem(w.dim(), 0.5f32);
-        let mut want_dx = Array2::from_elem(x.dim(), 2.0f32);
-        for s in 0..n {
-            for (oc, c, i, j) in (0..16)
-                .flat_map(|oc| (0..6).flat_map(move |c| (0..k).flat_map(move |i| (0..k).map(move |j| (oc, c, i, j)))))
-            {
-                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
-                    let g = dy[[s, (oc * oh + oy) * ow + ox]];
-                    let xi = (c * 14 + oy + i) * 14 + ox + j;
-                    want_dw[[oc, (c * k + i) * k + j]] += g * x[[s, xi]];
-                    want_dx[[s, xi]] += g * w[[oc, (c * k + i) * k + j]];
+        for simd in Simd::every() {
+            let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+            let mut y = Array2::zeros((n, sh.out_len()));
+            conv2d_at(simd, x.view(), w.view(), None, &sh, &mut cols, &mut tmp, y.view_mut());
+            let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
+            conv2d_backward_at(
+                simd,
+                w.view(),
+                dy.view(),
+                &sh,
+                &mut cols,
+                &mut tmp,
+                (dw.view_mut(), 0.5),
+                None,
+                Some((dx.view_mut(), 1.0)),
+            );
+            // Integers: the sums are exact in any order.
+            let (k, oh, ow) = (sh.kernel, sh.out_height(), sh.out_width());
+            let mut want_dw = Array2::from_elem(w.dim(), 0.5f32);
+            let mut want_dx = Array2::from_elem(x.dim(), 2.0f32);
+            for s in 0..n {
+                for (oc, c, i, j) in (0..16).flat_map(|oc| {
+                    (0..6).flat_map(move |c| (0..k).flat_map(move |i| (0..k).map(move |j| (oc, c, i, j))))
+                }) {
+                    for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                        let g = dy[[s, (oc * oh + oy) * ow + ox]];
+                        let xi = (c * 14 + oy + i) * 14 + ox + j;
+                        want_dw[[oc, (c * k + i) * k + j]] += g * x[[s, xi]];
+                        want_dx[[s, xi]] += g * w[[oc, (c * k + i) * k + j]];
+                    }
                 }
             }
+            for s in 0..n {
+                assert_eq!(
+                    y.row(s).to_vec(),
+                    naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &[0.0; 16], &sh)
+                );
+            }
+            assert_eq!(dw, want_dw, "{simd}");
+            assert_eq!(dx, want_dx, "{simd}");
         }
-        for s in 0..n {
-            assert_eq!(y.row(s).to_vec(), naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &[0.0; 16], &sh));
-        }
-        assert_eq!(dw, want_dw);
-        assert_eq!(dx, want_dx);
     }
 
     #[test]

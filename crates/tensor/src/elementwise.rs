@@ -55,20 +55,11 @@ fn relu_backward_slices(dy: &[f32], y: &[f32], beta: f32, dx: &mut [f32]) {
     }
 }
 
-/// Runs `f`, a simple loop, compiled for AVX-512 where the CPU has it (the default target
-/// stops at SSE2): the same operations, sixteen lanes at a time.
+/// Runs `f`, a simple loop, compiled for the widest vectors of the level in force (the
+/// default target stops at SSE2): the same operations, more lanes at a time, the same results.
 #[inline(always)]
 fn wide(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn run(f: impl FnOnce()) {
-            f()
-        }
-        // SAFETY: the CPU has the feature.
-        return unsafe { run(f) };
-    }
-    f()
+    simd::dispatch!(simd::Simd::get(), V => f())
 }
 
 /// `dx = beta * dx + dy * [y > 0]`, where `y = relu(x)`: the gradient passes where the

@@ -7,6 +7,7 @@
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+use simd::Simd;
 
 /// `c = alpha * a·b + beta * c`.
 ///
@@ -22,11 +23,22 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 /// # Panics
 /// If `a` is `m x k`, `b` is not `k x n` or `c` is not `m x n`.
 #[track_caller]
-pub fn matmul(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
+pub fn matmul(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+    matmul_at(Simd::get(), alpha, a, b, beta, c);
+}
+
+#[track_caller]
+pub(crate) fn matmul_at(
+    simd: Simd,
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+) {
     check_shapes("a·b", a.dim(), b.dim(), c.dim());
-    #[cfg(target_arch = "x86_64")]
-    if avx512::broadcast(alpha, Strided::of(a), b, beta, c.view_mut())
-        || avx512::dots(alpha, a, b.t(), beta, c.view_mut())
+    if kernels::broadcast(simd, alpha, Strided::of(a), b, beta, c.view_mut())
+        || kernels::dots(simd, alpha, a, b.t(), beta, c.view_mut())
     {
         return;
     }
@@ -38,11 +50,23 @@ pub fn matmul(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut
 /// # Panics
 /// If `a` is `m x k`, `b` is not `n x k` or `c` is not `m x n`.
 #[track_caller]
-pub fn matmul_nt(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
+pub fn matmul_nt(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+    matmul_nt_at(Simd::get(), alpha, a, b, beta, c);
+}
+
+#[track_caller]
+pub(crate) fn matmul_nt_at(
+    simd: Simd,
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+) {
     let bt = b.t();
     check_shapes("a·bᵀ", a.dim(), bt.dim(), c.dim());
-    #[cfg(target_arch = "x86_64")]
-    if avx512::dots(alpha, a, b, beta, c.view_mut()) || avx512::broadcast(alpha, Strided::of(a), bt, beta, c.view_mut())
+    if kernels::dots(simd, alpha, a, b, beta, c.view_mut())
+        || kernels::broadcast(simd, alpha, Strided::of(a), bt, beta, c.view_mut())
     {
         return;
     }
@@ -54,13 +78,24 @@ pub fn matmul_nt(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, 
 /// # Panics
 /// If `a` is `k x m`, `b` is not `k x n` or `c` is not `m x n`.
 #[track_caller]
-pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
+pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+    matmul_tn_at(Simd::get(), alpha, a, b, beta, c);
+}
+
+#[track_caller]
+pub(crate) fn matmul_tn_at(
+    simd: Simd,
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+) {
     let at = a.t();
     check_shapes("aᵀ·b", at.dim(), b.dim(), c.dim());
-    #[cfg(target_arch = "x86_64")]
     // A column-major c (a weight gradient stored [in, out]) is the row-major cᵀ = bᵀ·a.
-    if avx512::broadcast(alpha, Strided::of(at), b, beta, c.view_mut())
-        || avx512::broadcast(alpha, Strided::of(b.t()), a, beta, c.view_mut().reversed_axes())
+    if kernels::broadcast(simd, alpha, Strided::of(at), b, beta, c.view_mut())
+        || kernels::broadcast(simd, alpha, Strided::of(b.t()), a, beta, c.view_mut().reversed_axes())
     {
         return;
     }
@@ -68,7 +103,6 @@ pub fn matmul_tn(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>, beta: f32, 
 }
 
 /// A matrix read element by element: `(i, j)` at `ptr + i·rows + j·cols`.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Strided {
     ptr: *const f32,
@@ -76,7 +110,6 @@ struct Strided {
     cols: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Strided {
     /// `a`'s layout, if its strides are not negative.
     fn of(a: ArrayView2<f32>) -> Option<Self> {
@@ -85,24 +118,17 @@ impl Strided {
     }
 }
 
-/// Products with 16-lane fused multiply-adds for CPUs with AVX-512, where `matrixmultiply`
-/// (AVX2 at most) leaves half of each vector unit idle. Each output sums its terms in one fixed
-/// order, whatever its place in a tile, so results do not depend on the shapes around it.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
+/// The products, written once over [`F32s`] and compiled for each level: sixteen lanes with
+/// AVX-512, eight with AVX2, four on the portable level. They allocate nothing, where
+/// `general_mat_mul` (matrixmultiply) allocates a packing buffer per call; it is left only the
+/// layouts these do not take (negative strides, no contiguous rows). Each output sums its
+/// terms in one fixed order, whatever its place in a tile, so results do not depend on the
+/// shapes around it.
+mod kernels {
     use ndarray::{ArrayView2, ArrayViewMut2};
+    use simd::{F32s, Simd};
 
     use super::Strided;
-
-    /// Rows of `c` per tile of [`broadcast`], and columns (two vectors).
-    const MR: usize = 8;
-    const NR: usize = 32;
-
-    fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
 
     /// The distance between rows of a matrix whose rows are contiguous, if they are.
     fn row_major<S: ndarray::RawData>(m: &ndarray::ArrayBase<S, ndarray::Ix2>) -> Option<usize> {
@@ -113,9 +139,10 @@ mod avx512 {
     }
 
     /// `c = alpha·a·b + beta·c` with `b` and `c` row-major: each `a` element broadcast against
-    /// rows of `b`, for a tile of `c` in registers. False (and nothing done) where the CPU or
-    /// the layouts do not suit.
+    /// rows of `b`, for a tile of `c` in registers. False (and nothing done) where the layouts
+    /// do not suit.
     pub(super) fn broadcast(
+        simd: Simd,
         alpha: f32,
         a: Option<Strided>,
         b: ArrayView2<f32>,
@@ -123,15 +150,12 @@ mod avx512 {
         mut c: ArrayViewMut2<f32>,
     ) -> bool {
         let (Some(a), Some(ldb), Some(ldc)) = (a, row_major(&b), row_major(&c)) else { return false };
-        if !available() {
-            return false;
-        }
         let ((m, n), k) = (c.dim(), b.nrows());
         let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
-        // SAFETY: the CPU has AVX-512F; `a` addresses an m x k matrix (the caller's checked
-        // view), `b` a k x n one with rows `ldb` apart, and `c` an m x n one with rows `ldc`
-        // apart, none overlapping `c`.
-        unsafe { broadcast_avx512(m, n, product) };
+        // SAFETY: `a` addresses an m x k matrix (the caller's checked view), `b` a k x n one
+        // with rows `ldb` apart, and `c` an m x n one with rows `ldc` apart, none overlapping
+        // `c`; `dispatch!` runs the level's code only on a CPU that has it.
+        simd::dispatch!(simd, V => unsafe { broadcast_all::<V>(m, n, product) });
         true
     }
 
@@ -149,68 +173,96 @@ mod avx512 {
         ldc: usize,
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn broadcast_avx512(m: usize, n: usize, product: Product) {
-        for j in (0..n).step_by(NR) {
-            let width = (n - j).min(NR);
-            let masks = (lanes(width), lanes(width.saturating_sub(16)));
+    /// Tiles of `R` rows and two vectors of columns: 8 x 32 with AVX-512 (16 sums of its 32
+    /// registers), 6 x 16 with AVX2 and 6 x 8 on the portable level (12 of 16).
+    #[inline(always)]
+    unsafe fn broadcast_all<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if V::LANES >= 16 { broadcast_rows::<V, 8>(m, n, product) } else { broadcast_rows::<V, 6>(m, n, product) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast_rows<V: F32s, const MR: usize>(m: usize, n: usize, product: Product) {
+        let nr = 2 * V::LANES;
+        for j in (0..n).step_by(nr) {
+            let width = (n - j).min(nr);
+            let widths = (width.min(V::LANES), width.saturating_sub(V::LANES));
             let mut i = 0;
+            // SAFETY (each tile): rows i..i + R and columns j..j + width, within the matrices.
             while i + MR <= m {
-                // SAFETY: as for `broadcast_avx512`, with rows i..i + MR and columns j..j + width.
-                unsafe { broadcast_tile::<MR>(i, j, masks, product) };
+                unsafe {
+                    if width == nr {
+                        broadcast_tile::<V, MR, true>(i, j, widths, product)
+                    } else {
+                        broadcast_tile::<V, MR, false>(i, j, widths, product)
+                    }
+                };
                 i += MR;
             }
             // The last rows, one at a time.
             for i in i..m {
-                // SAFETY: as above, with row i.
-                unsafe { broadcast_tile::<1>(i, j, masks, product) };
+                unsafe { broadcast_tile::<V, 1, false>(i, j, widths, product) };
             }
         }
     }
 
-    /// The first `count` lanes of a vector.
-    fn lanes(count: usize) -> u16 {
-        ((1u32 << count.min(16)) - 1) as u16
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn broadcast_tile<const R: usize>(i: usize, j: usize, (m0, m1): (u16, u16), product: Product) {
+    /// A tile of `R` rows of `c` from column `j`: `widths` columns in each of its two vectors
+    /// (both full where `FULL`).
+    #[inline(always)]
+    unsafe fn broadcast_tile<V: F32s, const R: usize, const FULL: bool>(
+        i: usize,
+        j: usize,
+        (w0, w1): (usize, usize),
+        product: Product,
+    ) {
         let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for p in 0..k {
-            // SAFETY: row p of b, columns j..j + width (the masks), and a's rows i..i + R at
-            // column p: within the matrices (see `broadcast_avx512`).
-            unsafe {
+        let lanes = V::LANES;
+        // SAFETY: row p of b, columns j..j + width (the widths), and a's rows i..i + R at
+        // column p, then c's rows i..i + R at the same columns: within the matrices (see
+        // `broadcast`), on a CPU with V's level.
+        unsafe {
+            let mut acc = [[V::zero(); 2]; R];
+            for p in 0..k {
                 let row = b.add(p * ldb + j);
-                let (b0, b1) = (_mm512_maskz_loadu_ps(m0, row), _mm512_maskz_loadu_ps(m1, row.wrapping_add(16)));
+                let (b0, b1) = if FULL {
+                    (V::load(row), V::load(row.add(lanes)))
+                } else {
+                    (V::load_first(row, w0), V::load_first(row.wrapping_add(lanes), w1))
+                };
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.ptr.add((i + r) * a.rows + p * a.cols));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                    let av = V::splat(*a.ptr.add((i + r) * a.rows + p * a.cols));
+                    acc[0] = av.mul_add(b0, acc[0]);
+                    acc[1] = av.mul_add(b1, acc[1]);
                 }
             }
-        }
-        let (alpha, beta_v) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
-        for (r, acc) in acc.iter().enumerate() {
-            for (half, (&sum, mask)) in acc.iter().zip([m0, m1]).enumerate() {
-                // SAFETY: row i + r of c, the columns the mask allows.
-                unsafe {
-                    let at = c.add((i + r) * ldc + j).wrapping_add(16 * half);
-                    let mut v = _mm512_mul_ps(alpha, sum);
-                    if beta != 0.0 {
-                        v = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, at), v);
+            let (alpha, beta_v) = (V::splat(alpha), V::splat(beta));
+            for (r, acc) in acc.iter().enumerate() {
+                for (half, (&sum, width)) in acc.iter().zip([w0, w1]).enumerate() {
+                    let at = c.add((i + r) * ldc + j).wrapping_add(lanes * half);
+                    let mut v = alpha.mul(sum);
+                    if FULL {
+                        if beta != 0.0 {
+                            v = beta_v.mul_add(V::load(at), v);
+                        }
+                        v.store(at);
+                    } else {
+                        if beta != 0.0 {
+                            v = beta_v.mul_add(V::load_first(at, width), v);
+                        }
+                        v.store_first(at, width);
                     }
-                    _mm512_mask_storeu_ps(at, mask, v);
                 }
             }
         }
     }
 
-    /// `c = alpha·a·bᵀ + beta·c` with `a`, `b` and `c` row-major: dot products of rows, sixteen
-    /// lanes of partial sums each, for a 4 x 4 tile at a time. False (and nothing done) where
-    /// the CPU or the layouts do not suit.
+    /// `c = alpha·a·bᵀ + beta·c` with `a`, `b` and `c` row-major: dot products of rows, a
+    /// vector of partial sums each, for a tile at a time. False (and nothing done) where the
+    /// layouts do not suit.
     pub(super) fn dots(
+        simd: Simd,
         alpha: f32,
         a: ArrayView2<f32>,
         b: ArrayView2<f32>,
@@ -218,64 +270,80 @@ mod avx512 {
         mut c: ArrayViewMut2<f32>,
     ) -> bool {
         let (Some(lda), Some(ldb), Some(ldc)) = (row_major(&a), row_major(&b), row_major(&c)) else { return false };
-        if !available() {
-            return false;
-        }
         let ((m, n), k) = (c.dim(), a.ncols());
         let a = Strided { ptr: a.as_ptr(), rows: lda, cols: 1 };
         let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
-        // SAFETY: the CPU has AVX-512F; a is m x k, b is n x k and c is m x n, rows `lda`,
-        // `ldb` and `ldc` apart (the caller's checked views).
-        unsafe { dots_avx512(m, n, product) };
+        // SAFETY: a is m x k, b is n x k and c is m x n, rows `lda`, `ldb` and `ldc` apart (the
+        // caller's checked views); `dispatch!` runs the level's code only on a CPU that has it.
+        simd::dispatch!(simd, V => unsafe { dots_all::<V>(m, n, product) });
         true
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dots_avx512(m: usize, n: usize, product: Product) {
+    /// Tiles of 4 x 4 dot products with AVX-512 (16 sums of its 32 registers), 2 x 4 with
+    /// 16 registers.
+    #[inline(always)]
+    unsafe fn dots_all<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe { if V::LANES >= 16 { dots_rows::<V, 4>(m, n, product) } else { dots_rows::<V, 2>(m, n, product) } }
+    }
+
+    #[inline(always)]
+    unsafe fn dots_rows<V: F32s, const R: usize>(m: usize, n: usize, product: Product) {
+        const C: usize = 4;
         let tile = |i: usize, j: usize, rows: usize, cols: usize| {
             // SAFETY: rows i..i + rows of a and c, rows j..j + cols of b, within the matrices.
             unsafe {
-                match (rows, cols) {
-                    (4, 4) => dots_tile::<4, 4>(i, j, product),
-                    (4, _) => (j..j + cols).for_each(|j| dots_tile::<4, 1>(i, j, product)),
-                    (_, 4) => (i..i + rows).for_each(|i| dots_tile::<1, 4>(i, j, product)),
-                    _ => (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<1, 1>(i, j, product))),
+                if rows == R && cols == C {
+                    dots_tile::<V, R, C>(i, j, product)
+                } else if rows == R {
+                    (j..j + cols).for_each(|j| dots_tile::<V, R, 1>(i, j, product))
+                } else if cols == C {
+                    (i..i + rows).for_each(|i| dots_tile::<V, 1, C>(i, j, product))
+                } else {
+                    (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<V, 1, 1>(i, j, product)))
                 }
             }
         };
-        for i in (0..m).step_by(4) {
-            for j in (0..n).step_by(4) {
-                tile(i, j, (m - i).min(4), (n - j).min(4));
+        for i in (0..m).step_by(R) {
+            for j in (0..n).step_by(C) {
+                tile(i, j, (m - i).min(R), (n - j).min(C));
             }
         }
     }
 
     /// A tile of [`dots`]: `a`'s rows are `a.rows` apart, its columns contiguous.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn dots_tile<const R: usize, const C: usize>(i: usize, j: usize, product: Product) {
+    #[inline(always)]
+    unsafe fn dots_tile<V: F32s, const R: usize, const C: usize>(i: usize, j: usize, product: Product) {
         let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
-        let (a, lda) = (a.ptr, a.rows);
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for p in (0..k).step_by(16) {
-            let mask = lanes(k - p);
-            // SAFETY: columns p.. of rows i + r of a and j + s of b, the lanes the mask allows.
-            unsafe {
-                let bv: [__m512; C] = std::array::from_fn(|s| _mm512_maskz_loadu_ps(mask, b.add((j + s) * ldb + p)));
+        let (a, lda, lanes) = (a.ptr, a.rows, V::LANES);
+        // SAFETY: columns p.. of rows i + r of a and j + s of b, no further than k, then the
+        // elements (i + r, j + s) of c: within the matrices, on a CPU with V's level.
+        unsafe {
+            let mut acc = [[V::zero(); C]; R];
+            let mut p = 0;
+            while p + lanes <= k {
+                let bv: [V; C] = std::array::from_fn(|s| V::load(b.add((j + s) * ldb + p)));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_maskz_loadu_ps(mask, a.add((i + r) * lda + p));
+                    let av = V::load(a.add((i + r) * lda + p));
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                        *acc = _mm512_fmadd_ps(av, bv, *acc);
+                        *acc = av.mul_add(bv, *acc);
+                    }
+                }
+                p += lanes;
+            }
+            if p < k {
+                let bv: [V; C] = std::array::from_fn(|s| V::load_first(b.add((j + s) * ldb + p), k - p));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = V::load_first(a.add((i + r) * lda + p), k - p);
+                    for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                        *acc = av.mul_add(bv, *acc);
                     }
                 }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (s, &sum) in acc.iter().enumerate() {
-                // SAFETY: element (i + r, j + s) of c.
-                unsafe {
+            for (r, acc) in acc.iter().enumerate() {
+                for (s, &sum) in acc.iter().enumerate() {
                     let at = c.add((i + r) * ldc + j + s);
-                    let v = alpha * _mm512_reduce_add_ps(sum);
+                    let v = alpha * sum.sum();
                     *at = if beta == 0.0 { v } else { beta.mul_add(*at, v) };
                 }
             }
@@ -327,9 +395,17 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut random = |rows, cols| Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0));
-        for (m, k, n) in
-            [(1, 1, 1), (3, 5, 7), (8, 16, 32), (9, 17, 33), (16, 150, 100), (33, 3, 70), (5, 40, 4), (4, 0, 4)]
-        {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 16, 32),
+            (9, 17, 33),
+            (16, 150, 100),
+            (33, 3, 70),
+            (5, 40, 4),
+            (4, 0, 4),
+            (13, 37, 49),
+        ] {
             let (a, b, c0) = (random(m, k), random(k, n), random(m, n));
             // Column-major copies: the transposes of row-major ones, viewed back.
             let (a_cm, b_cm) = (a.t().as_standard_layout().to_owned(), b.t().as_standard_layout().to_owned());
@@ -354,16 +430,19 @@ mod tests {
                     f(c.view_mut());
                     c
                 };
-                check("a·b", &run(&|c| matmul(alpha, a.view(), b.view(), beta, c)));
-                check("a·b, b column-major", &run(&|c| matmul(alpha, a.view(), b_cm.t(), beta, c)));
-                check("a·b, a column-major", &run(&|c| matmul(alpha, a_cm.t(), b.view(), beta, c)));
-                check("a·bᵀ", &run(&|c| matmul_nt(alpha, a.view(), b_cm.view(), beta, c)));
-                check("a·bᵀ, b column-major", &run(&|c| matmul_nt(alpha, a.view(), b.t(), beta, c)));
-                check("aᵀ·b", &run(&|c| matmul_tn(alpha, a_cm.view(), b.view(), beta, c)));
-                check("aᵀ·b, b column-major", &run(&|c| matmul_tn(alpha, a_cm.view(), b_cm.t(), beta, c)));
-                let mut c_cm = c0.t().as_standard_layout().to_owned();
-                matmul_tn(alpha, a_cm.view(), b.view(), beta, c_cm.view_mut().reversed_axes());
-                check("aᵀ·b into a column-major c", &c_cm.t().to_owned());
+                for simd in Simd::every() {
+                    let check = |what: &str, c: &Array2<f32>| check(&format!("{simd}, {what}"), c);
+                    check("a·b", &run(&|c| matmul_at(simd, alpha, a.view(), b.view(), beta, c)));
+                    check("a·b, b column-major", &run(&|c| matmul_at(simd, alpha, a.view(), b_cm.t(), beta, c)));
+                    check("a·b, a column-major", &run(&|c| matmul_at(simd, alpha, a_cm.t(), b.view(), beta, c)));
+                    check("a·bᵀ", &run(&|c| matmul_nt_at(simd, alpha, a.view(), b_cm.view(), beta, c)));
+                    check("a·bᵀ, b column-major", &run(&|c| matmul_nt_at(simd, alpha, a.view(), b.t(), beta, c)));
+                    check("aᵀ·b", &run(&|c| matmul_tn_at(simd, alpha, a_cm.view(), b.view(), beta, c)));
+                    check("aᵀ·b, b column-major", &run(&|c| matmul_tn_at(simd, alpha, a_cm.view(), b_cm.t(), beta, c)));
+                    let mut c_cm = c0.t().as_standard_layout().to_owned();
+                    matmul_tn_at(simd, alpha, a_cm.view(), b.view(), beta, c_cm.view_mut().reversed_axes());
+                    check("aᵀ·b into a column-major c", &c_cm.t().to_owned());
+                }
             }
         }
     }

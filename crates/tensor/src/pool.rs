@@ -56,7 +56,18 @@ impl MaxPool2dShape {
 /// # Panics
 /// If the shapes do not fit.
 #[track_caller]
-pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, mut y: ArrayViewMut2<f32>, argmax: &mut Vec<u32>) {
+pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, y: ArrayViewMut2<f32>, argmax: &mut Vec<u32>) {
+    max_pool2d_at(simd::Simd::get(), x, shape, y, argmax);
+}
+
+#[track_caller]
+fn max_pool2d_at(
+    simd: simd::Simd,
+    x: ArrayView2<f32>,
+    shape: &MaxPool2dShape,
+    mut y: ArrayViewMut2<f32>,
+    argmax: &mut Vec<u32>,
+) {
     assert!(shape.is_valid(), "max_pool2d: invalid shape {shape:?}");
     assert_eq!(x.ncols(), shape.in_len(), "max_pool2d: input rows of {} for {shape:?}", x.ncols());
     assert_eq!(y.dim(), (x.nrows(), shape.out_len()), "max_pool2d: output for {shape:?}");
@@ -66,8 +77,8 @@ pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, mut y: ArrayViewMu
         let xn = xn.to_slice().expect("standard rows");
         let yn = yn.as_slice_mut().expect("standard rows");
         #[cfg(target_arch = "x86_64")]
-        if k == 2 && s == 2 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature.
+        if k == 2 && s == 2 && simd.avx512() {
+            // SAFETY: the CPU has AVX-512F (`simd` says so).
             unsafe { pool_2x2_avx512(xn, shape, yn, index) };
             continue;
         }
@@ -143,9 +154,12 @@ fn pool_2x2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32
 /// even and odd columns of both input rows are separated by permutations, and the four
 /// candidates compared in row-major order with the general loop's rule (strictly greater
 /// replaces, a NaN replaces a number), without a branch per window.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+unsafe fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
     use std::arch::x86_64::*;
     let (h, w) = (shape.height, shape.width);
     let (oh, ow) = (shape.out_height(), shape.out_width());
@@ -237,11 +251,13 @@ mod tests {
                 let (mut want, mut want_index) = (vec![0.0; shape.out_len()], vec![0; shape.out_len()]);
                 pool_any(&x, &shape, &mut want, &mut want_index);
                 let x = Array2::from_shape_vec((1, x.len()), x).unwrap();
-                let (mut got, mut got_index) = (Array2::zeros((1, shape.out_len())), Vec::new());
-                max_pool2d(x.view(), &shape, got.view_mut(), &mut got_index);
-                assert_eq!(got_index, want_index, "{shape:?}, NaNs: {nans}");
-                let same = |a: &f32, b: &f32| a == b || (a.is_nan() && b.is_nan());
-                assert!(got.iter().zip(&want).all(|(a, b)| same(a, b)), "{shape:?}, NaNs: {nans}");
+                for simd in simd::Simd::every() {
+                    let (mut got, mut got_index) = (Array2::zeros((1, shape.out_len())), Vec::new());
+                    max_pool2d_at(simd, x.view(), &shape, got.view_mut(), &mut got_index);
+                    assert_eq!(got_index, want_index, "{simd}, {shape:?}, NaNs: {nans}");
+                    let same = |a: &f32, b: &f32| a == b || (a.is_nan() && b.is_nan());
+                    assert!(got.iter().zip(&want).all(|(a, b)| same(a, b)), "{simd}, {shape:?}, NaNs: {nans}");
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 //! nonzero pixels: the same sums, without the terms that are exactly zero.
 
 use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use simd::Simd;
 
 /// The nonzero entries of a matrix, by row (for `x·w`) and, once [`SparseRows::index_columns`]
 /// has run, by column (for `xᵀ·dy`), in buffers that are reused from call to call.
@@ -55,7 +56,7 @@ impl SparseRows {
         self.cols = cols;
         self.row_start.clear();
         self.row_start.push(0);
-        let mut n = 0;
+        let (mut n, simd) = (0, Simd::get());
         for row in x.rows() {
             // Room for a whole row, so that the scan writes without checking capacity; the
             // buffers keep their length, and `row_start` says how much of them is in use.
@@ -65,7 +66,7 @@ impl SparseRows {
                 self.row_val.resize(len, 0.0);
             }
             match row.as_slice() {
-                Some(row) => n = compact_nonzeros(row, &mut self.row_col, &mut self.row_val, n),
+                Some(row) => n = compact_nonzeros(simd, row, &mut self.row_col, &mut self.row_val, n),
                 None => {
                     for (k, &v) in row.iter().enumerate() {
                         self.row_col[n] = k as u32;
@@ -151,16 +152,18 @@ impl SparseRows {
 
 /// Appends the nonzero entries of `row` (column index and value) at position `n` of `cols` and
 /// `vals`, which have room for all of them plus [`SLACK`]; returns the new end.
-fn compact_nonzeros(row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -> usize {
+fn compact_nonzeros(simd: Simd, row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -> usize {
     assert!(cols.len() >= n + row.len() + SLACK && vals.len() >= n + row.len() + SLACK, "room for the row");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, and the buffers have the room asserted above.
+    if simd.avx512() {
+        // SAFETY: the CPU has AVX-512F (`simd` says so), and the buffers have the room
+        // asserted above.
         return unsafe { compact_nonzeros_avx512(row, cols, vals, n) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, and the buffers have the room asserted above.
+    if simd.avx2() {
+        // SAFETY: the CPU has AVX2 (`simd` says so), and the buffers have the room asserted
+        // above.
         return unsafe { compact_nonzeros_avx2(row, cols, vals, n) };
     }
     compact_nonzeros_portable(row, cols, vals, n, 0)
@@ -277,7 +280,12 @@ unsafe fn compact_nonzeros_avx512(row: &[f32], cols: &mut [u32], vals: &mut [f32
 /// # Panics
 /// If `w` is not `x.cols()` tall or `y` is not `x.rows() x w.ncols()`.
 #[track_caller]
-pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: ArrayViewMut2<f32>) {
+pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, y: ArrayViewMut2<f32>) {
+    sparse_matmul_at(Simd::get(), x, w, beta, y);
+}
+
+#[track_caller]
+fn sparse_matmul_at(simd: Simd, x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: ArrayViewMut2<f32>) {
     assert!(
         w.nrows() == x.cols() && y.dim() == (x.rows(), w.ncols()),
         "sparse x·w: shapes do not fit: {}x{} times {:?} into {:?}",
@@ -301,7 +309,14 @@ pub fn sparse_matmul(x: &SparseRows, w: ArrayView2<f32>, beta: f32, mut y: Array
                 // A row's entries are sorted by column: this tile's lead the rest.
                 let here = cols[..cols.len().min(tile)].partition_point(|&k| k < end);
                 if first == 0 || here > 0 {
-                    gather_rows(&cols[..here], &vals[..here], w, if first == 0 { beta } else { 1.0 }, out.view_mut());
+                    gather_rows(
+                        simd,
+                        &cols[..here],
+                        &vals[..here],
+                        w,
+                        if first == 0 { beta } else { 1.0 },
+                        out.view_mut(),
+                    );
                 }
                 (*cols, *vals) = (&cols[here..], &vals[here..]);
             }
@@ -324,7 +339,12 @@ const TILE_BYTES: usize = 64 * 1024;
 /// If `x`'s columns are not indexed ([`SparseRows::index_columns`]), `dy` is not `x.rows()`
 /// tall or `c` is not `x.cols() x dy.ncols()`.
 #[track_caller]
-pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
+pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, c: ArrayViewMut2<f32>) {
+    sparse_matmul_tn_at(Simd::get(), x, dy, beta, c);
+}
+
+#[track_caller]
+fn sparse_matmul_tn_at(simd: Simd, x: &SparseRows, dy: ArrayView2<f32>, beta: f32, mut c: ArrayViewMut2<f32>) {
     assert!(x.columns_indexed, "sparse xᵀ·dy: index the columns first (SparseRows::index_columns)");
     assert!(
         dy.nrows() == x.rows() && c.dim() == (x.cols(), dy.ncols()),
@@ -336,12 +356,12 @@ pub fn sparse_matmul_tn(x: &SparseRows, dy: ArrayView2<f32>, beta: f32, mut c: A
     );
     for (k, out) in c.rows_mut().into_iter().enumerate() {
         let (rows, vals) = x.col(k);
-        gather_rows(rows, vals, dy, beta, out);
+        gather_rows(simd, rows, vals, dy, beta, out);
     }
 }
 
 /// `out = beta * out + Σ_e vals[e] * src[idx[e], :]`, the one loop both products share.
-fn gather_rows(idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta: f32, mut out: ArrayViewMut1<f32>) {
+fn gather_rows(simd: Simd, idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta: f32, mut out: ArrayViewMut1<f32>) {
     let ld = src.strides()[0];
     if let (Some(out), true, true) = (out.as_slice_mut(), src.strides()[1] == 1 || src.ncols() <= 1, ld >= 0) {
         // Rows of `src` are contiguous: the fast kernels index the underlying slice directly.
@@ -349,7 +369,7 @@ fn gather_rows(idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta: f32, mut o
         // SAFETY: `src` is a valid view, so its `nrows` rows of `ncols` elements, `ld` apart,
         // lie within one allocation starting at `as_ptr()`, covering exactly `len` elements.
         let flat = unsafe { std::slice::from_raw_parts(src.as_ptr(), len) };
-        return gather_rows_contiguous(idx, vals, flat, ld as usize, beta, out);
+        return gather_rows_contiguous(simd, idx, vals, flat, ld as usize, beta, out);
     }
     if beta == 0.0 {
         out.fill(0.0);
@@ -363,15 +383,15 @@ fn gather_rows(idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta: f32, mut o
 
 /// [`gather_rows`] over a row-major slice with rows `ld` apart, with the widest vector
 /// instructions the CPU has.
-fn gather_rows_contiguous(idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
+fn gather_rows_contiguous(simd: Simd, idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
+    if simd.avx512() {
+        // SAFETY: the CPU has AVX-512F (`simd` says so).
         return unsafe { gather_rows_avx512(idx, vals, src, ld, beta, out) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if simd.avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` says so).
         return unsafe { gather_rows_avx2(idx, vals, src, ld, beta, out) };
     }
     gather_rows_blocked::<64, false>(idx, vals, src, ld, beta, out);
@@ -461,24 +481,34 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn the_vector_paths_round_alike() {
-        // Both fuse each term, in the same order: the results do not depend on the CPU.
-        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")) {
-            return;
-        }
+        // AVX2 and AVX-512 fuse each term, in the same order: their results are the same bits.
+        // The portable path rounds twice per term, within a few ulps of them.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         for n in [1, 16, 70, 128, 200, 300] {
             let src: Vec<f32> = (0..50 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             let idx: Vec<u32> = (0..30).map(|_| rng.random_range(0..50)).collect();
             let vals: Vec<f32> = (0..30).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let (mut a, mut b) = (vec![0.5; n], vec![0.5; n]);
-            // SAFETY: the CPU has the features both are compiled for.
-            unsafe {
-                gather_rows_avx2(&idx, &vals, &src, n, 0.3, &mut a);
-                gather_rows_avx512(&idx, &vals, &src, n, 0.3, &mut b);
+            let want: Vec<f64> = (0..n)
+                .map(|j| {
+                    0.15 + idx
+                        .iter()
+                        .zip(&vals)
+                        .map(|(&i, &v)| f64::from(v) * f64::from(src[i as usize * n + j]))
+                        .sum::<f64>()
+                })
+                .collect();
+            let mut fused: Option<Vec<f32>> = None;
+            for simd in Simd::every() {
+                let mut out = vec![0.5; n];
+                gather_rows_contiguous(simd, &idx, &vals, &src, n, 0.3, &mut out);
+                for (j, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                    assert!((f64::from(got) - want).abs() < 1e-5, "{simd}, {n} wide, at {j}: {got} vs {want}");
+                }
+                if simd.avx2() {
+                    assert_eq!(fused.get_or_insert_with(|| out.clone()), &out, "{simd}, {n} wide");
+                }
             }
-            assert_eq!(a, b, "{n} wide");
         }
     }
 
@@ -493,17 +523,19 @@ mod tests {
             sx.assign(x.view());
             assert_eq!(sx.nnz(), x.iter().filter(|v| **v != 0.0).count());
 
-            let mut y = Array2::from_elem((m, n), 1.0f32);
-            sparse_matmul(&sx, w.view(), 0.5, y.view_mut());
-            let expected = x.dot(&w) + 0.5;
-            assert!(y.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
-
-            // The weight gradient, into a transposed (column-major) buffer as Linear keeps it.
             sx.index_columns();
-            let mut c = Array2::from_elem((n, k), 2.0f32);
-            sparse_matmul_tn(&sx, dy.view(), 1.0, c.view_mut().reversed_axes());
-            let expected = x.t().dot(&dy) + 2.0;
-            assert!(c.t().iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{m}x{k}x{n}");
+            for simd in Simd::every() {
+                let mut y = Array2::from_elem((m, n), 1.0f32);
+                sparse_matmul_at(simd, &sx, w.view(), 0.5, y.view_mut());
+                let expected = x.dot(&w) + 0.5;
+                assert!(y.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{simd}, {m}x{k}x{n}");
+
+                // The weight gradient, into a transposed (column-major) buffer as Linear keeps it.
+                let mut c = Array2::from_elem((n, k), 2.0f32);
+                sparse_matmul_tn_at(simd, &sx, dy.view(), 1.0, c.view_mut().reversed_axes());
+                let expected = x.t().dot(&dy) + 2.0;
+                assert!(c.t().iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-4), "{simd}, {m}x{k}x{n}");
+            }
         }
     }
 
@@ -526,14 +558,13 @@ mod tests {
             let mut by_rows = start.clone();
             for (i, out) in by_rows.rows_mut().into_iter().enumerate() {
                 let (cols, vals) = sx.row(i);
-                gather_rows(cols, vals, w.view(), 0.7, out);
+                gather_rows(Simd::get(), cols, vals, w.view(), 0.7, out);
             }
             assert_eq!(y, by_rows, "{m}x{k}x{n}");
         }
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn every_compaction_path_finds_the_same_entries() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for len in [1, 7, 8, 15, 16, 17, 33, 784] {
@@ -541,19 +572,17 @@ mod tests {
             row[0] = f32::NAN;
             row[len - 1] = -0.0;
             let room = 3 + len + SLACK;
-            let run = |path: unsafe fn(&[f32], &mut [u32], &mut [f32], usize) -> usize| {
-                let (mut cols, mut vals) = (vec![0; room], vec![0.0; room]);
-                // SAFETY: only called for the features the CPU has, with the room each needs.
-                let n = unsafe { path(&row, &mut cols, &mut vals, 3) };
+            let entries = |n: usize, cols: &[u32], vals: &[f32]| {
                 (cols[3..n].to_vec(), vals[3..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             };
-            let portable = run(|row, cols, vals, n| compact_nonzeros_portable(row, cols, vals, n, 0));
+            let (mut cols, mut vals) = (vec![0; room], vec![0.0; room]);
+            let n = compact_nonzeros_portable(&row, &mut cols, &mut vals, 3, 0);
+            let portable = entries(n, &cols, &vals);
             assert_eq!(portable.0.len(), row.iter().filter(|v| **v != 0.0 || v.is_nan()).count());
-            if std::arch::is_x86_feature_detected!("avx2") {
-                assert_eq!(run(compact_nonzeros_avx2), portable, "avx2, {len}");
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                assert_eq!(run(compact_nonzeros_avx512), portable, "avx512, {len}");
+            for simd in Simd::every() {
+                let (mut cols, mut vals) = (vec![0; room], vec![0.0; room]);
+                let n = compact_nonzeros(simd, &row, &mut cols, &mut vals, 3);
+                assert_eq!(entries(n, &cols, &vals), portable, "{simd}, {len}");
             }
         }
     }

@@ -13,6 +13,8 @@
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
+use simd::Simd;
+
 use crate::Conv2dShape;
 
 /// Lanes of one vector operation over output channels.
@@ -114,15 +116,29 @@ pub fn sparse_conv2d(
     scratch: &mut SparseConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
+    sparse_conv2d_at(Simd::get(), x, w, bias, shape, scratch, y);
+}
+
+#[track_caller]
+fn sparse_conv2d_at(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
     crate::conv::check(x.dim(), w.dim(), y.dim(), shape);
     #[cfg(target_arch = "x86_64")]
-    if rows_fit(shape) && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature, and the shape is one the function handles.
+    if rows_fit(shape) && simd.avx512() {
+        // SAFETY: the CPU has AVX-512F (`simd` says so), and the shape is one the function
+        // handles.
         return unsafe { forward_rows_avx512(x, w, bias, shape, scratch, y) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if simd.avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` says so).
         return unsafe { forward_avx2(x, w, bias, shape, scratch, y) };
     }
     forward::<false>(x, w, bias, shape, scratch, y);
@@ -142,9 +158,12 @@ fn rows_fit(shape: &Conv2dShape) -> bool {
 /// over an input row with ink is added in, and the rows without ink, about a third of a digit,
 /// are skipped. Sixteen outputs per operation, written straight into the channel-major layout,
 /// against one output channel per lane and a transposition in the scattering path.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn forward_rows_avx512(
+unsafe fn forward_rows_avx512(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
@@ -224,9 +243,13 @@ fn forward_rows_avx512(
     }
 }
 
+/// [`forward`] with fused multiply-adds.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_avx2(
+unsafe fn forward_avx2(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
@@ -294,10 +317,24 @@ pub fn sparse_conv2d_backward(
     dw: (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
 ) {
+    sparse_conv2d_backward_at(Simd::get(), x, dy, shape, scratch, dw, db);
+}
+
+#[track_caller]
+fn sparse_conv2d_backward_at(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    dw: (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
     crate::conv::check(x.dim(), dw.0.dim(), dy.dim(), shape);
     #[cfg(target_arch = "x86_64")]
-    if rows_fit(shape) && shape.padding < shape.kernel && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature, and the shape is one the functions handle.
+    if rows_fit(shape) && shape.padding < shape.kernel && simd.avx512() {
+        // SAFETY: the CPU has AVX-512F (`simd` says so), and the shape is one the functions
+        // handle.
         match shape.kernel {
             3 => return unsafe { backward_rows_avx512::<3, 10>(x, dy, shape, scratch, dw, db) },
             5 => return unsafe { backward_rows_avx512::<5, 6>(x, dy, shape, scratch, dw, db) },
@@ -305,8 +342,8 @@ pub fn sparse_conv2d_backward(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if simd.avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` says so).
         return unsafe { backward_avx2(x, dy, shape, scratch, dw, db) };
     }
     backward::<false>(x, dy, shape, scratch, dw, db);
@@ -317,9 +354,12 @@ pub fn sparse_conv2d_backward(
 /// output row, which one unaligned 16-lane load reads from a zero-margined copy of the output
 /// gradient (lanes past `K` are ignored). The `G·K` sums stay in registers for the whole batch,
 /// instead of being read and written back for every input value.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn backward_rows_avx512<const K: usize, const G: usize>(
+unsafe fn backward_rows_avx512<const K: usize, const G: usize>(
     x: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -436,9 +476,13 @@ fn lanes_sum(values: &[f32]) -> f32 {
     sums.iter().sum()
 }
 
+/// [`backward`] with fused multiply-adds.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn backward_avx2(
+unsafe fn backward_avx2(
     x: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -521,42 +565,46 @@ mod tests {
             });
             let b = Array1::from_shape_fn(shape.out_channels, |o| o as f32 * 0.1);
             let dy = Array2::from_shape_fn((n, shape.out_len()), |(a, b)| ((a * 7 + b * 3) % 13) as f32 * 0.1 - 0.6);
-            let mut scratch = SparseConvScratch::default();
-            let (mut dense, mut sparse) = (Array2::zeros(dy.dim()), Array2::zeros(dy.dim()));
-            let (mut cols, mut tmp) = (Vec::new(), Vec::new());
-            crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut cols, &mut tmp, dense.view_mut());
-            sparse_conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut scratch, sparse.view_mut());
-            let want = reference(&x, &w, &b, &dy, &shape);
-            // Within what f32 sums of these terms can round to: a few ulps of their magnitude.
-            let close =
-                |got: f32, (value, magnitude): (f64, f64)| (f64::from(got) - value).abs() <= 1e-6 * magnitude + 1e-7;
-            for ((&d, &s), &want) in dense.iter().zip(&sparse).zip(&want.y) {
-                assert!(close(d, want) && close(s, want), "{shape:?}: forward {d} and {s} vs {want:?}");
-            }
-            let (mut dw_dense, mut dw_sparse) = (Array2::zeros(w.dim()), Array2::from_elem(w.dim(), 1.0));
-            let (mut db_dense, mut db_sparse) = (Array1::zeros(b.dim()), Array1::from_elem(b.dim(), 1.0));
-            crate::conv2d_backward(
-                w.view(),
-                dy.view(),
-                &shape,
-                &mut cols,
-                &mut tmp,
-                (dw_dense.view_mut(), 0.0),
-                Some((db_dense.view_mut(), 0.0)),
-                None,
-            );
-            sparse_conv2d_backward(
-                x.view(),
-                dy.view(),
-                &shape,
-                &mut scratch,
-                (dw_sparse.view_mut(), 0.0),
-                Some((db_sparse.view_mut(), 0.0)),
-            );
-            let pairs =
-                dw_dense.iter().zip(&dw_sparse).zip(&want.dw).chain(db_dense.iter().zip(&db_sparse).zip(&want.db));
-            for ((&d, &s), &want) in pairs {
-                assert!(close(d, want) && close(s, want), "{shape:?}: gradient {d} and {s} vs {want:?}");
+            for simd in Simd::every() {
+                let mut scratch = SparseConvScratch::default();
+                let (mut dense, mut sparse) = (Array2::zeros(dy.dim()), Array2::zeros(dy.dim()));
+                let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+                crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut cols, &mut tmp, dense.view_mut());
+                sparse_conv2d_at(simd, x.view(), w.view(), Some(b.view()), &shape, &mut scratch, sparse.view_mut());
+                let want = reference(&x, &w, &b, &dy, &shape);
+                // Within what f32 sums of these terms can round to: a few ulps of their magnitude.
+                let close = |got: f32, (value, magnitude): (f64, f64)| {
+                    (f64::from(got) - value).abs() <= 1e-6 * magnitude + 1e-7
+                };
+                for ((&d, &s), &want) in dense.iter().zip(&sparse).zip(&want.y) {
+                    assert!(close(d, want) && close(s, want), "{simd}, {shape:?}: forward {d} and {s} vs {want:?}");
+                }
+                let (mut dw_dense, mut dw_sparse) = (Array2::zeros(w.dim()), Array2::from_elem(w.dim(), 1.0));
+                let (mut db_dense, mut db_sparse) = (Array1::zeros(b.dim()), Array1::from_elem(b.dim(), 1.0));
+                crate::conv2d_backward(
+                    w.view(),
+                    dy.view(),
+                    &shape,
+                    &mut cols,
+                    &mut tmp,
+                    (dw_dense.view_mut(), 0.0),
+                    Some((db_dense.view_mut(), 0.0)),
+                    None,
+                );
+                sparse_conv2d_backward_at(
+                    simd,
+                    x.view(),
+                    dy.view(),
+                    &shape,
+                    &mut scratch,
+                    (dw_sparse.view_mut(), 0.0),
+                    Some((db_sparse.view_mut(), 0.0)),
+                );
+                let pairs =
+                    dw_dense.iter().zip(&dw_sparse).zip(&want.dw).chain(db_dense.iter().zip(&db_sparse).zip(&want.db));
+                for ((&d, &s), &want) in pairs {
+                    assert!(close(d, want) && close(s, want), "{simd}, {shape:?}: gradient {d} and {s} vs {want:?}");
+                }
             }
         }
     }

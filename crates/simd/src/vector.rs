@@ -1,0 +1,365 @@
+//! One `f32` vector type per level, behind one trait, so that a kernel is written once and
+//! compiled per level: a generic function marked `#[inline(always)]`, called from a
+//! `#[target_feature]` function of each level, inlines these methods and the intrinsics in
+//! them into code compiled for that level.
+
+/// A vector of `f32` lanes at one level.
+///
+/// # Safety
+/// Every method may run the level's instructions: call them only on a CPU that has the level
+/// (a [`Simd`](crate::Simd) says so), best from code compiled for it
+/// ([`dispatch!`](crate::dispatch)), into which they inline. Loads and stores read or write the
+/// lanes they name and no others.
+pub unsafe trait F32s: Copy {
+    /// Lanes per vector.
+    const LANES: usize;
+
+    /// All lanes zero.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn zero() -> Self;
+
+    /// All lanes `v`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn splat(v: f32) -> Self;
+
+    /// `LANES` values from `p`, which need not be aligned.
+    ///
+    /// # Safety
+    /// See the trait; `p` must be valid for reading `LANES` values.
+    unsafe fn load(p: *const f32) -> Self;
+
+    /// The first `n` lanes from `p` (`n <= LANES`), the others zero. Nothing past them is read.
+    ///
+    /// # Safety
+    /// See the trait; `p` must be valid for reading `n` values.
+    unsafe fn load_first(p: *const f32, n: usize) -> Self;
+
+    /// Writes the lanes to `p`, which need not be aligned.
+    ///
+    /// # Safety
+    /// See the trait; `p` must be valid for writing `LANES` values.
+    unsafe fn store(self, p: *mut f32);
+
+    /// Writes the first `n` lanes (`n <= LANES`) to `p`, and nothing past them.
+    ///
+    /// # Safety
+    /// See the trait; `p` must be valid for writing `n` values.
+    unsafe fn store_first(self, p: *mut f32, n: usize);
+
+    /// `self * b + c`, rounded once where the level has fused multiply-adds (AVX2 and
+    /// AVX-512), twice on the portable level.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+
+    /// `self * b`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn mul(self, b: Self) -> Self;
+
+    /// `self + b`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn add(self, b: Self) -> Self;
+
+    /// The sum of the lanes, in an order fixed for the level.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn sum(self) -> f32;
+}
+
+/// Four lanes in an array, for the compiler to vectorise for the target's baseline (SSE2 on
+/// x86-64, NEON on ARM); no fused multiply-add, which SSE2 lacks and `f32::mul_add` would call
+/// a library function for.
+#[derive(Clone, Copy, Debug)]
+pub struct Portable([f32; 4]);
+
+// SAFETY: plain arithmetic on arrays; the loads and stores touch only the lanes they name.
+unsafe impl F32s for Portable {
+    const LANES: usize = 4;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 4])
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Portable([v; 4])
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's promise: four values to read.
+        Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
+    }
+
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> Self {
+        let mut v = [0.0; 4];
+        for (i, v) in v.iter_mut().enumerate().take(n) {
+            // SAFETY: the caller's promise: n values to read.
+            *v = unsafe { *p.add(i) };
+        }
+        Portable(v)
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's promise: four values to write.
+        unsafe { p.cast::<[f32; 4]>().write_unaligned(self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize) {
+        for (i, &v) in self.0.iter().enumerate().take(n) {
+            // SAFETY: the caller's promise: n values to write.
+            unsafe { *p.add(i) = v };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] * b.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] + b.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        let [a, b, c, d] = self.0;
+        (a + c) + (b + d)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+/// Stand-ins on other CPUs, never used: no [`Simd`](crate::Simd) there says AVX2 or AVX-512.
+#[cfg(not(target_arch = "x86_64"))]
+pub use Portable as Avx2;
+#[cfg(not(target_arch = "x86_64"))]
+pub use Portable as Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::F32s;
+
+    /// Eight lanes of AVX2, with FMA.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx2(__m256);
+
+    /// The first `n` lanes of eight, as AVX2's masked loads and stores take them.
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> __m256i {
+        // SAFETY: the trait's contract (AVX2 is enabled where this inlines).
+        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+    }
+
+    // SAFETY: each method runs AVX2 or FMA instructions, which the trait's contract allows;
+    // masked loads and stores touch only the lanes the mask enables.
+    unsafe impl F32s for Avx2 {
+        const LANES: usize = 8;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2(unsafe { _mm256_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx2(unsafe { _mm256_set1_ps(v) })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(unsafe { _mm256_loadu_ps(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            Avx2(unsafe { _mm256_maskload_ps(p, first_lanes(n)) })
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            unsafe { _mm256_maskstore_ps(p, first_lanes(n), self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            Avx2(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Avx2(unsafe { _mm256_mul_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx2(unsafe { _mm256_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            // SAFETY: the trait's contract.
+            unsafe {
+                let half = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+                let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+            }
+        }
+    }
+
+    /// Sixteen lanes of AVX-512.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Avx512(__m512);
+
+    /// The first `n` lanes of sixteen.
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as u16
+    }
+
+    // SAFETY: each method runs AVX-512F instructions, which the trait's contract allows;
+    // masked loads and stores touch only the lanes the mask enables.
+    unsafe impl F32s for Avx512 {
+        const LANES: usize = 16;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx512(unsafe { _mm512_set1_ps(v) })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(unsafe { _mm512_loadu_ps(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            Avx512(unsafe { _mm512_maskz_loadu_ps(mask(n), p) })
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, mask(n), self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            Avx512(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_mul_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Simd;
+
+    /// The methods at one level, against plain arithmetic on the same lanes.
+    #[inline(always)]
+    unsafe fn check<V: F32s>() {
+        let l = V::LANES;
+        let a: Vec<f32> = (0..l).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let b: Vec<f32> = (0..l).map(|i| 3.0 - i as f32).collect();
+        let mut out = vec![f32::NAN; l + 1];
+        // SAFETY: the caller runs this at a level the CPU has; every pointer has `l` values.
+        unsafe {
+            let (va, vb) = (V::load(a.as_ptr()), V::load(b.as_ptr()));
+            va.mul_add(vb, V::splat(2.0)).store(out.as_mut_ptr());
+            for i in 0..l {
+                assert_eq!(out[i], a[i].mul_add(b[i], 2.0), "mul_add lane {i}");
+            }
+            va.add(vb).mul(V::splat(0.5)).store(out.as_mut_ptr());
+            for i in 0..l {
+                assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
+            }
+            assert_eq!(va.sum(), a.iter().sum::<f32>());
+            for n in 0..=l {
+                out.fill(-7.0);
+                V::load_first(a.as_ptr(), n).store(out.as_mut_ptr());
+                let want: Vec<f32> = (0..l).map(|i| if i < n { a[i] } else { 0.0 }).collect();
+                assert_eq!(&out[..l], &want[..], "load_first({n})");
+                out.fill(-7.0);
+                V::zero().add(vb).store_first(out.as_mut_ptr(), n);
+                assert!(out[..n] == b[..n] && out[n..].iter().all(|&v| v == -7.0), "store_first({n})");
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_computes_what_its_lanes_would() {
+        for simd in Simd::every() {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2() {
+                    unsafe { check::<Avx2>() }
+                }
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+                unsafe fn avx512() {
+                    unsafe { check::<Avx512>() }
+                }
+                // SAFETY: each runs only where `simd` says the CPU has its level.
+                match simd.level() {
+                    crate::Level::Avx512 => unsafe { avx512() },
+                    crate::Level::Avx2 => unsafe { avx2() },
+                    crate::Level::Portable => {}
+                }
+            }
+            // SAFETY: the portable level runs anywhere.
+            unsafe { check::<Portable>() };
+        }
+    }
+}
