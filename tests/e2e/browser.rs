@@ -196,11 +196,34 @@ fn a_person_draws_a_one_and_a_zero_and_the_page_reads_them() {
     let sum: f64 = probabilities.iter().sum();
     assert!((sum - 1.0).abs() < 1e-3, "the probabilities sum to {sum}");
     assert!(browser.text("#facts").contains("parameters"), "the model's facts are shown");
+    // The bars are drawn as wide as their probabilities: each fill's width over its track's.
+    let drawn: Vec<f64> = browser
+        .script(
+            "return [...document.querySelectorAll('#bars li')].map(li => \
+             li.querySelector('.fill').getBoundingClientRect().width / li.querySelector('.track').getBoundingClientRect().width);",
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(drawn.len(), 10);
+    for (c, (&width, &p)) in drawn.iter().zip(&probabilities).enumerate() {
+        assert!((width - p).abs() <= 0.02, "class {c}: a bar {width:.3} of its track for {p:.3}");
+    }
 
-    // Cleared, then a "0": an ellipse.
+    // Cleared while a prediction is in flight: its answer must not repaint the page.
     let clear = browser.element("#clear");
+    browser.draw(&one[..4]);
     browser.call("POST", &format!("/element/{clear}/click"), None);
-    assert_eq!(browser.text("#digit"), "?");
+    std::thread::sleep(Duration::from_millis(1000));
+    let state =
+        browser.script("return [document.getElementById('digit').textContent, drawingId, pending, again, dirty];");
+    assert_eq!(browser.text("#digit"), "?", "an answer for the cleared drawing was shown: {state}");
+    let bars = browser.script("return document.querySelectorAll('#bars li').length;");
+    assert_eq!(bars, 0, "bars for the cleared drawing were shown");
+
+    // Then a "0": an ellipse.
     let zero: Vec<(f64, f64)> = (0..=40)
         .map(|i| {
             let t = f64::from(i) / 40.0 * std::f64::consts::TAU;

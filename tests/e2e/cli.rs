@@ -32,6 +32,20 @@ fn the_notebooks_lines_csv_and_summary_agree() {
     assert_eq!(summary["epochs"].as_array().unwrap().len(), 2);
     assert!(summary["epochs"][1]["seconds"].as_f64().unwrap() > 0.0);
     assert!(summary["load_seconds"].as_f64().is_some() && summary["eval_seconds"].as_f64().is_some());
+    assert_eq!(summary["simd"], simd::Simd::get().level().name(), "the vector level in force");
+}
+
+#[test]
+fn an_unknown_vector_level_is_refused_before_any_work() {
+    let out = crate::support::program()
+        .env("MNIST_SIMD", "sse9")
+        .args(["train", "--data-dir", arg(synthetic_dir()), "--epochs", "1"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end(), "error: MNIST_SIMD=\"sse9\": expected portable, avx2 or avx512");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
 #[test]

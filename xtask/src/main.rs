@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the vector levels this CPU has, narrowest first, whatever MNIST_SIMD says: the
+    /// values MNIST_SIMD may take here.
+    SimdLevels,
     /// Download MNIST into data/mnist, verify each file's SHA-256, store it decompressed.
     FetchData {
         /// A mirror to try before the public ones: http(s)://, file:// or a folder holding the
@@ -119,6 +122,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::SimdLevels => {
+            let detected = simd::Level::detected();
+            let levels: Vec<&str> = simd::Level::ALL.iter().filter(|&&l| l <= detected).map(|l| l.name()).collect();
+            println!("{}", levels.join(" "));
+            Ok(())
+        }
         Command::FetchData { mirrors, data_dir, force } => {
             let env = std::env::var(fetch::MIRROR_ENV).ok();
             let data_dir = data_dir.unwrap_or_else(xtask::default_data_dir);

@@ -40,6 +40,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // A bad MNIST_SIMD is a usage error, reported before any work (kernels would panic on it).
+    if let Err(e) = simd::Level::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match command(cli.command, out).and_then(|()| Ok(out.flush()?)) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`mnist train | head`) is the reader's choice, not a failure.

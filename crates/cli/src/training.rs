@@ -273,6 +273,7 @@ fn write_summary(
         "test_images": test.confusion.total(),
         "load_seconds": seconds[0],
         "eval_seconds": seconds[1],
+        "simd": simd::Simd::get().level().name(),
         "epochs": epochs,
     });
     serde_json::to_writer_pretty(&mut *w, &summary)?;

@@ -7,8 +7,12 @@ const ctx = pad.getContext("2d");
 const seen = document.getElementById("seen").getContext("2d");
 const THROTTLE_MS = 150;
 let drawing = false, last = null, pending = false, again = false, dirty = false;
+// Which drawing is on the pad: Clear starts a new one, and an answer about an earlier one,
+// still in flight, is dropped rather than painted over the cleared page.
+let drawingId = 0;
 
 function clearPad() {
+  drawingId += 1;
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, pad.width, pad.height);
   dirty = false;
@@ -56,7 +60,7 @@ for (const type of ["pointerup", "pointercancel"]) {
 document.getElementById("clear").addEventListener("click", clearPad);
 document.getElementById("file").addEventListener("change", (e) => {
   const file = e.target.files[0];
-  if (file) predict(file, file.type || "image/png");
+  if (file) { clearPad(); predict(file, file.type || "image/png", drawingId); }
   e.target.value = "";
 });
 
@@ -65,19 +69,25 @@ function schedule() {
   if (!dirty) return;
   if (pending) { again = true; return; }
   pending = true;
-  setTimeout(() => pad.toBlob((blob) => predict(blob, "image/png"), "image/png"), THROTTLE_MS);
+  const id = drawingId;
+  setTimeout(() => {
+    if (id !== drawingId || !dirty) { pending = false; again = false; return; }
+    pad.toBlob((blob) => predict(blob, "image/png", id), "image/png");
+  }, THROTTLE_MS);
 }
 
-async function predict(body, type) {
+// Sends `body`, an image of drawing `id`, and shows the answer if that drawing is still on the pad.
+async function predict(body, type, id) {
   pending = true;
   try {
     const response = await fetch("/api/predict", { method: "POST", headers: { "Content-Type": type }, body });
     const json = await response.json();
+    if (id !== drawingId) return;
     if (!response.ok) throw new Error(json.error || response.statusText);
     show(json);
     showError("");
   } catch (err) {
-    showError(String(err.message || err));
+    if (id === drawingId) showError(String(err.message || err));
   } finally {
     pending = false;
     if (again) { again = false; schedule(); }
@@ -93,7 +103,17 @@ function show(p) {
     const li = document.createElement("li");
     li.className = c === p.class ? "best" : "";
     li.dataset.probability = prob;
-    li.innerHTML = `<span>${c}</span><span class="track"><span class="fill" style="width:${(100 * prob).toFixed(1)}%"></span></span><span>${(100 * prob).toFixed(1)}%</span>`;
+    const label = document.createElement("span");
+    label.textContent = c;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${(100 * prob).toFixed(1)}%`;
+    track.appendChild(fill);
+    const percent = document.createElement("span");
+    percent.textContent = `${(100 * prob).toFixed(1)}%`;
+    li.append(label, track, percent);
     bars.appendChild(li);
   });
   const image = seen.createImageData(28, 28);

@@ -116,12 +116,16 @@ impl Level {
     /// # Errors
     /// If the variable names no level, or a level above the CPU's.
     pub fn from_env() -> Result<Level, Error> {
-        let detected = Level::detected();
-        let value = match std::env::var(VARIABLE) {
-            Ok(value) if !value.trim().is_empty() => value,
-            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(detected),
-            Err(std::env::VarError::NotUnicode(_)) => return Err(Error::Unknown { value: "(not UTF-8)".into() }),
-        };
+        match std::env::var(VARIABLE) {
+            Ok(value) => Level::capped(Some(&value), Level::detected()),
+            Err(std::env::VarError::NotPresent) => Ok(Level::detected()),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::Unknown { value: "(not UTF-8)".into() }),
+        }
+    }
+
+    /// The level `cap` asks for on a CPU whose widest level is `detected`.
+    fn capped(cap: Option<&str>, detected: Level) -> Result<Level, Error> {
+        let Some(value) = cap.filter(|v| !v.trim().is_empty()) else { return Ok(detected) };
         let wanted: Level = value.parse()?;
         if wanted > detected {
             return Err(Error::Unsupported { wanted, detected });
@@ -272,9 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn a_level_above_the_cpus_names_both() {
-        let err = Error::Unsupported { wanted: Level::Avx512, detected: Level::Avx2 };
+    fn a_cap_lowers_the_level_and_never_raises_it() {
+        assert_eq!(Level::capped(None, Level::Avx2), Ok(Level::Avx2));
+        assert_eq!(Level::capped(Some(""), Level::Avx512), Ok(Level::Avx512));
+        assert_eq!(Level::capped(Some("portable"), Level::Avx2), Ok(Level::Portable));
+        assert_eq!(Level::capped(Some("avx2"), Level::Avx2), Ok(Level::Avx2));
+        let err = Level::capped(Some("avx512"), Level::Avx2).unwrap_err();
         assert_eq!(err.to_string(), "MNIST_SIMD=avx512: this CPU's widest level is avx2");
+        assert!(matches!(Level::capped(Some("neon"), Level::Avx512), Err(Error::Unknown { .. })));
     }
 
     #[test]
