@@ -238,6 +238,15 @@ impl Simd {
         self.level
     }
 
+    /// Lanes of the level's [`F32s`]: 4 portable, 8 with AVX2, 16 with AVX-512.
+    pub fn lanes(self) -> usize {
+        match self.level {
+            Level::Portable => Portable::LANES,
+            Level::Avx2 => Avx2::LANES,
+            Level::Avx512 => Avx512::LANES,
+        }
+    }
+
     /// Whether kernels may use AVX2 and FMA.
     pub fn avx2(self) -> bool {
         self.level >= Level::Avx2

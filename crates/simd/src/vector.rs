@@ -38,6 +38,22 @@ pub unsafe trait F32s: Copy {
     /// See the trait; `p` must be valid for reading `n` values.
     unsafe fn load_first(p: *const f32, n: usize) -> Self;
 
+    /// Which lanes a masked load reads: a range of them.
+    type Mask: Copy;
+
+    /// The lanes `lo..hi` (`lo <= hi <= LANES`).
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask;
+
+    /// The lanes `mask` names from `p` (lane `i` from `p + i`), the others zero. Nothing else
+    /// is read: `p` may point outside the data where the mask keeps the lanes inside it.
+    ///
+    /// # Safety
+    /// See the trait; `p + i` must be valid for reading for each lane `i` of the mask.
+    unsafe fn load_masked(p: *const f32, mask: Self::Mask) -> Self;
+
     /// Writes the lanes to `p`, which need not be aligned.
     ///
     /// # Safety
@@ -50,8 +66,8 @@ pub unsafe trait F32s: Copy {
     /// See the trait; `p` must be valid for writing `n` values.
     unsafe fn store_first(self, p: *mut f32, n: usize);
 
-    /// `self * b + c`, rounded once where the level has fused multiply-adds (AVX2 and
-    /// AVX-512), twice on the portable level.
+    /// `self * b + c`, rounded once where the level has fused multiply-adds (AVX2, AVX-512,
+    /// and the portable level on 64-bit ARM), twice on the portable level on x86-64.
     ///
     /// # Safety
     /// See the trait.
@@ -69,6 +85,12 @@ pub unsafe trait F32s: Copy {
     /// See the trait.
     unsafe fn add(self, b: Self) -> Self;
 
+    /// One bit per lane, lane `i` at bit `i`: set where the lane is not zero (NaN included).
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn nonzero(self) -> u32;
+
     /// The sum of the lanes, in an order fixed for the level.
     ///
     /// # Safety
@@ -77,8 +99,8 @@ pub unsafe trait F32s: Copy {
 }
 
 /// Four lanes in an array, for the compiler to vectorise for the target's baseline (SSE2 on
-/// x86-64, NEON on ARM); no fused multiply-add, which SSE2 lacks and `f32::mul_add` would call
-/// a library function for.
+/// x86-64, NEON on 64-bit ARM). Multiply-adds are fused on ARM, whose baseline has them, and
+/// not on x86-64, whose baseline lacks them (`f32::mul_add` would call a library function).
 #[derive(Clone, Copy, Debug)]
 pub struct Portable([f32; 4]);
 
@@ -112,6 +134,23 @@ unsafe impl F32s for Portable {
         Portable(v)
     }
 
+    type Mask = (usize, usize);
+
+    #[inline(always)]
+    unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask {
+        (lo, hi)
+    }
+
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, (lo, hi): Self::Mask) -> Self {
+        let mut v = [0.0; 4];
+        for (i, v) in v.iter_mut().enumerate().take(hi).skip(lo) {
+            // SAFETY: the caller's promise: the mask's lanes are readable.
+            *v = unsafe { *p.wrapping_add(i) };
+        }
+        Portable(v)
+    }
+
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         // SAFETY: the caller's promise: four values to write.
@@ -128,6 +167,10 @@ unsafe impl F32s for Portable {
 
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        // 64-bit ARM always has fused multiply-adds (NEON's FMLA); x86-64's baseline has none.
+        #[cfg(target_arch = "aarch64")]
+        return Portable(std::array::from_fn(|i| self.0[i].mul_add(b.0[i], c.0[i])));
+        #[cfg(not(target_arch = "aarch64"))]
         Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
 
@@ -139,6 +182,11 @@ unsafe impl F32s for Portable {
     #[inline(always)]
     unsafe fn add(self, b: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i] + b.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn nonzero(self) -> u32 {
+        self.0.iter().enumerate().fold(0, |bits, (i, &v)| bits | u32::from(v != 0.0) << i)
     }
 
     #[inline(always)]
@@ -199,6 +247,18 @@ mod x86 {
             Avx2(unsafe { _mm256_maskload_ps(p, first_lanes(n)) })
         }
 
+        type Mask = __m256i;
+
+        #[inline(always)]
+        unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask {
+            unsafe { _mm256_andnot_si256(first_lanes(lo), first_lanes(hi)) }
+        }
+
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: Self::Mask) -> Self {
+            Avx2(unsafe { _mm256_maskload_ps(p, mask) })
+        }
+
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm256_storeu_ps(p, self.0) }
@@ -222,6 +282,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, b: Self) -> Self {
             Avx2(unsafe { _mm256_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn nonzero(self) -> u32 {
+            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(self.0, _mm256_setzero_ps())) as u32 }
         }
 
         #[inline(always)]
@@ -270,6 +335,18 @@ mod x86 {
             Avx512(unsafe { _mm512_maskz_loadu_ps(mask(n), p) })
         }
 
+        type Mask = __mmask16;
+
+        #[inline(always)]
+        unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask {
+            mask(hi) & !mask(lo)
+        }
+
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: Self::Mask) -> Self {
+            Avx512(unsafe { _mm512_maskz_loadu_ps(mask, p) })
+        }
+
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_storeu_ps(p, self.0) }
@@ -293,6 +370,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, b: Self) -> Self {
             Avx512(unsafe { _mm512_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn nonzero(self) -> u32 {
+            unsafe { u32::from(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(self.0, _mm512_setzero_ps())) }
         }
 
         #[inline(always)]
@@ -326,11 +408,22 @@ mod tests {
                 assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
             }
             assert_eq!(va.sum(), a.iter().sum::<f32>());
+            let mut c = a.clone();
+            c[l - 1] = f32::NAN;
+            c[0] = -0.0;
+            let want = c.iter().enumerate().fold(0u32, |bits, (i, &v)| bits | u32::from(v != 0.0) << i);
+            assert_eq!(V::load(c.as_ptr()).nonzero(), want, "nonzero");
             for n in 0..=l {
                 out.fill(-7.0);
                 V::load_first(a.as_ptr(), n).store(out.as_mut_ptr());
                 let want: Vec<f32> = (0..l).map(|i| if i < n { a[i] } else { 0.0 }).collect();
                 assert_eq!(&out[..l], &want[..], "load_first({n})");
+                for lo in 0..=n {
+                    out.fill(-7.0);
+                    V::load_masked(a.as_ptr(), V::lanes(lo, n)).store(out.as_mut_ptr());
+                    let want: Vec<f32> = (0..l).map(|i| if (lo..n).contains(&i) { a[i] } else { 0.0 }).collect();
+                    assert_eq!(&out[..l], &want[..], "load_masked({lo}..{n})");
+                }
                 out.fill(-7.0);
                 V::zero().add(vb).store_first(out.as_mut_ptr(), n);
                 assert!(out[..n] == b[..n] && out[n..].iter().all(|&v| v == -7.0), "store_first({n})");

@@ -7,9 +7,24 @@
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use simd::Simd;
+use simd::{F32s, Simd};
 
 use crate::matmul::{matmul_at, matmul_nt_at, matmul_tn_at};
+
+/// Runs `$body` with `$lines`, the [`Lines`] of `$shape` at level `$simd`.
+macro_rules! with_lines {
+    ($simd:expr, $shape:expr, $lines:ident => $body:expr) => {
+        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it; `Lines::new`
+        // needs that level.
+        simd::dispatch!($simd, V => unsafe {
+            match V::LANES {
+                16 => { let $lines = Lines::<V, 2>::new($shape); $body }
+                8 => { let $lines = Lines::<V, 4>::new($shape); $body }
+                _ => { let $lines = Lines::<V, 8>::new($shape); $body }
+            }
+        })
+    };
+}
 
 /// The geometry of a convolution over one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,10 +102,9 @@ pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
 /// unfolded matrix).
 fn im2col_rows<'a>(simd: Simd, x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'a mut [f32]>) {
     assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
-    #[cfg(target_arch = "x86_64")]
-    if let Some(lines) = Lines::new(shape, simd) {
-        // SAFETY: the CPU has AVX-512F (`Lines::new` checks).
-        return unsafe { lines.im2col(x, rows) };
+    // On the portable level, masked lanes are a loop each: the walk's copies are faster.
+    if lines_fit(shape) && simd.avx2() {
+        return with_lines!(simd, shape, lines => lines.im2col(x, rows));
     }
     im2col_walk(x, shape, rows);
 }
@@ -125,11 +139,9 @@ fn col2im_rows(simd: Simd, cols: &[f32], stride: usize, offset: usize, shape: &C
     assert_eq!(dx.len(), shape.in_len(), "col2im: input of {} for {shape:?}", dx.len());
     let positions = shape.positions();
     assert!(offset + positions <= stride && cols.len() >= shape.patch_len() * stride - (stride - offset - positions));
-    #[cfg(target_arch = "x86_64")]
-    if let Some(lines) = Lines::new(shape, simd) {
-        // SAFETY: the CPU has AVX-512F (`Lines::new` checks); the rows are in `cols`
-        // (asserted above).
-        return unsafe { lines.col2im(cols, stride, offset, dx) };
+    if lines_fit(shape) && simd.avx2() {
+        // The rows are in `cols` (asserted above).
+        return with_lines!(simd, shape, lines => lines.col2im(cols, stride, offset, dx));
     }
     let rows = (0..shape.patch_len()).map(|r| &cols[r * stride + offset..r * stride + offset + positions]);
     col2im_walk(rows, shape, dx);
@@ -149,40 +161,44 @@ fn col2im_walk<'a>(rows: impl Iterator<Item = &'a [f32]>, shape: &Conv2dShape, d
     });
 }
 
-/// [`im2col`] and [`col2im_add`] for stride 1 and output rows of at most 32 values, with
-/// AVX-512: each output row of each patch entry is one or two masked vector operations (the
-/// masks zero the padding), where the general walk calls a copy per run: LeNet-5's second
-/// convolution has 1,500 runs of 10 values per sample.
-#[cfg(target_arch = "x86_64")]
-struct Lines {
+/// [`im2col`] and [`col2im_add`] for stride 1 and rows of at most 32 values, a vector at a
+/// time: each output row of each patch entry is a few masked vector operations (the masks zero
+/// the padding), where the general walk calls a copy per run: LeNet-5's second convolution has
+/// 1,500 runs of 10 values per sample. Written once over [`F32s`]; `Q` vectors of `V` cover a
+/// row of 32 (two with AVX-512, four with AVX2, eight on the portable level).
+struct Lines<V: F32s, const Q: usize> {
     shape: Conv2dShape,
-    /// Per kernel column `j`, the output columns (two halves of 16) whose input column
+    /// Per kernel column `j`, the lanes of each vector of output columns whose input column
     /// `ox + j - padding` is inside the image.
-    masks: [[u16; 2]; Lines::MAX_KERNEL],
+    masks: [[V::Mask; Q]; MAX_KERNEL],
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Lines {
-    const MAX_KERNEL: usize = 16;
+/// The widest kernel [`Lines`] takes.
+const MAX_KERNEL: usize = 16;
 
-    /// `None` unless the shape fits and `simd` has AVX-512F.
-    fn new(shape: &Conv2dShape, simd: Simd) -> Option<Self> {
-        let fits = shape.stride == 1
-            && shape.out_width() <= 32
-            && shape.width <= 32
-            && shape.kernel <= Self::MAX_KERNEL
-            && simd.avx512();
-        if !fits {
-            return None;
-        }
-        let (p, w, ow) = (shape.padding, shape.width, shape.out_width());
-        let mut masks = [[0; 2]; Self::MAX_KERNEL];
-        for (j, m) in masks.iter_mut().enumerate().take(shape.kernel) {
-            for ox in (0..ow).filter(|&ox| (ox + j).checked_sub(p).is_some_and(|x| x < w)) {
-                m[ox / 16] |= 1 << (ox % 16);
-            }
-        }
-        Some(Self { shape: *shape, masks })
+/// Whether [`Lines`] takes `shape`.
+fn lines_fit(shape: &Conv2dShape) -> bool {
+    shape.stride == 1 && shape.out_width() <= 32 && shape.width <= 32 && shape.kernel <= MAX_KERNEL
+}
+
+impl<V: F32s, const Q: usize> Lines<V, Q> {
+    /// # Safety
+    /// The CPU must have `V`'s level, and the shape must fit ([`lines_fit`]).
+    #[inline(always)]
+    unsafe fn new(shape: &Conv2dShape) -> Self {
+        assert!(lines_fit(shape) && Q * V::LANES >= 32);
+        let (p, w, ow, lanes) = (shape.padding, shape.width, shape.out_width(), V::LANES);
+        // SAFETY: the caller's promise.
+        let masks = std::array::from_fn(|j| {
+            std::array::from_fn(|q| {
+                // Lanes l with output column q·lanes + l < ow and input column + j - p in 0..w.
+                let first = q * lanes;
+                let lo = p.saturating_sub(j + first).min(lanes);
+                let hi = ow.saturating_sub(first).min((w + p).saturating_sub(j + first)).min(lanes).max(lo);
+                unsafe { V::lanes(lo, hi) }
+            })
+        });
+        Self { shape: *shape, masks }
     }
 
     /// The input offset of output `(0, 0)` for patch entry `(c, i, j)`: out of the image in the
@@ -200,26 +216,30 @@ impl Lines {
         lo..hi
     }
 
-    #[target_feature(enable = "avx512f")]
+    /// # Safety
+    /// The CPU must have `V`'s level.
+    #[inline(always)]
     unsafe fn im2col<'a>(&self, x: &[f32], rows: impl Iterator<Item = &'a mut [f32]>) {
-        use std::arch::x86_64::*;
-        let (k, w, ow, oh) = (self.shape.kernel, self.shape.width, self.shape.out_width(), self.shape.out_height());
-        let halves = ow.div_ceil(16);
-        let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
-        let all = [lanes(ow), lanes(ow.saturating_sub(16))];
+        let (k, w, ow, oh, lanes) =
+            (self.shape.kernel, self.shape.width, self.shape.out_width(), self.shape.out_height(), V::LANES);
+        let vectors = ow.div_ceil(lanes);
+        // SAFETY (`V` methods): the caller's promise.
+        let none = unsafe { V::lanes(0, 0) };
         for (r, row) in rows.enumerate() {
             assert_eq!(row.len(), oh * ow, "im2col: a row of the unfolded matrix");
             let (c, i, j) = (r / (k * k), (r / k) % k, r % k);
             let (origin, inside) = (self.origin(c, i, j), self.rows_inside(i));
             for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
-                let masks = if inside.contains(&oy) { self.masks[j] } else { [0, 0] };
-                for half in 0..halves {
-                    // SAFETY: the masks enable only columns inside the image, on an input row
-                    // inside it (else nothing is read), and only the row's `ow` outputs.
+                let inside = inside.contains(&oy);
+                for q in 0..vectors {
+                    let mask = if inside { self.masks[j][q] } else { none };
+                    // SAFETY: the mask enables only columns inside the image, on an input row
+                    // inside it (else nothing is read), and the store only the row's `ow`
+                    // outputs.
                     unsafe {
-                        let src = x.as_ptr().wrapping_offset(origin + (oy * w + 16 * half) as isize);
-                        let v = _mm512_maskz_loadu_ps(masks[half], src);
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().add(16 * half), all[half], v);
+                        let src = x.as_ptr().wrapping_offset(origin + (oy * w + lanes * q) as isize);
+                        let v = V::load_masked(src, mask);
+                        v.store_first(out.as_mut_ptr().add(lanes * q), (ow - lanes * q).min(lanes));
                     }
                 }
             }
@@ -229,49 +249,54 @@ impl Lines {
     /// Each input row gathers what every patch entry read from it, in registers, and is
     /// written once: adding into memory entry by entry would read values just stored by
     /// masked stores, which the CPU cannot forward.
-    #[target_feature(enable = "avx512f")]
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `cols` must hold the unfolded rows (row `r` at
+    /// `r·stride + offset`, `positions` long).
+    #[inline(always)]
     unsafe fn col2im(&self, cols: &[f32], stride: usize, offset: usize, dx: &mut [f32]) {
-        use std::arch::x86_64::*;
         let s = &self.shape;
-        let (k, p, h, w, ow) = (s.kernel, s.padding, s.height, s.width, s.out_width());
-        let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
-        let row_masks = [lanes(w), lanes(w.saturating_sub(16))];
+        let (k, p, h, w, ow, lanes) = (s.kernel, s.padding, s.height, s.width, s.out_width(), V::LANES);
+        let vectors = w.div_ceil(lanes);
         // Input column x reads output column x + p - j, inside the output row where
         // 0 <= x + p - j < ow.
-        let mut reach = [[0u16; 2]; Self::MAX_KERNEL];
-        for (j, m) in reach.iter_mut().enumerate().take(k) {
-            for x in (0..w).filter(|&x| (x + p).checked_sub(j).is_some_and(|o| o < ow)) {
-                m[x / 16] |= 1 << (x % 16);
-            }
-        }
+        // SAFETY (`V` methods): the caller's promise.
+        let reach: [[V::Mask; Q]; MAX_KERNEL] = std::array::from_fn(|j| {
+            std::array::from_fn(|q| {
+                let first = q * lanes;
+                let lo = j.saturating_sub(p + first).min(lanes);
+                let hi = w.saturating_sub(first).min((ow + j).saturating_sub(p + first)).min(lanes).max(lo);
+                unsafe { V::lanes(lo, hi) }
+            })
+        });
         for c in 0..s.in_channels {
             for y in 0..h {
-                let mut acc = [_mm512_setzero_ps(); 2];
+                let mut acc = [unsafe { V::zero() }; Q];
                 for i in 0..k {
                     // Output row y + p - i, if there is one.
                     let Some(oy) = (y + p).checked_sub(i).filter(|&oy| oy < s.out_height()) else { continue };
                     for (j, reach) in reach.iter().enumerate().take(k) {
                         let r = (c * k + i) * k + j;
                         // SAFETY: row r of the unfolded matrix, output row oy, the columns the
-                        // mask enables (inside that row); the caller checked `cols` holds it.
+                        // mask enables (inside that row); the caller promised `cols` holds it.
                         unsafe {
                             let at = cols
                                 .as_ptr()
                                 .add(r * stride + offset + oy * ow)
                                 .wrapping_offset(p as isize - j as isize);
-                            for (half, acc) in acc.iter_mut().enumerate() {
-                                let v = _mm512_maskz_loadu_ps(reach[half], at.wrapping_add(16 * half));
-                                *acc = _mm512_add_ps(*acc, v);
+                            for (q, acc) in acc.iter_mut().enumerate().take(vectors) {
+                                let v = V::load_masked(at.wrapping_add(lanes * q), reach[q]);
+                                *acc = acc.add(v);
                             }
                         }
                     }
                 }
-                // SAFETY: input row (c, y), its `w` values (the masks).
+                // SAFETY: input row (c, y), its `w` values.
                 unsafe {
                     let at = dx.as_mut_ptr().add((c * h + y) * w);
-                    for (half, acc) in acc.iter().enumerate() {
-                        let (m, to) = (row_masks[half], at.wrapping_add(16 * half));
-                        _mm512_mask_storeu_ps(to, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, to), *acc));
+                    for (q, acc) in acc.iter().enumerate().take(vectors) {
+                        let (n, to) = ((w - lanes * q).min(lanes), at.add(lanes * q));
+                        V::load_first(to, n).add(*acc).store_first(to, n);
                     }
                 }
             }

@@ -82,6 +82,12 @@ fn max_pool2d_at(
             unsafe { pool_2x2_avx512(xn, shape, yn, index) };
             continue;
         }
+        #[cfg(target_arch = "x86_64")]
+        if k == 2 && s == 2 && simd.avx2() {
+            // SAFETY: the CPU has AVX2 (`simd` says so).
+            unsafe { pool_2x2_avx2(xn, shape, yn, index) };
+            continue;
+        }
         if k == 2 && s == 2 && !xn.iter().any(|v| v.is_nan()) {
             pool_2x2(xn, shape, yn, index);
             continue;
@@ -197,6 +203,66 @@ unsafe fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], in
                     }
                     _mm512_mask_storeu_ps(yn.as_mut_ptr().add(o), outs, value);
                     _mm512_mask_storeu_epi32(index.as_mut_ptr().add(o).cast(), outs, best);
+                }
+                o += count;
+            }
+        }
+    }
+}
+
+/// [`pool_2x2_avx512`] with AVX2: eight windows at a time, the even and odd columns separated
+/// by a permutation of each half and a blend. Written with intrinsics: the lane permutations
+/// and mask blends have no counterpart in `simd::F32s`.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_2x2_avx2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let (h, w) = (shape.height, shape.width);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    assert!(xn.len() == shape.in_len() && yn.len() == shape.out_len() && index.len() == yn.len());
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let first_lanes = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota);
+    let (evens, odds) = (_mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
+    let lane_x = _mm256_slli_epi32::<1>(iota);
+    // Strictly greater replaces, and a NaN replaces a number.
+    let replaces = |v: __m256, value: __m256| {
+        _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(v, value),
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v), _mm256_cmp_ps::<_CMP_ORD_Q>(value, value)),
+        )
+    };
+    let mut o = 0;
+    for c in 0..shape.channels {
+        for oy in 0..oh {
+            let top = c * h * w + 2 * oy * w;
+            for ox in (0..ow).step_by(8) {
+                let count = (ow - ox).min(8);
+                let (outs, lo, hi) = (first_lanes(count), first_lanes(2 * count), first_lanes((2 * count).saturating_sub(8)));
+                // SAFETY: the masks keep the loads within the window rows' 2·count values, in
+                // `xn` (asserted lengths), and the stores within the row's `count` outputs.
+                unsafe {
+                    let at = xn.as_ptr().add(top + 2 * ox);
+                    let load = |p: *const f32| {
+                        let (a, b) = (_mm256_maskload_ps(p, lo), _mm256_maskload_ps(p.wrapping_add(8), hi));
+                        (
+                            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(a, evens), _mm256_permutevar8x32_ps(b, evens)),
+                            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(a, odds), _mm256_permutevar8x32_ps(b, odds)),
+                        )
+                    };
+                    let ((u0, u1), (l0, l1)) = (load(at), load(at.add(w)));
+                    let first = _mm256_add_epi32(_mm256_set1_epi32((top + 2 * ox) as i32), lane_x);
+                    let (mut value, mut best) = (u0, _mm256_castsi256_ps(first));
+                    for (v, offset) in [(u1, 1), (l0, w as i32), (l1, w as i32 + 1)] {
+                        let m = replaces(v, value);
+                        value = _mm256_blendv_ps(value, v, m);
+                        let at = _mm256_castsi256_ps(_mm256_add_epi32(first, _mm256_set1_epi32(offset)));
+                        best = _mm256_blendv_ps(best, at, m);
+                    }
+                    _mm256_maskstore_ps(yn.as_mut_ptr().add(o), outs, value);
+                    _mm256_maskstore_epi32(index.as_mut_ptr().add(o).cast(), outs, _mm256_castps_si256(best));
                 }
                 o += count;
             }

@@ -13,7 +13,7 @@
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use simd::Simd;
+use simd::{F32s, Simd};
 
 use crate::Conv2dShape;
 
@@ -29,8 +29,6 @@ pub struct SparseConvScratch {
     outputs: Vec<f32>,
     /// Whether each row of one sample's input has a nonzero value.
     inked: Vec<bool>,
-    /// Per kernel column, the lanes of the two halves of an output row it reaches.
-    masks: Vec<(u16, u16)>,
 }
 
 fn padded(channels: usize) -> usize {
@@ -130,11 +128,10 @@ fn sparse_conv2d_at(
     y: ArrayViewMut2<f32>,
 ) {
     crate::conv::check(x.dim(), w.dim(), y.dim(), shape);
-    #[cfg(target_arch = "x86_64")]
-    if rows_fit(shape) && simd.avx512() {
-        // SAFETY: the CPU has AVX-512F (`simd` says so), and the shape is one the function
-        // handles.
-        return unsafe { forward_rows_avx512(x, w, bias, shape, scratch, y) };
+    // On the portable level, masked lanes are a loop each: scattering is faster.
+    if rows_fit(shape) && simd.avx2() {
+        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it.
+        return simd::dispatch!(simd, V => unsafe { forward_rows::<V>(x, w, bias, shape, scratch, y) });
     }
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
@@ -144,26 +141,33 @@ fn sparse_conv2d_at(
     forward::<false>(x, w, bias, shape, scratch, y);
 }
 
-/// Output channels computed together by [`forward_rows_avx512`]: LeNet-5's first layer has six.
+/// Output channels computed together by [`forward_rows`]: LeNet-5's first layer has six.
 const GROUP: usize = 6;
 
-/// Whether [`forward_rows_avx512`] handles `shape`: one input channel, stride 1, and input and
-/// output rows of at most 32 values (two registers).
+/// The widest kernel [`forward_rows`] takes.
+const MAX_KERNEL: usize = 16;
+
+/// Whether [`forward_rows`] handles `shape`: one input channel, stride 1, input and output rows
+/// of at most 32 values, and a kernel of at most [`MAX_KERNEL`].
 fn rows_fit(shape: &Conv2dShape) -> bool {
-    shape.in_channels == 1 && shape.stride == 1 && shape.width <= 32 && shape.out_width() <= 32
+    shape.in_channels == 1
+        && shape.stride == 1
+        && shape.width <= 32
+        && shape.out_width() <= 32
+        && shape.kernel <= MAX_KERNEL
 }
 
 /// The forward product a row of outputs at a time, for one-channel inputs such as MNIST's:
-/// each output row's sums stay in registers (two vectors per channel) while every kernel row
-/// over an input row with ink is added in, and the rows without ink, about a third of a digit,
-/// are skipped. Sixteen outputs per operation, written straight into the channel-major layout,
-/// against one output channel per lane and a transposition in the scattering path.
+/// the sums of two vectors of an output row stay in registers for each of [`GROUP`] channels
+/// (the whole row of 28 with AVX-512, half of it with AVX2) while every kernel row over an
+/// input row with ink is added in, and the rows without ink, about a third of a digit, are
+/// skipped. The outputs go straight into the channel-major layout, against one output channel
+/// per lane and a transposition in the scattering path.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_rows_avx512(
+/// The CPU must have `V`'s level.
+#[inline(always)]
+unsafe fn forward_rows<V: F32s>(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
@@ -171,14 +175,13 @@ unsafe fn forward_rows_avx512(
     scratch: &mut SparseConvScratch,
     mut y: ArrayViewMut2<f32>,
 ) {
-    use std::arch::x86_64::*;
     assert!(rows_fit(shape));
     let (o, k, p) = (shape.out_channels, shape.kernel, shape.padding);
     let (h, wd, oh, ow) = (shape.height, shape.width, shape.out_height(), shape.out_width());
-    let kk = k * k;
+    let (kk, lanes) = (k * k, V::LANES);
     // The weights and biases, in groups of GROUP channels, zero past the last channel.
     let groups = o.div_ceil(GROUP);
-    let SparseConvScratch { weight, inked, masks, .. } = scratch;
+    let SparseConvScratch { weight, inked, .. } = scratch;
     weight.clear();
     weight.resize(groups * GROUP * (kk + 1), 0.0);
     for ((oc, kidx), &v) in w.indexed_iter() {
@@ -188,15 +191,21 @@ unsafe fn forward_rows_avx512(
     for oc in 0..o {
         weight[oc * (kk + 1) + kk] = bias.map_or(0.0, |b| b[oc]);
     }
-    // For kernel column j, the output lanes whose input column `ox + j - p` is in the row.
-    let lanes = |j: usize, half: usize| -> u16 {
-        (0..16)
-            .filter(|&l| (half * 16 + l < ow) && (half * 16 + l + j).checked_sub(p).is_some_and(|c| c < wd))
-            .fold(0, |m, l| m | 1 << l)
-    };
-    masks.clear();
-    masks.extend((0..k).map(|j| (lanes(j, 0), lanes(j, 1))));
-    let store = (((1u32 << ow.min(16)) - 1) as u16, ((1u32 << ow.saturating_sub(16)) - 1) as u16);
+    // Per pass over a row's columns `base..base + 2·lanes`, and per kernel column j, the lanes
+    // of each vector whose output exists and whose input column `col + j - p` is in the row.
+    // At most four passes: rows of 32 values, two vectors of at least four lanes a pass.
+    let passes = ow.div_ceil(2 * lanes);
+    // SAFETY (all `V` methods): the CPU has V's level (the caller's promise).
+    let masks: [[[V::Mask; 2]; MAX_KERNEL]; 4] = std::array::from_fn(|pass| {
+        std::array::from_fn(|j| {
+            std::array::from_fn(|half| {
+                let first = pass * 2 * lanes + half * lanes;
+                let lo = p.saturating_sub(j + first).min(lanes);
+                let hi = ow.saturating_sub(first).min((wd + p).saturating_sub(j + first)).min(lanes).max(lo);
+                unsafe { V::lanes(lo, hi) }
+            })
+        })
+    });
     inked.resize(h, false);
     for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
         let (xn, yn) = (xn.to_slice().expect("standard rows"), yn.as_slice_mut().expect("standard rows"));
@@ -205,37 +214,41 @@ unsafe fn forward_rows_avx512(
         }
         for group in 0..groups {
             let wg = &weight[group * GROUP * (kk + 1)..(group + 1) * GROUP * (kk + 1)];
-            for oy in 0..oh {
-                let mut acc = [[_mm512_setzero_ps(); 2]; GROUP];
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = [_mm512_set1_ps(wg[c * (kk + 1) + kk]); 2];
-                }
-                for i in 0..k {
-                    // Input row `oy + i - p`, if it is in the image and has ink.
-                    let Some(r) = (oy + i).checked_sub(p).filter(|&r| r < h && inked[r]) else {
-                        continue;
-                    };
-                    let row = xn[r * wd..(r + 1) * wd].as_ptr();
-                    for (j, &(m0, m1)) in masks.iter().enumerate() {
-                        // SAFETY: the masks enable only lanes whose input column is within
-                        // row `r`; masked-off lanes are never read, wherever they would point.
-                        let (x0, x1) = unsafe {
-                            let at = row.wrapping_add(j).wrapping_sub(p);
-                            (_mm512_maskz_loadu_ps(m0, at), _mm512_maskz_loadu_ps(m1, at.wrapping_add(16)))
+            for (pass, masks) in masks.iter().enumerate().take(passes) {
+                let base = pass * 2 * lanes;
+                let stored = [(ow - base).min(lanes), (ow - base).saturating_sub(lanes).min(lanes)];
+                for oy in 0..oh {
+                    let mut acc = [[unsafe { V::zero() }; 2]; GROUP];
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = [unsafe { V::splat(wg[c * (kk + 1) + kk]) }; 2];
+                    }
+                    for i in 0..k {
+                        // Input row `oy + i - p`, if it is in the image and has ink.
+                        let Some(r) = (oy + i).checked_sub(p).filter(|&r| r < h && inked[r]) else {
+                            continue;
                         };
-                        for (c, acc) in acc.iter_mut().enumerate() {
-                            let wv = _mm512_set1_ps(wg[c * (kk + 1) + i * k + j]);
-                            acc[0] = _mm512_fmadd_ps(wv, x0, acc[0]);
-                            acc[1] = _mm512_fmadd_ps(wv, x1, acc[1]);
+                        let row = xn[r * wd..(r + 1) * wd].as_ptr();
+                        for (j, &[m0, m1]) in masks.iter().enumerate().take(k) {
+                            // SAFETY: the masks enable only lanes whose input column is within
+                            // row `r`; masked-off lanes are never read, wherever they would point.
+                            let (x0, x1) = unsafe {
+                                let at = row.wrapping_add(base + j).wrapping_sub(p);
+                                (V::load_masked(at, m0), V::load_masked(at.wrapping_add(lanes), m1))
+                            };
+                            for (c, acc) in acc.iter_mut().enumerate() {
+                                let wv = unsafe { V::splat(wg[c * (kk + 1) + i * k + j]) };
+                                acc[0] = unsafe { wv.mul_add(x0, acc[0]) };
+                                acc[1] = unsafe { wv.mul_add(x1, acc[1]) };
+                            }
                         }
                     }
-                }
-                for (c, acc) in acc.iter().enumerate().take(o - group * GROUP) {
-                    let out = &mut yn[((group * GROUP + c) * oh + oy) * ow..][..ow];
-                    // SAFETY: the masks keep the stores within the row's `ow` values.
-                    unsafe {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr(), store.0, acc[0]);
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().wrapping_add(16), store.1, acc[1]);
+                    for (c, acc) in acc.iter().enumerate().take(o - group * GROUP) {
+                        let out = &mut yn[((group * GROUP + c) * oh + oy) * ow + base..][..ow - base];
+                        // SAFETY: `stored` keeps the stores within the row's `ow` values.
+                        unsafe {
+                            acc[0].store_first(out.as_mut_ptr(), stored[0]);
+                            acc[1].store_first(out.as_mut_ptr().wrapping_add(lanes), stored[1]);
+                        }
                     }
                 }
             }
@@ -331,15 +344,9 @@ fn sparse_conv2d_backward_at(
     db: Option<(ArrayViewMut1<f32>, f32)>,
 ) {
     crate::conv::check(x.dim(), dw.0.dim(), dy.dim(), shape);
-    #[cfg(target_arch = "x86_64")]
-    if rows_fit(shape) && shape.padding < shape.kernel && simd.avx512() {
-        // SAFETY: the CPU has AVX-512F (`simd` says so), and the shape is one the functions
-        // handle.
-        match shape.kernel {
-            3 => return unsafe { backward_rows_avx512::<3, 10>(x, dy, shape, scratch, dw, db) },
-            5 => return unsafe { backward_rows_avx512::<5, 6>(x, dy, shape, scratch, dw, db) },
-            _ => {}
-        }
+    if rows_fit(shape) && shape.padding < shape.kernel && backward_rows_fit(shape.kernel, simd.lanes()) {
+        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it.
+        return simd::dispatch!(simd, V => unsafe { backward_rows_any::<V>(x, dy, shape, scratch, dw, db) });
     }
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
@@ -349,17 +356,48 @@ fn sparse_conv2d_backward_at(
     backward::<false>(x, dy, shape, scratch, dw, db);
 }
 
+/// Whether [`backward_rows_any`] takes a kernel of `kernel` columns with vectors of `lanes`.
+fn backward_rows_fit(kernel: usize, lanes: usize) -> bool {
+    matches!((kernel, lanes), (3, 4 | 8 | 16) | (5, 8 | 16))
+}
+
+/// [`backward_rows`] with the channels per pass that the level's registers hold: `G·K` sums
+/// of a vector each, plus the loads (32 registers with AVX-512, 16 otherwise), for the kernels
+/// [`backward_rows_fit`] takes.
+///
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+unsafe fn backward_rows_any<V: F32s>(
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+    shape: &Conv2dShape,
+    scratch: &mut SparseConvScratch,
+    dw: (ArrayViewMut2<f32>, f32),
+    db: Option<(ArrayViewMut1<f32>, f32)>,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match (shape.kernel, V::LANES) {
+            (3, 16) => backward_rows::<V, 3, 10>(x, dy, shape, scratch, dw, db),
+            (5, 16) => backward_rows::<V, 5, 6>(x, dy, shape, scratch, dw, db),
+            (3, _) => backward_rows::<V, 3, 4>(x, dy, shape, scratch, dw, db),
+            (5, _) => backward_rows::<V, 5, 2>(x, dy, shape, scratch, dw, db),
+            _ => unreachable!("backward_rows_fit takes kernels of 3 and 5"),
+        }
+    }
+}
+
 /// The weight gradient of a `K x K` kernel over one-channel inputs, `G` output channels at a
 /// time: for each nonzero input value, each kernel row meets `K` neighbouring outputs of one
-/// output row, which one unaligned 16-lane load reads from a zero-margined copy of the output
+/// output row, which one unaligned vector load reads from a zero-margined copy of the output
 /// gradient (lanes past `K` are ignored). The `G·K` sums stay in registers for the whole batch,
 /// instead of being read and written back for every input value.
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn backward_rows_avx512<const K: usize, const G: usize>(
+/// The CPU must have `V`'s level, and `K <= V::LANES`.
+#[inline(always)]
+unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
     x: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -367,64 +405,62 @@ unsafe fn backward_rows_avx512<const K: usize, const G: usize>(
     (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
 ) {
-    use std::arch::x86_64::*;
-    assert!(rows_fit(shape) && shape.kernel == K && shape.padding < K);
-    let (o, p, pad) = (shape.out_channels, shape.positions(), shape.padding);
+    assert!(rows_fit(shape) && shape.kernel == K && shape.padding < K && K <= V::LANES);
+    let (o, p, pad, lanes) = (shape.out_channels, shape.positions(), shape.padding, V::LANES);
     let (wd, oh, ow) = (shape.width, shape.out_height(), shape.out_width());
     // Each channel's output gradient inside a margin wide enough that every kernel row of
     // every input pixel reads within it (zeros where no output is), plus a vector's slack.
     let margin = K - 1 - pad;
     let (pitch, plane_rows) = (ow + 2 * margin, oh + 2 * margin);
     let plane = pitch * plane_rows;
-    let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
     let SparseConvScratch { outputs: planes, .. } = scratch;
     planes.clear();
-    planes.resize(G * plane + 16, 0.0);
+    planes.resize(G * plane + lanes, 0.0);
     for group in (0..o).step_by(G) {
         let channels = (o - group).min(G);
-        let mut acc = [[_mm512_setzero_ps(); K]; G];
+        // SAFETY (all `V` methods): the CPU has V's level (the caller's promise).
+        let mut acc = [[unsafe { V::zero() }; K]; G];
         for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
             let (xn, dy_n) = (xn.to_slice().expect("standard rows"), dy_n.to_slice().expect("standard rows"));
-            let (row_lo, row_hi) = (lanes(ow), lanes(ow.saturating_sub(16)));
             for c in 0..channels {
                 let src = &dy_n[(group + c) * p..(group + c + 1) * p];
                 for (oy, row) in src.chunks_exact(ow).enumerate() {
                     let at = c * plane + (oy + margin) * pitch + margin;
                     // SAFETY: the row's `ow` values, into plane c's row oy + margin (asserted
-                    // sizes): masked, as a copy call per row of 28 costs more than the row.
+                    // sizes), a vector at a time: a copy call per row of 28 costs more than
+                    // the row.
                     unsafe {
                         let (from, to) = (row.as_ptr(), planes.as_mut_ptr().add(at));
-                        _mm512_mask_storeu_ps(to, row_lo, _mm512_maskz_loadu_ps(row_lo, from));
-                        _mm512_mask_storeu_ps(
-                            to.wrapping_add(16),
-                            row_hi,
-                            _mm512_maskz_loadu_ps(row_hi, from.wrapping_add(16)),
-                        );
+                        for start in (0..ow).step_by(lanes) {
+                            let n = (ow - start).min(lanes);
+                            V::load_first(from.add(start), n).store_first(to.add(start), n);
+                        }
                     }
                 }
             }
             for (yy, row) in xn.chunks_exact(wd).enumerate() {
-                // The nonzero values of the row, sixteen columns compared at a time.
+                // The nonzero values of the row (NaN kept, as the dense product would
+                // propagate it), a vector of columns compared at a time.
                 let mut nonzero = 0u32;
-                for (half, mask) in [(0, lanes(wd)), (16, lanes(wd.saturating_sub(16)))] {
-                    // SAFETY: the mask keeps the load within the row.
-                    let v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(half)) };
-                    nonzero |= u32::from(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps())) << half;
+                for start in (0..wd).step_by(lanes) {
+                    // SAFETY: the load stays within the row.
+                    let v = unsafe { V::load_first(row.as_ptr().add(start), (wd - start).min(lanes)) };
+                    nonzero |= unsafe { v.nonzero() } << start;
                 }
                 while nonzero != 0 {
                     let xx = nonzero.trailing_zeros() as usize;
                     nonzero &= nonzero - 1;
-                    let v = _mm512_set1_ps(row[xx]);
+                    let v = unsafe { V::splat(row[xx]) };
                     // Kernel row i meets output row yy + pad - i, columns xx + pad - (K - 1)
                     // onwards (kernel columns K - 1 down to 0), in plane coordinates.
                     let first = (yy + pad + margin) * pitch + xx + pad + margin + 1 - K;
                     for (c, acc) in acc.iter_mut().enumerate().take(channels) {
                         for (i, acc) in acc.iter_mut().enumerate() {
                             // SAFETY: within plane c: its rows yy + pad + margin - i are inside
-                            // it (the margin), and the 16 values from any of its positions
-                            // stay within the planes and their slack.
-                            let g = unsafe { _mm512_loadu_ps(planes.as_ptr().add(c * plane + first - i * pitch)) };
-                            *acc = _mm512_fmadd_ps(v, g, *acc);
+                            // it (the margin), and the vector from any of its positions stays
+                            // within the planes and their slack.
+                            let g = unsafe { V::load(planes.as_ptr().add(c * plane + first - i * pitch)) };
+                            *acc = unsafe { v.mul_add(g, *acc) };
                         }
                     }
                 }
@@ -432,12 +468,12 @@ unsafe fn backward_rows_avx512<const K: usize, const G: usize>(
         }
         for (c, acc) in acc.iter().enumerate().take(channels) {
             for (i, acc) in acc.iter().enumerate() {
-                let mut lanes = [0.0f32; 16];
-                // SAFETY: sixteen floats into an array of sixteen.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                let mut sums = [0.0f32; 16];
+                // SAFETY: at most sixteen floats into an array of sixteen.
+                unsafe { acc.store(sums.as_mut_ptr()) };
                 for j in 0..K {
                     let d = &mut dw[[group + c, i * K + j]];
-                    let g = lanes[K - 1 - j];
+                    let g = sums[K - 1 - j];
                     *d = if beta_w == 0.0 { g } else { beta_w * *d + g };
                 }
             }
