@@ -16,10 +16,91 @@
 
 mod vector;
 
+/// Defines `$name`, which runs the generic kernel `$kernel::<V>` compiled for the level a
+/// [`Simd`] names: one `#[target_feature]` function per level calls the kernel with that
+/// level's [`F32s`], and the kernel (marked `#[inline(always)]`) inlines into it, so that its
+/// loops are compiled for the level's instructions. `$name` takes the [`Simd`] first, then the
+/// kernel's arguments; it is as unsafe as the kernel, except for the CPU, which the [`Simd`]
+/// vouches for.
+///
+/// This is the form for kernels of any size; [`dispatch!`] suits a short loop.
+///
+/// ```
+/// use simd::F32s;
+///
+/// /// `y += a·x`.
+/// ///
+/// /// # Safety
+/// /// The CPU must have `V`'s level.
+/// #[inline(always)]
+/// unsafe fn axpy<V: F32s>(a: f32, x: &[f32], y: &mut [f32]) {
+///     for (x, y) in x.chunks(V::LANES).zip(y.chunks_mut(V::LANES)) {
+///         let n = x.len().min(y.len());
+///         // SAFETY: n values in both; the caller's promise for the level.
+///         unsafe {
+///             let v = V::splat(a).mul_add(V::load_first(x.as_ptr(), n), V::load_first(y.as_ptr(), n));
+///             v.store_first(y.as_mut_ptr(), n);
+///         }
+///     }
+/// }
+///
+/// simd::kernel! {
+///     /// [`axpy`] at a level.
+///     unsafe fn axpy_at(a: f32, x: &[f32], y: &mut [f32]) => axpy;
+/// }
+///
+/// for level in simd::Simd::every() {
+///     let mut y = vec![1.0; 20];
+///     // SAFETY: axpy has no other requirement.
+///     unsafe { axpy_at(level, 2.0, &[3.0; 20], &mut y) };
+///     assert_eq!(y, vec![7.0; 20]);
+/// }
+/// ```
+#[macro_export]
+macro_rules! kernel {
+    (
+        $(#[$meta:meta])*
+        $vis:vis unsafe fn $name:ident $(<$($lt:lifetime),*>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?
+            => $kernel:ident;
+    ) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name $(<$($lt),*>)? (simd: $crate::Simd, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512 $(<$($lt),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                    // SAFETY: the caller's promise, and this function's features.
+                    unsafe { $kernel::<$crate::Avx512>($($arg),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2 $(<$($lt),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                    // SAFETY: the caller's promise, and this function's features.
+                    unsafe { $kernel::<$crate::Avx2>($($arg),*) }
+                }
+                if simd.avx512() {
+                    // SAFETY: `simd` says the CPU has AVX-512; the rest is the caller's promise.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if simd.avx2() {
+                    // SAFETY: `simd` says the CPU has AVX2 and FMA; the rest is the caller's
+                    // promise.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            // SAFETY: the portable level runs anywhere; the rest is the caller's promise.
+            unsafe { $kernel::<$crate::Portable>($($arg),*) }
+        }
+    };
+}
+
 /// Runs `$body` compiled for the level `$simd` names, with `$V` the [`F32s`] type of that
-/// level: the kernel is written once, generic over `$V`, and each level gets its own copy.
-/// `$body` runs inside a `#[target_feature]` function of the level (a closure called there,
-/// which inlines into it along with the `#[inline(always)]` functions it calls).
+/// level: the loop is written once, generic over `$V`, and each level gets its own copy.
+/// `$body` runs inside a `#[target_feature]` function of the level, as a closure called there:
+/// it is compiled for the level only if the closure inlines, which a short loop does and a
+/// large kernel may not. A kernel's function goes through [`kernel!`] instead.
 ///
 /// ```
 /// use simd::F32s;

@@ -11,21 +11,6 @@ use simd::{F32s, Simd};
 
 use crate::matmul::{matmul_at, matmul_nt_at, matmul_tn_at};
 
-/// Runs `$body` with `$lines`, the [`Lines`] of `$shape` at level `$simd`.
-macro_rules! with_lines {
-    ($simd:expr, $shape:expr, $lines:ident => $body:expr) => {
-        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it; `Lines::new`
-        // needs that level.
-        simd::dispatch!($simd, V => unsafe {
-            match V::LANES {
-                16 => { let $lines = Lines::<V, 2>::new($shape); $body }
-                8 => { let $lines = Lines::<V, 4>::new($shape); $body }
-                _ => { let $lines = Lines::<V, 8>::new($shape); $body }
-            }
-        })
-    };
-}
-
 /// The geometry of a convolution over one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
@@ -95,17 +80,22 @@ impl Conv2dShape {
 #[track_caller]
 pub fn im2col(x: &[f32], shape: &Conv2dShape, cols: &mut [f32]) {
     assert_eq!(cols.len(), shape.patch_len() * shape.positions(), "im2col: columns buffer");
-    im2col_rows(Simd::get(), x, shape, cols.chunks_exact_mut(shape.positions()));
+    im2col_rows(Simd::get(), x, shape, cols, shape.positions(), 0);
 }
 
 /// [`im2col`] into rows that may be parts of longer rows (sample `n`'s block of a batch's
 /// unfolded matrix).
-fn im2col_rows<'a>(simd: Simd, x: &[f32], shape: &Conv2dShape, rows: impl Iterator<Item = &'a mut [f32]>) {
+/// Row `r` of the unfolded matrix is `cols[r·stride + offset..][..positions]`.
+fn im2col_rows(simd: Simd, x: &[f32], shape: &Conv2dShape, cols: &mut [f32], stride: usize, offset: usize) {
     assert_eq!(x.len(), shape.in_len(), "im2col: input of {} for {shape:?}", x.len());
+    let positions = shape.positions();
+    assert!(offset + positions <= stride && cols.len() >= shape.patch_len() * stride - (stride - offset - positions));
     // On the portable level, masked lanes are a loop each: the walk's copies are faster.
     if lines_fit(shape) && simd.avx2() {
-        return with_lines!(simd, shape, lines => lines.im2col(x, rows));
+        // SAFETY: the rows are in `cols` (asserted above); the shape fits.
+        return unsafe { im2col_lines(simd, shape, x, cols, stride, offset) };
     }
+    let rows = cols.chunks_mut(stride).take(shape.patch_len()).map(|row| &mut row[offset..offset + positions]);
     im2col_walk(x, shape, rows);
 }
 
@@ -140,8 +130,8 @@ fn col2im_rows(simd: Simd, cols: &[f32], stride: usize, offset: usize, shape: &C
     let positions = shape.positions();
     assert!(offset + positions <= stride && cols.len() >= shape.patch_len() * stride - (stride - offset - positions));
     if lines_fit(shape) && simd.avx2() {
-        // The rows are in `cols` (asserted above).
-        return with_lines!(simd, shape, lines => lines.col2im(cols, stride, offset, dx));
+        // SAFETY: the rows are in `cols` (asserted above); the shape fits.
+        return unsafe { col2im_lines(simd, shape, cols, stride, offset, dx) };
     }
     let rows = (0..shape.patch_len()).map(|r| &cols[r * stride + offset..r * stride + offset + positions]);
     col2im_walk(rows, shape, dx);
@@ -217,16 +207,17 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
     }
 
     /// # Safety
-    /// The CPU must have `V`'s level.
+    /// The CPU must have `V`'s level, and `cols` must hold the unfolded rows (row `r` at
+    /// `r·stride + offset`, `positions` long).
     #[inline(always)]
-    unsafe fn im2col<'a>(&self, x: &[f32], rows: impl Iterator<Item = &'a mut [f32]>) {
+    unsafe fn im2col(&self, x: &[f32], cols: &mut [f32], stride: usize, offset: usize) {
         let (k, w, ow, oh, lanes) =
             (self.shape.kernel, self.shape.width, self.shape.out_width(), self.shape.out_height(), V::LANES);
         let vectors = ow.div_ceil(lanes);
         // SAFETY (`V` methods): the caller's promise.
         let none = unsafe { V::lanes(0, 0) };
-        for (r, row) in rows.enumerate() {
-            assert_eq!(row.len(), oh * ow, "im2col: a row of the unfolded matrix");
+        for (r, row) in cols.chunks_mut(stride).take(self.shape.patch_len()).enumerate() {
+            let row = &mut row[offset..offset + oh * ow];
             let (c, i, j) = (r / (k * k), (r / k) % k, r % k);
             let (origin, inside) = (self.origin(c, i, j), self.rows_inside(i));
             for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
@@ -302,6 +293,50 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
             }
         }
     }
+}
+
+/// [`Lines::im2col`] with the `Lines` for `V`'s width.
+///
+/// # Safety
+/// As [`Lines::im2col`], and the shape must fit ([`lines_fit`]).
+#[inline(always)]
+unsafe fn im2col_any<V: F32s>(shape: &Conv2dShape, x: &[f32], cols: &mut [f32], stride: usize, offset: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match V::LANES {
+            16 => Lines::<V, 2>::new(shape).im2col(x, cols, stride, offset),
+            8 => Lines::<V, 4>::new(shape).im2col(x, cols, stride, offset),
+            _ => Lines::<V, 8>::new(shape).im2col(x, cols, stride, offset),
+        }
+    }
+}
+
+/// [`Lines::col2im`] with the `Lines` for `V`'s width.
+///
+/// # Safety
+/// As [`Lines::col2im`], and the shape must fit ([`lines_fit`]).
+#[inline(always)]
+unsafe fn col2im_any<V: F32s>(shape: &Conv2dShape, cols: &[f32], stride: usize, offset: usize, dx: &mut [f32]) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match V::LANES {
+            16 => Lines::<V, 2>::new(shape).col2im(cols, stride, offset, dx),
+            8 => Lines::<V, 4>::new(shape).col2im(cols, stride, offset, dx),
+            _ => Lines::<V, 8>::new(shape).col2im(cols, stride, offset, dx),
+        }
+    }
+}
+
+simd::kernel! {
+    /// [`im2col_any`] at a level.
+    unsafe fn im2col_lines(shape: &Conv2dShape, x: &[f32], cols: &mut [f32], stride: usize, offset: usize)
+        => im2col_any;
+}
+
+simd::kernel! {
+    /// [`col2im_any`] at a level.
+    unsafe fn col2im_lines(shape: &Conv2dShape, cols: &[f32], stride: usize, offset: usize, dx: &mut [f32])
+        => col2im_any;
 }
 
 /// A run of one row of the unfolded matrix: in the padding, or read from the input at
@@ -414,8 +449,7 @@ fn conv2d_at(
     // in the cache when the product reads them.
     for samples in chunks(n, k * p) {
         for s in samples.clone() {
-            let rows = cols.chunks_exact_mut(n * p).map(|row| &mut row[s * p..(s + 1) * p]);
-            im2col_rows(simd, x.row(s).to_slice().expect("rows of a standard matrix"), shape, rows);
+            im2col_rows(simd, x.row(s).to_slice().expect("rows of a standard matrix"), shape, cols, n * p, s * p);
         }
         let span = samples.start * p..samples.end * p;
         let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
@@ -631,7 +665,7 @@ mod tests {
             let len = sh.patch_len() * sh.positions();
             for simd in Simd::every() {
                 let (mut fast, mut walk) = (vec![9.0; len], vec![7.0; len]);
-                im2col_rows(simd, &x, &sh, fast.chunks_exact_mut(sh.positions()));
+                im2col_rows(simd, &x, &sh, &mut fast, sh.positions(), 0);
                 im2col_walk(&x, &sh, walk.chunks_exact_mut(sh.positions()));
                 assert_eq!(fast, walk, "{simd}, {sh:?}");
                 let c: Vec<f32> = (0..len).map(|v| (v % 5) as f32 - 2.0).collect();

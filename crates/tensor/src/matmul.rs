@@ -154,9 +154,14 @@ mod kernels {
         let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
         // SAFETY: `a` addresses an m x k matrix (the caller's checked view), `b` a k x n one
         // with rows `ldb` apart, and `c` an m x n one with rows `ldc` apart, none overlapping
-        // `c`; `dispatch!` runs the level's code only on a CPU that has it.
-        simd::dispatch!(simd, V => unsafe { broadcast_all::<V>(m, n, product) });
+        // `c`.
+        unsafe { broadcast_at(simd, m, n, product) };
         true
+    }
+
+    simd::kernel! {
+        /// [`broadcast_all`] at a level.
+        unsafe fn broadcast_at(m: usize, n: usize, product: Product) => broadcast_all;
     }
 
     /// What the tiles of one product share: `c = alpha·(a times b) + beta·c` with a sum over
@@ -201,9 +206,18 @@ mod kernels {
                 };
                 i += MR;
             }
-            // The last rows, one at a time.
-            for i in i..m {
-                unsafe { broadcast_tile::<V, 1, false>(i, j, widths, product) };
+            // The last rows, in one tile as tall as they are.
+            unsafe {
+                match m - i {
+                    0 => {}
+                    1 => broadcast_tile::<V, 1, false>(i, j, widths, product),
+                    2 => broadcast_tile::<V, 2, false>(i, j, widths, product),
+                    3 => broadcast_tile::<V, 3, false>(i, j, widths, product),
+                    4 => broadcast_tile::<V, 4, false>(i, j, widths, product),
+                    5 => broadcast_tile::<V, 5, false>(i, j, widths, product),
+                    6 => broadcast_tile::<V, 6, false>(i, j, widths, product),
+                    _ => (i..m).for_each(|i| broadcast_tile::<V, 1, false>(i, j, widths, product)),
+                }
             }
         }
     }
@@ -274,9 +288,14 @@ mod kernels {
         let a = Strided { ptr: a.as_ptr(), rows: lda, cols: 1 };
         let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
         // SAFETY: a is m x k, b is n x k and c is m x n, rows `lda`, `ldb` and `ldc` apart (the
-        // caller's checked views); `dispatch!` runs the level's code only on a CPU that has it.
-        simd::dispatch!(simd, V => unsafe { dots_all::<V>(m, n, product) });
+        // caller's checked views).
+        unsafe { dots_at(simd, m, n, product) };
         true
+    }
+
+    simd::kernel! {
+        /// [`dots_all`] at a level.
+        unsafe fn dots_at(m: usize, n: usize, product: Product) => dots_all;
     }
 
     /// Tiles of 4 x 4 dot products with AVX-512 (16 sums of its 32 registers), 2 x 4 with

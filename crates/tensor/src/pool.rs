@@ -240,7 +240,8 @@ unsafe fn pool_2x2_avx2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], inde
             let top = c * h * w + 2 * oy * w;
             for ox in (0..ow).step_by(8) {
                 let count = (ow - ox).min(8);
-                let (outs, lo, hi) = (first_lanes(count), first_lanes(2 * count), first_lanes((2 * count).saturating_sub(8)));
+                let (outs, lo, hi) =
+                    (first_lanes(count), first_lanes(2 * count), first_lanes((2 * count).saturating_sub(8)));
                 // SAFETY: the masks keep the loads within the window rows' 2·count values, in
                 // `xn` (asserted lengths), and the stores within the row's `count` outputs.
                 unsafe {
@@ -248,8 +249,14 @@ unsafe fn pool_2x2_avx2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], inde
                     let load = |p: *const f32| {
                         let (a, b) = (_mm256_maskload_ps(p, lo), _mm256_maskload_ps(p.wrapping_add(8), hi));
                         (
-                            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(a, evens), _mm256_permutevar8x32_ps(b, evens)),
-                            _mm256_blend_ps::<0xF0>(_mm256_permutevar8x32_ps(a, odds), _mm256_permutevar8x32_ps(b, odds)),
+                            _mm256_blend_ps::<0xF0>(
+                                _mm256_permutevar8x32_ps(a, evens),
+                                _mm256_permutevar8x32_ps(b, evens),
+                            ),
+                            _mm256_blend_ps::<0xF0>(
+                                _mm256_permutevar8x32_ps(a, odds),
+                                _mm256_permutevar8x32_ps(b, odds),
+                            ),
                         )
                     };
                     let ((u0, u1), (l0, l1)) = (load(at), load(at.add(w)));

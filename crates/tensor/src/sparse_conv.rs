@@ -130,8 +130,8 @@ fn sparse_conv2d_at(
     crate::conv::check(x.dim(), w.dim(), y.dim(), shape);
     // On the portable level, masked lanes are a loop each: scattering is faster.
     if rows_fit(shape) && simd.avx2() {
-        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it.
-        return simd::dispatch!(simd, V => unsafe { forward_rows::<V>(x, w, bias, shape, scratch, y) });
+        // SAFETY: `forward_rows` needs only the level, which `simd` vouches for.
+        return unsafe { forward_rows_at(simd, x, w, bias, shape, scratch, y) };
     }
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
@@ -345,8 +345,8 @@ fn sparse_conv2d_backward_at(
 ) {
     crate::conv::check(x.dim(), dw.0.dim(), dy.dim(), shape);
     if rows_fit(shape) && shape.padding < shape.kernel && backward_rows_fit(shape.kernel, simd.lanes()) {
-        // SAFETY: `dispatch!` runs the level's code only on a CPU that has it.
-        return simd::dispatch!(simd, V => unsafe { backward_rows_any::<V>(x, dy, shape, scratch, dw, db) });
+        // SAFETY: `backward_rows_any` needs only the level, which `simd` vouches for.
+        return unsafe { backward_rows_at(simd, x, dy, shape, scratch, dw, db) };
     }
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
@@ -354,6 +354,30 @@ fn sparse_conv2d_backward_at(
         return unsafe { backward_avx2(x, dy, shape, scratch, dw, db) };
     }
     backward::<false>(x, dy, shape, scratch, dw, db);
+}
+
+simd::kernel! {
+    /// [`forward_rows`] at a level.
+    unsafe fn forward_rows_at<'a>(
+        x: ArrayView2<'a, f32>,
+        w: ArrayView2<'a, f32>,
+        bias: Option<ArrayView1<'a, f32>>,
+        shape: &Conv2dShape,
+        scratch: &mut SparseConvScratch,
+        y: ArrayViewMut2<'a, f32>,
+    ) => forward_rows;
+}
+
+simd::kernel! {
+    /// [`backward_rows_any`] at a level.
+    unsafe fn backward_rows_at<'a>(
+        x: ArrayView2<'a, f32>,
+        dy: ArrayView2<'a, f32>,
+        shape: &Conv2dShape,
+        scratch: &mut SparseConvScratch,
+        dw: (ArrayViewMut2<'a, f32>, f32),
+        db: Option<(ArrayViewMut1<'a, f32>, f32)>,
+    ) => backward_rows_any;
 }
 
 /// Whether [`backward_rows_any`] takes a kernel of `kernel` columns with vectors of `lanes`.
