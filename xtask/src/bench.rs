@@ -35,6 +35,8 @@ pub struct Options {
     pub lenet_runs: usize,
     /// A Python interpreter and PyTorch script to compare with, if any.
     pub pytorch: Option<(PathBuf, PathBuf)>,
+    /// Pairs of runs (this project, then PyTorch) per vector level and model.
+    pub level_pairs: usize,
     /// Where to write the report.
     pub output: PathBuf,
 }
@@ -77,6 +79,8 @@ pub fn bench(opts: &Options) -> Result<String> {
     let density = pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64;
     drop(mnist);
 
+    // The level in force (MNIST_SIMD, inherited by every run): the unmarked sections' level.
+    let level = simd::Level::from_env()?;
     let mut report = String::new();
     writeln!(report, "# Benchmarks\n")?;
     writeln!(
@@ -122,7 +126,7 @@ pub fn bench(opts: &Options) -> Result<String> {
             "| {threads} | {s:.3} | {:.0} | {:.0} | {executed:.0} | {:.0}% | {} | {:.1} | {:.0} | {:.0} |",
             shape.train as f64 / s,
             flops.dense * shape.train as f64 / s / 1e9,
-            100.0 * executed / (*threads as f64 * ghz * flop_per_cycle()),
+            100.0 * executed / (*threads as f64 * ghz * flop_per_cycle(level)),
             accuracies.join(", "),
             median(&runs.iter().map(|r| r.eval_ms).collect::<Vec<_>>()),
             median(&runs.iter().map(|r| r.load_ms).collect::<Vec<_>>()),
@@ -136,15 +140,14 @@ pub fn bench(opts: &Options) -> Result<String> {
          input gradients of layers 2-4). MNIST's pixels are {:.1}% nonzero, and the first layer's \
          forward product and weight gradient only touch the weights of nonzero pixels, so the \
          arithmetic actually executed is {:.0} kFLOP per sample. The share of peak holds the \
-         executed rate against {:.0} FLOP per cycle per core at {ghz:.2} GHz (two {}-wide fused \
-         multiply-adds a cycle). The rest of the time goes to memory traffic (each nonzero pixel \
+         executed rate against {:.0} FLOP per cycle per core at {ghz:.2} GHz, the nominal peak of \
+         the vector level in force ({level}). The rest of the time goes to memory traffic (each nonzero pixel \
          reads a 512-byte row of first-layer weights) and to Adam's divisions and square roots, \
          kept exactly as PyTorch computes them.\n",
         flops.dense / 1e3,
         100.0 * density,
         flops.executed / 1e3,
-        flop_per_cycle(),
-        flop_per_cycle() / 4.0,
+        flop_per_cycle(level),
     )?;
 
     // Pairs of runs, plain then augmented, so that both sides of each ratio see the same load
@@ -232,7 +235,7 @@ pub fn bench(opts: &Options) -> Result<String> {
         "| 2 | {lenet_epoch:.3} | {:.0} | {:.0} | {executed:.0} | {:.0}% | {} |\n",
         shape.train as f64 / lenet_epoch,
         lenet_flops.dense * shape.train as f64 / lenet_epoch / 1e9,
-        100.0 * executed / (2.0 * ghz * flop_per_cycle()),
+        100.0 * executed / (2.0 * ghz * flop_per_cycle(level)),
         lenet_runs.iter().map(|r| format!("{:.2}%", r.test_accuracy)).collect::<Vec<_>>().join(", "),
     )?;
 
@@ -334,35 +337,7 @@ pub fn bench(opts: &Options) -> Result<String> {
     }
 
     if let Some((python, script)) = &opts.pytorch {
-        let started = Instant::now();
-        let mlp = pytorch(python, script, "mlp", &opts.data_dir)?;
-        let lenet = pytorch(python, script, "lenet", &opts.data_dir)?;
-        writeln!(report, "\n## Against PyTorch\n")?;
-        writeln!(
-            report,
-            "The same workloads in PyTorch {}, written for speed on a CPU (data decoded once into one tensor, \
-             batches sliced from a per-epoch permutation), 2 threads, run by this command right after the runs \
-             above ({:.0} s):\n",
-            mlp.version,
-            started.elapsed().as_secs_f64()
-        )?;
-        writeln!(
-            report,
-            "| model | PyTorch s/epoch | PyTorch test accuracy | this project s/epoch | this project test accuracy | ratio |"
-        )?;
-        writeln!(report, "|---|---|---|---|---|---|")?;
-        for (name, torch, ours, accuracy) in [
-            ("MLP", &mlp, medians[1], speed[1].1[0].test_accuracy),
-            ("LeNet-5", &lenet, lenet_epoch, lenet_runs[0].test_accuracy),
-        ] {
-            writeln!(
-                report,
-                "| {name} | {:.3} | {:.2}% | {ours:.3} | {accuracy:.2}% | {:.1}x faster |",
-                torch.epoch_seconds,
-                torch.accuracy,
-                torch.epoch_seconds / ours
-            )?;
-        }
+        levels_against_pytorch(&mut report, &bin, opts, scratch.path(), (python, script), &shape, density)?;
     }
 
     eprintln!("serving under load ...");
@@ -398,12 +373,13 @@ struct Torch {
     accuracy: f64,
 }
 
-/// Runs the PyTorch script for `model` (10 epochs, 2 threads).
-fn pytorch(python: &Path, script: &Path, model: &str, data: &Path) -> Result<Torch> {
+/// Runs the PyTorch script for `model`, `epochs` epochs on 2 threads, with `envs` set.
+fn pytorch(python: &Path, script: &Path, model: &str, data: &Path, epochs: usize, envs: &[(&str, &str)]) -> Result<Torch> {
     eprintln!("PyTorch, {model} ...");
     let out = Command::new(python)
         .arg(script)
-        .args(["--threads", "2", "--model", model, "--data", path_str(data)?])
+        .args(["--threads", "2", "--model", model, "--epochs", &epochs.to_string(), "--data", path_str(data)?])
+        .envs(envs.iter().copied())
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
@@ -417,19 +393,102 @@ fn pytorch(python: &Path, script: &Path, model: &str, data: &Path) -> Result<Tor
     })
 }
 
-/// A core's nominal f32 rate: two fused multiply-adds a cycle on the widest vectors the CPU
-/// has, 16 lanes with AVX-512 (CPUs that split 512-bit operations in two reach half of it),
-/// else 8.
-fn flop_per_cycle() -> f64 {
-    let lanes = if avx512() { 16.0 } else { 8.0 };
-    2.0 * 2.0 * lanes
+/// PyTorch's environment for the same instruction set as `level`: its own kernels
+/// (`ATEN_CPU_CAPABILITY`) and oneDNN's (`ONEDNN_MAX_CPU_ISA`) capped; AVX-512 is its default
+/// where the CPU has it.
+fn torch_cap(level: simd::Level) -> &'static [(&'static str, &'static str)] {
+    match level {
+        simd::Level::Avx512 => &[],
+        simd::Level::Avx2 => &[("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")],
+        simd::Level::Portable => &[("ATEN_CPU_CAPABILITY", "default"), ("ONEDNN_MAX_CPU_ISA", "SSE41")],
+    }
 }
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// Epochs of each run in the comparison by level.
+const LEVEL_EPOCHS: usize = 3;
+
+/// Each vector level the CPU has against PyTorch capped at the same instruction set: pairs of
+/// runs, this project then PyTorch, so that both sides of each ratio see the same load.
+fn levels_against_pytorch(
+    report: &mut String,
+    bin: &Path,
+    opts: &Options,
+    scratch: &Path,
+    (python, script): (&Path, &Path),
+    shape: &Shape,
+    density: f64,
+) -> Result<()> {
+    let started = Instant::now();
+    let levels: Vec<simd::Level> = simd::Level::ALL.into_iter().filter(|&l| l <= simd::Level::detected()).collect();
+    let models = [("MLP", "mlp", Flops::new(&shape.widths(HIDDEN[0]), density)), ("LeNet-5", "lenet", Flops::lenet(shape, density))];
+    let ghz = cpu_mhz() / 1e3;
+    let epochs = LEVEL_EPOCHS.to_string();
+    let mut rows = Vec::new();
+    let mut version = String::new();
+    for &level in &levels {
+        for (name, model, flops) in &models {
+            let (mut ours, mut theirs, mut ratios, mut accuracy) = (Vec::new(), Vec::new(), Vec::new(), (0.0, 0.0));
+            for pair in 1..=opts.level_pairs {
+                let label = format!("{name} at {level}, pair {pair}/{}", opts.level_pairs);
+                let args = ["--model", model, "--threads", "2", "--epochs", &epochs];
+                let runs = train_runs_with(bin, opts, scratch, &label, &args, &[(simd::VARIABLE, level.name())], 1)?;
+                let torch = pytorch(python, script, model, &opts.data_dir, LEVEL_EPOCHS, torch_cap(level))?;
+                let o = median_epoch(&runs);
+                accuracy = (runs[0].test_accuracy, torch.accuracy);
+                version.clone_from(&torch.version);
+                ratios.push(torch.epoch_seconds / o);
+                ours.push(o);
+                theirs.push(torch.epoch_seconds);
+            }
+            rows.push((level, *name, median(&ours), median(&theirs), ratios, accuracy, flops.executed));
+        }
+    }
+    writeln!(report, "\n## Against PyTorch, at every vector level\n")?;
+    writeln!(
+        report,
+        "The same workloads in PyTorch {version}, written for speed on a CPU (data decoded once into one tensor, \
+         batches sliced from a per-epoch permutation), 2 threads. For each vector level this CPU has, \
+         `MNIST_SIMD=LEVEL mnist train --model M --threads 2 --epochs {LEVEL_EPOCHS}` and PyTorch capped at \
+         the same instruction set (AVX-512: its default; AVX2: `ATEN_CPU_CAPABILITY=avx2 \
+         ONEDNN_MAX_CPU_ISA=AVX2`; portable: `ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41`) run in \
+         {} alternating pairs; each side's figure is its median epoch, the ratio the median of the pairs' \
+         ratios ({:.0} s in all). The portable level is this project's kernels without intrinsics, \
+         compiled for x86-64's baseline (SSE2), as ARM's NEON would run them. Peak: two fused multiply-adds \
+         of 16 lanes a cycle per core with AVX-512, of 8 with AVX2, and a 4-lane multiply and add on the \
+         portable level, at {ghz:.2} GHz.\n",
+        opts.level_pairs,
+        started.elapsed().as_secs_f64()
+    )?;
+    writeln!(
+        report,
+        "| level | model | this project s/epoch | PyTorch s/epoch | ratio (pairs' range) | GFLOP/s, executed | share of peak | test accuracy after {LEVEL_EPOCHS} epochs, this project and PyTorch |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    for (level, name, ours, theirs, ratios, accuracy, executed) in rows {
+        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let rate = executed * shape.train as f64 / ours / 1e9;
+        writeln!(
+            report,
+            "| {level} | {name} | {ours:.3} | {theirs:.3} | {:.1}x ({lowest:.1}-{highest:.1}) | {rate:.0} | {:.0}% | {:.2}%, {:.2}% |",
+            median(&ratios),
+            100.0 * rate / (2.0 * ghz * flop_per_cycle(level)),
+            accuracy.0,
+            accuracy.1,
+        )?;
+    }
+    Ok(())
+}
+
+/// A core's nominal f32 rate at `level`: two fused multiply-adds a cycle on 16 lanes with
+/// AVX-512 (CPUs that split 512-bit operations in two reach half of it), on 8 with AVX2; a
+/// multiply and an add on 4 lanes on the portable level (SSE2).
+fn flop_per_cycle(level: simd::Level) -> f64 {
+    match level {
+        simd::Level::Avx512 => 2.0 * 2.0 * 16.0,
+        simd::Level::Avx2 => 2.0 * 2.0 * 8.0,
+        simd::Level::Portable => 2.0 * 4.0,
+    }
 }
 
 /// The CPU's clock in MHz, from /proc/cpuinfo (NaN where unknown).
@@ -505,6 +564,19 @@ fn train_runs(
     extra: &[&str],
     count: usize,
 ) -> Result<Vec<Run>> {
+    train_runs_with(bin, opts, scratch, label, extra, &[], count)
+}
+
+/// [`train_runs`] with environment variables `envs` set for the program.
+fn train_runs_with(
+    bin: &Path,
+    opts: &Options,
+    scratch: &Path,
+    label: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    count: usize,
+) -> Result<Vec<Run>> {
     (0..count)
         .map(|r| {
             eprintln!("{label}, run {}/{count} ...", r + 1);
@@ -512,7 +584,7 @@ fn train_runs(
             let mut args = vec!["train"];
             args.extend_from_slice(extra);
             args.extend(["--data-dir", path_str(&opts.data_dir)?, "--summary-json", path_str(&summary)?]);
-            measure_run(bin, &args, &summary)
+            measure_run_with(bin, &args, envs, &summary)
         })
         .collect()
 }
@@ -523,7 +595,12 @@ fn median_epoch(runs: &[Run]) -> f64 {
 }
 
 fn measure_run(bin: &Path, args: &[&str], summary: &Path) -> Result<Run> {
-    let (status, _, stderr, peak_rss_mb) = run_measured(bin, args)?;
+    measure_run_with(bin, args, &[], summary)
+}
+
+/// [`measure_run`] with environment variables `envs` set for the program.
+fn measure_run_with(bin: &Path, args: &[&str], envs: &[(&str, &str)], summary: &Path) -> Result<Run> {
+    let (status, _, stderr, peak_rss_mb) = run_measured(bin, args, envs)?;
     if !status {
         bail!("mnist {} failed: {stderr}", args.join(" "));
     }
@@ -546,9 +623,10 @@ fn measure_run(bin: &Path, args: &[&str], summary: &Path) -> Result<Run> {
 }
 
 /// Runs `bin args`, returning success, stdout, stderr and the child's own peak resident set in MB.
-fn run_measured(bin: &Path, args: &[&str]) -> Result<(bool, String, String, f64)> {
+fn run_measured(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, String, String, f64)> {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -619,17 +697,6 @@ fn machine() -> String {
             .unwrap_or_else(|| "unknown".into())
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut features = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    for (name, present) in [
-        ("AVX2", std::arch::is_x86_feature_detected!("avx2")),
-        ("FMA", std::arch::is_x86_feature_detected!("fma")),
-        ("AVX-512F", std::arch::is_x86_feature_detected!("avx512f")),
-    ] {
-        if present {
-            features.push(name);
-        }
-    }
     let rustc = Command::new("rustc")
         .arg("--version")
         .output()
@@ -637,12 +704,13 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "rustc (unknown version)".into());
     format!(
-        "{} ({} logical CPUs at {} MHz; {}), {rustc}, release profile (codegen-units 1, thin LTO, no \
-         target-cpu flags: vector kernels are chosen at run time)",
+        "{} ({} logical CPUs at {} MHz; widest vector level {}, in force {}), {rustc}, release profile \
+         (codegen-units 1, thin LTO, no target-cpu flags: vector kernels are chosen at run time)",
         field("model name"),
         cpus,
         field("cpu MHz"),
-        if features.is_empty() { "no AVX2".into() } else { features.join(", ") }
+        simd::Level::detected(),
+        simd::Simd::get(),
     )
 }
 

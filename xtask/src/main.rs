@@ -72,6 +72,10 @@ enum Command {
         /// The Python interpreter that has torch and numpy, for --pytorch.
         #[arg(long, value_name = "PATH", requires = "pytorch")]
         python: Option<PathBuf>,
+        /// With --pytorch: alternating pairs of runs (this project, then PyTorch at the same
+        /// instruction set) per vector level and model.
+        #[arg(long, default_value_t = 3)]
+        level_pairs: usize,
         /// Where to write the report.
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
@@ -150,9 +154,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{section}");
             Ok(())
         }
-        Command::Bench { data_dir, runs, lenet_runs, scaling_epochs, pytorch, python, output } => {
-            if runs == 0 || scaling_epochs == 0 || lenet_runs == 0 {
-                anyhow::bail!("--runs, --lenet-runs and --scaling-epochs must be at least 1");
+        Command::Bench { data_dir, runs, lenet_runs, scaling_epochs, pytorch, python, level_pairs, output } => {
+            if runs == 0 || scaling_epochs == 0 || lenet_runs == 0 || level_pairs == 0 {
+                anyhow::bail!("--runs, --lenet-runs, --scaling-epochs and --level-pairs must be at least 1");
             }
             let root = xtask::repo_root();
             let opts = bench::Options {
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lenet_runs,
                 scaling_epochs,
                 pytorch: python.zip(pytorch),
+                level_pairs,
                 output: output.unwrap_or_else(|| root.join("BENCHMARKS.md")),
             };
             let report = bench::bench(&opts)?;
