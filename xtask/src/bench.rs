@@ -374,7 +374,14 @@ struct Torch {
 }
 
 /// Runs the PyTorch script for `model`, `epochs` epochs on 2 threads, with `envs` set.
-fn pytorch(python: &Path, script: &Path, model: &str, data: &Path, epochs: usize, envs: &[(&str, &str)]) -> Result<Torch> {
+fn pytorch(
+    python: &Path,
+    script: &Path,
+    model: &str,
+    data: &Path,
+    epochs: usize,
+    envs: &[(&str, &str)],
+) -> Result<Torch> {
     eprintln!("PyTorch, {model} ...");
     let out = Command::new(python)
         .arg(script)
@@ -420,7 +427,10 @@ fn levels_against_pytorch(
 ) -> Result<()> {
     let started = Instant::now();
     let levels: Vec<simd::Level> = simd::Level::ALL.into_iter().filter(|&l| l <= simd::Level::detected()).collect();
-    let models = [("MLP", "mlp", Flops::new(&shape.widths(HIDDEN[0]), density)), ("LeNet-5", "lenet", Flops::lenet(shape, density))];
+    let models = [
+        ("MLP", "mlp", Flops::new(&shape.widths(HIDDEN[0]), density)),
+        ("LeNet-5", "lenet", Flops::lenet(shape, density)),
+    ];
     let ghz = cpu_mhz() / 1e3;
     let epochs = LEVEL_EPOCHS.to_string();
     let mut rows = Vec::new();

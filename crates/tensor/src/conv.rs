@@ -178,16 +178,19 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
     unsafe fn new(shape: &Conv2dShape) -> Self {
         assert!(lines_fit(shape) && Q * V::LANES >= 32);
         let (p, w, ow, lanes) = (shape.padding, shape.width, shape.out_width(), V::LANES);
-        // SAFETY: the caller's promise.
-        let masks = std::array::from_fn(|j| {
-            std::array::from_fn(|q| {
+        // Plain loops, not closures: a closure that does not inline would not be compiled
+        // for the level, and every mask would be a call.
+        // SAFETY (`V` methods): the caller's promise.
+        let mut masks = [[unsafe { V::lanes(0, 0) }; Q]; MAX_KERNEL];
+        for (j, masks) in masks.iter_mut().enumerate() {
+            for (q, mask) in masks.iter_mut().enumerate() {
                 // Lanes l with output column q·lanes + l < ow and input column + j - p in 0..w.
                 let first = q * lanes;
                 let lo = p.saturating_sub(j + first).min(lanes);
                 let hi = ow.saturating_sub(first).min((w + p).saturating_sub(j + first)).min(lanes).max(lo);
-                unsafe { V::lanes(lo, hi) }
-            })
-        });
+                *mask = unsafe { V::lanes(lo, hi) };
+            }
+        }
         Self { shape: *shape, masks }
     }
 
@@ -252,14 +255,15 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
         // Input column x reads output column x + p - j, inside the output row where
         // 0 <= x + p - j < ow.
         // SAFETY (`V` methods): the caller's promise.
-        let reach: [[V::Mask; Q]; MAX_KERNEL] = std::array::from_fn(|j| {
-            std::array::from_fn(|q| {
+        let mut reach = [[unsafe { V::lanes(0, 0) }; Q]; MAX_KERNEL];
+        for (j, reach) in reach.iter_mut().enumerate() {
+            for (q, mask) in reach.iter_mut().enumerate() {
                 let first = q * lanes;
                 let lo = j.saturating_sub(p + first).min(lanes);
                 let hi = w.saturating_sub(first).min((ow + j).saturating_sub(p + first)).min(lanes).max(lo);
-                unsafe { V::lanes(lo, hi) }
-            })
-        });
+                *mask = unsafe { V::lanes(lo, hi) };
+            }
+        }
         for c in 0..s.in_channels {
             for y in 0..h {
                 let mut acc = [unsafe { V::zero() }; Q];

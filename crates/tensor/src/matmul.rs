@@ -341,7 +341,10 @@ mod kernels {
             let mut acc = [[V::zero(); C]; R];
             let mut p = 0;
             while p + lanes <= k {
-                let bv: [V; C] = std::array::from_fn(|s| V::load(b.add((j + s) * ldb + p)));
+                let mut bv = [V::zero(); C];
+                for (s, bv) in bv.iter_mut().enumerate() {
+                    *bv = V::load(b.add((j + s) * ldb + p));
+                }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = V::load(a.add((i + r) * lda + p));
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {
@@ -351,7 +354,10 @@ mod kernels {
                 p += lanes;
             }
             if p < k {
-                let bv: [V; C] = std::array::from_fn(|s| V::load_first(b.add((j + s) * ldb + p), k - p));
+                let mut bv = [V::zero(); C];
+                for (s, bv) in bv.iter_mut().enumerate() {
+                    *bv = V::load_first(b.add((j + s) * ldb + p), k - p);
+                }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = V::load_first(a.add((i + r) * lda + p), k - p);
                     for (acc, &bv) in acc.iter_mut().zip(&bv) {

@@ -196,16 +196,17 @@ unsafe fn forward_rows<V: F32s>(
     // At most four passes: rows of 32 values, two vectors of at least four lanes a pass.
     let passes = ow.div_ceil(2 * lanes);
     // SAFETY (all `V` methods): the CPU has V's level (the caller's promise).
-    let masks: [[[V::Mask; 2]; MAX_KERNEL]; 4] = std::array::from_fn(|pass| {
-        std::array::from_fn(|j| {
-            std::array::from_fn(|half| {
+    let mut masks = [[[unsafe { V::lanes(0, 0) }; 2]; MAX_KERNEL]; 4];
+    for (pass, masks) in masks.iter_mut().enumerate() {
+        for (j, masks) in masks.iter_mut().enumerate() {
+            for (half, mask) in masks.iter_mut().enumerate() {
                 let first = pass * 2 * lanes + half * lanes;
                 let lo = p.saturating_sub(j + first).min(lanes);
                 let hi = ow.saturating_sub(first).min((wd + p).saturating_sub(j + first)).min(lanes).max(lo);
-                unsafe { V::lanes(lo, hi) }
-            })
-        })
-    });
+                *mask = unsafe { V::lanes(lo, hi) };
+            }
+        }
+    }
     inked.resize(h, false);
     for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
         let (xn, yn) = (xn.to_slice().expect("standard rows"), yn.as_slice_mut().expect("standard rows"));
