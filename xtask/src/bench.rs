@@ -369,6 +369,8 @@ pub fn bench(opts: &Options) -> Result<String> {
 /// What PyTorch's script reported.
 struct Torch {
     version: String,
+    /// The kernels PyTorch reports it ran (`AVX512`, `AVX2`, `DEFAULT`).
+    capability: String,
     epoch_seconds: f64,
     accuracy: f64,
 }
@@ -393,8 +395,16 @@ fn pytorch(
         bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
+    let word_after =
+        |key: &str| text.split(key).nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("?").to_owned();
     Ok(Torch {
-        version: text.split_whitespace().nth(1).unwrap_or("?").to_owned(),
+        version: text
+            .lines()
+            .find_map(|l| l.strip_prefix("torch "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned(),
+        capability: word_after("capability="),
         epoch_seconds: field(&text, "median_epoch_seconds: ")?,
         accuracy: field(&text, "Test Accuracy: ")?,
     })
@@ -438,6 +448,7 @@ fn levels_against_pytorch(
     for &level in &levels {
         for (name, model, flops) in &models {
             let (mut ours, mut theirs, mut ratios, mut accuracy) = (Vec::new(), Vec::new(), Vec::new(), (0.0, 0.0));
+            let mut capability = String::new();
             for pair in 1..=opts.level_pairs {
                 let label = format!("{name} at {level}, pair {pair}/{}", opts.level_pairs);
                 let args = ["--model", model, "--threads", "2", "--epochs", &epochs];
@@ -445,12 +456,13 @@ fn levels_against_pytorch(
                 let torch = pytorch(python, script, model, &opts.data_dir, LEVEL_EPOCHS, torch_cap(level))?;
                 let o = median_epoch(&runs);
                 accuracy = (runs[0].test_accuracy, torch.accuracy);
+                capability.clone_from(&torch.capability);
                 version.clone_from(&torch.version);
                 ratios.push(torch.epoch_seconds / o);
                 ours.push(o);
                 theirs.push(torch.epoch_seconds);
             }
-            rows.push((level, *name, median(&ours), median(&theirs), ratios, accuracy, flops.executed));
+            rows.push((level, *name, median(&ours), (median(&theirs), capability), ratios, accuracy, flops.executed));
         }
     }
     writeln!(report, "\n## Against PyTorch, at every vector level\n")?;
@@ -471,16 +483,16 @@ fn levels_against_pytorch(
     )?;
     writeln!(
         report,
-        "| level | model | this project s/epoch | PyTorch s/epoch | ratio (pairs' range) | GFLOP/s, executed | share of peak | test accuracy after {LEVEL_EPOCHS} epochs, this project and PyTorch |"
+        "| level | model | this project s/epoch | PyTorch s/epoch (its kernels) | ratio (pairs' range) | GFLOP/s, executed | share of peak | test accuracy after {LEVEL_EPOCHS} epochs, this project and PyTorch |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    for (level, name, ours, theirs, ratios, accuracy, executed) in rows {
+    for (level, name, ours, (theirs, capability), ratios, accuracy, executed) in rows {
         let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let rate = executed * shape.train as f64 / ours / 1e9;
         writeln!(
             report,
-            "| {level} | {name} | {ours:.3} | {theirs:.3} | {:.1}x ({lowest:.1}-{highest:.1}) | {rate:.0} | {:.0}% | {:.2}%, {:.2}% |",
+            "| {level} | {name} | {ours:.3} | {theirs:.3} ({capability}) | {:.1}x ({lowest:.1}-{highest:.1}) | {rate:.0} | {:.0}% | {:.2}%, {:.2}% |",
             median(&ratios),
             100.0 * rate / (2.0 * ghz * flop_per_cycle(level)),
             accuracy.0,

@@ -407,9 +407,10 @@ enum Built {
     Dropout(f32),
 }
 
-/// A model built from a [`SequentialConfig`], owning its parameters. The first layer with
-/// parameters reads the data as sparse, convolution or linear layer alike: images are mostly
-/// zeros ([`Tape::sparse_conv2d`], [`Tape::sparse_linear`]).
+/// A model built from a [`SequentialConfig`], owning its parameters. A first layer with
+/// parameters that reads the data itself (nothing before it but `flatten`) reads it as sparse,
+/// convolution or linear layer alike: images are mostly zeros ([`Tape::sparse_conv2d`],
+/// [`Tape::sparse_linear`]).
 ///
 /// Dropout layers need a generator: [`Model::forward_train`] draws their masks from it;
 /// [`Model::forward`] leaves dropout out (evaluation mode).
@@ -450,8 +451,12 @@ impl Sequential {
         let (mut convs, mut linears) = (0, 0);
         let mut shape = Shape::Image(config.input[0], config.input[1], config.input[2]);
         let mut layers = Vec::with_capacity(config.layers.len());
+        // Whether the layer reads the data as it came (only flattened): the sparse paths read
+        // the tape's input itself, so a layer after dropout, ReLU or pooling takes the dense one.
+        let mut reads_input = true;
         for (layer, &next) in config.layers.iter().zip(&shapes) {
-            let first_with_params = convs + linears == 0;
+            let sparse = reads_input;
+            reads_input &= matches!(layer, Layer::Flatten);
             layers.push(match (*layer, shape) {
                 (Layer::Conv2d { out, kernel, bias, .. }, Shape::Image(c, h, w)) => {
                     convs += 1;
@@ -460,7 +465,7 @@ impl Sequential {
                     let (wv, bv) = init(out, geom.patch_len());
                     let weight = params.add(scope.name("weight"), &[out, c, kernel, kernel], wv);
                     let bias = bias.then(|| params.add(scope.name("bias"), &[out], bv));
-                    Built::Conv { weight, bias, shape: geom, sparse: first_with_params }
+                    Built::Conv { weight, bias, shape: geom, sparse }
                 }
                 (Layer::MaxPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
                     Built::Pool(pool_shape(kernel, stride, (c, h, w)))
@@ -469,7 +474,7 @@ impl Sequential {
                     linears += 1;
                     let (wv, bv) = init(out, inputs);
                     let mut linear = Linear::from_values(&mut params, &format!("fc{linears}"), inputs, out, wv, bv);
-                    linear.sparse_input = first_with_params;
+                    linear.sparse_input = sparse;
                     Built::Linear(linear)
                 }
                 (Layer::Relu, _) => Built::Relu,
@@ -737,6 +742,30 @@ mod tests {
                 .unwrap();
         assert_eq!((back.config(), back.params()), (model.config(), model.params()));
         assert_eq!(back.logits(x.view()), model.logits(x.view()));
+    }
+
+    #[test]
+    fn layers_before_the_first_parameters_make_it_read_densely() {
+        // Dropout, ReLU or pooling before the first layer with parameters: that layer reads
+        // their output, not the data, so it takes the dense path (the sparse one would panic).
+        for list in
+            ["dropout(0.2),flatten,linear(3)", "relu,flatten,linear(3)", "maxpool(2),conv(2,3),relu,flatten,linear(3)"]
+        {
+            let config = SequentialConfig::parse(list, [1, 8, 8]).unwrap();
+            let model = Sequential::new(&config, &mut rng(2));
+            let x = Array2::from_shape_fn((4, 64), |(i, j)| if (i + j) % 3 == 0 { 0.5 } else { 0.0 });
+            let mut tape = Tape::new();
+            let input = tape.input(x.view());
+            let logits = model.forward_train(&mut tape, input, &mut rng(3));
+            let loss = tape.cross_entropy(logits, &[0, 1, 2, 0]);
+            let mut grads = crate::Grads::new(model.params());
+            tape.backward(loss, model.params(), &mut grads);
+            assert!(tape.value(loss)[[0, 0]].is_finite(), "{list}");
+            let mut tape = Tape::new();
+            let input = tape.input(x.view());
+            let logits = model.forward(&mut tape, input);
+            assert_eq!(tape.value(logits), model.logits(x.view()), "{list}");
+        }
     }
 
     #[test]

@@ -64,6 +64,9 @@ macro_rules! kernel {
             => $kernel:ident;
     ) => {
         $(#[$meta])*
+        ///
+        /// # Safety
+        /// The kernel's requirements, except the CPU's level, which `simd` vouches for.
         #[allow(clippy::too_many_arguments)]
         $vis unsafe fn $name $(<$($lt),*>)? (simd: $crate::Simd, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
@@ -128,6 +131,7 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 if simd.avx512() {
+                    // Sound to call only where the CPU has AVX-512: the call below checks `simd`.
                     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
                     #[inline]
                     fn run<R>(f: impl FnOnce() -> R) -> R {
@@ -140,6 +144,7 @@ macro_rules! dispatch {
                     break 'dispatch unsafe { run(body) };
                 }
                 if simd.avx2() {
+                    // Sound to call only where the CPU has AVX2 and FMA: the call below checks `simd`.
                     #[target_feature(enable = "avx2,fma")]
                     #[inline]
                     fn run<R>(f: impl FnOnce() -> R) -> R {

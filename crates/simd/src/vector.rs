@@ -216,6 +216,9 @@ mod x86 {
     pub struct Avx2(__m256);
 
     /// The first `n` lanes of eight, as AVX2's masked loads and stores take them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
     #[inline(always)]
     unsafe fn first_lanes(n: usize) -> __m256i {
         // SAFETY: the trait's contract (AVX2 is enabled where this inlines).

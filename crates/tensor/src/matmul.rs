@@ -180,6 +180,10 @@ mod kernels {
 
     /// Tiles of `R` rows and two vectors of columns: 8 x 32 with AVX-512 (16 sums of its 32
     /// registers), 6 x 16 with AVX2 and 6 x 8 on the portable level (12 of 16).
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (an m x n `c`, with `a` m x k and `b` k x n).
     #[inline(always)]
     unsafe fn broadcast_all<V: F32s>(m: usize, n: usize, product: Product) {
         // SAFETY: the caller's promise.
@@ -188,6 +192,11 @@ mod kernels {
         }
     }
 
+    /// [`broadcast`] in tiles of `MR` rows, then one tile of the rows left.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (an m x n `c`, with `a` m x k and `b` k x n).
     #[inline(always)]
     unsafe fn broadcast_rows<V: F32s, const MR: usize>(m: usize, n: usize, product: Product) {
         let nr = 2 * V::LANES;
@@ -224,6 +233,10 @@ mod kernels {
 
     /// A tile of `R` rows of `c` from column `j`: `widths` columns in each of its two vectors
     /// (both full where `FULL`).
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (rows i..i + R and columns j.. of the widths within them).
     #[inline(always)]
     unsafe fn broadcast_tile<V: F32s, const R: usize, const FULL: bool>(
         i: usize,
@@ -300,12 +313,21 @@ mod kernels {
 
     /// Tiles of 4 x 4 dot products with AVX-512 (16 sums of its 32 registers), 2 x 4 with
     /// 16 registers.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (an m x n `c`, with `a` m x k and `b` n x k).
     #[inline(always)]
     unsafe fn dots_all<V: F32s>(m: usize, n: usize, product: Product) {
         // SAFETY: the caller's promise.
         unsafe { if V::LANES >= 16 { dots_rows::<V, 4>(m, n, product) } else { dots_rows::<V, 2>(m, n, product) } }
     }
 
+    /// [`dots`] in tiles of `R` x 4, and narrower ones at the edges.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (an m x n `c`, with `a` m x k and `b` n x k).
     #[inline(always)]
     unsafe fn dots_rows<V: F32s, const R: usize>(m: usize, n: usize, product: Product) {
         const C: usize = 4;
@@ -331,6 +353,10 @@ mod kernels {
     }
 
     /// A tile of [`dots`]: `a`'s rows are `a.rows` apart, its columns contiguous.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
+    /// (rows i..i + R of `a` and `c`, rows j..j + C of `b`, within them).
     #[inline(always)]
     unsafe fn dots_tile<V: F32s, const R: usize, const C: usize>(i: usize, j: usize, product: Product) {
         let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;

@@ -397,13 +397,15 @@ fn gather_rows_contiguous(simd: Simd, idx: &[u32], vals: &[f32], src: &[f32], ld
     gather_rows_blocked::<64, false>(idx, vals, src, ld, beta, out);
 }
 
+/// Sound to call only where the CPU has AVX2 and FMA, which its caller checks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gather_rows_avx2(idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
     gather_rows_blocked::<64, true>(idx, vals, src, ld, beta, out);
 }
 
-/// Twice the block of AVX2: 32 registers of 16 lanes hold 128 sums with room to spare.
+/// Twice the block of AVX2: 32 registers of 16 lanes hold 128 sums with room to spare. Sound
+/// to call only where the CPU has AVX-512F, which its caller checks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn gather_rows_avx512(idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {

@@ -83,7 +83,8 @@ fn axpy<const FUSED: bool>(v: f32, src: &[[f32; LANES]], dst: &mut [[f32; LANES]
     }
 }
 
-/// [`axpy`] with one fused multiply-add per vector: what `mul_add` lane by lane computes.
+/// [`axpy`] with one fused multiply-add per vector: what `mul_add` lane by lane computes. Sound
+/// to call only where the CPU has AVX2 and FMA: [`axpy`] calls it from code compiled for them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
