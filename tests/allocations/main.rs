@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod idx;
+mod image;
 mod training_step;
 
 use std::alloc::{GlobalAlloc, Layout, System};

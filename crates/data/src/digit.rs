@@ -68,9 +68,25 @@ pub enum ImageError {
 /// The bytes are not a readable image, it exceeds `limits`, or it holds no visible digit.
 pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageError> {
     let unreadable = |e: &dyn std::fmt::Display| ImageError::Unreadable { reason: e.to_string() };
-    let reader = || ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e));
+    // The memory limit holds for the header too (reading it can inflate chunks before the
+    // pixels, such as a colour profile); the sides are checked below, to name them.
+    let mut header_limits = image::Limits::default();
+    header_limits.max_alloc = Some(limits.max_bytes);
+    let mut decoder_limits = header_limits.clone();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    let reader = |within: &image::Limits| {
+        let mut reader =
+            ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(&e))?;
+        reader.limits(within.clone());
+        Ok::<_, ImageError>(reader)
+    };
+    let too_much = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => ImageError::TooMuchMemory { max_bytes: limits.max_bytes },
+        other => unreadable(&other),
+    };
     // The header first: an image beyond the limits is refused before any pixel is decoded.
-    let (width, height) = reader()?.into_dimensions().map_err(|e| unreadable(&e))?;
+    let (width, height) = reader(&header_limits)?.into_dimensions().map_err(too_much)?;
     if width > limits.max_side || height > limits.max_side {
         return Err(ImageError::TooLarge { width, height, max: limits.max_side });
     }
@@ -78,16 +94,7 @@ pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageE
     if u64::from(width) * u64::from(height) * 4 > limits.max_bytes {
         return Err(ImageError::TooMuchMemory { max_bytes: limits.max_bytes });
     }
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
-    decoder_limits.max_alloc = Some(limits.max_bytes);
-    let mut decoder = reader()?;
-    decoder.limits(decoder_limits);
-    let img = decoder.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => ImageError::TooMuchMemory { max_bytes: limits.max_bytes },
-        other => unreadable(&other),
-    })?;
+    let img = reader(&decoder_limits)?.decode().map_err(too_much)?;
     // Transparent pixels are composited over white, as a viewer would show them.
     let la = img.to_luma_alpha8();
     let gray = GrayImage::from_fn(la.width(), la.height(), |x, y| {
