@@ -69,6 +69,19 @@ fn the_page_its_files_health_and_model_facts_are_served() {
     let (status, kind, js) = get(&base, "/app.js");
     assert!(status == 200 && kind.starts_with("text/javascript") && js.contains("/api/predict"));
     assert_eq!(get(&base, "/style.css").0, 200);
+    for path in ["/", "/app.js", "/style.css"] {
+        let response = agent().get(format!("{base}{path}")).call().unwrap();
+        let header = |name: &str| response.headers().get(name).map_or("", |v| v.to_str().unwrap()).to_owned();
+        let policy = header("content-security-policy");
+        assert!(
+            policy.contains("script-src 'self'")
+                && policy.contains("frame-ancestors 'none'")
+                && !policy.contains("unsafe"),
+            "{path}: {policy}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("cache-control"), "no-cache", "{path}");
+    }
     assert_eq!(get(&base, "/healthz"), (200, "application/json".into(), "{\"status\":\"ok\"}".into()));
     let facts: ModelFacts = serde_json::from_str(&get(&base, "/api/model").2).unwrap();
     assert_eq!((facts.parameters, facts.inputs, facts.classes, facts.test_accuracy), (7954, 784, 10, Some(0.5)));
