@@ -6,7 +6,7 @@
 //! and the memory the decoder may take.
 
 use image::imageops::{self, FilterType};
-use image::{GrayImage, ImageReader, Luma};
+use image::{GrayImage, ImageDecoder, ImageReader, Luma};
 
 /// MNIST's side, in pixels.
 pub const SIDE: usize = 28;
@@ -94,7 +94,12 @@ pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageE
     if u64::from(width) * u64::from(height) * 4 > limits.max_bytes {
         return Err(ImageError::TooMuchMemory { max_bytes: limits.max_bytes });
     }
-    let img = reader(&decoder_limits)?.decode().map_err(too_much)?;
+    let mut decoder = reader(&decoder_limits)?.into_decoder().map_err(too_much)?;
+    // A photo is stored as the sensor saw it, with the way up in its Exif data: turned upright
+    // here, as a viewer shows it. Unreadable Exif data leaves the image as stored.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(too_much)?;
+    img.apply_orientation(orientation);
     // Transparent pixels are composited over white, as a viewer would show them.
     let la = img.to_luma_alpha8();
     let gray = GrayImage::from_fn(la.width(), la.height(), |x, y| {
@@ -229,6 +234,39 @@ mod tests {
         assert!(matches!(err, ImageError::Unreadable { .. }), "{err}");
         let blank = png(&GrayImage::from_pixel(40, 40, Luma([255])));
         assert_eq!(from_image_bytes(&blank, Limits::default()).unwrap_err(), ImageError::Blank);
+    }
+
+    #[test]
+    fn images_are_turned_upright_by_their_exif_orientation() {
+        // An "L" stored lying on its back with Exif orientation 6 ("rotate 90° clockwise to
+        // view"): a viewer shows it upright, and so must the digit. The foot tells a quarter
+        // turn from three quarters.
+        let bar = GrayImage::from_fn(80, 100, |x, y| {
+            let stem = (36..44).contains(&x) && (20..80).contains(&y);
+            let foot = (36..62).contains(&x) && (72..80).contains(&y);
+            Luma([if stem || foot { 0 } else { 255 }])
+        });
+        let stored = image::imageops::rotate270(&bar);
+        let mut bytes = png(&stored);
+        // eXIf: a big-endian TIFF header and one entry, tag 0x0112 (orientation), SHORT, 6.
+        let exif: &[u8] = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0";
+        let mut crc = flate2::Crc::new();
+        crc.update(b"eXIf");
+        crc.update(exif);
+        let mut chunk = (exif.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"eXIf");
+        chunk.extend_from_slice(exif);
+        chunk.extend_from_slice(&crc.sum().to_be_bytes());
+        bytes.splice(33..33, chunk); // after the signature and IHDR
+        let upright = from_image_bytes(&png(&bar), Limits::default()).unwrap();
+        assert_eq!(from_image_bytes(&bytes, Limits::default()).unwrap(), upright);
+        assert_ne!(
+            from_image_bytes(&png(&stored), Limits::default()).unwrap(),
+            upright,
+            "the test must turn something"
+        );
+        let half_turn = image::imageops::rotate180(&bar);
+        assert_ne!(from_image_bytes(&png(&half_turn), Limits::default()).unwrap(), upright, "and tell the ways apart");
     }
 
     #[test]
