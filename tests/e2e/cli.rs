@@ -61,6 +61,17 @@ fn the_plots_are_drawn() {
         assert!(svg.starts_with("<svg") && svg.contains(must_hold), "{name} lacks {must_hold}");
         assert!(svg.matches("<text").count() >= 3, "{name} has too little text");
     }
+    // Two epochs: the epoch axis is labelled 1 and 2, once each (not at half epochs, which
+    // would repeat them).
+    let loss = std::fs::read_to_string(t.plots.join("loss.svg")).unwrap();
+    let labels: Vec<&str> = loss
+        .split("<text")
+        .filter_map(|t| t.split_once('>'))
+        .map(|(_, rest)| rest.split('<').next().unwrap().trim())
+        .collect();
+    for epoch in ["1", "2"] {
+        assert_eq!(labels.iter().filter(|l| **l == epoch).count(), 1, "epoch {epoch} in {labels:?}");
+    }
     let cells = std::fs::read_to_string(t.plots.join("confusion.svg")).unwrap().matches("<rect").count();
     assert!(cells >= 200, "a 10x10 heatmap draws a filled and an outlined rect per cell, found {cells}");
 }

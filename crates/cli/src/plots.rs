@@ -66,6 +66,11 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// A named, coloured line of `(epoch, value)` points.
 type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
 
+/// Ticks on an axis of epochs up to `last`: one per epoch, at most a dozen.
+fn epoch_ticks(last: f64) -> usize {
+    (last.max(1.0) as usize).min(12)
+}
+
 /// A line chart of one or two named series over epochs, as `dir/name`.
 fn curves(dir: &Path, name: &str, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
     let points = || series.iter().flat_map(|(_, _, p)| p.iter());
@@ -84,7 +89,10 @@ fn curves(dir: &Path, name: &str, title: &str, y_label: &str, series: &[Series])
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(y_label)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            // As many ticks as whole epochs (up to a dozen), which puts them on whole epochs; a
+            // tick between two, where the axis is too long for that, goes unlabelled.
+            .x_labels(epoch_ticks(last_epoch))
+            .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
             .label_style((FAMILY, 14))
             .draw()
             .map_err(err)?;
