@@ -56,6 +56,13 @@ pub struct Prediction {
     pub input: Vec<f32>,
 }
 
+/// The answer to a request of several images, in their order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predictions {
+    /// One prediction per image.
+    pub predictions: Vec<Prediction>,
+}
+
 /// A JSON request: one image or many, each 784 numbers in `[0, 1]` (or, when any exceeds 1, in
 /// `[0, 255]`).
 #[derive(Debug, Deserialize)]
@@ -168,7 +175,8 @@ fn answer(app: &App, input: Input) -> Result<Response, Failure> {
         .map(|((row, class), input)| Prediction { class, probabilities: row.to_vec(), input })
         .collect();
     Ok(if batch {
-        Json(serde_json::json!({ "predictions": predictions })).into_response()
+        // A struct, not `json!`: a JSON value would widen every f32 to f64's digits.
+        Json(Predictions { predictions }).into_response()
     } else {
         Json(predictions.into_iter().next().expect("one image")).into_response()
     })

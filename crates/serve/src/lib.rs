@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
-pub use api::{ErrorBody, ModelFacts, Prediction};
+pub use api::{ErrorBody, ModelFacts, Prediction, Predictions};
 
 /// What the server accepts at most.
 #[derive(Debug, Clone, Copy, PartialEq)]
