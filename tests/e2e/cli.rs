@@ -36,6 +36,16 @@ fn the_notebooks_lines_csv_and_summary_agree() {
 }
 
 #[test]
+fn a_model_too_large_for_the_machine_is_refused_before_allocating() {
+    // A trillion parameters: 20 TB to train, more than any machine here has.
+    assert_fails(
+        &["train", "--data-dir", arg(synthetic_dir()), "--hidden", "1000000,1000000", "--epochs", "1"],
+        2,
+        "parameters and training it needs about",
+    );
+}
+
+#[test]
 fn an_unknown_vector_level_is_refused_before_any_work() {
     let out = crate::support::program()
         .env("MNIST_SIMD", "sse9")

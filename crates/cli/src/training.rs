@@ -60,6 +60,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         }
         (None, Start::New(run)) => {
             let config = architecture(&run.architecture, &mnist.train)?;
+            check_memory(&config, &run.settings, cfg.threads, flag(&run.architecture))?;
             let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
             train::check_fits(&model, &mnist.train)
                 .map_err(|e| UsageError(format!("{}: {e}", flag(&run.architecture))))?;
@@ -155,6 +156,31 @@ pub(crate) fn architecture(architecture: &Architecture, data: &data::Dataset) ->
 }
 
 /// The flag that chose the model.
+/// Refuses a model whose training would take more memory than the machine has available, before
+/// anything is allocated (the allocator would abort the process instead, mid-way).
+fn check_memory(config: &nn::SequentialConfig, settings: &train::Settings, threads: usize, flag: &str) -> Result<()> {
+    let parameters = config.parameter_count()?;
+    let needed = settings.memory_estimate(parameters, config.activations_per_sample()?, threads);
+    match available_memory() {
+        Some(available) if needed > available => Err(UsageError(format!(
+            "{flag}: the model has {parameters} parameters and training it needs about {:.1} GB, more than the {:.1} \
+             GB of memory available",
+            needed as f64 / 1e9,
+            available as f64 / 1e9
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// The memory the OS says is available for new work, where it says (`MemAvailable` on Linux).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn flag(architecture: &Architecture) -> &'static str {
     match architecture {
         Architecture::Mlp { .. } => "--hidden",

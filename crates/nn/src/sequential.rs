@@ -189,6 +189,42 @@ impl SequentialConfig {
         Ok(self.shapes()?.last().map_or(0, |s| s.len()))
     }
 
+    /// The number of parameters the model has, counted from the config, before anything is
+    /// allocated (saturating, for configs too large to build).
+    ///
+    /// ```
+    /// let lenet = nn::SequentialConfig::parse(nn::SequentialConfig::LENET, [1, 28, 28]).unwrap();
+    /// assert_eq!(lenet.parameter_count().unwrap(), 61_706);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SequentialConfig::parse`].
+    pub fn parameter_count(&self) -> Result<usize, NnError> {
+        let shapes = self.shapes()?;
+        let mut input = Shape::Image(self.input[0], self.input[1], self.input[2]);
+        let mut count = 0usize;
+        for (layer, &next) in self.layers.iter().zip(&shapes) {
+            let (weights, biases) = match (*layer, input) {
+                (Layer::Conv2d { out, kernel, bias, .. }, Shape::Image(c, ..)) => {
+                    (out.saturating_mul(c).saturating_mul(kernel * kernel), if bias { out } else { 0 })
+                }
+                (Layer::Linear { out }, Shape::Flat(inputs)) => (out.saturating_mul(inputs), out),
+                _ => (0, 0),
+            };
+            count = count.saturating_add(weights).saturating_add(biases);
+            input = next;
+        }
+        Ok(count)
+    }
+
+    /// The values one sample's activations take, every layer's output added up.
+    ///
+    /// # Errors
+    /// As [`SequentialConfig::parse`].
+    pub fn activations_per_sample(&self) -> Result<usize, NnError> {
+        Ok(self.shapes()?.iter().fold(0usize, |sum, s| sum.saturating_add(s.len())))
+    }
+
     /// The shape after every layer, checking that each fits.
     fn shapes(&self) -> Result<Vec<Shape>, NnError> {
         let [c, h, w] = self.input;

@@ -103,6 +103,31 @@ impl Settings {
         self.optimizer.build().map(drop).map_err(|e| TrainError::Settings { reason: e.to_string() })
     }
 
+    /// An estimate of the bytes training takes, before anything is allocated, for a model of
+    /// `parameters` parameters whose activations hold `activations` values per sample, on
+    /// `threads` threads: the weights, a gradient per thread's part of each batch, the
+    /// optimizer's state, the best weights kept for early stopping, and each part's values on
+    /// its tape with their gradients (doubled, for what convolutions unfold). Saturating.
+    ///
+    /// ```
+    /// let settings = train::Settings::default(); // Adam: two buffers per parameter
+    /// // 1,000 parameters on 2 threads: weights, 2 gradients, 2 Adam buffers, 4 bytes each.
+    /// assert_eq!(settings.memory_estimate(1_000, 0, 2), 5 * 1_000 * 4);
+    /// ```
+    pub fn memory_estimate(&self, parameters: usize, activations: usize, threads: usize) -> u64 {
+        let optimizer = match &self.optimizer {
+            OptimizerConfig::Adam(_) => 2,
+            OptimizerConfig::Sgd(sgd) => u64::from(sgd.momentum != 0.0),
+        };
+        let best = u64::from(self.early_stop.is_some());
+        let copies = 1 + threads as u64 + optimizer + best;
+        let per_part = (self.batch_size.div_ceil(threads.max(1)) as u64).saturating_mul(activations as u64);
+        let floats = (parameters as u64)
+            .saturating_mul(copies)
+            .saturating_add(per_part.saturating_mul(4).saturating_mul(threads as u64));
+        floats.saturating_mul(4)
+    }
+
     /// Optimizer steps per epoch over `samples` samples, after the validation split.
     pub fn steps_per_epoch(&self, samples: usize) -> u64 {
         let train = samples - data::validation_count(samples, self.val_split);
