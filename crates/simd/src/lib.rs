@@ -109,17 +109,21 @@ macro_rules! kernel {
 /// use simd::F32s;
 ///
 /// /// The sum of `x`, a vector at a time.
+/// ///
+/// /// # Safety
+/// /// The CPU must have `V`'s level.
 /// #[inline(always)]
-/// fn total<V: F32s>(x: &[f32]) -> f32 {
+/// unsafe fn total<V: F32s>(x: &[f32]) -> f32 {
 ///     let mut chunks = x.chunks_exact(V::LANES);
-///     // SAFETY: called through `dispatch!`, at a level the CPU has; each chunk has LANES values.
+///     // SAFETY: the caller's promise; each chunk has LANES values.
 ///     let sum = unsafe { chunks.by_ref().fold(V::zero(), |acc, c| acc.add(V::load(c.as_ptr()))).sum() };
 ///     sum + chunks.remainder().iter().sum::<f32>()
 /// }
 ///
 /// let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
 /// for level in simd::Simd::every() {
-///     assert_eq!(simd::dispatch!(level, V => total::<V>(&x)), 4950.0);
+///     // SAFETY: `dispatch!` runs each level's copy only on a CPU that has it.
+///     assert_eq!(simd::dispatch!(level, V => unsafe { total::<V>(&x) }), 4950.0);
 /// }
 /// ```
 #[macro_export]
@@ -270,10 +274,12 @@ fn detect() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+        // Each level includes the ones below it: AVX-512 counts only with AVX2 and FMA too.
+        let avx2 = has!("avx2") && has!("fma");
+        if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
             return Level::Avx512;
         }
-        if has!("avx2") && has!("fma") {
+        if avx2 {
             return Level::Avx2;
         }
     }
