@@ -6,6 +6,7 @@
 mod browser;
 mod cli;
 mod conv_reference;
+mod layer_lists;
 mod mnist_data;
 mod recipe_reference;
 mod reference;
