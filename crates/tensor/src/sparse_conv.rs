@@ -7,8 +7,8 @@
 //! Output channels are kept contiguous (padded to a multiple of 8) while summing, so that each
 //! term is one vector operation over the channels.
 //!
-//! With AVX-512 and one input channel (MNIST's case), both directions work row by row instead:
-//! the forward pass keeps sixteen outputs of a row per vector and skips input rows without ink,
+//! With AVX2 or AVX-512 and one input channel (MNIST's case), both directions work row by row
+//! instead: the forward pass keeps a row's outputs in vectors and skips input rows without ink,
 //! and the weight gradient keeps its sums in registers while visiting the nonzero pixels.
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
