@@ -220,6 +220,34 @@ fn a_client_slow_to_send_its_headers_is_disconnected() {
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "closed after {waited:?}");
 }
 
+/// Sends raw bytes and reads the answer until the server closes.
+fn raw(base: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_http_layers_own_errors_are_the_two_the_readme_names() {
+    // A request hyper cannot parse, and headers beyond its buffer: answered before any route,
+    // without a body (the README says so). Everything a route answers is JSON.
+    let base = start(Limits::default());
+    let answer = raw(&base, b"GET / HTTP/1.1\r\nNot a header\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("content-length: 0"), "{answer}");
+    let big = [b"GET / HTTP/1.1\r\nX-Big: ".as_slice(), &vec![b'a'; 1 << 20], b"\r\n\r\n"].concat();
+    let answer = raw(&base, &big);
+    assert!(answer.starts_with("HTTP/1.1 431 ") && answer.contains("content-length: 0"), "{answer}");
+    let answer = raw(&base, b"PATCH / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 405 ") && answer.ends_with("{\"error\":\"method not allowed on this path\"}"),
+        "{answer}"
+    );
+}
+
 #[test]
 fn connections_beyond_the_limit_wait_until_one_closes() {
     let base = start(Limits { connections: 2, ..Limits::default() });
