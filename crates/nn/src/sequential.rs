@@ -271,6 +271,11 @@ impl SequentialConfig {
             };
             shapes.push(shape);
         }
+        if !self.layers.iter().any(|l| matches!(l, Layer::Conv2d { .. } | Layer::Linear { .. })) {
+            return Err(NnError::BadLayers {
+                reason: "no layer has parameters to train: add a linear (or conv) layer".into(),
+            });
+        }
         match shape {
             Shape::Flat(_) => Ok(shapes),
             Shape::Image(..) => {
@@ -778,6 +783,15 @@ mod tests {
                 .unwrap();
         assert_eq!((back.config(), back.params()), (model.config(), model.params()));
         assert_eq!(back.logits(x.view()), model.logits(x.view()));
+    }
+
+    #[test]
+    fn a_list_without_parameters_is_refused() {
+        // It would end flat and as wide as the classes, and have nothing to train.
+        for list in ["flatten", "dropout(0.3),flatten", "flatten,relu"] {
+            let err = SequentialConfig::parse(list, [1, 1, 3]).unwrap_err().to_string();
+            assert!(err.contains("no layer has parameters"), "{list}: {err}");
+        }
     }
 
     #[test]
