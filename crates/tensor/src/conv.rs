@@ -163,6 +163,23 @@ struct Lines<V: F32s, const Q: usize> {
     masks: [[V::Mask; Q]; MAX_KERNEL],
 }
 
+/// The lanes `lo..hi` of a vector over positions `first..first + lanes` of a row of `len`
+/// whose partner position, `i + plus - minus`, lies in `0..other`: output columns whose input
+/// column is inside the image (`plus` the kernel column, `minus` the padding), or input
+/// columns whose output column is inside the output row (the other way round).
+pub(crate) fn lanes_inside(
+    first: usize,
+    lanes: usize,
+    len: usize,
+    plus: usize,
+    minus: usize,
+    other: usize,
+) -> (usize, usize) {
+    let lo = minus.saturating_sub(plus + first).min(lanes);
+    let hi = len.saturating_sub(first).min((other + minus).saturating_sub(plus + first)).min(lanes).max(lo);
+    (lo, hi)
+}
+
 /// The widest kernel [`Lines`] takes.
 const MAX_KERNEL: usize = 16;
 
@@ -186,8 +203,7 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
             for (q, mask) in masks.iter_mut().enumerate() {
                 // Lanes l with output column q·lanes + l < ow and input column + j - p in 0..w.
                 let first = q * lanes;
-                let lo = p.saturating_sub(j + first).min(lanes);
-                let hi = ow.saturating_sub(first).min((w + p).saturating_sub(j + first)).min(lanes).max(lo);
+                let (lo, hi) = lanes_inside(first, lanes, ow, j, p, w);
                 *mask = unsafe { V::lanes(lo, hi) };
             }
         }
@@ -259,8 +275,7 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
         for (j, reach) in reach.iter_mut().enumerate() {
             for (q, mask) in reach.iter_mut().enumerate() {
                 let first = q * lanes;
-                let lo = j.saturating_sub(p + first).min(lanes);
-                let hi = w.saturating_sub(first).min((ow + j).saturating_sub(p + first)).min(lanes).max(lo);
+                let (lo, hi) = lanes_inside(first, lanes, w, p, j, ow);
                 *mask = unsafe { V::lanes(lo, hi) };
             }
         }

@@ -202,8 +202,7 @@ unsafe fn forward_rows<V: F32s>(
         for (j, masks) in masks.iter_mut().enumerate() {
             for (half, mask) in masks.iter_mut().enumerate() {
                 let first = pass * 2 * lanes + half * lanes;
-                let lo = p.saturating_sub(j + first).min(lanes);
-                let hi = ow.saturating_sub(first).min((wd + p).saturating_sub(j + first)).min(lanes).max(lo);
+                let (lo, hi) = crate::conv::lanes_inside(first, lanes, ow, j, p, wd);
                 *mask = unsafe { V::lanes(lo, hi) };
             }
         }
