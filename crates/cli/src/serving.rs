@@ -30,11 +30,11 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
             side * side
         );
     }
-    let limits = serve::Limits::default();
+    // Inference is CPU work: more workers than threads would only queue in the kernel.
+    let threads = rayon::current_num_threads();
+    let limits = serve::Limits { workers: threads, ..serve::Limits::default() };
     let app = serve::App::new(model, accuracy, limits);
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
-    // Inference is CPU work: more blocking threads than cores would only queue in the kernel.
-    let threads = rayon::current_num_threads();
     let runtime = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(threads).enable_all().build()?;
     runtime.block_on(async {
         let listener =

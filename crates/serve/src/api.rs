@@ -1,16 +1,18 @@
 //! The JSON API: predictions from an image or from pixels, the model's facts, health.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data::digit::SIDE;
+use http_body_util::BodyExt;
 use nn::Model;
 use serde::{Deserialize, Serialize};
 
-use crate::App;
+use crate::{App, Limits};
 
 /// Every error's body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,20 +91,18 @@ pub(crate) async fn method_not_allowed() -> Failure {
 }
 
 /// `POST /api/predict`: a PNG or JPEG body, or JSON pixels.
-pub(crate) async fn predict(
-    State(app): State<App>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()).into_response(),
-    };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+///
+/// In order: the content type; the body, within its size and deadline and before any place is
+/// taken, so that a slow client holds nothing; a place among those in flight, or a quick 503;
+/// a worker, waited for in turn (a request whose client leaves or whose deadline passes while
+/// waiting is dropped here, never run); then decoding and inference on the blocking pool.
+pub(crate) async fn predict(State(app): State<App>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let kind = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let images = match kind.as_str() {
-        "image/png" | "image/jpeg" | "image/jpg" => Input::Image(body),
-        "application/json" => Input::Json(body),
+    let image = match kind.as_str() {
+        "image/png" | "image/jpeg" | "image/jpg" => true,
+        "application/json" => false,
         "" => {
             return error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -118,12 +118,51 @@ pub(crate) async fn predict(
             .into_response();
         }
     };
+    let body = match read_body(&parts.headers, body, &app.limits).await {
+        Ok(body) => body,
+        Err(failure) => return failure.into_response(),
+    };
+    let input = if image { Input::Image(body) } else { Input::Json(body) };
+    let Ok(place) = Arc::clone(&app.in_flight).try_acquire_owned() else {
+        let busy =
+            format!("{} predictions are under way, the most accepted at once; retry in a second", app.limits.in_flight);
+        return ([(header::RETRY_AFTER, "1")], error(StatusCode::SERVICE_UNAVAILABLE, busy)).into_response();
+    };
+    let worker = Arc::clone(&app.workers).acquire_owned().await.expect("the semaphore is never closed");
     // Decoding and inference are CPU work: on the blocking pool, off the threads that serve
-    // connections.
-    match tokio::task::spawn_blocking(move || answer(&app, images)).await {
+    // connections, at most one per worker.
+    let answered = tokio::task::spawn_blocking(move || {
+        let _held = (worker, place);
+        answer(&app, input)
+    });
+    match answered.await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => failure.into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into()).into_response(),
+    }
+}
+
+/// The whole body: 413 beyond `limits.body_bytes` (at once when its `Content-Length` says so),
+/// 408 when it takes longer than `limits.body_timeout` to arrive.
+async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes, Failure> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the {} bytes accepted", limits.body_bytes),
+        )
+    };
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.body_bytes as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(body, limits.body_bytes);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(bad_request(format!("the body could not be read: {e}"))),
+        Err(_) => {
+            Err(error(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {:?}", limits.body_timeout)))
+        }
     }
 }
 

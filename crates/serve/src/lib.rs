@@ -10,18 +10,30 @@
 //! # }
 //! ```
 //!
-//! Everything a stranger sends is bounded before it is decoded: the connections open at once
-//! ([`Limits::connections`]; more wait to be accepted), the time to send a request's headers
-//! ([`Limits::header_timeout`], which also ends idle connections), the body's size
-//! ([`Limits::body_bytes`], 413 beyond), an image's sides and decoding memory
-//! ([`Limits::image`]), the images in one request, the time a request may take
-//! ([`Limits::timeout`], 408 beyond) and the requests in flight ([`Limits::in_flight`]; more
-//! wait, up to the timeout). Inference runs on the blocking pool, so that a slow request never
-//! stalls the threads that read and write the others. Every error is JSON, `{"error": "..."}`.
+//! Everything a stranger sends is bounded before it is decoded ([`Limits`]):
+//! - connections open at once ([`Limits::connections`]; more wait to be accepted);
+//! - the time to send a request's headers ([`Limits::header_timeout`], which also ends idle
+//!   connections) and then its body ([`Limits::body_timeout`]; 408 beyond);
+//! - the body's size ([`Limits::body_bytes`]; 413 beyond), an image's sides and decoding
+//!   memory ([`Limits::image`]), the images in one request ([`Limits::images`]);
+//! - the predictions decoded and run at once ([`Limits::workers`], on the blocking pool, off the
+//!   threads that read and write connections), and those accepted to wait for a worker
+//!   ([`Limits::in_flight`]; beyond, a quick 503 with `Retry-After`). A body is read before it
+//!   takes a place, so a slow client holds none; a prediction whose client has gone, or whose
+//!   deadline has passed, is dropped before it runs;
+//! - the time a request may take, from its headers to its response, the wait for a worker
+//!   included ([`Limits::timeout`]; 408 beyond), and how long an answer may wait for its client
+//!   to read it ([`Limits::write_timeout`]; then the connection is closed).
+//!
+//! The page, its files, `/healthz` and `/api/model` never wait behind predictions. Every error
+//! the routes make is JSON, `{"error": "..."}`; the HTTP layer answers two errors itself, with an
+//! empty body, before any route: 400 for a request it cannot parse, 431 for headers beyond its
+//! buffer.
 //!
 //! The page is three files embedded in the binary: it needs no network beyond the server.
 
 mod api;
+mod deadline;
 mod page;
 
 use std::future::Future;
@@ -30,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +54,6 @@ use hyper_util::service::TowerToHyperService;
 use nn::{Model, Sequential};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use api::{ErrorBody, ModelFacts, Prediction, Predictions};
@@ -52,13 +63,20 @@ pub use api::{ErrorBody, ModelFacts, Prediction, Predictions};
 pub struct Limits {
     /// Bytes of a request's body.
     pub body_bytes: usize,
+    /// How long a body may take to arrive once its headers have; 408 beyond.
+    pub body_timeout: Duration,
     /// Images in one request.
     pub images: usize,
     /// How large an uploaded image may be decoded.
     pub image: data::digit::Limits,
-    /// How long a request may take, from its headers to its response.
+    /// How long a request may take, from its headers to its response, the wait for a worker
+    /// included; 408 beyond. Also how long Ctrl-C waits for the requests under way.
     pub timeout: Duration,
-    /// Requests handled at once; more wait for a slot, up to the timeout.
+    /// Predictions decoded and run at once: the cores they may use, and so also what bounds
+    /// the decoders' memory (this times [`Self::image`]'s).
+    pub workers: usize,
+    /// Predictions accepted at once, running or waiting for a worker; more get 503 with
+    /// `Retry-After`.
     pub in_flight: usize,
     /// Connections open at once; more wait in the listener's queue until one closes.
     pub connections: usize,
@@ -66,20 +84,27 @@ pub struct Limits {
     /// server starts waiting for them (so also how long it may stay idle between requests);
     /// then it is closed.
     pub header_timeout: Duration,
+    /// How long an answer may wait for its client to read any of it; then the connection is
+    /// closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
-    /// 2 MiB bodies, 256 images a request, images of 2048 pixels a side and 32 MiB decoded,
-    /// 10 s a request, 256 requests in flight, 1024 connections, 10 s for headers.
+    /// 2 MiB bodies sent within 5 s, 256 images a request, images of 2048 pixels a side and
+    /// 32 MiB decoded, 10 s a request, one worker per core, 256 predictions in flight, 1024
+    /// connections, 10 s for headers and 10 s for a client to read.
     fn default() -> Self {
         Self {
             body_bytes: 2 << 20,
+            body_timeout: Duration::from_secs(5),
             images: 256,
             image: data::digit::Limits { max_side: 2048, max_bytes: 32 << 20 },
             timeout: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
             in_flight: 256,
             connections: 1024,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +115,10 @@ pub struct App {
     model: Arc<Sequential>,
     facts: Arc<ModelFacts>,
     limits: Limits,
+    /// A permit per worker: held while a prediction is decoded and run.
+    workers: Arc<Semaphore>,
+    /// A permit per prediction accepted, from its body's arrival to its answer.
+    in_flight: Arc<Semaphore>,
 }
 
 impl App {
@@ -102,7 +131,13 @@ impl App {
             classes: model.classes(),
             test_accuracy,
         };
-        Self { model: Arc::new(model), facts: Arc::new(facts), limits }
+        Self {
+            model: Arc::new(model),
+            facts: Arc::new(facts),
+            limits,
+            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
+            in_flight: Arc::new(Semaphore::new(limits.in_flight.max(1))),
+        }
     }
 }
 
@@ -139,9 +174,7 @@ pub fn router(app: App, log: impl Fn(&RequestLog) + Clone + Send + Sync + 'stati
                 let log = log.clone();
                 logged(request, next, log)
             }))
-            .layer(middleware::from_fn(move |request: Request, next: Next| timed_out(request, next, limits.timeout)))
-            .layer(GlobalConcurrencyLimitLayer::new(limits.in_flight))
-            .layer(DefaultBodyLimit::max(limits.body_bytes)),
+            .layer(middleware::from_fn(move |request: Request, next: Next| timed_out(request, next, limits.timeout))),
     )
 }
 
@@ -164,8 +197,8 @@ async fn timed_out(request: Request, next: Next, timeout: Duration) -> Response 
 }
 
 /// Serves `app` on `listener`, with the connection limits of `limits`, until `shutdown`
-/// completes; then stops accepting, lets every open connection finish the request under way,
-/// and returns.
+/// completes; then stops accepting, lets every open connection finish the request under way
+/// for up to [`Limits::timeout`], closes those still open, and returns.
 ///
 /// # Errors
 /// The listener fails for good (errors of single connections are retried, as `accept` gives
@@ -202,7 +235,8 @@ pub async fn serve(
             let _slot = slot;
             let mut http = http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            let mut connection = std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+            let io = TokioIo::new(deadline::WriteDeadline::new(stream, limits.write_timeout));
+            let mut connection = std::pin::pin!(http.serve_connection(io, service));
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = stop.changed() => {
@@ -216,7 +250,13 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stopping.send(());
-    while connections.join_next().await.is_some() {}
+    // Every request has `timeout` to finish; a connection still open after that (its client
+    // reading slowly, say) is closed, so that stopping takes a bounded time whatever clients do.
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.timeout, finished).await.is_err() {
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
     Ok(())
 }
 

@@ -1,46 +1,13 @@
 //! The server on loopback: every endpoint, every bad request, concurrent and stalled clients.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use nn::{Sequential, SequentialConfig};
-use serve::{App, ErrorBody, Limits, ModelFacts, Prediction, Predictions};
-
-/// A server on 127.0.0.1 with an OS-chosen port, on its own runtime, for the test's lifetime.
-fn start(limits: Limits) -> String {
-    let config = SequentialConfig::parse("conv(4,5,pad=2),relu,maxpool(2),flatten,linear(10)", [1, 28, 28]).unwrap();
-    let model = Sequential::new(&config, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
-    let app = App::new(model, Some(0.5), limits);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        runtime.block_on(serve::serve(listener, serve::router(app, |_| {}), limits, std::future::pending())).unwrap();
-    });
-    format!("http://{addr}")
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-/// Sends `body` with `content_type` to `/api/predict`: the status and the body's text.
-fn post(base: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-    let mut response =
-        agent().post(format!("{base}/api/predict")).header("Content-Type", content_type).send(body).unwrap();
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
-}
-
-fn get(base: &str, path: &str) -> (u16, String, String) {
-    let mut response = agent().get(format!("{base}{path}")).call().unwrap();
-    let kind = response.headers().get("content-type").map_or(String::new(), |v| v.to_str().unwrap().to_owned());
-    (response.status().as_u16(), kind, response.body_mut().read_to_string().unwrap())
-}
+use serve::{ErrorBody, Limits, ModelFacts, Prediction, Predictions};
+use support::{agent, get, post, raw, start};
 
 fn png_of_a_bar() -> Vec<u8> {
     let img = image::GrayImage::from_fn(60, 80, |x, y| {
@@ -139,7 +106,7 @@ fn bad_requests_get_a_json_error_and_the_right_status() {
             "holds 5 images",
         ),
         ("image/png", b"not a png".to_vec(), 400, "not a readable image"),
-        ("image/png", vec![0u8; 70 << 10], 413, "length limit"),
+        ("image/png", vec![0u8; 70 << 10], 413, "larger than the 65536 bytes"),
         ("text/plain", b"7".to_vec(), 415, "unsupported Content-Type text/plain"),
         ("", b"7".to_vec(), 415, "a Content-Type is needed"),
     ] {
@@ -218,17 +185,6 @@ fn a_client_slow_to_send_its_headers_is_disconnected() {
     }
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "closed after {waited:?}");
-}
-
-/// Sends raw bytes and reads the answer until the server closes.
-fn raw(base: &str, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The server may answer and close before it has read everything.
-    let _ = stream.write_all(request);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[test]

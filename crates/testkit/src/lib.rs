@@ -5,6 +5,10 @@
 //! Tests on real data find it through an environment variable. Without it they are skipped
 //! with a message, so that a developer without the data can run the rest, except on CI
 //! (`CI=true`), where missing data fails the run.
+//!
+//! [`hostile`] makes the files an attacker would send a server: decompression bombs and the like.
+
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 
