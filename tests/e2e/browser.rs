@@ -6,7 +6,6 @@
 //! MNIST, to train a model that reads drawn digits. Without them it is skipped, except when
 //! `CI=true`, where it fails.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{arg, program, run, text};
+use crate::support::{Serving, arg, run, text};
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);
@@ -147,16 +146,8 @@ fn a_person_draws_a_one_and_a_zero_and_the_page_reads_them() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let mut server = program()
-        .args(["serve", "--model", arg(&model), "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Killed(server);
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}")).to_owned();
+    let server = Serving::start(&model);
+    let url = server.url.clone();
 
     let port = free_port();
     let _driver = Killed(

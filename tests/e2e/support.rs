@@ -1,7 +1,8 @@
 //! Running the `mnist` program, and the small synthetic data set most tests train on.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub(crate) fn program() -> Command {
@@ -98,4 +99,46 @@ pub(crate) fn trained() -> &'static Trained {
         ]);
         Trained { _dir: dir, model, checkpoint, plots, csv, summary, stdout: text(&out.stdout) }
     })
+}
+
+/// `mnist serve --model <model>` on a port of the system's choosing, killed when dropped.
+pub(crate) struct Serving {
+    pub(crate) child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
+}
+
+impl Serving {
+    pub(crate) fn start(model: &Path) -> Self {
+        let mut child = program()
+            .args(["serve", "--model", arg(model), "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}"));
+        Self { url: url.to_owned(), child }
+    }
+
+    /// `host:port`.
+    pub(crate) fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// A line of the server's `/proc/<pid>/status`, in MiB (Linux only; `VmHWM` is the peak of
+    /// resident memory so far, `VmRSS` the current).
+    pub(crate) fn memory_mib(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -349,13 +349,16 @@ pub fn bench(opts: &Options) -> Result<String> {
     if !status.success() {
         bail!("mnist train --save failed");
     }
-    let load = crate::loadtest::Options {
-        program: bin.clone(),
-        model,
-        clients: 64,
-        duration: std::time::Duration::from_secs(20),
-    };
-    writeln!(report, "\n{}", crate::loadtest::section(&crate::loadtest::run(&load)?))?;
+    for attack in [false, true] {
+        let load = crate::loadtest::Options {
+            program: bin.clone(),
+            model: model.clone(),
+            clients: 64,
+            duration: std::time::Duration::from_secs(20),
+            attack,
+        };
+        writeln!(report, "\n{}", crate::loadtest::section(&crate::loadtest::run(&load)?))?;
+    }
 
     writeln!(report, "## Kernels\n")?;
     writeln!(

@@ -2,6 +2,7 @@
 //! [`fetch`] downloads and verifies MNIST, [`bench`](mod@bench) measures the `mnist` program,
 //! [`loadtest`] measures `mnist serve` under load.
 
+pub mod attack;
 pub mod bench;
 pub mod fetch;
 pub mod loadtest;

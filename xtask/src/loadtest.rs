@@ -3,6 +3,9 @@
 //! for a bounded time; some of them also send malformed and oversized requests, which must
 //! get their 4xx while the good ones keep succeeding. Reports requests/s, latency
 //! percentiles, errors and the server's resident memory before and after.
+//!
+//! With `--attack`, hostile clients run during the load (see [`Attack`]), and the report says
+//! what they did and what the good requests' latencies were meanwhile.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -13,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::attack::{Attack, AttackReport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -25,6 +30,8 @@ pub struct Options {
     pub clients: usize,
     /// How long to send.
     pub duration: Duration,
+    /// Whether hostile clients run during the load.
+    pub attack: bool,
 }
 
 /// What the load test measured.
@@ -50,18 +57,22 @@ pub struct Report {
     pub rss_before_mb: f64,
     /// The server's resident memory at the end, MB.
     pub rss_after_mb: f64,
+    /// The server's peak resident memory, MB.
+    pub peak_rss_mb: f64,
+    /// What the hostile clients did, when there were any.
+    pub attack: Option<AttackReport>,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "| clients | seconds | predictions/s | p50 (ms) | p99 (ms) | good | bad, refused as expected | errors | server RSS at 1/5 and at the end (MB) |"
+            "| clients | seconds | predictions/s | p50 (ms) | p99 (ms) | good | bad, refused as expected | errors | server RSS at 1/5 and at the end, peak (MB) |"
         )?;
         writeln!(f, "|---|---|---|---|---|---|---|---|---|")?;
         writeln!(
             f,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.0}, {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.0}, {:.0}, {:.0} |",
             self.clients,
             self.seconds,
             self.per_second,
@@ -71,8 +82,13 @@ impl std::fmt::Display for Report {
             self.refused,
             self.errors,
             self.rss_before_mb,
-            self.rss_after_mb
-        )
+            self.rss_after_mb,
+            self.peak_rss_mb
+        )?;
+        if let Some(attack) = &self.attack {
+            writeln!(f, "\n{attack}")?;
+        }
+        Ok(())
     }
 }
 
@@ -111,10 +127,15 @@ impl Server {
 
     /// Resident memory in MB, from /proc (NaN elsewhere).
     fn rss_mb(&self) -> f64 {
+        self.memory_mb("VmRSS:")
+    }
+
+    /// `field` of /proc's status (`VmRSS:` now, `VmHWM:` the peak) in MB (NaN elsewhere).
+    fn memory_mb(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                let line = s.lines().find(|l| l.starts_with(field))?.to_owned();
                 line.split_whitespace().nth(1)?.parse::<f64>().ok()
             })
             .map_or(f64::NAN, |kb| kb / 1024.0)
@@ -122,15 +143,20 @@ impl Server {
 }
 
 /// One keep-alive connection speaking just enough HTTP/1.1.
-struct Connection {
+pub(crate) struct Connection {
     addr: String,
     stream: Option<BufReader<TcpStream>>,
 }
 
 impl Connection {
+    /// A connection to `addr`, made at the first request.
+    pub(crate) fn new(addr: &str) -> Self {
+        Self { addr: addr.to_owned(), stream: None }
+    }
+
     /// Sends a POST to /api/predict and returns the status, reconnecting when the server has
     /// closed the connection (as it does after refusing an oversized body).
-    fn post(&mut self, content_type: &str, body: &[u8]) -> std::io::Result<u16> {
+    pub(crate) fn post(&mut self, content_type: &str, body: &[u8]) -> std::io::Result<u16> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.addr)?;
             stream.set_nodelay(true)?;
@@ -199,19 +225,20 @@ pub fn run(opts: &Options) -> Result<Report> {
         format!("{{\"pixels\":{pixels:?}}}").into_bytes()
     });
     // Warm up, then measure memory.
-    let mut warm = Connection { addr: server.addr.clone(), stream: None };
+    let mut warm = Connection::new(&server.addr);
     for _ in 0..200 {
         if warm.post("application/json", &good)? != 200 {
             bail!("the server refused a good request while warming up");
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let attackers = opts.attack.then(|| Attack::start(&server.addr, &stop));
     let started = Instant::now();
     let clients: Vec<_> = (0..opts.clients)
         .map(|c| {
             let (addr, good, stop) = (server.addr.clone(), Arc::clone(&good), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let mut conn = Connection { addr, stream: None };
+                let mut conn = Connection::new(&addr);
                 let (mut latencies, mut refused, mut errors) = (Vec::new(), 0usize, 0usize);
                 let oversized = vec![b'1'; 3 << 20];
                 let mut n = 0usize;
@@ -251,6 +278,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let attack = attackers.map(Attack::finish).transpose()?;
     let rss_after_mb = server.rss_mb();
     latencies.sort();
     let percentile = |q: f64| {
@@ -267,28 +295,41 @@ pub fn run(opts: &Options) -> Result<Report> {
         p99_ms: percentile(0.99),
         rss_before_mb,
         rss_after_mb,
+        peak_rss_mb: server.memory_mb("VmHWM:"),
+        attack,
     })
 }
 
 /// The BENCHMARKS.md section for `report`.
 pub fn section(report: &Report) -> String {
+    let (heading, how) = match report.attack {
+        Some(_) => ("## Serving under attack", "`cargo xtask loadtest --attack` (also run by `cargo xtask bench`)"),
+        None => ("## Serving", "`cargo xtask loadtest` (also run by `cargo xtask bench`)"),
+    };
     format!(
-        "## Serving\n\n`cargo xtask loadtest` (also run by `cargo xtask bench`): `mnist serve` with the default MLP, \
+        "{heading}\n\n{how}: `mnist serve` with the default MLP, \
          {} clients on loopback, each with a keep-alive connection, sending single-image JSON predictions \
          (784 numbers) as fast as they are answered; one client in eight also sends a malformed request \
          (expecting 400) every 100 requests and a 3 MB body (expecting 413) every 100 more. The load \
-         generator runs on the same two cores as the server.\n\n{report}",
-        report.clients
+         generator runs on the same two cores as the server.{}\n\n{report}",
+        report.clients,
+        if report.attack.is_some() { Attack::DESCRIPTION } else { "" }
     )
 }
 
-/// Replaces the `## Serving` section of the file at `path` with `section`, or appends it.
+/// Replaces the section of the file at `path` that has `section`'s heading (its first line)
+/// with `section`, or appends it.
 ///
 /// # Errors
 /// The file cannot be read or written.
 pub fn update_benchmarks(path: &Path, section: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let updated = match text.find("## Serving") {
+    let heading = section.lines().next().unwrap_or_default();
+    let found = text
+        .match_indices(heading)
+        .map(|(i, _)| i)
+        .find(|&i| (i == 0 || text[..i].ends_with('\n')) && text[i + heading.len()..].starts_with('\n'));
+    let updated = match found {
         Some(start) => {
             let end = text[start + 1..].find("\n## ").map_or(text.len(), |e| start + 1 + e + 1);
             format!("{}{section}\n{}", &text[..start], &text[end..])

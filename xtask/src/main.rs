@@ -38,6 +38,10 @@ enum Command {
         /// The model to serve [default: the default MLP, trained first].
         #[arg(long, value_name = "PATH")]
         model: Option<PathBuf>,
+        /// The `mnist` program to serve with, to compare builds [default: this workspace's,
+        /// built in release].
+        #[arg(long, value_name = "PATH")]
+        program: Option<PathBuf>,
         /// Folder with MNIST, to train the model [default: data/mnist in the workspace].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -47,6 +51,11 @@ enum Command {
         /// Seconds of load.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Run hostile clients during the load (slow bodies, decompression bombs, abandoned
+        /// expensive requests, clients that never read) and report the good requests'
+        /// latencies under attack in a section of its own.
+        #[arg(long)]
+        attack: bool,
         /// The report to update.
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
@@ -82,19 +91,26 @@ enum Command {
     },
 }
 
-/// Builds the release `mnist` program and trains the default model into `dir`, unless given.
+/// Builds the release `mnist` program, unless given, and trains the default model into `dir`,
+/// unless given.
 fn program_and_model(
     data_dir: &std::path::Path,
+    program: Option<PathBuf>,
     model: Option<PathBuf>,
     dir: &std::path::Path,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let root = xtask::repo_root();
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--package", "cli", "--bin", "mnist"])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "cargo build --release failed");
-    let program = root.join("target").join("release").join("mnist");
+    let program = match program {
+        Some(program) => program,
+        None => {
+            let root = xtask::repo_root();
+            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--package", "cli", "--bin", "mnist"])
+                .current_dir(&root)
+                .status()?;
+            anyhow::ensure!(status.success(), "cargo build --release failed");
+            root.join("target").join("release").join("mnist")
+        }
+    };
     let model = match model {
         Some(model) => model,
         None => {
@@ -141,13 +157,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fetch::fetch(&opts, &mut std::io::stderr())?;
             Ok(())
         }
-        Command::Loadtest { model, data_dir, clients, seconds, output } => {
+        Command::Loadtest { model, program, data_dir, clients, seconds, attack, output } => {
             anyhow::ensure!(clients > 0 && seconds > 0, "--clients and --seconds must be at least 1");
             let root = xtask::repo_root();
             let data_dir = data_dir.unwrap_or_else(xtask::default_data_dir);
             let scratch = tempfile::tempdir()?;
-            let (program, model) = program_and_model(&data_dir, model, scratch.path())?;
-            let opts = loadtest::Options { program, model, clients, duration: std::time::Duration::from_secs(seconds) };
+            let (program, model) = program_and_model(&data_dir, program, model, scratch.path())?;
+            let duration = std::time::Duration::from_secs(seconds);
+            let opts = loadtest::Options { program, model, clients, duration, attack };
             let report = loadtest::run(&opts)?;
             let section = loadtest::section(&report);
             loadtest::update_benchmarks(&output.unwrap_or_else(|| root.join("BENCHMARKS.md")), &section)?;

@@ -30,12 +30,11 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
             side * side
         );
     }
-    // Inference is CPU work: more workers than threads would only queue in the kernel.
-    let threads = rayon::current_num_threads();
-    let limits = serve::Limits { workers: threads, ..serve::Limits::default() };
+    // Inference is CPU work: more workers than `--threads` would only queue in the kernel.
+    let limits = serve::Limits { workers: rayon::current_num_threads(), ..serve::Limits::default() };
     let app = serve::App::new(model, accuracy, limits);
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
-    let runtime = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(threads).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("--addr {}", args.addr))?;

@@ -1,7 +1,5 @@
 //! The JSON API: predictions from an image or from pixels, the model's facts, health.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -9,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data::digit::SIDE;
 use http_body_util::BodyExt;
-use nn::Model;
+use nn::{Model, Sequential};
 use serde::{Deserialize, Serialize};
 
 use crate::{App, Limits};
@@ -26,7 +24,7 @@ pub(crate) fn error(status: StatusCode, message: String) -> (StatusCode, Json<Er
     (status, Json(ErrorBody { error: message }))
 }
 
-type Failure = (StatusCode, Json<ErrorBody>);
+pub(crate) type Failure = (StatusCode, Json<ErrorBody>);
 
 fn bad_request(message: impl Into<String>) -> Failure {
     error(StatusCode::BAD_REQUEST, message.into())
@@ -93,9 +91,9 @@ pub(crate) async fn method_not_allowed() -> Failure {
 /// `POST /api/predict`: a PNG or JPEG body, or JSON pixels.
 ///
 /// In order: the content type; the body, within its size and deadline and before any place is
-/// taken, so that a slow client holds nothing; a place among those in flight, or a quick 503;
-/// a worker, waited for in turn (a request whose client leaves or whose deadline passes while
-/// waiting is dropped here, never run); then decoding and inference on the blocking pool.
+/// taken, so that a slow client holds nothing; a place in the workers' queue, or a quick 503;
+/// then the answer, decoded and computed by a worker in turn (a request whose client leaves or
+/// whose deadline passes while it waits is skipped, never run).
 pub(crate) async fn predict(State(app): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -123,19 +121,12 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
         Err(failure) => return failure.into_response(),
     };
     let input = if image { Input::Image(body) } else { Input::Json(body) };
-    let Ok(place) = Arc::clone(&app.in_flight).try_acquire_owned() else {
+    let Some(answer) = app.workers.submit(input) else {
         let busy =
-            format!("{} predictions are under way, the most accepted at once; retry in a second", app.limits.in_flight);
+            format!("{} predictions are waiting already, the most accepted; retry in a second", app.limits.queue);
         return ([(header::RETRY_AFTER, "1")], error(StatusCode::SERVICE_UNAVAILABLE, busy)).into_response();
     };
-    let worker = Arc::clone(&app.workers).acquire_owned().await.expect("the semaphore is never closed");
-    // Decoding and inference are CPU work: on the blocking pool, off the threads that serve
-    // connections, at most one per worker.
-    let answered = tokio::task::spawn_blocking(move || {
-        let _held = (worker, place);
-        answer(&app, input)
-    });
-    match answered.await {
+    match answer.await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => failure.into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into()).into_response(),
@@ -166,23 +157,23 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<B
     }
 }
 
-enum Input {
+pub(crate) enum Input {
     Image(Bytes),
     Json(Bytes),
 }
 
-fn answer(app: &App, input: Input) -> Result<Response, Failure> {
+/// Decodes `input` and classifies it with `model`: the response, or why not.
+pub(crate) fn answer(model: &Sequential, limits: &Limits, input: Input) -> Result<Response, Failure> {
     let side = SIDE * SIDE;
-    if app.model.input_width() != side {
+    if model.input_width() != side {
         return Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the model takes {} values, not {SIDE}x{SIDE} images", app.model.input_width()),
+            format!("the model takes {} values, not {SIDE}x{SIDE} images", model.input_width()),
         ));
     }
     let (images, batch) = match input {
         Input::Image(bytes) => {
-            let pixels =
-                data::digit::from_image_bytes(&bytes, app.limits.image).map_err(|e| bad_request(e.to_string()))?;
+            let pixels = data::digit::from_image_bytes(&bytes, limits.image).map_err(|e| bad_request(e.to_string()))?;
             (vec![pixels], false)
         }
         Input::Json(bytes) => {
@@ -191,11 +182,11 @@ fn answer(app: &App, input: Input) -> Result<Response, Failure> {
             match (request.pixels, request.images) {
                 (Some(p), None) => (vec![pixels(p, 0)?], false),
                 (None, Some(images)) => {
-                    if images.is_empty() || images.len() > app.limits.images {
+                    if images.is_empty() || images.len() > limits.images {
                         return Err(bad_request(format!(
                             "\"images\" holds {} images; send 1 to {}",
                             images.len(),
-                            app.limits.images
+                            limits.images
                         )));
                     }
                     (images.into_iter().enumerate().map(|(i, p)| pixels(p, i)).collect::<Result<_, _>>()?, true)
@@ -205,7 +196,7 @@ fn answer(app: &App, input: Input) -> Result<Response, Failure> {
         }
     };
     let x = ndarray::Array2::from_shape_vec((images.len(), side), images.concat()).expect("784 values each");
-    let (classes, probabilities) = app.model.classify(x.view());
+    let (classes, probabilities) = model.classify(x.view());
     let predictions: Vec<Prediction> = probabilities
         .rows()
         .into_iter()

@@ -16,11 +16,11 @@
 //!   connections) and then its body ([`Limits::body_timeout`]; 408 beyond);
 //! - the body's size ([`Limits::body_bytes`]; 413 beyond), an image's sides and decoding
 //!   memory ([`Limits::image`]), the images in one request ([`Limits::images`]);
-//! - the predictions decoded and run at once ([`Limits::workers`], on the blocking pool, off the
-//!   threads that read and write connections), and those accepted to wait for a worker
-//!   ([`Limits::in_flight`]; beyond, a quick 503 with `Retry-After`). A body is read before it
+//! - the predictions decoded and run at once ([`Limits::workers`], threads of their own, off
+//!   those that read and write connections), and those accepted to wait for a worker
+//!   ([`Limits::queue`]; beyond, a quick 503 with `Retry-After`). A body is read before it
 //!   takes a place, so a slow client holds none; a prediction whose client has gone, or whose
-//!   deadline has passed, is dropped before it runs;
+//!   deadline has passed, is skipped before it runs;
 //! - the time a request may take, from its headers to its response, the wait for a worker
 //!   included ([`Limits::timeout`]; 408 beyond), and how long an answer may wait for its client
 //!   to read it ([`Limits::write_timeout`]; then the connection is closed).
@@ -35,6 +35,7 @@
 mod api;
 mod deadline;
 mod page;
+mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -72,12 +73,12 @@ pub struct Limits {
     /// How long a request may take, from its headers to its response, the wait for a worker
     /// included; 408 beyond. Also how long Ctrl-C waits for the requests under way.
     pub timeout: Duration,
-    /// Predictions decoded and run at once: the cores they may use, and so also what bounds
-    /// the decoders' memory (this times [`Self::image`]'s).
+    /// Threads that decode images and run the model, one prediction each at a time: the cores
+    /// predictions may use, and so also what bounds the decoders' memory (this many times
+    /// [`Self::image`]'s).
     pub workers: usize,
-    /// Predictions accepted at once, running or waiting for a worker; more get 503 with
-    /// `Retry-After`.
-    pub in_flight: usize,
+    /// Predictions that may wait for a worker; more get 503 with `Retry-After`.
+    pub queue: usize,
     /// Connections open at once; more wait in the listener's queue until one closes.
     pub connections: usize,
     /// How long a connection may take to send a request's headers, counted from when the
@@ -91,7 +92,7 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 2 MiB bodies sent within 5 s, 256 images a request, images of 2048 pixels a side and
-    /// 32 MiB decoded, 10 s a request, one worker per core, 256 predictions in flight, 1024
+    /// 32 MiB decoded, 10 s a request, one worker per core, 256 predictions waiting, 1024
     /// connections, 10 s for headers and 10 s for a client to read.
     fn default() -> Self {
         Self {
@@ -101,7 +102,7 @@ impl Default for Limits {
             image: data::digit::Limits { max_side: 2048, max_bytes: 32 << 20 },
             timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(1, usize::from),
-            in_flight: 256,
+            queue: 256,
             connections: 1024,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -112,17 +113,18 @@ impl Default for Limits {
 /// The model being served, with what the page shows of it.
 #[derive(Debug, Clone)]
 pub struct App {
-    model: Arc<Sequential>,
     facts: Arc<ModelFacts>,
     limits: Limits,
-    /// A permit per worker: held while a prediction is decoded and run.
-    workers: Arc<Semaphore>,
-    /// A permit per prediction accepted, from its body's arrival to its answer.
-    in_flight: Arc<Semaphore>,
+    workers: workers::Workers,
 }
 
 impl App {
-    /// Serves `model`; `test_accuracy` is what its file records, if anything.
+    /// Serves `model`; `test_accuracy` is what its file records, if anything. Starts
+    /// [`Limits::workers`] threads, which end when the last clone of the `App` (and so of the
+    /// router made from it) is dropped.
+    ///
+    /// # Panics
+    /// The system cannot start a thread.
     pub fn new(model: Sequential, test_accuracy: Option<f64>, limits: Limits) -> Self {
         let facts = ModelFacts {
             architecture: model.describe(),
@@ -131,13 +133,9 @@ impl App {
             classes: model.classes(),
             test_accuracy,
         };
-        Self {
-            model: Arc::new(model),
-            facts: Arc::new(facts),
-            limits,
-            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
-            in_flight: Arc::new(Semaphore::new(limits.in_flight.max(1))),
-        }
+        let model = Arc::new(model);
+        let workers = workers::Workers::start(&model, limits);
+        Self { facts: Arc::new(facts), limits, workers }
     }
 }
 

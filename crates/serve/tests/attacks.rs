@@ -34,7 +34,7 @@ fn good_pixels() -> Vec<u8> {
 
 #[test]
 fn slow_bodies_from_more_clients_than_places_hold_up_nothing() {
-    let base = start(Limits { in_flight: 8, workers: 1, ..Limits::default() });
+    let base = start(Limits { queue: 8, workers: 1, ..Limits::default() });
     let slow: Vec<TcpStream> = (0..40).map(|_| stalled_body(&base, 100_000, 1)).collect();
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..3 {
@@ -76,8 +76,8 @@ fn a_chunked_body_beyond_the_limit_gets_413() {
 }
 
 #[test]
-fn predictions_beyond_those_in_flight_get_a_quick_503_with_retry_after() {
-    let base = start(Limits { in_flight: 1, workers: 1, ..Limits::default() });
+fn predictions_beyond_the_queue_get_a_quick_503_with_retry_after() {
+    let base = start(Limits { queue: 1, workers: 1, ..Limits::default() });
     // Each takes a worker for a while (32 MiB of pixels to decode, blank in the end).
     let expensive = testkit::hostile::png_large(2048, 1 << 20);
     let answers: Vec<_> = (0..6)
@@ -101,7 +101,7 @@ fn predictions_beyond_those_in_flight_get_a_quick_503_with_retry_after() {
     for (_, retry, body, took) in &busy {
         assert_eq!(retry.as_deref(), Some("1"));
         let error: ErrorBody = serde_json::from_str(body).unwrap();
-        assert!(error.error.contains("1 predictions are under way"), "{}", error.error);
+        assert!(error.error.contains("1 predictions are waiting already"), "{}", error.error);
         assert!(*took < Duration::from_secs(1), "refused after {took:?}");
     }
     // The others were decoded: blank images.
