@@ -80,3 +80,28 @@ fn a_warm_lenet_step_allocates_nothing() {
         assert_eq!(calls, 0, "{steps} warm LeNet-5 steps at {} allocated", simd::Simd::get());
     });
 }
+
+#[test]
+fn warm_inference_allocates_nothing() {
+    let _turn = exclusive();
+    let ds = dataset();
+    let x = ndarray::Array2::from_shape_fn((64, 784), |(i, j)| f32::from(ds.pixels()[i * 784 + j]) / 255.0);
+    let mlp =
+        Sequential::new(&SequentialConfig::mlp([1, 28, 28], &MlpConfig::default()), &mut ChaCha8Rng::seed_from_u64(1));
+    let lenet = Sequential::new(
+        &SequentialConfig::parse(SequentialConfig::LENET, [1, 28, 28]).unwrap(),
+        &mut ChaCha8Rng::seed_from_u64(1),
+    );
+    for (name, model) in [("MLP", mlp), ("LeNet-5", lenet)] {
+        let mut tape = nn::Tape::for_inference();
+        // The first batch grows the tape's buffers; the next ones reuse them.
+        let first = nn::Model::logits_with(&model, x.view(), &mut tape).to_owned();
+        let before = crate::allocation_calls();
+        for _ in 0..3 {
+            let logits = nn::Model::logits_with(&model, x.view(), &mut tape);
+            assert_eq!(logits, first);
+        }
+        let calls = crate::allocation_calls() - before;
+        assert_eq!(calls, 0, "3 warm {name} batches at {} allocated", simd::Simd::get());
+    }
+}

@@ -14,7 +14,8 @@ impl Tape {
     /// optimizers refuse. `params` must be the parameters the ops were recorded with.
     ///
     /// # Panics
-    /// If `loss` is not a 1x1 value of this tape, or `grads` is not for `params`.
+    /// If `loss` is not a 1x1 value of this tape, `grads` is not for `params`, or the tape was
+    /// made by [`Tape::for_inference`].
     #[track_caller]
     pub fn backward(&mut self, loss: Var, params: &Params, grads: &mut Grads) {
         self.backward_scaled(loss, 1.0, params, grads);
@@ -29,6 +30,7 @@ impl Tape {
     #[track_caller]
     pub fn backward_scaled(&mut self, loss: Var, scale: f32, params: &Params, grads: &mut Grads) {
         self.check(loss);
+        assert!(!self.is_for_inference(), "a tape made by Tape::for_inference keeps nothing for a backward pass");
         let node = &self.nodes[loss.index];
         assert!(node.rows == 1 && node.cols == 1, "backward needs a scalar loss, got {}x{}", node.rows, node.cols);
         grads.begin_backward(params);

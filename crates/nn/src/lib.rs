@@ -47,7 +47,7 @@ pub use grads::Grads;
 pub use linear::Linear;
 pub use loss::cross_entropy_sum;
 pub use mlp::{Mlp, MlpConfig};
-pub use model::{Inference, Model};
+pub use model::Model;
 pub use params::{Param, ParamId, Params};
 pub use sequential::{Layer, Sequential, SequentialConfig};
 pub use state::{Scope, StateDict, Tensor};

@@ -1,11 +1,10 @@
 //! A multilayer perceptron: linear layers with ReLU between them.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use crate::error::NnError;
 use crate::linear::Linear;
-use crate::model::{Inference, Model};
+use crate::model::Model;
 use crate::params::Params;
 use crate::state::{Scope, StateDict};
 use crate::tape::{Tape, Var};
@@ -262,37 +261,6 @@ impl Model for Mlp {
     /// # Panics
     /// If `x` is not as wide as the first width.
     #[track_caller]
-    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
-        let rows = x.nrows();
-        let Inference { layers: buffers, sparse, .. } = scratch;
-        buffers.resize_with(self.layers.len(), Vec::new);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (done, todo) = buffers.split_at_mut(i);
-            let input = match done.last() {
-                Some(h) => ArrayView2::from_shape((rows, layer.in_features), &h[..]).expect("previous layer's output"),
-                None => x.view(),
-            };
-            assert_eq!(
-                input.ncols(),
-                layer.in_features,
-                "input is {} wide, the model takes {}",
-                input.ncols(),
-                layer.in_features
-            );
-            let out = &mut todo[0];
-            out.resize(rows * layer.out_features, 0.0);
-            let mut y = ArrayViewMut2::from_shape((rows, layer.out_features), &mut out[..]).expect("sized above");
-            let (w, b) = (self.params.matrix(layer.weight), self.params.vector(layer.bias));
-            let sparse = layer.sparse_input.then_some(&mut *sparse);
-            crate::tape::linear_forward(input, w, Some(b), sparse, y.view_mut());
-            if self.applies_relu(i) {
-                tensor::relu_inplace(y);
-            }
-        }
-        let last = &buffers[self.layers.len() - 1];
-        ArrayView2::from_shape((rows, self.classes()), &last[..]).expect("last layer's output")
-    }
-
     fn state_dict(&self) -> StateDict {
         let mut state = self.params.state_dict();
         let widths: Vec<String> = self.config.widths.iter().map(usize::to_string).collect();

@@ -1,5 +1,5 @@
-//! What every model offers: a forward pass on a tape for training, a tape-free one for
-//! inference, and its parameters as a `state_dict`.
+//! What every model offers: a forward pass on a tape, which training records and inference
+//! runs on a tape made for it, and its parameters as a `state_dict`.
 
 use ndarray::{Array2, ArrayView2};
 
@@ -36,10 +36,24 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
         self.forward(tape, x)
     }
 
-    /// The logits for `x` (one sample per row) without a tape, into buffers that `scratch`
-    /// keeps from call to call, so that evaluating batch after batch allocates nothing once
-    /// warm.
-    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32>;
+    /// The logits for `x` (one sample per row): [`Model::forward`] on `tape`, cleared first.
+    /// With a tape made by [`Tape::for_inference`] and kept from call to call, evaluating
+    /// batch after batch costs a forward pass and allocates nothing once warm.
+    fn logits_with<'t>(&self, x: ArrayView2<f32>, tape: &'t mut Tape) -> ArrayView2<'t, f32> {
+        tape.clear();
+        let x = tape.input(x);
+        let logits = self.forward(tape, x);
+        tape.value(logits)
+    }
+
+    /// The predicted class of each row of `x` and every class's probability, from one forward
+    /// pass on `tape` (see [`Model::logits_with`]).
+    fn classify_with(&self, x: ArrayView2<f32>, tape: &mut Tape) -> (Vec<usize>, Array2<f32>) {
+        let logits = self.logits_with(x, tape);
+        let mut probs = Array2::zeros(logits.dim());
+        tensor::softmax_rows(logits, probs.view_mut());
+        (tensor::argmax_rows(logits), probs)
+    }
 
     /// The parameters as named row-major tensors, with the metadata that describes the
     /// architecture, so that [`Model::from_state_dict`] can rebuild the model.
@@ -57,7 +71,7 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
 
     /// The logits for `x`, owned.
     fn logits(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        self.logits_with(x, &mut Inference::default()).to_owned()
+        self.logits_with(x, &mut Tape::for_inference()).to_owned()
     }
 
     /// Each class's probability for each row of `x`: the softmax of the logits.
@@ -70,25 +84,11 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
 
     /// The predicted class of each row of `x`: the index of its largest logit.
     fn predict(&self, x: ArrayView2<f32>) -> Vec<usize> {
-        tensor::argmax_rows(self.logits_with(x, &mut Inference::default()))
+        tensor::argmax_rows(self.logits_with(x, &mut Tape::for_inference()))
     }
 
     /// The predicted class of each row of `x` and every class's probability, from one pass.
     fn classify(&self, x: ArrayView2<f32>) -> (Vec<usize>, Array2<f32>) {
-        let logits = self.logits(x);
-        let mut probs = Array2::zeros(logits.dim());
-        tensor::softmax_rows(logits.view(), probs.view_mut());
-        (tensor::argmax_rows(logits.view()), probs)
+        self.classify_with(x, &mut Tape::for_inference())
     }
-}
-
-/// Buffers for [`Model::logits_with`], reused from batch to batch.
-#[derive(Debug, Clone, Default)]
-pub struct Inference {
-    pub(crate) layers: Vec<Vec<f32>>,
-    pub(crate) sparse: tensor::SparseRows,
-    pub(crate) cols: Vec<f32>,
-    pub(crate) conv_tmp: Vec<f32>,
-    pub(crate) indices: Vec<u32>,
-    pub(crate) sparse_conv: tensor::SparseConvScratch,
 }

@@ -15,13 +15,12 @@
 
 use std::fmt;
 
-use ndarray::{ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use crate::MlpConfig;
 use crate::error::NnError;
 use crate::linear::Linear;
-use crate::model::{Inference, Model};
+use crate::model::Model;
 use crate::params::{ParamId, Params};
 use crate::state::{Scope, StateDict};
 use crate::tape::{Tape, Var};
@@ -593,70 +592,6 @@ impl Model for Sequential {
         self.forward_with_dropout(tape, x, Some(rng))
     }
 
-    fn logits_with<'s>(&self, x: ArrayView2<f32>, scratch: &'s mut Inference) -> ArrayView2<'s, f32> {
-        let rows = x.nrows();
-        assert_eq!(
-            x.ncols(),
-            self.input_width(),
-            "input is {} wide, the model takes {}",
-            x.ncols(),
-            self.input_width()
-        );
-        let Inference { layers: buffers, sparse, cols, conv_tmp, indices, sparse_conv } = scratch;
-        buffers.resize_with(2, Vec::new);
-        let (mut width, mut current) = (x.ncols(), None::<usize>);
-        for layer in &self.layers {
-            let out_width = match layer {
-                Built::Conv { shape, .. } => shape.out_len(),
-                Built::Pool(shape) => shape.out_len(),
-                Built::Linear(l) => l.out_features,
-                Built::Relu => {
-                    if let Some(i) = current {
-                        buffers[i].iter_mut().for_each(|v| *v = v.max(0.0));
-                    } else {
-                        let mut copy = x.to_owned();
-                        copy.mapv_inplace(|v| v.max(0.0));
-                        buffers[0] = copy.into_raw_vec_and_offset().0;
-                        current = Some(0);
-                    }
-                    continue;
-                }
-                Built::Flatten | Built::Dropout(_) => continue,
-            };
-            let target = current.map_or(0, |i| 1 - i);
-            let (a, b) = buffers.split_at_mut(1);
-            let (src, dst) = if target == 0 { (&b[0], &mut a[0]) } else { (&a[0], &mut b[0]) };
-            let input = match current {
-                Some(_) => {
-                    ArrayView2::from_shape((rows, width), &src[..rows * width]).expect("previous layer's output")
-                }
-                None => x.view(),
-            };
-            dst.resize(rows * out_width, 0.0);
-            let y = ArrayViewMut2::from_shape((rows, out_width), &mut dst[..]).expect("sized above");
-            match layer {
-                Built::Conv { weight, bias, shape, sparse } => {
-                    let (w, bias) = (self.params.matrix(*weight), bias.map(|b| self.params.vector(b)));
-                    if *sparse {
-                        tensor::sparse_conv2d(input, w, bias, shape, sparse_conv, y);
-                    } else {
-                        tensor::conv2d(input, w, bias, shape, cols, conv_tmp, y);
-                    }
-                }
-                Built::Pool(shape) => tensor::max_pool2d(input, shape, y, indices),
-                Built::Linear(l) => {
-                    let (w, b) = (self.params.matrix(l.weight), self.params.vector(l.bias));
-                    crate::tape::linear_forward(input, w, Some(b), l.sparse_input.then_some(&mut *sparse), y);
-                }
-                _ => unreachable!("handled above"),
-            }
-            width = out_width;
-            current = Some(target);
-        }
-        let last = current.expect("a model has a layer with output");
-        ArrayView2::from_shape((rows, width), &buffers[last][..rows * width]).expect("last layer's output")
-    }
-
     fn state_dict(&self) -> StateDict {
         if let Some(mlp) = self.config.as_mlp() {
             // An MLP's file, as Mlp writes it, which every earlier reader understands.
@@ -773,16 +708,33 @@ mod tests {
             (3, 144),
             |(i, j)| if (i * 7 + j) % 3 == 0 { ((i + j) % 5) as f32 * 0.2 } else { 0.0 },
         );
+        // Inference is the same forward pass, on a tape that keeps nothing for a backward one.
         let mut tape = Tape::new();
         let input = tape.input(x.view());
         let logits = model.forward(&mut tape, input);
         assert_eq!(tape.value(logits), model.logits(x.view()));
+        let mut inference = Tape::for_inference();
+        assert_eq!(model.logits_with(x.view(), &mut inference), tape.value(logits));
+        assert!(
+            inference.nodes[..inference.len].iter().all(|n| !n.needs_grad && n.grad.is_empty() && n.aux.is_empty())
+        );
 
         let back =
             Sequential::from_state_dict(&StateDict::from_safetensors(&model.state_dict().to_safetensors()).unwrap())
                 .unwrap();
         assert_eq!((back.config(), back.params()), (model.config(), model.params()));
         assert_eq!(back.logits(x.view()), model.logits(x.view()));
+    }
+
+    #[test]
+    #[should_panic(expected = "keeps nothing for a backward pass")]
+    fn an_inference_tape_refuses_a_backward_pass() {
+        let model = Sequential::new(&SequentialConfig::parse("flatten,linear(3)", [1, 1, 4]).unwrap(), &mut rng(0));
+        let mut tape = Tape::for_inference();
+        let x = tape.input(Array2::ones((2, 4)).view());
+        let logits = model.forward(&mut tape, x);
+        let loss = tape.cross_entropy(logits, &[0, 1]);
+        tape.backward(loss, model.params(), &mut crate::Grads::new(model.params()));
     }
 
     #[test]

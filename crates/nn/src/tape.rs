@@ -136,6 +136,11 @@ pub struct Tape {
     pub(crate) conv_tmp: Vec<f32>,
     /// Buffers of sparse convolutions, reused.
     pub(crate) sparse_conv: tensor::SparseConvScratch,
+    /// Set by [`Tape::for_inference`]: no gradient buffers, and what only the backward pass
+    /// reads (unfolded patches, the positions of maxima) in one scratch shared by every op.
+    inference: bool,
+    shared_cols: Vec<f32>,
+    shared_indices: Vec<u32>,
     generation: u64,
 }
 
@@ -143,6 +148,35 @@ impl Tape {
     /// An empty tape.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty tape for inference: ops compute their values as on any tape, but nothing is
+    /// kept for a backward pass, so a model's [`forward`](crate::Model::forward) on it costs
+    /// what a forward pass costs. Cleared and reused from batch to batch, it allocates nothing
+    /// once warm. [`Model::logits_with`](crate::Model::logits_with) runs models on one.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use nn::{Params, Tape};
+    ///
+    /// let mut params = Params::new();
+    /// let w = params.add("w", &[1, 2], vec![1.0, -1.0]);
+    /// let mut tape = Tape::for_inference();
+    /// for x in [array![[3.0f32, 1.0]], array![[1.0, 3.0]]] {
+    ///     tape.clear();
+    ///     let x = tape.input(x.view());
+    ///     let y = tape.matmul_t(&params, x, w);
+    ///     let y = tape.relu(y);
+    ///     println!("{}", tape.value(y));
+    /// }
+    /// ```
+    pub fn for_inference() -> Self {
+        Self { inference: true, ..Self::default() }
+    }
+
+    /// Whether this tape was made by [`Tape::for_inference`].
+    pub fn is_for_inference(&self) -> bool {
+        self.inference
     }
 
     /// Forgets every recorded op, keeping the buffers for the next step. Vars from before the
@@ -320,8 +354,9 @@ impl Tape {
         if sparse {
             tensor::sparse_conv2d(x, w, bias, &shape, &mut self.sparse_conv, y_view);
         } else {
-            // The unfolded patches stay in the node for the backward pass.
-            tensor::conv2d(x, w, bias, &shape, &mut node.aux, &mut self.conv_tmp, y_view);
+            // The unfolded patches stay in the node for the backward pass, if there is one.
+            let cols = if self.inference { &mut self.shared_cols } else { &mut node.aux };
+            tensor::conv2d(x, w, bias, &shape, cols, &mut self.conv_tmp, y_view);
         }
         y
     }
@@ -340,7 +375,8 @@ impl Tape {
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
         let y_view = ArrayViewMut2::from_shape((rows, shape.out_len()), &mut node.value[..]).expect("sized by push");
-        tensor::max_pool2d(before[x.index].value(), &shape, y_view, &mut node.indices);
+        let indices = if self.inference { &mut self.shared_indices } else { &mut node.indices };
+        tensor::max_pool2d(before[x.index].value(), &shape, y_view, indices);
         y
     }
 
@@ -465,6 +501,7 @@ impl Tape {
         node.rows = rows;
         node.cols = cols;
         node.value.resize(size, 0.0);
+        let needs_grad = needs_grad && !self.inference;
         if needs_grad {
             node.grad.resize(size, 0.0);
         }

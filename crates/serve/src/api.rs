@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data::digit::SIDE;
 use http_body_util::BodyExt;
-use nn::{Model, Sequential};
+use nn::{Model, Sequential, Tape};
 use serde::{Deserialize, Serialize};
 
 use crate::{App, Limits};
@@ -163,7 +163,7 @@ pub(crate) enum Input {
 }
 
 /// Decodes `input` and classifies it with `model`: the response, or why not.
-pub(crate) fn answer(model: &Sequential, limits: &Limits, input: Input) -> Result<Response, Failure> {
+pub(crate) fn answer(model: &Sequential, tape: &mut Tape, limits: &Limits, input: Input) -> Result<Response, Failure> {
     let side = SIDE * SIDE;
     if model.input_width() != side {
         return Err(error(
@@ -196,7 +196,7 @@ pub(crate) fn answer(model: &Sequential, limits: &Limits, input: Input) -> Resul
         }
     };
     let x = ndarray::Array2::from_shape_vec((images.len(), side), images.concat()).expect("784 values each");
-    let (classes, probabilities) = model.classify(x.view());
+    let (classes, probabilities) = model.classify_with(x.view(), tape);
     let predictions: Vec<Prediction> = probabilities
         .rows()
         .into_iter()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use nn::Sequential;
+use nn::{Sequential, Tape};
 use tokio::sync::oneshot;
 
 use crate::Limits;
@@ -62,8 +62,10 @@ impl Workers {
     }
 }
 
-/// One worker: takes jobs in turn until the queue is gone.
+/// One worker: takes jobs in turn until the queue is gone, with a tape of its own that its
+/// predictions reuse.
 fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>) {
+    let mut tape = Tape::for_inference();
     loop {
         // The lock is held only to take a job, not to run it.
         let job = match jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv() {
@@ -73,9 +75,13 @@ fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>) {
         if job.answer.is_closed() {
             continue;
         }
-        // A bug must not take a worker with it: the request gets a 500 and the worker goes on.
-        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| api::answer(model, limits, job.input)))
-            .unwrap_or_else(|_| Err(api::error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into())));
+        // A bug must not take a worker with it: the request gets a 500, and the worker goes on
+        // with a fresh tape.
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| api::answer(model, &mut tape, limits, job.input)))
+            .unwrap_or_else(|_| {
+                tape = Tape::for_inference();
+                Err(api::error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into()))
+            });
         let _ = job.answer.send(answer);
     }
 }

@@ -2,7 +2,7 @@
 
 use data::Dataset;
 use metrics::ConfusionMatrix;
-use nn::{Inference, Model};
+use nn::{Model, Tape};
 use rayon::prelude::*;
 
 use crate::TrainError;
@@ -44,10 +44,10 @@ pub fn check_fits<M: Model>(model: &M, data: &Dataset) -> Result<(), TrainError>
     Ok(())
 }
 
-/// Evaluates `model` on the samples `indices` of `data`, in that order, without a tape. The
-/// indices are cut into batches of [`EVAL_BATCH`]; each thread of the rayon pool takes a run of
-/// whole batches with its own reused buffers, and the batches' results are combined in order,
-/// so the results do not depend on the number of threads.
+/// Evaluates `model` on the samples `indices` of `data`, in that order: its forward pass on a
+/// tape made for inference. The indices are cut into batches of [`EVAL_BATCH`]; each thread of
+/// the rayon pool takes a run of whole batches with its own reused tape, and the batches'
+/// results are combined in order, so the results do not depend on the number of threads.
 ///
 /// # Panics
 /// If the model does not fit the data ([`check_fits`]) or an index is out of range.
@@ -62,16 +62,16 @@ pub fn evaluate<M: Model>(model: &M, data: &Dataset, indices: &[usize]) -> Evalu
     let parts: Vec<Vec<(f64, ConfusionMatrix, Vec<usize>)>> = (0..threads)
         .into_par_iter()
         .map(|t| {
-            let (mut x, mut labels, mut scratch, mut log_probs) =
-                (Vec::new(), Vec::new(), Inference::default(), Vec::new());
+            let (mut tape, mut labels, mut log_probs) = (Tape::for_inference(), Vec::new(), Vec::new());
             (t * batches / threads..(t + 1) * batches / threads)
                 .map(|b| {
                     let chunk = &indices[b * EVAL_BATCH..((b + 1) * EVAL_BATCH).min(indices.len())];
-                    x.resize(chunk.len() * width, 0.0);
-                    data::fill_rows(data, chunk, &mut x);
                     data::fill_labels(data, chunk, &mut labels);
-                    let x = ndarray::ArrayView2::from_shape((chunk.len(), width), &x[..]).expect("sized above");
-                    let logits = model.logits_with(x, &mut scratch);
+                    // The pixels go straight onto the tape, converted once.
+                    tape.clear();
+                    let x = tape.input_with(chunk.len(), width, |x| data::fill_rows(data, chunk, x));
+                    let logits = model.forward(&mut tape, x);
+                    let logits = tape.value(logits);
                     let loss = nn::cross_entropy_sum(logits, &labels, &mut log_probs);
                     let predicted = tensor::argmax_rows(logits);
                     let mut confusion = ConfusionMatrix::new(data.classes());
