@@ -121,6 +121,17 @@ impl Tape {
                     let dy = ArrayView2::from_shape((node.rows, node.cols), &node.grad).expect("node buffer matches");
                     tensor::conv2d_backward(w, dy, &shape, &mut node.aux, &mut self.conv_tmp, dw, db, dx);
                 }
+                Op::Add { a, b } => {
+                    // y = a + b:  da += dy,  db += dy (so twice dy when a and b are one value:
+                    // the second write accumulates).
+                    for x in [a, b] {
+                        let input = &mut before[x.index];
+                        if input.needs_grad {
+                            let (mut dx, beta) = input.grad_to_write();
+                            ndarray::Zip::from(&mut dx).and(&dy).for_each(|d, &g| *d = beta * *d + g);
+                        }
+                    }
+                }
                 Op::MaxPool2d { x, .. } => {
                     // y = max over the window:  dx[argmax] += dy.
                     let input = &mut before[x.index];

@@ -620,3 +620,43 @@ fn dropout_scales_what_it_keeps_and_passes_gradients_through_its_mask() {
     let y2 = again.dropout(input, p, &mut ChaCha8Rng::seed_from_u64(23));
     assert_eq!(again.value(y2), tape.value(y));
 }
+
+#[test]
+fn add_gradients_reach_both_branches_of_a_skip_connection() {
+    // y = h + relu(h·Vᵀ) with h = x·Wᵀ: the residual sum, its gradient into both branches.
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (n, k, c) = (4, 5, 3);
+    let x = random(&mut rng, n, k);
+    let labels = [2, 0, 1, 1];
+    let mut params = Params::new();
+    let w = params.add("w", &[c, k], to_f32(&random(&mut rng, c, k)).into_raw_vec_and_offset().0);
+    let v = params.add("v", &[c, c], to_f32(&random(&mut rng, c, c)).into_raw_vec_and_offset().0);
+    let mut tape = Tape::new();
+    let input = tape.input(to_f32(&x).view());
+    let h = tape.matmul_t(&params, input, w);
+    let branch = tape.matmul_t(&params, h, v);
+    let branch = tape.relu(branch);
+    let y = tape.add(h, branch);
+    let loss = tape.cross_entropy(y, &labels);
+    let grads = backward(&mut tape, loss, &params);
+
+    let xv = x.mapv(|v| f64::from(v as f32));
+    let (wv, vv) = (param(&params, w), param(&params, v));
+    let f = |w: &[f64], v: &[f64]| {
+        let h = linear(xv.view(), w, None, c);
+        let y = &h + &relu(linear(h.view(), v, None, c));
+        ce(y.view(), &labels)
+    };
+    compare("dW", &grad(&params, &grads, w), &numeric_grad(|w| f(w, &vv), &wv)).unwrap();
+    compare("dV", &grad(&params, &grads, v), &numeric_grad(|v| f(&wv, v), &vv)).unwrap();
+
+    // A value added to itself: y = 2h.
+    tape.clear();
+    let input = tape.input(to_f32(&x).view());
+    let h = tape.matmul_t(&params, input, w);
+    let y = tape.add(h, h);
+    let loss = tape.cross_entropy(y, &labels);
+    let grads = backward(&mut tape, loss, &params);
+    let f = |w: &[f64]| ce((linear(xv.view(), w, None, c) * 2.0).view(), &labels);
+    compare("dW of h + h", &grad(&params, &grads, w), &numeric_grad(f, &wv)).unwrap();
+}

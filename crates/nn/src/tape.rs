@@ -50,6 +50,8 @@ pub(crate) enum Op {
     Linear { x: Var, weight: ParamId, bias: Option<ParamId>, sparse: bool },
     /// `y = x + b`, `b` added to every row.
     AddBias { x: Var, bias: ParamId },
+    /// `y = a + b`, element by element.
+    Add { a: Var, b: Var },
     /// `y = max(x, 0)`.
     Relu { x: Var },
     /// `y = conv2d(x, W) (+ b)`, `x` and `y` holding each sample's `[C, H, W]` values in a row.
@@ -403,6 +405,34 @@ impl Tape {
         for ((m, v), &xv) in node.aux.iter_mut().zip(node.value.iter_mut()).zip(&before[x.index].value) {
             *m = if u64::from(rng.next_u32()) < threshold { 0.0 } else { keep };
             *v = xv * *m;
+        }
+        y
+    }
+
+    /// Records `a + b`, element by element: a residual (skip) connection's sum. `a` and `b`
+    /// may be the same value.
+    ///
+    /// # Panics
+    /// If `a` and `b` do not have the same shape.
+    #[track_caller]
+    pub fn add(&mut self, a: Var, b: Var) -> Var {
+        self.check(a);
+        self.check(b);
+        let (na, nb) = (&self.nodes[a.index], &self.nodes[b.index]);
+        assert_eq!(
+            (na.rows, na.cols),
+            (nb.rows, nb.cols),
+            "add: a is {}x{}, b is {}x{}",
+            na.rows,
+            na.cols,
+            nb.rows,
+            nb.cols
+        );
+        let (rows, cols, needs_grad) = (na.rows, na.cols, na.needs_grad || nb.needs_grad);
+        let y = self.push(Op::Add { a, b }, rows, cols, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        for ((out, &u), &v) in rest[0].value.iter_mut().zip(&before[a.index].value).zip(&before[b.index].value) {
+            *out = u + v;
         }
         y
     }
