@@ -135,6 +135,35 @@ fn decompression_bombs_cost_the_server_a_bounded_amount_of_memory() {
 }
 
 #[test]
+fn a_body_sent_a_byte_at_a_time_costs_what_it_sends() {
+    let server = Serving::start(&trained().model);
+    for _ in 0..20 {
+        assert_eq!(predict(&server, "application/json", &good_pixels()).0, 200);
+    }
+    let idle = server.memory_mib("VmHWM:");
+    // 100 kB, each byte its own segment: hyper reads each into a buffer of its own.
+    let length = 100_000;
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let head = format!(
+        "POST /api/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for _ in 0..length {
+        if stream.write_all(b" ").is_err() {
+            break;
+        }
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let peak = server.memory_mib("VmHWM:") - idle;
+    eprintln!("100 kB sent a byte at a time: {}, peak {peak:.0} MiB above idle", answer.lines().next().unwrap_or(""));
+    assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(peak <= 8.0, "a 100 kB body sent a byte at a time grew the server's peak by {peak:.0} MiB");
+}
+
+#[test]
 fn hundreds_of_abandoned_expensive_requests_do_not_delay_the_next_good_one() {
     let server = Serving::start(&trained().model);
     // 32 KB each, 32 MiB of pixels to decode: sent whole, then the client is gone.

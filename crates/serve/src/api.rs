@@ -135,7 +135,11 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
 
 /// The whole body: 413 beyond `limits.body_bytes` (at once when its `Content-Length` says so),
 /// 408 when it takes longer than `limits.body_timeout` to arrive.
-async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<Bytes, Failure> {
+///
+/// Copied frame by frame into one buffer, each frame dropped once copied: keeping the frames
+/// would keep the read buffers they point into, which a body sent a byte at a time turns into
+/// a buffer of several KiB per byte.
+async fn read_body(headers: &HeaderMap, mut body: Body, limits: &Limits) -> Result<Bytes, Failure> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -146,16 +150,33 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<B
     if announced.is_some_and(|n| n > limits.body_bytes as u64) {
         return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(body, limits.body_bytes);
-    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(bad_request(format!("the body could not be read: {e}"))),
+    // What the client announces is only believed up to a small first allocation: a client
+    // that announces much and sends little costs what it sends.
+    let first = announced.map_or(0, |n| n as usize).min(FIRST_ALLOCATION);
+    let read = async {
+        let mut bytes = Vec::with_capacity(first);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| bad_request(format!("the body could not be read: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limits.body_bytes {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(bytes))
+    };
+    match tokio::time::timeout(limits.body_timeout, read).await {
+        Ok(read) => read,
         Err(_) => {
             Err(error(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {:?}", limits.body_timeout)))
         }
     }
 }
+
+/// The most a body's buffer starts with, whatever its `Content-Length` says; it grows with
+/// what arrives.
+const FIRST_ALLOCATION: usize = 64 << 10;
 
 pub(crate) enum Input {
     Image(Bytes),
