@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use nn::{Model, Sequential, Tape};
 use serde::{Deserialize, Serialize};
 
+use crate::workers::Busy;
 use crate::{App, Limits};
 
 /// Every error's body.
@@ -121,10 +122,16 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
         Err(failure) => return failure.into_response(),
     };
     let input = if image { Input::Image(body) } else { Input::Json(body) };
-    let Some(answer) = app.workers.submit(input) else {
-        let busy =
-            format!("{} predictions are waiting already, the most accepted; retry in a second", app.limits.queue);
-        return ([(header::RETRY_AFTER, "1")], error(StatusCode::SERVICE_UNAVAILABLE, busy)).into_response();
+    let answer = match app.workers.submit(input) {
+        Ok(answer) => answer,
+        Err(busy) => {
+            let why = match busy {
+                Busy::Full => format!("{} predictions are waiting already, the most accepted", app.limits.queue),
+                Busy::Slow(seconds) => format!("the predictions waiting would take the workers {seconds:.1} s"),
+            };
+            let message = format!("the server is busy: {why}; retry in a second");
+            return ([(header::RETRY_AFTER, "1")], error(StatusCode::SERVICE_UNAVAILABLE, message)).into_response();
+        }
     };
     match answer.await {
         Ok(Ok(response)) => response,

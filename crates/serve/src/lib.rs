@@ -18,7 +18,8 @@
 //!   memory ([`Limits::image`]), the images in one request ([`Limits::images`]);
 //! - the predictions decoded and run at once ([`Limits::workers`], threads of their own, off
 //!   those that read and write connections), and those accepted to wait for a worker
-//!   ([`Limits::queue`]; beyond, a quick 503 with `Retry-After`). A body is read before it
+//!   ([`Limits::queue`], and no more than the workers can do in half the request timeout;
+//!   beyond, a quick 503 with `Retry-After`). A body is read before it
 //!   takes a place, so a slow client holds none; a prediction whose client has gone, or whose
 //!   deadline has passed, is skipped before it runs;
 //! - the time a request may take, from its headers to its response, the wait for a worker
@@ -77,7 +78,9 @@ pub struct Limits {
     /// predictions may use, and so also what bounds the decoders' memory (this many times
     /// [`Self::image`]'s).
     pub workers: usize,
-    /// Predictions that may wait for a worker; more get 503 with `Retry-After`.
+    /// Predictions that may wait for a worker; more get 503 with `Retry-After`. Fewer are
+    /// taken on when those already waiting would keep the workers busy for more than half of
+    /// [`Self::timeout`], at the recent time per prediction.
     pub queue: usize,
     /// Connections open at once; more wait in the listener's queue until one closes.
     pub connections: usize,

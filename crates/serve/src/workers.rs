@@ -3,8 +3,10 @@
 //! comes: the request's future, dropped then, closes the channel its answer would go to.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -26,6 +28,30 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct Workers {
     queue: SyncSender<Job>,
+    load: Arc<Load>,
+    workers: usize,
+    /// The most work the queue takes on: half the request timeout, in microseconds.
+    budget_micros: u64,
+}
+
+/// What the workers tell the queue's sending end: how many jobs wait, and how long a job has
+/// taken of late.
+#[derive(Debug, Default)]
+struct Load {
+    /// Jobs queued or running.
+    waiting: AtomicUsize,
+    /// A moving average of a job's time, in microseconds (weight 1/8 to the newest); 0 until
+    /// the first job has been timed.
+    job_micros: AtomicU64,
+}
+
+/// Why a prediction was not queued.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Busy {
+    /// The queue holds its most.
+    Full,
+    /// What waits would take the workers longer than the budget, in seconds.
+    Slow(f64),
 }
 
 impl std::fmt::Debug for Workers {
@@ -41,30 +67,43 @@ impl Workers {
     /// The system cannot start a thread.
     pub(crate) fn start(model: &Arc<Sequential>, limits: Limits) -> Self {
         let (queue, jobs) = mpsc::sync_channel(limits.queue.max(1));
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..limits.workers.max(1) {
-            let (model, jobs) = (Arc::clone(model), Arc::clone(&jobs));
+        let (jobs, load, workers) = (Arc::new(Mutex::new(jobs)), Arc::new(Load::default()), limits.workers.max(1));
+        for i in 0..workers {
+            let (model, jobs, load) = (Arc::clone(model), Arc::clone(&jobs), Arc::clone(&load));
             std::thread::Builder::new()
                 .name(format!("serve-worker-{i}"))
-                .spawn(move || work(&model, &limits, &jobs))
+                .spawn(move || work(&model, &limits, &jobs, &load))
                 .expect("the system can start a thread");
         }
-        Self { queue }
+        let budget_micros = u64::try_from(limits.timeout.as_micros() / 2).unwrap_or(u64::MAX);
+        Self { queue, load, workers, budget_micros }
     }
 
-    /// Queues `input`; the answer comes on the receiver. `None` when the queue is full.
-    pub(crate) fn submit(&self, input: Input) -> Option<oneshot::Receiver<Answer>> {
+    /// Queues `input`; the answer comes on the receiver. Refused when the queue is full, or
+    /// when what already waits or runs would keep the workers busy for more than half the
+    /// request timeout, at the recent time per prediction: most of what is taken on is
+    /// answered within its deadline, and what cannot be is told so at once.
+    pub(crate) fn submit(&self, input: Input) -> Result<oneshot::Receiver<Answer>, Busy> {
+        let waiting = self.load.waiting.load(Ordering::Relaxed) as u64;
+        let wait = (waiting + 1) * self.load.job_micros.load(Ordering::Relaxed) / self.workers as u64;
+        if wait > self.budget_micros {
+            return Err(Busy::Slow(wait as f64 / 1e6));
+        }
         let (answer, receiver) = oneshot::channel();
+        self.load.waiting.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(Job { input, answer }) {
-            Ok(()) => Some(receiver),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => None,
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.load.waiting.fetch_sub(1, Ordering::Relaxed);
+                Err(Busy::Full)
+            }
         }
     }
 }
 
 /// One worker: takes jobs in turn until the queue is gone, with a tape of its own that its
 /// predictions reuse.
-fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>) {
+fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load: &Load) {
     let mut tape = Tape::for_inference();
     loop {
         // The lock is held only to take a job, not to run it.
@@ -73,8 +112,10 @@ fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>) {
             Err(_) => return,
         };
         if job.answer.is_closed() {
+            load.waiting.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
+        let started = Instant::now();
         // A bug must not take a worker with it: the request gets a 500, and the worker goes on
         // with a fresh tape.
         let answer = std::panic::catch_unwind(AssertUnwindSafe(|| api::answer(model, &mut tape, limits, job.input)))
@@ -82,6 +123,12 @@ fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>) {
                 tape = Tape::for_inference();
                 Err(api::error(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed".into()))
             });
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // The first measurement stands alone; later ones move the average by an eighth.
+        let _ = load.job_micros.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+            Some(if avg == 0 { micros.max(1) } else { avg - avg / 8 + micros / 8 })
+        });
+        load.waiting.fetch_sub(1, Ordering::Relaxed);
         let _ = job.answer.send(answer);
     }
 }

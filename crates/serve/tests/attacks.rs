@@ -163,3 +163,51 @@ fn stopping_takes_at_most_the_request_timeout_whatever_clients_do() {
     let took = running.stop(Duration::from_secs(10));
     assert!(took.is_some_and(|t| t < timeout + Duration::from_millis(500)), "stopped after {took:?}");
 }
+
+#[test]
+fn a_flood_of_expensive_predictions_gets_503s_not_timeouts() {
+    // One worker, a 2 s deadline and room in the queue for far more than it can do in time:
+    // the queue takes on at most a second's work (half the deadline), so what it takes is
+    // answered in time and the rest is refused at once.
+    let timeout = Duration::from_secs(2);
+    let base = start(Limits { workers: 1, queue: 256, timeout, ..Limits::default() });
+    let expensive = testkit::hostile::png_large(2048, 1 << 20);
+    // The server learns what a prediction costs from those it runs: one first.
+    assert_eq!(post(&base, "image/png", &expensive).0, 400);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let (base, body, stop) = (base.clone(), expensive.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(post(&base, "image/png", &body).0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut good = Vec::new();
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let (status, _) = post(&base, "application/json", &good_pixels());
+        good.push((status, started.elapsed()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded: Vec<u16> = flood.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let count = |status: u16| flooded.iter().filter(|&&s| s == status).count();
+    let counts = [400, 408, 503].map(|s| (s, count(s)));
+    eprintln!("the flood's answers: {counts:?}; the good requests': {good:?}");
+    // The queue takes on what it expects to finish in time, at the recent cost of a
+    // prediction; under this much contention a few of those may still run late, but most of
+    // what it takes is answered and the rest is refused at once.
+    assert!(count(503) > 0 && count(400) > count(408), "{counts:?}");
+    for (status, took) in &good {
+        match status {
+            200 => assert!(*took < timeout, "answered after {took:?}"),
+            503 => assert!(*took < Duration::from_millis(500), "refused after {took:?}"),
+            other => panic!("a good request got {other} after {took:?}: {good:?}"),
+        }
+    }
+}
