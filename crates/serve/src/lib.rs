@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Everything a stranger sends is bounded before it is decoded ([`Limits`]):
-//! - connections open at once ([`Limits::connections`]; more wait to be accepted);
+//! - connections open at once ([`Limits::connections`]; beyond, the one idle longest is closed,
+//!   or, when all are busy, more wait to be accepted);
 //! - the time to send a request's headers ([`Limits::header_timeout`], which also ends idle
 //!   connections) and then its body ([`Limits::body_timeout`]; 408 beyond);
 //! - the body's size ([`Limits::body_bytes`]; 413 beyond), an image's sides and decoding
@@ -34,6 +35,7 @@
 //! The page is three files embedded in the binary: it needs no network beyond the server.
 
 mod api;
+mod connections;
 mod deadline;
 mod page;
 mod workers;
@@ -82,7 +84,9 @@ pub struct Limits {
     /// taken on when those already waiting would keep the workers busy for more than half of
     /// [`Self::timeout`], at the recent time per prediction.
     pub queue: usize,
-    /// Connections open at once; more wait in the listener's queue until one closes.
+    /// Connections open at once. Beyond, the connection that has had no request under way
+    /// for longest is asked to close (an answer being written is finished first); when every
+    /// one has a request under way, more wait in the listener's queue until one closes.
     pub connections: usize,
     /// How long a connection may take to send a request's headers, counted from when the
     /// server starts waiting for them (so also how long it may stay idle between requests);
@@ -211,15 +215,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let open = connections::Open::new();
     let (stopping, stop) = watch::channel(());
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // A slot first: beyond the limit, connections wait in the kernel's queue, unread.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -230,10 +230,32 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone().map_request(|r: Request<Incoming>| r.map(Body::new)));
+        // A slot for it: when all are taken, the connection idle longest is asked to close;
+        // when every one has a request under way, this one waits for the first to end (and
+        // further clients wait in the kernel's queue, unread).
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                open.close_idlest();
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let registration = open.register();
+        let (started, finished) = (Arc::clone(&registration.tracked), Arc::clone(&registration.tracked));
+        let service = app
+            .clone()
+            .map_request(move |r: Request<Incoming>| {
+                started.request_started();
+                r.map(Body::new)
+            })
+            .map_response(move |r| finished.finish_with(r));
+        let service = TowerToHyperService::new(service);
         let mut stop = stop.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _held = (slot, &registration);
             let mut http = http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             let io = TokioIo::new(deadline::WriteDeadline::new(stream, limits.write_timeout));
@@ -244,6 +266,8 @@ pub async fn serve(
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
+                // Nothing is under way on it: dropped at once, whatever it was sending.
+                () = registration.tracked.close.notified() => {}
             }
         });
         // Finished connections leave the set as new ones come, so that it stays small.

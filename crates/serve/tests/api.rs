@@ -205,24 +205,51 @@ fn the_http_layers_own_errors_are_the_two_the_readme_names() {
 }
 
 #[test]
-fn connections_beyond_the_limit_wait_until_one_closes() {
+fn beyond_the_connection_limit_the_idlest_connection_makes_way() {
     let base = start(Limits { connections: 2, ..Limits::default() });
     let addr = base.trim_start_matches("http://").to_owned();
     let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    // Two idle connections take both slots.
-    let first = TcpStream::connect(&addr).unwrap();
+    // Two connections that send nothing take both slots; the first is the idlest.
+    let mut first = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
     let _second = TcpStream::connect(&addr).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let mut third = TcpStream::connect(&addr).unwrap();
     write!(third, "{request}").unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The first was closed to make way.
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(first.read(&mut [0; 1]).unwrap(), 0, "the idlest connection is closed");
+}
+
+#[test]
+fn beyond_the_connection_limit_busy_connections_are_waited_for() {
+    let base = start(Limits { connections: 2, body_timeout: Duration::from_secs(1), ..Limits::default() });
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Two requests under way (their bodies not yet sent) take both slots.
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    write!(third, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut byte = [0u8; 1];
-    let waited = third.read(&mut byte);
-    assert!(waited.is_err(), "answered beyond the limit: {waited:?}");
-    // A slot frees up: the queued connection is accepted and answered.
-    drop(first);
+    assert!(third.read(&mut [0u8; 1]).is_err(), "answered while both requests were under way");
+    // Their bodies' deadline ends them (408): the waiting connection is then served.
     third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut answer = String::new();
     third.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(busy);
 }
