@@ -1,5 +1,7 @@
 //! The JSON API: predictions from an image or from pixels, the model's facts, health.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -9,6 +11,7 @@ use data::digit::SIDE;
 use http_body_util::BodyExt;
 use nn::{Model, Sequential, Tape};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::workers::Busy;
 use crate::{App, Limits};
@@ -117,12 +120,12 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
             .into_response();
         }
     };
-    let body = match read_body(&parts.headers, body, &app.limits).await {
-        Ok(body) => body,
+    let (body, held) = match read_body(&parts.headers, body, &app.limits, &app.bodies).await {
+        Ok(read) => read,
         Err(failure) => return failure.into_response(),
     };
     let input = if image { Input::Image(body) } else { Input::Json(body) };
-    let answer = match app.workers.submit(input) {
+    let answer = match app.workers.submit(input, held) {
         Ok(answer) => answer,
         Err(busy) => {
             let why = match busy {
@@ -141,12 +144,18 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
 }
 
 /// The whole body: 413 beyond `limits.body_bytes` (at once when its `Content-Length` says so),
-/// 408 when it takes longer than `limits.body_timeout` to arrive.
+/// 408 when it takes longer than `limits.body_timeout` to arrive, 503 when the bodies held at
+/// once would exceed `limits.bodies_bytes` (the returned permit holds this one's share).
 ///
 /// Copied frame by frame into one buffer, each frame dropped once copied: keeping the frames
 /// would keep the read buffers they point into, which a body sent a byte at a time turns into
 /// a buffer of several KiB per byte.
-async fn read_body(headers: &HeaderMap, mut body: Body, limits: &Limits) -> Result<Bytes, Failure> {
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limits: &Limits,
+    bodies: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Failure> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,17 +170,29 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limits: &Limits) -> Resu
     // that announces much and sends little costs what it sends.
     let first = announced.map_or(0, |n| n as usize).min(FIRST_ALLOCATION);
     let read = async {
-        let mut bytes = Vec::with_capacity(first);
+        let (mut bytes, mut held) = (Vec::with_capacity(first), None::<OwnedSemaphorePermit>);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| bad_request(format!("the body could not be read: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > limits.body_bytes {
                     return Err(too_large());
                 }
+                let share = u32::try_from(data.len()).expect("a frame within the body limit");
+                let Ok(more) = Arc::clone(bodies).try_acquire_many_owned(share) else {
+                    let busy = format!(
+                        "the server is busy: the bodies it holds would exceed {} bytes; retry in a second",
+                        limits.bodies_bytes
+                    );
+                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, busy));
+                };
+                match held.as_mut() {
+                    Some(held) => held.merge(more),
+                    None => held = Some(more),
+                }
                 bytes.extend_from_slice(&data);
             }
         }
-        Ok(Bytes::from(bytes))
+        Ok((Bytes::from(bytes), held))
     };
     match tokio::time::timeout(limits.body_timeout, read).await {
         Ok(read) => read,

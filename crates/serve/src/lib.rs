@@ -15,7 +15,8 @@
 //!   or, when all are busy, more wait to be accepted);
 //! - the time to send a request's headers ([`Limits::header_timeout`], which also ends idle
 //!   connections) and then its body ([`Limits::body_timeout`]; 408 beyond);
-//! - the body's size ([`Limits::body_bytes`]; 413 beyond), an image's sides and decoding
+//! - the body's size ([`Limits::body_bytes`]; 413 beyond) and that of the bodies held at once
+//!   ([`Limits::bodies_bytes`]; 503 beyond), an image's sides and decoding
 //!   memory ([`Limits::image`]), the images in one request ([`Limits::images`]);
 //! - the predictions decoded and run at once ([`Limits::workers`], threads of their own, off
 //!   those that read and write connections), and those accepted to wait for a worker
@@ -67,6 +68,9 @@ pub use api::{ErrorBody, ModelFacts, Prediction, Predictions};
 pub struct Limits {
     /// Bytes of a request's body.
     pub body_bytes: usize,
+    /// Bytes of bodies held at once, arriving or waiting for a worker; a body that would go
+    /// beyond gets 503 with `Retry-After`.
+    pub bodies_bytes: usize,
     /// How long a body may take to arrive once its headers have; 408 beyond.
     pub body_timeout: Duration,
     /// Images in one request.
@@ -98,12 +102,13 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 2 MiB bodies sent within 5 s, 256 images a request, images of 2048 pixels a side and
+    /// 2 MiB bodies sent within 5 s and 64 MiB of them at once, 256 images a request, images of 2048 pixels a side and
     /// 32 MiB decoded, 10 s a request, one worker per core, 256 predictions waiting, 1024
     /// connections, 10 s for headers and 10 s for a client to read.
     fn default() -> Self {
         Self {
             body_bytes: 2 << 20,
+            bodies_bytes: 64 << 20,
             body_timeout: Duration::from_secs(5),
             images: 256,
             image: data::digit::Limits { max_side: 2048, max_bytes: 32 << 20 },
@@ -123,6 +128,8 @@ pub struct App {
     facts: Arc<ModelFacts>,
     limits: Limits,
     workers: workers::Workers,
+    /// A permit per byte of the bodies held at once.
+    bodies: Arc<Semaphore>,
 }
 
 impl App {
@@ -142,7 +149,8 @@ impl App {
         };
         let model = Arc::new(model);
         let workers = workers::Workers::start(&model, limits);
-        Self { facts: Arc::new(facts), limits, workers }
+        let bodies = Arc::new(Semaphore::new(limits.bodies_bytes.min(Semaphore::MAX_PERMITS)));
+        Self { facts: Arc::new(facts), limits, workers, bodies }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use axum::response::Response;
 use nn::{Sequential, Tape};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::Limits;
 use crate::api::{self, Failure, Input};
@@ -22,6 +22,8 @@ pub(crate) type Answer = Result<Response, Failure>;
 struct Job {
     input: Input,
     answer: oneshot::Sender<Answer>,
+    /// The body's share of the bytes held at once, given back when the job is done.
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// The queue's sending end; the threads end when the last clone of it is dropped.
@@ -83,7 +85,11 @@ impl Workers {
     /// when what already waits or runs would keep the workers busy for more than half the
     /// request timeout, at the recent time per prediction: most of what is taken on is
     /// answered within its deadline, and what cannot be is told so at once.
-    pub(crate) fn submit(&self, input: Input) -> Result<oneshot::Receiver<Answer>, Busy> {
+    pub(crate) fn submit(
+        &self,
+        input: Input,
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Result<oneshot::Receiver<Answer>, Busy> {
         let waiting = self.load.waiting.load(Ordering::Relaxed) as u64;
         let wait = (waiting + 1) * self.load.job_micros.load(Ordering::Relaxed) / self.workers as u64;
         if wait > self.budget_micros {
@@ -91,7 +97,7 @@ impl Workers {
         }
         let (answer, receiver) = oneshot::channel();
         self.load.waiting.fetch_add(1, Ordering::Relaxed);
-        match self.queue.try_send(Job { input, answer }) {
+        match self.queue.try_send(Job { input, answer, _held: held }) {
             Ok(()) => Ok(receiver),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.load.waiting.fetch_sub(1, Ordering::Relaxed);

@@ -211,3 +211,20 @@ fn a_flood_of_expensive_predictions_gets_503s_not_timeouts() {
         }
     }
 }
+
+#[test]
+fn bodies_beyond_the_bytes_held_at_once_get_503() {
+    let base = start(Limits { bodies_bytes: 100_000, ..Limits::default() });
+    // One body holds 80 kB of the 100 kB while it stalls; another that would pass the total
+    // is refused at once.
+    let _holding = stalled_body(&base, 200_000, 80_000);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = stalled_body(&base, 200_000, 30_000);
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = second.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("the bodies it holds would exceed 100000 bytes"), "{answer}");
+    // Small ones still fit.
+    assert_eq!(post(&base, "application/json", &good_pixels()).0, 200);
+}
