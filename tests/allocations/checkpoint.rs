@@ -13,7 +13,7 @@ fn valid_files() -> &'static [Vec<u8>; 2] {
 
 fn make_files() -> [Vec<u8>; 2] {
     let config = nn::MlpConfig { widths: vec![6, 5, 3], output_relu: false };
-    let mlp = nn::Mlp::new(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    let mlp = nn::Sequential::mlp(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
     let model = nn::Model::state_dict(&mlp).to_safetensors();
     let data =
         data::Dataset::new((0..60).map(|v| (v * 37 % 256) as u8).collect(), (0..10).map(|i| i % 3).collect(), 2, 3, 3);
@@ -46,7 +46,7 @@ proptest! {
         };
         let input = damage(valid.clone(), &flips, cut);
         let (peak, (model, training)) =
-            peak_allocation(|| (train::load_model::<nn::Mlp>(&input), train::TrainingState::<nn::Mlp>::from_safetensors(&input)));
+            peak_allocation(|| (train::load_model::<nn::Sequential>(&input), train::TrainingState::<nn::Sequential>::from_safetensors(&input)));
         prop_assert!(peak <= bound(&input), "{} bytes in, {peak} allocated", input.len());
         if input == valid && which > 0 {
             prop_assert!(model.is_ok());

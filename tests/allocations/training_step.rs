@@ -5,7 +5,7 @@
 //! own kernels at every level, and they keep no buffers.
 
 use data::Dataset;
-use nn::{Mlp, MlpConfig, Sequential, SequentialConfig};
+use nn::{MlpConfig, Sequential, SequentialConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use train::{Observer, Settings, Trainer};
@@ -53,7 +53,7 @@ fn a_warm_training_step_allocates_nothing() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     pool.install(|| {
         let ds = dataset();
-        let mlp = Mlp::new(&MlpConfig::default(), &mut ChaCha8Rng::seed_from_u64(1));
+        let mlp = Sequential::mlp(&MlpConfig::default(), &mut ChaCha8Rng::seed_from_u64(1));
         let mut trainer = Trainer::new(mlp, Settings::default()).unwrap().with_threads(2);
         // The first epochs grow every buffer to its largest.
         let mut count = Count { epoch: 3, current: 0, first: None, calls: None };

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use data::Mnist;
-use nn::{Mlp, MlpConfig, Model};
+use nn::{MlpConfig, Model, Sequential};
 
 use crate::support::{arg, assert_fails, run, synthetic_dir, test_accuracy, text, train_synthetic, trained};
 
@@ -250,7 +250,7 @@ fn bad_models_and_images_are_named() {
 fn a_model_of_another_shape_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.safetensors");
-    let mlp = Mlp::new(&MlpConfig { widths: vec![100, 10], output_relu: false }, &mut train::init_rng(0));
+    let mlp = Sequential::mlp(&MlpConfig { widths: vec![100, 10], output_relu: false }, &mut train::init_rng(0));
     std::fs::write(&path, mlp.state_dict().to_safetensors()).unwrap();
     assert_fails(
         &["eval", "--model", arg(&path), "--data-dir", arg(synthetic_dir())],

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ndarray::{Array2, ArrayView2};
-use nn::{Grads, Mlp, MlpConfig, Model, StateDict, Tape, Tensor};
+use nn::{Grads, MlpConfig, Model, Sequential, StateDict, Tape, Tensor};
 use optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig, WeightDecay};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -43,7 +43,7 @@ fn tiny() -> Option<Value> {
 }
 
 /// The tiny model from its `init` (or any other) parameter map.
-fn tiny_model(tiny: &Value, params: &Value) -> Mlp {
+fn tiny_model(tiny: &Value, params: &Value) -> Sequential {
     let widths = tiny["widths"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap() as usize).collect();
     let mut state = StateDict::new();
     for (name, value) in params.as_object().unwrap() {
@@ -51,7 +51,7 @@ fn tiny_model(tiny: &Value, params: &Value) -> Mlp {
     }
     let config = MlpConfig { widths, output_relu: false };
     state.set_meta("widths", config.widths.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
-    Mlp::from_state_dict(&state).unwrap()
+    Sequential::from_state_dict(&state).unwrap()
 }
 
 fn batch(tiny: &Value) -> (Array2<f32>, Vec<usize>) {
@@ -61,7 +61,7 @@ fn batch(tiny: &Value) -> (Array2<f32>, Vec<usize>) {
 }
 
 /// Forward and backward on one batch: returns (loss, logits, gradients).
-fn forward_backward(mlp: &Mlp, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, Grads) {
+fn forward_backward(mlp: &Sequential, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32>, Grads) {
     let mut tape = Tape::new();
     let input = tape.input(x);
     let logits = mlp.forward(&mut tape, input);
@@ -72,10 +72,10 @@ fn forward_backward(mlp: &Mlp, x: ArrayView2<f32>, y: &[usize]) -> (f32, Vec<f32
 }
 
 /// Each parameter's name with its gradient in row-major (PyTorch's) order.
-fn named_grads(mlp: &Mlp, grads: &Grads) -> Vec<(String, Vec<f32>)> {
+fn named_grads(mlp: &Sequential, grads: &Grads) -> Vec<(String, Vec<f32>)> {
     (0..mlp.params().len())
         .map(|i| {
-            let id = mlp.param_id(i);
+            let id = mlp.params().ids().nth(i).expect("that many parameters");
             (mlp.params().get(id).name().to_owned(), grads.tensor(mlp.params(), id).unwrap().into_data())
         })
         .collect()
@@ -196,9 +196,9 @@ fn the_notebook_model_on_the_first_mnist_batch_matches_pytorch() {
         let (shape, values) = tensor(&st, &format!("init.{name}"));
         state.insert(name, Tensor::new(shape, values));
     }
-    let mut mlp = Mlp::from_state_dict(&state).unwrap();
-    assert_eq!(mlp.config(), &config, "the widths come from the shapes");
-    let ids: Vec<_> = (0..mlp.params().len()).map(|i| mlp.param_id(i)).collect();
+    let mut mlp = Sequential::from_state_dict(&state).unwrap();
+    assert_eq!(mlp.config().as_mlp().as_ref(), Some(&config), "the widths come from the shapes");
+    let ids: Vec<_> = mlp.params().ids().collect();
     let (_, input) = tensor(&st, "input");
     let x = Array2::from_shape_vec((64, 784), input).unwrap();
     let labels = st.tensor("labels").unwrap();

@@ -26,7 +26,7 @@ pub struct AttackReport {
     pub bombs_refused: usize,
     /// Expensive requests sent and abandoned at once.
     pub abandoned: usize,
-    /// Connections that asked for large answers and never read them, [`NON_READERS`] at a time.
+    /// Connections that asked for large answers and never read them, four at a time.
     pub non_readers: usize,
     /// Of those, the ones the server disconnected (its write deadline).
     pub non_readers_cut: usize,

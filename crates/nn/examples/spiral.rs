@@ -9,7 +9,7 @@ use std::f32::consts::PI;
 use std::process::ExitCode;
 
 use ndarray::Array2;
-use nn::{Grads, Mlp, MlpConfig, Model, Tape};
+use nn::{Grads, MlpConfig, Model, Sequential, Tape};
 use optim::{Adam, AdamConfig, Optimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,7 +36,7 @@ fn spirals(per_class: usize, classes: usize, rng: &mut impl Rng) -> (Array2<f32>
 fn train(verbose: bool) -> f32 {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (x, y) = spirals(100, 3, &mut rng);
-    let mut mlp = Mlp::new(&MlpConfig { widths: vec![2, 64, 64, 3], output_relu: false }, &mut rng);
+    let mut mlp = Sequential::mlp(&MlpConfig { widths: vec![2, 64, 64, 3], output_relu: false }, &mut rng);
     let mut adam = Adam::new(AdamConfig { lr: 1e-2, ..AdamConfig::default() }).expect("valid config");
     let mut tape = Tape::new();
     let mut grads = Grads::new(mlp.params());

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::backward::broken_rule;
-use crate::{Grads, Mlp, MlpConfig, Model, ParamId, Params, StateDict, Tape, Tensor};
+use crate::{Grads, MlpConfig, Model, ParamId, Params, Sequential, StateDict, Tape, Tensor};
 
 /// Central differences of `f` at `at`, one coordinate at a time, in f64.
 fn numeric_grad(f: impl Fn(&[f64]) -> f64, at: &[f64]) -> Vec<f64> {
@@ -79,6 +79,11 @@ fn relu(x: Array2<f64>) -> Array2<f64> {
 
 fn param(params: &Params, id: ParamId) -> Vec<f64> {
     as_f64(params.get(id).to_tensor().data())
+}
+
+/// The id of a model's `i`-th parameter, in `state_dict` order.
+fn param_id(model: &Sequential, i: usize) -> ParamId {
+    model.params().ids().nth(i).expect("the model has that many parameters")
 }
 
 fn grad(params: &Params, grads: &Grads, id: ParamId) -> Vec<f32> {
@@ -247,7 +252,7 @@ fn mlp_loss(config: &MlpConfig, flat: &[f64], x: ArrayView2<f64>, labels: &[usiz
 fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
     let config = MlpConfig { widths: vec![5, 7, 6, 4], output_relu };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mlp = Mlp::new(&config, &mut rng);
+    let mlp = Sequential::mlp(&config, &mut rng);
     let x = random(&mut rng, 6, 5);
     let labels = [0, 1, 2, 3, 2, 1];
     let mut tape = Tape::new();
@@ -258,7 +263,7 @@ fn check_mlp(output_relu: bool, seed: u64) -> Result<(), String> {
 
     let flat: Vec<f64> = mlp.params().iter().flat_map(|p| as_f64(p.to_tensor().data())).collect();
     let analytic: Vec<f32> = (0..mlp.params().len())
-        .flat_map(|i| grads.tensor(mlp.params(), mlp.param_id(i)).unwrap().into_data())
+        .flat_map(|i| grads.tensor(mlp.params(), param_id(&mlp, i)).unwrap().into_data())
         .collect();
     let xv = x.mapv(|v| f64::from(v as f32));
     let f = |flat: &[f64]| mlp_loss(&config, flat, xv.view(), &labels);
@@ -297,7 +302,7 @@ fn the_sparse_first_layer_has_the_dense_gradients() {
 #[test]
 fn halves_of_a_batch_scaled_by_their_share_sum_to_the_whole_batchs_gradient() {
     let config = MlpConfig { widths: vec![5, 6, 3], output_relu: false };
-    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(13));
+    let mlp = Sequential::mlp(&config, &mut ChaCha8Rng::seed_from_u64(13));
     let x = to_f32(&random(&mut ChaCha8Rng::seed_from_u64(14), 5, 5));
     let labels = [0, 1, 2, 1, 0];
     let run = |rows: std::ops::Range<usize>, scale: f32| {
@@ -313,7 +318,7 @@ fn halves_of_a_batch_scaled_by_their_share_sum_to_the_whole_batchs_gradient() {
     let mut parts = run(0..2, 2.0 / 5.0);
     parts.add(&run(2..5, 3.0 / 5.0));
     for i in 0..4 {
-        let (a, b) = (whole.get(mlp.param_id(i)).unwrap(), parts.get(mlp.param_id(i)).unwrap());
+        let (a, b) = (whole.get(param_id(&mlp, i)).unwrap(), parts.get(param_id(&mlp, i)).unwrap());
         assert!(a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-6), "parameter {i}");
     }
 }
@@ -337,7 +342,7 @@ fn the_check_catches_a_deliberately_wrong_rule() {
 #[test]
 fn backward_overwrites_rather_than_accumulates_across_steps() {
     let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
-    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(8));
+    let mlp = Sequential::mlp(&config, &mut ChaCha8Rng::seed_from_u64(8));
     let x = Array2::from_shape_fn((2, 3), |(i, j)| (i + j) as f32 * 0.3);
     let mut tape = Tape::new();
     let mut grads = Grads::new(mlp.params());
@@ -348,7 +353,7 @@ fn backward_overwrites_rather_than_accumulates_across_steps() {
         let logits = mlp.forward(&mut tape, input);
         let loss = tape.cross_entropy(logits, &[1, 0]);
         tape.backward(loss, mlp.params(), &mut grads);
-        seen.push((0..4).flat_map(|i| grads.get(mlp.param_id(i)).unwrap().to_vec()).collect::<Vec<_>>());
+        seen.push((0..4).flat_map(|i| grads.get(param_id(&mlp, i)).unwrap().to_vec()).collect::<Vec<_>>());
     }
     assert_eq!(seen[0], seen[1]);
 }
@@ -388,7 +393,7 @@ fn extreme_logits_give_finite_losses_and_gradients() {
 #[test]
 fn a_cleared_tape_reuses_its_buffers() {
     let config = MlpConfig { widths: vec![3, 4, 2], output_relu: false };
-    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(9));
+    let mlp = Sequential::mlp(&config, &mut ChaCha8Rng::seed_from_u64(9));
     let x = Array2::<f32>::ones((5, 3));
     let mut tape = Tape::new();
     let mut grads = Grads::new(mlp.params());
@@ -408,7 +413,7 @@ fn a_cleared_tape_reuses_its_buffers() {
 #[test]
 fn inference_matches_the_tape() {
     let config = MlpConfig { widths: vec![6, 5, 4, 3], output_relu: true };
-    let mlp = Mlp::new(&config, &mut ChaCha8Rng::seed_from_u64(10));
+    let mlp = Sequential::mlp(&config, &mut ChaCha8Rng::seed_from_u64(10));
     let x = to_f32(&random(&mut ChaCha8Rng::seed_from_u64(11), 7, 6));
     let mut tape = Tape::new();
     let input = tape.input(x.view());
@@ -420,37 +425,46 @@ fn inference_matches_the_tape() {
 #[test]
 fn state_dicts_check_names_and_shapes() {
     use crate::NnError;
-    let mlp = Mlp::new(&MlpConfig { widths: vec![3, 2], output_relu: true }, &mut ChaCha8Rng::seed_from_u64(3));
+    let mlp = Sequential::mlp(&MlpConfig { widths: vec![3, 2], output_relu: true }, &mut ChaCha8Rng::seed_from_u64(3));
     let state = mlp.state_dict();
     assert_eq!(state.names().collect::<Vec<_>>(), ["fc1.bias", "fc1.weight"]);
     assert_eq!((state.meta("widths"), state.meta("output_relu")), (Some("3,2"), Some("true")));
-    let back = Mlp::from_state_dict(&state).unwrap();
+    let back = Sequential::from_state_dict(&state).unwrap();
     assert_eq!((back.config(), back.params()), (mlp.config(), mlp.params()));
-    assert_eq!(back.params().get(back.layers()[0].weight).to_tensor(), state.get("fc1.weight").unwrap().clone());
+    assert_eq!(
+        back.params().get(back.params().by_name("fc1.weight").unwrap()).to_tensor(),
+        state.get("fc1.weight").unwrap().clone()
+    );
 
     // Without metadata, the widths come from the shapes.
     let mut bare = StateDict::new();
     bare.insert("fc1.weight", Tensor::new(vec![2, 3], vec![0.5; 6]));
     bare.insert("fc1.bias", Tensor::new(vec![2], vec![0.0; 2]));
-    assert_eq!(Mlp::from_state_dict(&bare).unwrap().config().widths, [3, 2]);
+    assert_eq!(Sequential::from_state_dict(&bare).unwrap().config().as_mlp().unwrap().widths, [3, 2]);
 
     let mut missing = state.clone();
     missing.remove("fc1.bias");
-    assert_eq!(Mlp::from_state_dict(&missing).unwrap_err(), NnError::MissingParam { name: "fc1.bias".into() });
+    assert_eq!(Sequential::from_state_dict(&missing).unwrap_err(), NnError::MissingParam { name: "fc1.bias".into() });
     let mut wrong = state.clone();
     wrong.insert("fc1.weight", Tensor::new(vec![3, 2], vec![0.0; 6]));
     assert_eq!(
-        Mlp::from_state_dict(&wrong).unwrap_err().to_string(),
+        Sequential::from_state_dict(&wrong).unwrap_err().to_string(),
         "parameter fc1.weight has shape [3, 2], expected [2, 3]"
     );
     let mut extra = state.clone();
     extra.insert("fc2.weight", Tensor::new(vec![1], vec![0.0]));
-    assert_eq!(Mlp::from_state_dict(&extra).unwrap_err(), NnError::UnexpectedParam { name: "fc2.weight".into() });
+    assert_eq!(
+        Sequential::from_state_dict(&extra).unwrap_err(),
+        NnError::UnexpectedParam { name: "fc2.weight".into() }
+    );
     let mut bad = state;
     bad.set_meta("widths", "3,0");
-    assert!(matches!(Mlp::from_state_dict(&bad), Err(NnError::InvalidWidths { .. })));
+    assert!(matches!(Sequential::from_state_dict(&bad), Err(NnError::InvalidWidths { .. })));
     bad.set_meta("widths", "3,x");
-    assert_eq!(Mlp::from_state_dict(&bad).unwrap_err().to_string(), "metadata widths \"3,x\" is not a list of widths");
+    assert_eq!(
+        Sequential::from_state_dict(&bad).unwrap_err().to_string(),
+        "metadata widths \"3,x\" is not a list of widths"
+    );
 }
 
 /// A 2-D convolution in f64, term by term: `x` is `[n, C·H·W]`, `w` row-major `[out, C, k, k]`.

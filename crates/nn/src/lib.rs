@@ -2,18 +2,19 @@
 //!
 //! A [`Tape`] records ops in execution order and [`Tape::backward`] walks them in reverse;
 //! parameters live outside the tape in a [`Params`] set, read by [`ParamId`] and named as in
-//! PyTorch's `state_dict`, and gradients in a [`Grads`] beside it. A [`Model`] (such as the
-//! [`Mlp`], built from an [`MlpConfig`]) records its forward pass on a tape, runs it without
-//! one for inference, and saves and loads its parameters as a [`StateDict`], whose file form is
-//! safetensors with PyTorch's names:
+//! PyTorch's `state_dict`, and gradients in a [`Grads`] beside it. A [`Model`] (such as a
+//! [`Sequential`] list of layers, an MLP from an [`MlpConfig`] among them) records its forward
+//! pass on a tape, which inference runs on a tape made for it ([`Tape::for_inference`]), and
+//! saves and loads its parameters as a [`StateDict`], whose file form is safetensors with
+//! PyTorch's names:
 //!
 //! ```
 //! use ndarray::Array2;
-//! use nn::{Grads, Mlp, MlpConfig, Model, StateDict, Tape};
+//! use nn::{Grads, MlpConfig, Model, Sequential, StateDict, Tape};
 //! use rand::SeedableRng;
 //!
-//! let mlp = Mlp::new(&MlpConfig { widths: vec![2, 8, 2], output_relu: false },
-//!                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+//! let mlp = Sequential::mlp(&MlpConfig { widths: vec![2, 8, 2], output_relu: false },
+//!                           &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
 //! let mut tape = Tape::new();
 //! let x = tape.input(Array2::from_elem((4, 2), 0.5).view());
 //! let logits = mlp.forward(&mut tape, x);
@@ -24,7 +25,7 @@
 //!
 //! // torch.save(model.state_dict()) and load_state_dict, as bytes.
 //! let bytes = mlp.state_dict().to_safetensors();
-//! let back = Mlp::from_state_dict(&StateDict::from_safetensors(&bytes).unwrap()).unwrap();
+//! let back = Sequential::from_state_dict(&StateDict::from_safetensors(&bytes).unwrap()).unwrap();
 //! assert_eq!(back.params(), mlp.params());
 //! ```
 //!
@@ -46,7 +47,7 @@ pub use error::NnError;
 pub use grads::Grads;
 pub use linear::Linear;
 pub use loss::cross_entropy_sum;
-pub use mlp::{Mlp, MlpConfig};
+pub use mlp::MlpConfig;
 pub use model::Model;
 pub use params::{Param, ParamId, Params};
 pub use sequential::{Layer, Sequential, SequentialConfig};

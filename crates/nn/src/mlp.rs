@@ -1,15 +1,12 @@
-//! A multilayer perceptron: linear layers with ReLU between them.
-
-use rand::Rng;
+//! The shape of a multilayer perceptron (linear layers with ReLU between them) and the file
+//! form MLPs have always had; the model itself is a [`Sequential`](crate::Sequential) of those
+//! layers ([`Sequential::mlp`](crate::Sequential::mlp)).
 
 use crate::error::NnError;
-use crate::linear::Linear;
-use crate::model::Model;
-use crate::params::Params;
 use crate::state::{Scope, StateDict};
-use crate::tape::{Tape, Var};
 
-/// The shape of an [`Mlp`].
+/// The shape of a multilayer perceptron: layers `fc1`, `fc2`, ... with ReLU after every layer
+/// but the last (and after the last too with `output_relu`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MlpConfig {
     /// Widths from input to output: `[784, 128, 64, 32, 10]` is four layers.
@@ -114,6 +111,15 @@ impl MlpConfig {
         Ok(config)
     }
 
+    /// Writes the metadata of an MLP's file, which every earlier version reads: its format,
+    /// widths and output ReLU.
+    pub(crate) fn write_meta(&self, state: &mut StateDict) {
+        let widths: Vec<String> = self.widths.iter().map(usize::to_string).collect();
+        state.set_meta(FORMAT_KEY, FORMAT);
+        state.set_meta(WIDTHS_KEY, widths.join(","));
+        state.set_meta(OUTPUT_RELU_KEY, self.output_relu.to_string());
+    }
+
     fn infer(state: &StateDict) -> Result<Self, NnError> {
         let mut widths = Vec::new();
         for i in 0.. {
@@ -136,143 +142,4 @@ impl MlpConfig {
 
 fn bad_meta(key: &str, value: &str, expected: &'static str) -> NnError {
     NnError::BadMetadata { key: key.to_owned(), value: value.to_owned(), expected }
-}
-
-/// A multilayer perceptron that owns its parameters: layers `fc1`, `fc2`, ... with ReLU after
-/// every layer but the last (and after the last too with [`MlpConfig::output_relu`]). The first
-/// layer reads the data as sparse rows ([`Linear::sparse_input`]): images are mostly zeros.
-///
-/// ```
-/// use nn::Model;
-/// use rand::SeedableRng;
-/// let config = nn::MlpConfig { widths: vec![4, 8, 3], output_relu: false };
-/// let mlp = nn::Mlp::new(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
-/// let probs = mlp.probabilities(ndarray::Array2::zeros((5, 4)).view());
-/// assert_eq!(probs.dim(), (5, 3));
-/// assert!((probs.row(0).sum() - 1.0).abs() < 1e-6);
-/// ```
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    config: MlpConfig,
-    layers: Vec<Linear>,
-    params: Params,
-}
-
-impl Mlp {
-    /// A model initialised as PyTorch initialises `nn.Linear`, from the caller's generator.
-    ///
-    /// # Panics
-    /// If the config does not [validate](MlpConfig::validate).
-    #[track_caller]
-    pub fn new<R: Rng + ?Sized>(config: &MlpConfig, rng: &mut R) -> Self {
-        Self::build(config, |params, name, inputs, outputs| Linear::new(params, name, inputs, outputs, rng))
-    }
-
-    /// A model with every parameter zero, to load values into.
-    fn zeros(config: &MlpConfig) -> Self {
-        Self::build(config, |params, name, inputs, outputs| {
-            Linear::from_values(params, name, inputs, outputs, vec![0.0; inputs * outputs], vec![0.0; outputs])
-        })
-    }
-
-    #[track_caller]
-    fn build(config: &MlpConfig, mut layer: impl FnMut(&mut Params, &str, usize, usize) -> Linear) -> Self {
-        if let Err(e) = config.validate() {
-            panic!("{e}");
-        }
-        let mut params = Params::new();
-        let mut layers: Vec<Linear> = config
-            .widths
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| layer(&mut params, &MlpConfig::layer_name(i), w[0], w[1]))
-            .collect();
-        layers[0].sparse_input = true;
-        Self { config: config.clone(), layers, params }
-    }
-
-    /// The model of `config` with `params`, which a `Sequential` of the same layers built.
-    pub(crate) fn from_params(config: MlpConfig, params: Params) -> Self {
-        let mut mlp = Self::zeros(&config);
-        mlp.params = params;
-        mlp
-    }
-
-    /// The model's shape.
-    pub fn config(&self) -> &MlpConfig {
-        &self.config
-    }
-
-    /// The layers, input first.
-    pub fn layers(&self) -> &[Linear] {
-        &self.layers
-    }
-
-    /// The id of the `i`-th parameter in `state_dict` order (`fc1.weight`, `fc1.bias`, ...).
-    ///
-    /// # Panics
-    /// If there are not that many parameters.
-    #[track_caller]
-    pub fn param_id(&self, i: usize) -> crate::ParamId {
-        let layer = &self.layers[i / 2];
-        if i.is_multiple_of(2) { layer.weight } else { layer.bias }
-    }
-
-    fn applies_relu(&self, layer: usize) -> bool {
-        layer + 1 < self.layers.len() || self.config.output_relu
-    }
-}
-
-impl Model for Mlp {
-    fn params(&self) -> &Params {
-        &self.params
-    }
-
-    fn params_mut(&mut self) -> &mut Params {
-        &mut self.params
-    }
-
-    fn input_width(&self) -> usize {
-        self.config.widths[0]
-    }
-
-    fn classes(&self) -> usize {
-        self.config.widths[self.config.widths.len() - 1]
-    }
-
-    fn describe(&self) -> String {
-        self.config.describe()
-    }
-
-    /// # Panics
-    /// If `x` is not as wide as the first width.
-    #[track_caller]
-    fn forward(&self, tape: &mut Tape, x: Var) -> Var {
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(tape, &self.params, h);
-            if self.applies_relu(i) {
-                h = tape.relu(h);
-            }
-        }
-        h
-    }
-
-    /// # Panics
-    /// If `x` is not as wide as the first width.
-    #[track_caller]
-    fn state_dict(&self) -> StateDict {
-        let mut state = self.params.state_dict();
-        let widths: Vec<String> = self.config.widths.iter().map(usize::to_string).collect();
-        state.set_meta(FORMAT_KEY, FORMAT);
-        state.set_meta(WIDTHS_KEY, widths.join(","));
-        state.set_meta(OUTPUT_RELU_KEY, self.config.output_relu.to_string());
-        state
-    }
-
-    fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
-        let mut mlp = Self::zeros(&MlpConfig::from_state_dict(state)?);
-        mlp.params.load_state_dict(state)?;
-        Ok(mlp)
-    }
 }

@@ -485,6 +485,30 @@ impl Sequential {
         })
     }
 
+    /// A multilayer perceptron of `config` on flat rows of `config.widths[0]` values, initialised
+    /// as [`Sequential::new`] does: `fc1`, `fc2`, ... with ReLU between them (and on the
+    /// logits with [`MlpConfig::output_relu`]), the first layer reading the data as sparse rows.
+    ///
+    /// ```
+    /// use nn::Model;
+    /// use rand::SeedableRng;
+    /// let config = nn::MlpConfig { widths: vec![4, 8, 3], output_relu: false };
+    /// let mlp = nn::Sequential::mlp(&config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    /// let probs = mlp.probabilities(ndarray::Array2::zeros((5, 4)).view());
+    /// assert_eq!(probs.dim(), (5, 3));
+    /// assert!((probs.row(0).sum() - 1.0).abs() < 1e-6);
+    /// ```
+    ///
+    /// # Panics
+    /// If the config does not [validate](MlpConfig::validate).
+    #[track_caller]
+    pub fn mlp<R: Rng + ?Sized>(config: &MlpConfig, rng: &mut R) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("{e}");
+        }
+        Self::new(&SequentialConfig::mlp([1, 1, config.widths[0]], config), rng)
+    }
+
     fn build(config: &SequentialConfig, mut init: impl FnMut(usize, usize) -> (Vec<f32>, Vec<f32>)) -> Self {
         let shapes = config.shapes().unwrap_or_else(|e| panic!("{e}"));
         let mut params = Params::new();
@@ -594,8 +618,10 @@ impl Model for Sequential {
 
     fn state_dict(&self) -> StateDict {
         if let Some(mlp) = self.config.as_mlp() {
-            // An MLP's file, as Mlp writes it, which every earlier reader understands.
-            let mut state = crate::Mlp::from_params(mlp, self.params.clone()).state_dict();
+            // An MLP's file, as MLPs have always been written, which every earlier reader
+            // understands.
+            let mut state = self.params.state_dict();
+            mlp.write_meta(&mut state);
             state.set_meta(INPUT_KEY, self.config.input.map(|d| d.to_string()).join(","));
             return state;
         }
@@ -608,7 +634,7 @@ impl Model for Sequential {
     }
 
     /// Reads a file written by [`Model::state_dict`] of a `Sequential`, or an MLP's file
-    /// ([`Mlp`](crate::Mlp), which records its widths): then the input is one channel of
+    /// (which records its widths, [`MlpConfig::from_state_dict`]): then the input is one channel of
     /// `1 x inputs` values, as flat as an MLP takes it.
     fn from_state_dict(state: &StateDict) -> Result<Self, NnError> {
         let config = match state.meta(LAYERS_KEY) {
@@ -642,7 +668,6 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::Mlp;
 
     fn rng(seed: u64) -> ChaCha8Rng {
         ChaCha8Rng::seed_from_u64(seed)
@@ -771,25 +796,38 @@ mod tests {
     }
 
     #[test]
-    fn an_mlp_as_a_sequence_is_the_mlp_bit_for_bit_and_saves_as_one() {
+    fn an_mlp_is_a_sequence_and_saves_as_mlps_always_have() {
         let mlp_config = MlpConfig { widths: vec![16, 8, 5, 3], output_relu: true };
         let config = SequentialConfig::mlp([1, 4, 4], &mlp_config);
         assert_eq!(config.to_string(), "flatten,linear(8),relu,linear(5),relu,linear(3),relu");
         assert_eq!(config.as_mlp(), Some(mlp_config.clone()));
-        let (seq, mlp) = (Sequential::new(&config, &mut rng(2)), Mlp::new(&mlp_config, &mut rng(2)));
+        let (seq, mlp) = (Sequential::new(&config, &mut rng(2)), Sequential::mlp(&mlp_config, &mut rng(2)));
         assert_eq!(seq.params(), mlp.params());
-        let x = Array2::from_shape_fn((4, 16), |(i, j)| if (i + j) % 4 == 0 { 0.5 } else { 0.0 });
-        assert_eq!(seq.logits(x.view()), mlp.logits(x.view()));
 
-        let mut seq_state = seq.state_dict();
-        assert_eq!(seq_state.meta("input"), Some("1,4,4"));
-        seq_state.set_meta("input", "");
-        let mut mlp_state = mlp.state_dict();
-        mlp_state.set_meta("input", "");
-        assert_eq!(seq_state, mlp_state, "the MLP's file, with the input's shape beside it");
-        // An MLP's file loads as a sequence, and so does one without the input's shape.
-        assert_eq!(Sequential::from_state_dict(&mlp.state_dict()).unwrap().params(), mlp.params());
-        assert_eq!(Sequential::from_state_dict(&seq.state_dict()).unwrap().config(), &config);
+        // The file MLPs have always had: PyTorch's names and shapes, the MLP's metadata, and
+        // the input's shape beside it.
+        let state = seq.state_dict();
+        assert_eq!(state.len(), 6);
+        for (name, shape) in mlp_config.param_shapes() {
+            assert_eq!(state.get(&name).map(crate::Tensor::shape), Some(&shape[..]), "{name}");
+        }
+        assert_eq!(
+            ["format", "widths", "output_relu", "input"].map(|k| state.meta(k)),
+            [Some("mnist-mlp"), Some("16,8,5,3"), Some("true"), Some("1,4,4")]
+        );
+        assert_eq!(MlpConfig::from_state_dict(&state).unwrap(), mlp_config);
+        // It loads as a sequence, and so does a file without the input's shape (as the first
+        // versions wrote them): then rows of 16 values.
+        assert_eq!(Sequential::from_state_dict(&state).unwrap().config(), &config);
+        let mut first = StateDict::new();
+        for name in state.names() {
+            first.insert(name, state.get(name).unwrap().clone());
+        }
+        for key in ["format", "widths", "output_relu"] {
+            first.set_meta(key, state.meta(key).unwrap());
+        }
+        let old = Sequential::from_state_dict(&first).unwrap();
+        assert_eq!((old.params(), old.config().input), (seq.params(), [1, 1, 16]));
         assert_eq!(
             SequentialConfig::parse("flatten,linear(3),relu,linear(2)", [1, 1, 5]).unwrap().as_mlp().unwrap().widths,
             [5, 3, 2]

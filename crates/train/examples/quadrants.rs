@@ -6,7 +6,7 @@
 //! ```
 
 use data::Dataset;
-use nn::{Mlp, MlpConfig};
+use nn::{MlpConfig, Sequential};
 use train::{Settings, Trainer};
 
 fn main() {
@@ -16,7 +16,7 @@ fn main() {
         (0..400).flat_map(|i| (0..64).map(move |p| if lit(i, p) { 200 + (i % 50) as u8 } else { 0 })).collect();
     let data = Dataset::new(pixels, (0..400).map(|i| (i % 4) as u8).collect(), 8, 8, 4);
 
-    let mlp = Mlp::new(&MlpConfig::with_hidden(64, &[16], 4, false), &mut train::init_rng(0));
+    let mlp = Sequential::mlp(&MlpConfig::with_hidden(64, &[16], 4, false), &mut train::init_rng(0));
     let mut trainer = Trainer::new(mlp, Settings { batch_size: 16, ..Settings::default() }).expect("valid settings");
     trainer.fit(&data, 3, &mut ()).expect("training runs");
     for r in trainer.history() {

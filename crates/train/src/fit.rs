@@ -95,13 +95,13 @@ impl<M: Model> Observer<M> for () {}
 ///
 /// ```
 /// use data::Dataset;
-/// use nn::{Mlp, MlpConfig, Model};
+/// use nn::{MlpConfig, Model, Sequential};
 /// use train::{Settings, Trainer};
 ///
 /// // Two classes of 1x2 images: bright on the left, or on the right.
 /// let pixels = (0..64).flat_map(|i| if i % 2 == 0 { [255, 0] } else { [0, 255] }).collect();
 /// let data = Dataset::new(pixels, (0..64).map(|i| i % 2).collect(), 1, 2, 2);
-/// let mlp = Mlp::new(&MlpConfig { widths: vec![2, 8, 2], output_relu: false }, &mut train::init_rng(0));
+/// let mlp = Sequential::mlp(&MlpConfig { widths: vec![2, 8, 2], output_relu: false }, &mut train::init_rng(0));
 /// let settings = Settings { batch_size: 8, ..Settings::default() };
 /// let mut trainer = Trainer::new(mlp, settings).unwrap();
 /// trainer.fit(&data, 20, &mut ()).unwrap();

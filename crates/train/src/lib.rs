@@ -18,16 +18,16 @@
 //!
 //! ```
 //! use data::Dataset;
-//! use nn::{Mlp, MlpConfig};
+//! use nn::{MlpConfig, Sequential};
 //! use train::{Settings, Trainer};
 //!
 //! let data = Dataset::new(vec![0, 255, 255, 0], vec![0, 1], 1, 2, 2);
-//! let mlp = Mlp::new(&MlpConfig { widths: vec![2, 4, 2], output_relu: false }, &mut train::init_rng(0));
+//! let mlp = Sequential::mlp(&MlpConfig { widths: vec![2, 4, 2], output_relu: false }, &mut train::init_rng(0));
 //! let mut trainer = Trainer::new(mlp, Settings::default()).unwrap();
 //! trainer.fit(&data, 3, &mut ()).unwrap();
 //! assert_eq!(trainer.history().len(), 3);
 //! let bytes = trainer.state().to_safetensors();
-//! let resumed = Trainer::resume(train::TrainingState::<Mlp>::from_safetensors(&bytes).unwrap()).unwrap();
+//! let resumed = Trainer::resume(train::TrainingState::<Sequential>::from_safetensors(&bytes).unwrap()).unwrap();
 //! assert_eq!(resumed.epochs_done(), 3);
 //! ```
 

@@ -17,8 +17,8 @@ const INIT_STREAM: u64 = u64::MAX - 1;
 /// The generator a run with `seed` draws its initial weights from.
 ///
 /// ```
-/// use nn::{Mlp, MlpConfig};
-/// let mlp = Mlp::new(&MlpConfig::default(), &mut train::init_rng(0));
+/// use nn::{MlpConfig, Sequential};
+/// let mlp = Sequential::mlp(&MlpConfig::default(), &mut train::init_rng(0));
 /// ```
 pub fn init_rng(seed: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

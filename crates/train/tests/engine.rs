@@ -2,7 +2,7 @@
 //! bit-reproducible runs, exact resumption, early stopping, divergence, observers.
 
 use data::{Dataset, Mnist};
-use nn::{Mlp, MlpConfig, Model};
+use nn::{MlpConfig, Model, Sequential};
 use optim::{AdamConfig, LrSchedule, OptimizerConfig, Schedule};
 use testkit::Synthetic;
 use train::{EpochRecord, Observer, ObserverError, Settings, TrainError, Trainer, TrainingState};
@@ -13,8 +13,11 @@ fn synthetic(spec: Synthetic) -> Mnist {
     Mnist::load(dir.path()).unwrap()
 }
 
-fn mlp_for(data: &Dataset, hidden: &[usize], seed: u64) -> Mlp {
-    Mlp::new(&MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), false), &mut train::init_rng(seed))
+fn mlp_for(data: &Dataset, hidden: &[usize], seed: u64) -> Sequential {
+    Sequential::mlp(
+        &MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), false),
+        &mut train::init_rng(seed),
+    )
 }
 
 fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
@@ -46,7 +49,7 @@ struct Recorder {
     fail_at: Option<usize>,
 }
 
-impl Observer<Mlp> for Recorder {
+impl Observer<Sequential> for Recorder {
     fn epoch_started(&mut self, epoch: usize, steps: usize) {
         self.events.push(format!("start {epoch} {steps}"));
     }
@@ -57,7 +60,7 @@ impl Observer<Mlp> for Recorder {
         }
     }
 
-    fn epoch_done(&mut self, trainer: &Trainer<Mlp>, record: &EpochRecord) -> Result<(), ObserverError> {
+    fn epoch_done(&mut self, trainer: &Trainer<Sequential>, record: &EpochRecord) -> Result<(), ObserverError> {
         self.events.push(format!("done {}", record.epoch));
         self.states.push(trainer.state().to_safetensors());
         if self.fail_at == Some(record.epoch) {
@@ -119,7 +122,7 @@ fn runs_repeat_bit_for_bit_and_resume_exactly() {
 
         // Stopped after epoch 1 and resumed from its saved bytes: the same states after.
         let resumed = on_threads(threads, || {
-            let state = TrainingState::<Mlp>::from_safetensors(&a.states[0]).unwrap();
+            let state = TrainingState::<Sequential>::from_safetensors(&a.states[0]).unwrap();
             assert_eq!(state.to_safetensors(), a.states[0], "a state round-trips to the same bytes");
             let mut rec = Recorder::default();
             let mut trainer = Trainer::resume(state).unwrap();
@@ -175,7 +178,7 @@ fn early_stopping_keeps_the_best_epochs_weights() {
     let losses: Vec<f64> = trainer.history().iter().map(|r| r.val_loss.unwrap()).collect();
     let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(losses[best - 1], min);
-    let best_state = TrainingState::<Mlp>::from_safetensors(&rec.states[best - 1]).unwrap();
+    let best_state = TrainingState::<Sequential>::from_safetensors(&rec.states[best - 1]).unwrap();
     assert_eq!(trainer.into_model().params(), best_state.model.params());
 }
 
@@ -209,7 +212,7 @@ fn an_observers_error_stops_the_run() {
 #[test]
 fn bad_runs_are_refused_before_training() {
     let set = synthetic(Synthetic { classes: 3, ..Synthetic::default() });
-    let wrong = Mlp::new(&MlpConfig { widths: vec![144, 10], output_relu: false }, &mut train::init_rng(0));
+    let wrong = Sequential::mlp(&MlpConfig { widths: vec![144, 10], output_relu: false }, &mut train::init_rng(0));
     let err = Trainer::new(wrong, Settings::default()).unwrap().fit(&set.train, 1, &mut ()).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -241,6 +244,6 @@ fn a_schedule_and_smoothing_are_saved_and_change_the_run() {
     let plain = run(Settings { batch_size: 32, ..Settings::default() });
     let full = run(settings());
     assert_ne!(plain.model.params(), full.model.params());
-    let back = TrainingState::<Mlp>::from_safetensors(&full.to_safetensors()).unwrap();
+    let back = TrainingState::<Sequential>::from_safetensors(&full.to_safetensors()).unwrap();
     assert_eq!(back.settings, settings());
 }

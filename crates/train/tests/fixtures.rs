@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use data::Mnist;
-use nn::{Mlp, Model, StateDict};
+use nn::{Model, Sequential, StateDict};
 use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
 use safetensors::SafeTensors;
 use train::{Settings, Trainer, TrainingState};
@@ -30,7 +30,7 @@ fn raw_tensors(bytes: &[u8]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     out
 }
 
-fn model_tensors(model: &Mlp) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn model_tensors(model: &Sequential) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let state = model.state_dict();
     state
         .names()
@@ -41,19 +41,19 @@ fn model_tensors(model: &Mlp) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 #[test]
 fn a_saved_model_loads_with_its_tensors_in_pytorchs_order() {
     let bytes = fixture("adam-model.safetensors");
-    let model: Mlp = train::load_model(&bytes).unwrap();
-    assert_eq!(model.config().widths, [36, 8, 10]);
+    let model: Sequential = train::load_model(&bytes).unwrap();
+    assert_eq!(model.config().as_mlp().unwrap().widths, [36, 8, 10]);
     assert_eq!(model_tensors(&model), raw_tensors(&bytes));
     let state = StateDict::from_safetensors(&bytes).unwrap();
     assert_eq!(train::recorded_test_accuracy(&state), Some(0.5));
-    let err = TrainingState::<Mlp>::from_safetensors(&bytes).unwrap_err();
+    let err = TrainingState::<Sequential>::from_safetensors(&bytes).unwrap_err();
     assert_eq!(err.to_string(), "a model without training state, not a file written by a training checkpoint");
 }
 
 #[test]
 fn an_adam_checkpoint_with_early_stopping_loads_whole() {
     let bytes = fixture("adam-run.ckpt");
-    let state = TrainingState::<Mlp>::from_safetensors(&bytes).unwrap();
+    let state = TrainingState::<Sequential>::from_safetensors(&bytes).unwrap();
     assert_eq!(
         state.settings,
         Settings {
@@ -85,17 +85,17 @@ fn an_adam_checkpoint_with_early_stopping_loads_whole() {
     let exp_avg = raw.iter().find(|t| t.0 == "optimizer.fc1.weight.exp_avg").unwrap();
     assert_eq!(state.optimizer.get("fc1.weight.exp_avg").unwrap().data(), &exp_avg.2[..]);
     // A training file is a model file too.
-    assert_eq!(model_tensors(&train::load_model::<Mlp>(&bytes).unwrap()), pick(""));
+    assert_eq!(model_tensors(&train::load_model::<Sequential>(&bytes).unwrap()), pick(""));
 }
 
 #[test]
 fn an_sgd_checkpoint_loads_with_its_momentum() {
-    let state = TrainingState::<Mlp>::from_safetensors(&fixture("sgd-run.ckpt")).unwrap();
+    let state = TrainingState::<Sequential>::from_safetensors(&fixture("sgd-run.ckpt")).unwrap();
     let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: WeightDecay::L2(0.001), ..SgdConfig::default() };
     assert_eq!(state.settings.optimizer, OptimizerConfig::Sgd(sgd));
     assert_eq!((state.settings.batch_size, state.settings.seed, state.threads), (16, 4, 1));
-    assert_eq!(state.model.config().widths, [36, 8, 5, 10]);
-    assert!(state.model.config().output_relu);
+    assert_eq!(state.model.config().as_mlp().unwrap().widths, [36, 8, 5, 10]);
+    assert!(state.model.config().as_mlp().unwrap().output_relu);
     assert_eq!(state.optimizer.names().count(), 6);
     assert!(state.best.is_none());
 }
@@ -106,7 +106,7 @@ fn resume_matches(checkpoint: &str, expected: &str) {
     let dir = tempfile::tempdir().unwrap();
     testkit::write_fixture_set(dir.path());
     let data = Mnist::load(dir.path()).unwrap();
-    let state = TrainingState::<Mlp>::from_safetensors(&fixture(checkpoint)).unwrap();
+    let state = TrainingState::<Sequential>::from_safetensors(&fixture(checkpoint)).unwrap();
     let threads = state.threads;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let model = pool.install(|| {
