@@ -46,6 +46,19 @@ fn a_model_too_large_for_the_machine_is_refused_before_allocating() {
 }
 
 #[test]
+fn serve_refuses_a_model_that_does_not_take_28x28_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.safetensors");
+    let model = Sequential::mlp(&MlpConfig { widths: vec![100, 10], output_relu: false }, &mut train::init_rng(0));
+    std::fs::write(&path, model.state_dict().to_safetensors()).unwrap();
+    assert_fails(
+        &["serve", "--model", arg(&path), "--addr", "127.0.0.1:0"],
+        1,
+        "--model: the model takes 100 values per image, but the page and the API send 28x28 = 784",
+    );
+}
+
+#[test]
 fn an_unknown_vector_level_is_refused_before_any_work() {
     let out = crate::support::program()
         .env("MNIST_SIMD", "sse9")

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nn::MlpConfig;
-use optim::{AdamConfig, LrSchedule, OptimizerConfig, Schedule, SgdConfig, WeightDecay};
-use train::Settings;
+use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
+use train::{EpochSchedule, Recipe, Settings};
 
 /// A command line that parses but does not make sense; exits with status 2, like clap's own.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,126 +51,102 @@ fn defaults() -> (Settings, AdamConfig) {
     (Settings::default(), AdamConfig::adamw())
 }
 
-/// Flags that define a run: a resumed run keeps its own, so clap refuses them with --resume.
-const RUN_DEFINING: [&str; 23] = [
-    "recipe",
-    "augment",
-    "rotate",
-    "shift",
-    "scale",
-    "schedule",
-    "warmup_epochs",
-    "min_lr",
-    "step_epochs",
-    "gamma",
-    "label_smoothing",
-    "model",
-    "layers",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "hidden",
-    "output_relu",
-    "seed",
-    "val_split",
-    "early_stop",
-];
-
+/// Flags in the group "run" define a run: a resumed run keeps its own, so clap refuses them with
+/// --resume.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("run").multiple(true)))]
 pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           help = format!("Passes over the training set; with --resume, the total to reach [default: {}; --recipe strong: {} for the MLP, {} for convolutional models]",
-                         train::DEFAULT_EPOCHS, Strong::EPOCHS_MLP, Strong::EPOCHS_CONV))]
+                         train::DEFAULT_EPOCHS, Recipe::STRONG_EPOCHS_MLP, Recipe::STRONG_EPOCHS_CONV))]
     pub(crate) epochs: Option<i64>,
     /// notebook (the notebook's recipe) or strong (augmentation, a one-cycle schedule peaking
     /// at 3e-3, label smoothing 0.05, 30 epochs for the MLP and 15 for convolutional models:
     /// the settings that validated best); flags given as well override it [default: notebook].
-    #[arg(long, value_enum)]
+    #[arg(group = "run", long, value_enum)]
     pub(crate) recipe: Option<RecipeKind>,
-    #[arg(long, value_name = "N", allow_negative_numbers = true,
+    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true,
           help = format!("Samples per optimizer step (the last batch of an epoch may be smaller) [default: {}]",
                          defaults().0.batch_size))]
     pub(crate) batch_size: Option<i64>,
-    #[arg(long, value_name = "RATE", allow_negative_numbers = true,
+    #[arg(group = "run", long, value_name = "RATE", allow_negative_numbers = true,
           help = format!("Learning rate [default: {}]", defaults().0.optimizer.lr()))]
     pub(crate) lr: Option<f64>,
     /// adam (torch.optim.Adam), adamw (decoupled weight decay) or sgd [default: adam].
-    #[arg(long, value_enum)]
+    #[arg(group = "run", long, value_enum)]
     pub(crate) optimizer: Option<OptimizerKind>,
     /// Momentum, for --optimizer sgd [default: 0].
-    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    #[arg(group = "run", long, value_name = "M", allow_negative_numbers = true)]
     pub(crate) momentum: Option<f64>,
-    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true,
+    #[arg(group = "run", long, value_name = "LAMBDA", allow_negative_numbers = true,
           help = format!("Weight decay: L2 for adam and sgd, decoupled for adamw [default: 0, adamw {}]",
                          OptimizerConfig::Adam(defaults().1).weight_decay().coefficient()))]
     pub(crate) weight_decay: Option<f64>,
     /// mlp (the notebook's, shaped by --hidden and --output-relu) or lenet (LeNet-5, as in
     /// PyTorch's tutorials) [default: mlp].
-    #[arg(long, value_enum, conflicts_with = "layers")]
+    #[arg(group = "run", long, value_enum, conflicts_with = "layers")]
     pub(crate) model: Option<ModelKind>,
     /// A model as a list of layers, e.g. "conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)":
     /// conv(OUT,K[,stride=S][,pad=P][,bias=false]), maxpool(K[,S]), relu, flatten (C, H, W
     /// order), linear(OUT), dropout(P). Input widths come from the data; the last layer's
     /// width must be the number of classes.
-    #[arg(long, value_name = "LAYERS", conflicts_with_all = ["hidden", "output_relu"])]
+    #[arg(group = "run", long, value_name = "LAYERS", conflicts_with_all = ["hidden", "output_relu"])]
     pub(crate) layers: Option<String>,
-    #[arg(long, value_name = "W,W,...",
+    #[arg(group = "run", long, value_name = "W,W,...",
           help = format!("Hidden layer widths of the MLP, comma-separated (\"\" for none: softmax regression) [default: {}]",
                          widths(&MlpConfig::NOTEBOOK_HIDDEN)))]
     pub(crate) hidden: Option<String>,
     /// Apply ReLU to the MLP's output logits too, as the notebook does (it lets output units
     /// die).
-    #[arg(long)]
+    #[arg(group = "run", long)]
     pub(crate) output_relu: bool,
-    #[arg(long, value_name = "N",
+    #[arg(group = "run", long, value_name = "N",
           help = format!("Seed for the initial weights, the shuffles and the validation split [default: {}]",
                          defaults().0.seed))]
     pub(crate) seed: Option<u64>,
     /// Fraction of the training set held out for validation, reported every epoch [default: 0].
-    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    #[arg(group = "run", long, value_name = "FRACTION", allow_negative_numbers = true)]
     pub(crate) val_split: Option<f64>,
     /// Stop when the validation loss has not improved for this many epochs, keeping the best
     /// epoch's weights (needs --val-split).
-    #[arg(long, value_name = "PATIENCE", allow_negative_numbers = true)]
+    #[arg(group = "run", long, value_name = "PATIENCE", allow_negative_numbers = true)]
     pub(crate) early_stop: Option<i64>,
     /// How the learning rate changes, per optimizer step, as PyTorch's schedulers: cosine
     /// (CosineAnnealingLR down to --min-lr over the run), step (StepLR: times --gamma every
     /// --step-epochs) or onecycle (OneCycleLR peaking at --lr) [default: constant].
-    #[arg(long, value_enum)]
+    #[arg(group = "run", long, value_enum)]
     pub(crate) schedule: Option<ScheduleKind>,
     /// Epochs of linear warm-up (LinearLR from a third of the learning rate) before the
     /// schedule [default: 0].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) warmup_epochs: Option<i64>,
     /// The lowest learning rate of --schedule cosine [default: 0].
-    #[arg(long, value_name = "RATE", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "RATE", allow_negative_numbers = true, requires = "schedule")]
     pub(crate) min_lr: Option<f64>,
     /// Epochs between decays of --schedule step [default: a third of --epochs].
-    #[arg(long, value_name = "N", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true, requires = "schedule")]
     pub(crate) step_epochs: Option<i64>,
     /// The factor of each decay of --schedule step [default: 0.1].
-    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "FACTOR", allow_negative_numbers = true, requires = "schedule")]
     pub(crate) gamma: Option<f64>,
     /// Train on randomly transformed images: each rotated, shifted and scaled a little, a fresh
     /// draw per image and epoch from the run's seed.
-    #[arg(long)]
+    #[arg(group = "run", long)]
     pub(crate) augment: bool,
-    #[arg(long, value_name = "DEGREES", allow_negative_numbers = true, requires = "augment",
+    #[arg(group = "run", long, value_name = "DEGREES", allow_negative_numbers = true, requires = "augment",
           help = format!("The largest rotation of --augment, either way [default: {}]", data::Augment::default().rotate))]
     pub(crate) rotate: Option<f64>,
-    #[arg(long, value_name = "PIXELS", allow_negative_numbers = true, requires = "augment",
+    #[arg(group = "run", long, value_name = "PIXELS", allow_negative_numbers = true, requires = "augment",
           help = format!("The largest shift of --augment along each axis [default: {}]", data::Augment::default().shift))]
     pub(crate) shift: Option<f64>,
-    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true, requires = "augment",
+    #[arg(group = "run", long, value_name = "FRACTION", allow_negative_numbers = true, requires = "augment",
           help = format!("The largest change of size of --augment, either way [default: {}]", data::Augment::default().scale))]
     pub(crate) scale: Option<f64>,
     /// Label smoothing of the training loss, as F.cross_entropy(label_smoothing=EPS)
     /// [default: 0].
-    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    #[arg(group = "run", long, value_name = "EPS", allow_negative_numbers = true)]
     pub(crate) label_smoothing: Option<f64>,
     /// Worker threads; each takes an equal part of every batch [default: all cores].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -185,7 +161,7 @@ pub(crate) struct TrainArgs {
     /// Continue the run saved by --checkpoint at PATH, with its settings, up to --epochs; the
     /// result is the same as if the run had never stopped. Flags that define a run (--lr,
     /// --hidden, --seed, ...) cannot be given with it.
-    #[arg(long, value_name = "PATH", conflicts_with_all = RUN_DEFINING)]
+    #[arg(long, value_name = "PATH", conflicts_with = "run")]
     pub(crate) resume: Option<PathBuf>,
     /// Write a CSV row per epoch: loss, accuracy, validation loss and accuracy, seconds.
     #[arg(long, value_name = "PATH")]
@@ -207,17 +183,13 @@ pub(crate) enum RecipeKind {
     Strong,
 }
 
-/// `--recipe strong`: what validated best on a 10% split (the mean of seeds 0 to 4 against a
-/// peak of 2e-3; fewer seeds against cosine schedules, other peaks, other smoothing and wider
-/// transforms).
-struct Strong;
-
-impl Strong {
-    const EPOCHS_MLP: usize = 30;
-    const EPOCHS_CONV: usize = 15;
-    const SCHEDULE: ScheduleKind = ScheduleKind::Onecycle;
-    const LR: f32 = 3e-3;
-    const LABEL_SMOOTHING: f32 = 0.05;
+impl From<RecipeKind> for Recipe {
+    fn from(kind: RecipeKind) -> Self {
+        match kind {
+            RecipeKind::Notebook => Recipe::Notebook,
+            RecipeKind::Strong => Recipe::Strong,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -283,42 +255,13 @@ pub(crate) struct ServeArgs {
     pub(crate) threads: Option<i64>,
 }
 
-/// A learning-rate schedule in epochs, as the flags give it; its steps come from the data.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ScheduleFlags {
-    kind: ScheduleKind,
-    warmup_epochs: usize,
-    min_lr: f32,
-    step_epochs: Option<usize>,
-    gamma: f32,
-}
-
-impl ScheduleFlags {
-    /// The schedule in optimizer steps, for a run of `epochs` epochs of `steps` steps each.
-    pub fn in_steps(&self, epochs: usize, steps: u64, lr: f32) -> LrSchedule {
-        let warmup_steps = self.warmup_epochs as u64 * steps;
-        let after = (epochs as u64 * steps).saturating_sub(warmup_steps).max(1);
-        let schedule = match self.kind {
-            ScheduleKind::Constant => Schedule::Constant,
-            ScheduleKind::Cosine => Schedule::Cosine { t_max: after, eta_min: f64::from(self.min_lr) },
-            ScheduleKind::Step => Schedule::Step {
-                step_size: self.step_epochs.unwrap_or(epochs.div_ceil(3)).max(1) as u64 * steps,
-                gamma: f64::from(self.gamma),
-            },
-            ScheduleKind::Onecycle => LrSchedule::one_cycle(f64::from(lr), after).schedule,
-        };
-        // PyTorch's LinearLR starts from a third by default.
-        LrSchedule { warmup_steps, warmup_start: 1.0 / 3.0, schedule }
-    }
-}
-
 /// A new run: its settings and its model (whose input and output widths come from the data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
     /// The engine's settings (the schedule still in epochs: see `schedule`).
     pub settings: Settings,
-    /// The learning-rate schedule as the flags give it.
-    pub schedule: ScheduleFlags,
+    /// The learning-rate schedule, in epochs.
+    pub schedule: EpochSchedule,
     /// The model.
     pub architecture: Architecture,
     /// What `--recipe` expanded to, as flags, when one was given.
@@ -437,14 +380,16 @@ impl TrainArgs {
     /// The new run the flags describe: the flags given, the libraries' defaults (the
     /// notebook's) for the rest.
     fn new_run(&self) -> Result<NewRun, UsageError> {
-        let (defaults, adamw) = defaults();
+        let (_, adamw) = defaults();
+        // The recipe's settings and schedule, which the flags given override.
+        let plan = Recipe::from(self.recipe.unwrap_or(RecipeKind::Notebook)).plan(self.convolutional());
+        let defaults = &plan.settings;
         let kind = self.optimizer.unwrap_or(OptimizerKind::Adam);
         let momentum = float("--momentum", self.momentum, false)?;
         if momentum.is_some() && kind != OptimizerKind::Sgd {
             return Err(usage("--momentum applies to --optimizer sgd only".into()));
         }
-        let strong = self.recipe == Some(RecipeKind::Strong);
-        let lr = float("--lr", self.lr, true)?.unwrap_or(if strong { Strong::LR } else { defaults.optimizer.lr() });
+        let lr = float("--lr", self.lr, true)?.unwrap_or(defaults.optimizer.lr());
         let decay = float("--weight-decay", self.weight_decay, false)?;
         let l2 = decay.map_or(WeightDecay::None, WeightDecay::L2);
         let optimizer = match kind {
@@ -469,21 +414,25 @@ impl TrainArgs {
         if early_stop.is_some() && val_split == 0.0 {
             return Err(usage("--early-stop needs a validation set: add --val-split FRACTION".into()));
         }
-        let label_smoothing = float("--label-smoothing", self.label_smoothing, false)?.unwrap_or(if strong {
-            Strong::LABEL_SMOOTHING
-        } else {
-            defaults.label_smoothing
-        });
+        let label_smoothing =
+            float("--label-smoothing", self.label_smoothing, false)?.unwrap_or(defaults.label_smoothing);
         if label_smoothing >= 1.0 {
             return Err(usage(format!("--label-smoothing must be below 1, got {label_smoothing}")));
         }
-        let schedule = ScheduleFlags {
-            kind: self.schedule.unwrap_or(if strong { Strong::SCHEDULE } else { ScheduleKind::Constant }),
-            warmup_epochs: self.warmup_epochs.map(|w| count("--warmup-epochs", w, 0)).transpose()?.unwrap_or(0),
-            min_lr: float("--min-lr", self.min_lr, false)?.unwrap_or(0.0),
-            step_epochs: self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?,
-            gamma: float("--gamma", self.gamma, true)?.unwrap_or(0.1),
+        let kind = match self.schedule {
+            None => plan.schedule.kind,
+            Some(ScheduleKind::Constant) => train::ScheduleKind::Constant,
+            Some(ScheduleKind::Cosine) => {
+                train::ScheduleKind::Cosine { min_lr: float("--min-lr", self.min_lr, false)?.unwrap_or(0.0) }
+            }
+            Some(ScheduleKind::Step) => train::ScheduleKind::Step {
+                every_epochs: self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?,
+                gamma: float("--gamma", self.gamma, true)?.unwrap_or(optim::STEP_GAMMA as f32),
+            },
+            Some(ScheduleKind::Onecycle) => train::ScheduleKind::OneCycle,
         };
+        let warmup_epochs = self.warmup_epochs.map(|w| count("--warmup-epochs", w, 0)).transpose()?;
+        let schedule = EpochSchedule { kind, warmup_epochs: warmup_epochs.unwrap_or(plan.schedule.warmup_epochs) };
         let settings = Settings {
             batch_size: self
                 .batch_size
@@ -495,8 +444,8 @@ impl TrainArgs {
             val_split,
             early_stop,
             label_smoothing,
-            augment: self.augment_flags()?,
-            ..defaults
+            augment: self.augment_flags(defaults.augment)?,
+            ..defaults.clone()
         };
         let mlp_flag = self.hidden.is_some() || self.output_relu;
         let architecture = match (&self.layers, self.model.unwrap_or(ModelKind::Mlp)) {
@@ -518,12 +467,19 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// `--augment` with its ranges, the library's defaults for those not given.
-    fn augment_flags(&self) -> Result<Option<data::Augment>, UsageError> {
-        if !self.augment && self.recipe != Some(RecipeKind::Strong) {
+    /// Whether the flags ask for a convolutional model (`--recipe strong` trains those for
+    /// fewer epochs).
+    fn convolutional(&self) -> bool {
+        self.layers.is_some() || self.model == Some(ModelKind::Lenet)
+    }
+
+    /// `--augment` with its ranges, those of the recipe's augmentation (or the library's
+    /// defaults) for those not given.
+    fn augment_flags(&self, recipe: Option<data::Augment>) -> Result<Option<data::Augment>, UsageError> {
+        if !self.augment && recipe.is_none() {
             return Ok(None);
         }
-        let d = data::Augment::default();
+        let d = recipe.unwrap_or_default();
         let augment = data::Augment {
             rotate: float("--rotate", self.rotate, false)?.unwrap_or(d.rotate),
             shift: float("--shift", self.shift, false)?.unwrap_or(d.shift),
@@ -544,7 +500,13 @@ fn expansion(kind: RecipeKind, run: &NewRun, epochs: usize) -> String {
     if let Some(a) = run.settings.augment {
         flags.push(format!("--augment --rotate {} --shift {} --scale {}", a.rotate, a.shift, a.scale));
     }
-    flags.push(format!("--schedule {}", format!("{:?}", run.schedule.kind).to_lowercase()));
+    let schedule = match run.schedule.kind {
+        train::ScheduleKind::Constant => "constant",
+        train::ScheduleKind::Cosine { .. } => "cosine",
+        train::ScheduleKind::Step { .. } => "step",
+        train::ScheduleKind::OneCycle => "onecycle",
+    };
+    flags.push(format!("--schedule {schedule}"));
     flags.push(format!("--label-smoothing {}", run.settings.label_smoothing));
     format!("{name}: {}", flags.join(" "))
 }
@@ -553,12 +515,7 @@ impl TryFrom<TrainArgs> for TrainConfig {
     type Error = UsageError;
 
     fn try_from(a: TrainArgs) -> Result<Self, UsageError> {
-        let conv = a.layers.is_some() || a.model == Some(ModelKind::Lenet);
-        let default_epochs = match a.recipe {
-            Some(RecipeKind::Strong) if conv => Strong::EPOCHS_CONV,
-            Some(RecipeKind::Strong) => Strong::EPOCHS_MLP,
-            _ => train::DEFAULT_EPOCHS,
-        };
+        let default_epochs = Recipe::from(a.recipe.unwrap_or(RecipeKind::Notebook)).plan(a.convolutional()).epochs;
         let epochs = a.epochs.map_or(Ok(default_epochs), |e| count("--epochs", e, 1))?;
         let start = match a.resume.clone() {
             Some(path) => Start::Resume(path),
@@ -723,6 +680,7 @@ mod tests {
             &["--recipe", "strong"],
             &["--label-smoothing", "0.1"],
             &["--warmup-epochs", "1"],
+            &["--augment"],
         ] {
             let err = parse(&[&["--resume", "x.ckpt"], flag].concat()).unwrap_err();
             assert_eq!(err, "an argument cannot be used with one or more of the other specified arguments", "{flag:?}");

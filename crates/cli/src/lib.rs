@@ -29,10 +29,11 @@ pub fn main() -> ExitCode {
 /// Runs the command line `args` (the program's name first), writing its results on `out` and
 /// progress and errors on stderr; returns the exit status.
 pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send)) -> ExitCode {
-    let cli = match args::Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match args::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) if e.kind() == ErrorKind::ArgumentConflict => {
-            eprintln!("error: {}", conflict(&e));
+            eprintln!("error: {}", conflict(&e, &args));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -56,11 +57,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send
     }
 }
 
-/// clap's conflict error in one line: `--lr cannot be used with --resume: ...`.
-fn conflict(e: &clap::Error) -> String {
+/// clap's conflict error in one line: `--lr cannot be used with --resume: ...`. When clap names
+/// a group of flags (those that define a run), the one the command line gave is named.
+fn conflict(e: &clap::Error, args: &[OsString]) -> String {
+    let given = |flag: &&String| {
+        let flag = flag.split(' ').next().unwrap_or(flag);
+        args.iter().any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))))
+    };
     let flag = |kind| match e.get(kind) {
         Some(ContextValue::String(s)) => s.split(' ').next().unwrap_or(s).to_owned(),
-        Some(ContextValue::Strings(v)) => v.first().map_or("?".into(), |s| s.split(' ').next().unwrap_or(s).to_owned()),
+        Some(ContextValue::Strings(v)) => {
+            v.iter().find(given).or(v.first()).map_or("?".into(), |s| s.split(' ').next().unwrap_or(s).to_owned())
+        }
         _ => "?".into(),
     };
     let (a, b) = (flag(ContextKind::InvalidArg), flag(ContextKind::PriorArg));

@@ -4,9 +4,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use nn::Sequential;
-use train::{Settings, Trainer};
 
-use crate::args::{Architecture, ServeArgs};
+use crate::args::ServeArgs;
 use crate::files::load_mnist;
 
 /// Serves until Ctrl-C, then finishes the requests under way.
@@ -22,17 +21,9 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         }
         None => train_default(args)?,
     };
-    let side = data::digit::SIDE;
-    if nn::Model::input_width(&model) != side * side {
-        anyhow::bail!(
-            "--model: the model takes {} values per image, but the page and the API send {side}x{side} = {}",
-            nn::Model::input_width(&model),
-            side * side
-        );
-    }
     // Inference is CPU work: more workers than `--threads` would only queue in the kernel.
     let limits = serve::Limits { workers: rayon::current_num_threads(), ..serve::Limits::default() };
-    let app = serve::App::new(model, accuracy, limits);
+    let app = serve::App::new(model, accuracy, limits).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -53,12 +44,7 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
 fn train_default(args: &ServeArgs) -> Result<(Sequential, Option<f64>)> {
     eprintln!("No --model given: training the default model first (a few seconds) ...");
     let mnist = load_mnist(&args.data.data_dir)?;
-    let settings = Settings::default();
-    let config = crate::training::architecture(&Architecture::notebook(), &mnist.train)?;
-    let model = Sequential::new(&config, &mut train::init_rng(settings.seed));
-    let mut trainer = Trainer::new(model, settings)?;
-    trainer.fit(&mnist.train, train::DEFAULT_EPOCHS, &mut ())?;
-    let model = trainer.into_model();
+    let model = train::fit_notebook(&mnist.train)?;
     let all: Vec<usize> = (0..mnist.test.len()).collect();
     let accuracy = train::evaluate(&model, &mnist.test, &all).accuracy();
     eprintln!("Trained: {:.2}% test accuracy", 100.0 * accuracy);

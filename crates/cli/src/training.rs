@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use nn::{MlpConfig, Model, Sequential, SequentialConfig};
+use nn::{Model, Sequential, SequentialConfig};
 use train::{EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
 
 use crate::UsageError;
@@ -143,12 +143,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
 pub(crate) fn architecture(architecture: &Architecture, data: &data::Dataset) -> Result<SequentialConfig, UsageError> {
     let input = [1, data.rows(), data.cols()];
     let parsed = match architecture {
-        Architecture::Mlp { hidden, output_relu } => {
-            return Ok(SequentialConfig::mlp(
-                input,
-                &MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), *output_relu),
-            ));
-        }
+        Architecture::Mlp { hidden, output_relu } => return Ok(train::mlp_for(data, hidden, *output_relu)),
         Architecture::Lenet => SequentialConfig::lenet(input, data.classes()),
         Architecture::Layers(text) => SequentialConfig::parse(text, input),
     };

@@ -6,6 +6,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// `StepLR`'s default decay factor.
+pub const STEP_GAMMA: f64 = 0.1;
+/// `LinearLR`'s default start factor: a warm-up starts from a third of the learning rate.
+pub const WARMUP_START: f64 = 1.0 / 3.0;
+
 /// The shape of a schedule after its warm-up.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Schedule {

@@ -214,12 +214,6 @@ pub(crate) enum Input {
 /// Decodes `input` and classifies it with `model`: the response, or why not.
 pub(crate) fn answer(model: &Sequential, tape: &mut Tape, limits: &Limits, input: Input) -> Result<Response, Failure> {
     let side = SIDE * SIDE;
-    if model.input_width() != side {
-        return Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the model takes {} values, not {SIDE}x{SIDE} images", model.input_width()),
-        ));
-    }
     let (images, batch) = match input {
         Input::Image(bytes) => {
             let pixels = data::digit::from_image_bytes(&bytes, limits.image).map_err(|e| bad_request(e.to_string()))?;

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn run(model: nn::Sequential) -> std::io::Result<()> {
-//! let app = serve::App::new(model, None, serve::Limits::default());
+//! let app = serve::App::new(model, None, serve::Limits::default()).expect("a model of 28x28 images");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! serve::serve(listener, serve::router(app, |_| {}), serve::Limits::default(), std::future::pending()).await
 //! # }
@@ -122,6 +122,22 @@ impl Default for Limits {
     }
 }
 
+/// Why a model cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The model does not take the 28x28 images the page and the API send.
+    #[error("the model takes {inputs} values per image, but the page and the API send {side}x{side} = {pixels}")]
+    NotAnImageModel {
+        /// What the model takes.
+        inputs: usize,
+        /// The images' side.
+        side: usize,
+        /// Their values.
+        pixels: usize,
+    },
+}
+
 /// The model being served, with what the page shows of it.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -137,9 +153,16 @@ impl App {
     /// [`Limits::workers`] threads, which end when the last clone of the `App` (and so of the
     /// router made from it) is dropped.
     ///
+    /// # Errors
+    /// The model does not take 28x28 images.
+    ///
     /// # Panics
     /// The system cannot start a thread.
-    pub fn new(model: Sequential, test_accuracy: Option<f64>, limits: Limits) -> Self {
+    pub fn new(model: Sequential, test_accuracy: Option<f64>, limits: Limits) -> Result<Self, AppError> {
+        let side = data::digit::SIDE;
+        if model.input_width() != side * side {
+            return Err(AppError::NotAnImageModel { inputs: model.input_width(), side, pixels: side * side });
+        }
         let facts = ModelFacts {
             architecture: model.describe(),
             parameters: model.params().num_scalars(),
@@ -150,7 +173,7 @@ impl App {
         let model = Arc::new(model);
         let workers = workers::Workers::start(&model, limits);
         let bodies = Arc::new(Semaphore::new(limits.bodies_bytes.min(Semaphore::MAX_PERMITS)));
-        Self { facts: Arc::new(facts), limits, workers, bodies }
+        Ok(Self { facts: Arc::new(facts), limits, workers, bodies })
     }
 }
 

@@ -253,3 +253,11 @@ fn beyond_the_connection_limit_busy_connections_are_waited_for() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(busy);
 }
+
+#[test]
+fn a_model_that_does_not_take_28x28_images_is_refused() {
+    let config = nn::SequentialConfig::parse("flatten,linear(10)", [1, 1, 100]).unwrap();
+    let model = nn::Sequential::new(&config, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
+    let err = serve::App::new(model, None, Limits::default()).unwrap_err();
+    assert_eq!(err.to_string(), "the model takes 100 values per image, but the page and the API send 28x28 = 784");
+}

@@ -34,6 +34,7 @@
 mod error;
 mod evaluate;
 mod fit;
+mod recipe;
 mod settings;
 mod state;
 mod step;
@@ -41,5 +42,6 @@ mod step;
 pub use error::{ObserverError, TrainError};
 pub use evaluate::{EVAL_BATCH, Evaluation, check_fits, evaluate};
 pub use fit::{EpochRecord, Observer, Trainer};
+pub use recipe::{EpochSchedule, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};
 pub use state::{Best, TrainingState, load_model, model_file, recorded_test_accuracy};
