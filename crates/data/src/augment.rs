@@ -141,16 +141,34 @@ impl Warper {
     }
 }
 
+/// An augmentation range out of bounds.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("augmentation {name} must be in [0, {max}], got {value}")]
+pub struct AugmentError {
+    /// The range: `rotate`, `shift` or `scale`.
+    pub name: &'static str,
+    /// Its value.
+    pub value: f32,
+    /// The largest value accepted.
+    pub max: f32,
+}
+
 impl Augment {
     /// Checks the ranges: finite, not negative, and a scale below 1.
     ///
+    /// ```
+    /// let wild = data::Augment { scale: 1.5, ..data::Augment::default() };
+    /// assert_eq!(wild.validate().unwrap_err().to_string(), "augmentation scale must be in [0, 0.99], got 1.5");
+    /// ```
+    ///
     /// # Errors
     /// The first value out of range, named.
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, v, max) in [("rotate", self.rotate, 180.0), ("shift", self.shift, 1e3), ("scale", self.scale, 0.99)]
+    pub fn validate(&self) -> Result<(), AugmentError> {
+        for (name, value, max) in
+            [("rotate", self.rotate, 180.0), ("shift", self.shift, 1e3), ("scale", self.scale, 0.99)]
         {
-            if !(v.is_finite() && (0.0..=max).contains(&v)) {
-                return Err(format!("augmentation {name} must be in [0, {max}], got {v}"));
+            if !(value.is_finite() && (0.0..=max).contains(&value)) {
+                return Err(AugmentError { name, value, max });
             }
         }
         Ok(())
@@ -670,7 +688,7 @@ mod tests {
     fn bad_ranges_are_named() {
         assert_eq!(
             Augment { scale: 1.5, ..Augment::default() }.validate().unwrap_err(),
-            "augmentation scale must be in [0, 0.99], got 1.5"
+            AugmentError { name: "scale", value: 1.5, max: 0.99 }
         );
         assert!(Augment { rotate: f32::NAN, ..Augment::default() }.validate().is_err());
         assert!(Augment::default().validate().is_ok());

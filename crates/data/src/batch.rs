@@ -63,6 +63,14 @@ unsafe fn pixels_to_f32_fma(src: &[u8], dst: &mut [f32]) {
 /// image after the other: where a caller keeps a batch in a buffer of its own (a tape's input,
 /// say) rather than in a [`Batch`].
 ///
+/// ```
+/// // Two 2x2 images; the second one's pixels, scaled to [0, 1].
+/// let data = data::Dataset::new(vec![0, 0, 0, 0, 255, 0, 51, 0], vec![0, 1], 2, 2, 2);
+/// let mut x = vec![0.0; 4];
+/// data::fill_rows(&data, &[1], &mut x);
+/// assert_eq!(x, [1.0, 0.0, 0.2, 0.0]);
+/// ```
+///
 /// # Panics
 /// If `x` is not `indices.len() * data.image_len()` long, or an index is out of range.
 #[track_caller]
@@ -307,6 +315,12 @@ pub fn validation_count(n: usize, val_fraction: f64) -> usize {
 
 /// Splits `0..n` into training and validation indices, holding out `round(n * val_fraction)`
 /// samples chosen by a permutation seeded with `seed`. Both lists come back sorted.
+///
+/// ```
+/// let (train, val) = data::split_indices(10, 0.2, 0);
+/// assert_eq!((train.len(), val.len()), (8, 2));
+/// assert_eq!(data::split_indices(10, 0.2, 0), (train, val), "the same seed, the same split");
+/// ```
 ///
 /// # Panics
 /// If `val_fraction` is not in `[0, 1)`.

@@ -64,6 +64,18 @@ pub enum ImageError {
 
 /// Decodes a PNG or JPEG image and returns its 784 pixels in `[0, 1]`, MNIST-style, row-major.
 ///
+/// ```
+/// use data::digit::{Limits, from_image_bytes};
+/// // A dark vertical stroke on white, 40x60, as a photo or a drawing gives it.
+/// let img = image::GrayImage::from_fn(40, 60, |x, _| image::Luma([if (18..22).contains(&x) { 0 } else { 255 }]));
+/// let mut png = Vec::new();
+/// img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+/// let pixels = from_image_bytes(&png, Limits::default()).unwrap();
+/// assert_eq!(pixels.len(), 784);
+/// // White ink on black, centred: the middle column is lit, the corners are not.
+/// assert!(pixels[14 * 28 + 14] > 0.5 && pixels[0] == 0.0);
+/// ```
+///
 /// # Errors
 /// The bytes are not a readable image, it exceeds `limits`, or it holds no visible digit.
 pub fn from_image_bytes(bytes: &[u8], limits: Limits) -> Result<Vec<f32>, ImageError> {

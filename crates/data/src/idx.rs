@@ -47,6 +47,16 @@ pub fn read_idx_u8(path: &Path, rank: u8) -> Result<IdxU8, DataError> {
 /// Parses an IDX file of unsigned bytes held in memory, plain or gzip-compressed.
 /// `path` is only used to name the source in errors.
 ///
+/// ```
+/// use std::path::Path;
+/// // Magic 0x00000801 (unsigned bytes, one dimension), 3 items.
+/// let labels = [0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1];
+/// let idx = data::parse_idx_u8(&labels, 1, Path::new("labels")).unwrap();
+/// assert_eq!((idx.dims, idx.data), (vec![3], vec![7, 2, 1]));
+/// let err = data::parse_idx_u8(&labels[..9], 1, Path::new("labels")).unwrap_err();
+/// assert!(err.to_string().starts_with("labels: "), "{err}");
+/// ```
+///
 /// # Errors
 /// As [`read_idx_u8`], except that nothing is read from disk.
 pub fn parse_idx_u8(bytes: &[u8], rank: u8, path: &Path) -> Result<IdxU8, DataError> {

@@ -179,6 +179,12 @@ impl Mnist {
     /// Loads the four files from `dir`, each under its canonical name, decompressed or with a
     /// `.gz` suffix (the decompressed file is preferred when both exist).
     ///
+    /// ```no_run
+    /// let mnist = data::Mnist::load(std::path::Path::new("data/mnist"))?;
+    /// assert_eq!((mnist.train.len(), mnist.test.len(), mnist.train.image_len()), (60_000, 10_000, 784));
+    /// # Ok::<(), data::DataError>(())
+    /// ```
+    ///
     /// # Errors
     /// A missing file, any fault of [`Dataset::from_idx_files`], images of different sizes in
     /// the two sets, or a test label the training set does not have.

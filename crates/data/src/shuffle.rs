@@ -11,6 +11,17 @@ use rand::RngCore;
 
 /// Shuffles `items` in place, drawing from `rng`.
 ///
+/// ```
+/// use rand::SeedableRng;
+/// let mut order: Vec<usize> = (0..8).collect();
+/// data::shuffle(&mut order, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+/// let mut again: Vec<usize> = (0..8).collect();
+/// data::shuffle(&mut again, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+/// assert_eq!(order, again, "a seed gives one order");
+/// order.sort();
+/// assert_eq!(order, (0..8).collect::<Vec<_>>());
+/// ```
+///
 /// # Panics
 /// If `items` has `u32::MAX` or more elements.
 #[track_caller]

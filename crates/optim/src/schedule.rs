@@ -157,11 +157,20 @@ impl fmt::Display for LrSchedule {
     }
 }
 
-impl FromStr for LrSchedule {
-    type Err = String;
+/// Text that [`LrSchedule`]'s `FromStr` cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a schedule")]
+pub struct ScheduleParseError {
+    /// The text.
+    pub text: String,
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not a schedule");
+impl FromStr for LrSchedule {
+    type Err = ScheduleParseError;
+
+    /// Reads what `Display` writes, e.g. `warmup(100,0.3333333333333333)+cosine(800,0.0)`.
+    fn from_str(text: &str) -> Result<Self, ScheduleParseError> {
+        let bad = || ScheduleParseError { text: text.to_owned() };
         let (warmup, rest) = match text.split_once('+') {
             Some((w, rest)) => (Some(w), rest),
             None => (None, text),

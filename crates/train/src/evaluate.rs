@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::TrainError;
 
 /// The notebook's test batch size; it changes the speed of evaluation, not its results.
-pub const EVAL_BATCH: usize = 1000;
+const EVAL_BATCH: usize = 1000;
 
 /// What a model does on a set of samples.
 #[derive(Debug, Clone)]
@@ -45,7 +45,8 @@ pub fn check_fits<M: Model>(model: &M, data: &Dataset) -> Result<(), TrainError>
 }
 
 /// Evaluates `model` on the samples `indices` of `data`, in that order: its forward pass on a
-/// tape made for inference. The indices are cut into batches of [`EVAL_BATCH`]; each thread of
+/// tape made for inference. The indices are cut into batches of 1,000 (the notebook's test
+/// batch, which changes the speed, not the results); each thread of
 /// the rayon pool takes a run of whole batches with its own reused tape, and the batches'
 /// results are combined in order, so the results do not depend on the number of threads.
 ///

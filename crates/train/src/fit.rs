@@ -57,6 +57,30 @@ impl EpochRecord {
 
 /// What a front end does while a run trains: draw progress, print, save checkpoints, stop.
 /// Every method has a default that does nothing, and `()` is an observer that does nothing.
+///
+/// ```
+/// use train::{EpochRecord, Observer, ObserverError, Trainer};
+///
+/// /// Prints each epoch's loss, and stops the run once it is low enough.
+/// struct StopBelow(f64);
+///
+/// impl<M: nn::Model> Observer<M> for StopBelow {
+///     fn epoch_done(&mut self, _: &Trainer<M>, record: &EpochRecord) -> Result<(), ObserverError> {
+///         println!("epoch {}: loss {:.4}", record.epoch, record.train_loss);
+///         if record.train_loss < self.0 { Err("low enough".into()) } else { Ok(()) }
+///     }
+/// }
+///
+/// // Two classes of 2x2 images: the left column lit, or the right.
+/// let pixels = (0..64).flat_map(|i| if i % 2 == 0 { [255, 0, 255, 0] } else { [0, 255, 0, 255] }).collect();
+/// let data = data::Dataset::new(pixels, (0..64).map(|i| (i % 2) as u8).collect(), 2, 2, 2);
+/// let config = nn::SequentialConfig::parse("flatten,linear(2)", [1, 2, 2]).unwrap();
+/// let model = nn::Sequential::new(&config, &mut train::init_rng(0));
+/// let mut trainer = Trainer::new(model, train::Settings { batch_size: 8, ..Default::default() }).unwrap();
+/// let result = trainer.fit(&data, 100, &mut StopBelow(0.3));
+/// assert!(matches!(result, Err(train::TrainError::Observer(_))), "stopped before 100 epochs");
+/// assert!(trainer.history().len() < 100);
+/// ```
 pub trait Observer<M: Model> {
     /// Epoch `epoch` (1-based) starts, with `steps` steps.
     fn epoch_started(&mut self, epoch: usize, steps: usize) {

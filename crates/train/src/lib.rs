@@ -40,7 +40,7 @@ mod state;
 mod step;
 
 pub use error::{ObserverError, TrainError};
-pub use evaluate::{EVAL_BATCH, Evaluation, check_fits, evaluate};
+pub use evaluate::{Evaluation, check_fits, evaluate};
 pub use fit::{EpochRecord, Observer, Trainer};
 pub use recipe::{EpochSchedule, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};

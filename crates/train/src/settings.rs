@@ -94,8 +94,8 @@ impl Settings {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
         }
-        if let Some(Err(reason)) = self.augment.map(|a| a.validate()) {
-            return bad(reason);
+        if let Some(Err(e)) = self.augment.map(|a| a.validate()) {
+            return bad(e.to_string());
         }
         if self.early_stop == Some(0) {
             return bad("early stopping needs a patience of at least 1 epoch".into());
