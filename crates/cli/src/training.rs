@@ -113,7 +113,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     }
     print_test_results(out, &test, cfg.quiet)?;
     if let Some(path) = &cfg.save {
-        let file = train::model_file(&model, &settings, history.len(), Some(&test));
+        let file = train::model_state_with_facts(&model, &settings, history.len(), Some(&test));
         write_output("--save", path, |w| file.write_safetensors(w))?;
         if !cfg.quiet {
             eprintln!("Saved the model to {}", path.display());

@@ -12,7 +12,7 @@
 //!
 //! A run's [`TrainingState`] (model, optimizer state, settings, history, best epoch) is
 //! serialised to bytes or any writer as safetensors, and [`Trainer::resume`] continues it
-//! exactly. [`model_file`] is what a trained model is saved as; [`load_model`] reads either.
+//! exactly. [`model_state_with_facts`] is what a trained model is saved as; [`load_model`] reads either.
 //!
 //! `train` prints nothing, parses no flags and chooses no paths: those belong to front ends.
 //!
@@ -44,4 +44,4 @@ pub use evaluate::{Evaluation, check_fits, evaluate};
 pub use fit::{EpochRecord, Observer, Trainer};
 pub use recipe::{EpochSchedule, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};
-pub use state::{Best, TrainingState, load_model, model_file, recorded_test_accuracy};
+pub use state::{Best, TrainingState, load_model, model_state_with_facts, recorded_test_accuracy};

@@ -162,7 +162,12 @@ pub fn load_model<M: Model>(bytes: &[u8]) -> Result<M, TrainError> {
 /// What a trained model's file holds: the model's `state_dict`, loadable by PyTorch's
 /// `load_state_dict`, with the run's facts in the metadata (epochs, batch size, optimizer,
 /// seed and the test accuracy, when known).
-pub fn model_file<M: Model>(model: &M, settings: &Settings, epochs: usize, test: Option<&Evaluation>) -> StateDict {
+pub fn model_state_with_facts<M: Model>(
+    model: &M,
+    settings: &Settings,
+    epochs: usize,
+    test: Option<&Evaluation>,
+) -> StateDict {
     let mut state = model.state_dict();
     state.set_meta(keys::EPOCHS, epochs.to_string());
     state.set_meta("batch_size", settings.batch_size.to_string());
