@@ -150,7 +150,6 @@ pub(crate) fn architecture(architecture: &Architecture, data: &data::Dataset) ->
     parsed.map_err(|e| UsageError(format!("{}: {e}", flag(architecture))))
 }
 
-/// The flag that chose the model.
 /// Refuses a model whose training would take more memory than the machine has available, before
 /// anything is allocated (the allocator would abort the process instead, mid-way).
 fn check_memory(config: &nn::SequentialConfig, settings: &train::Settings, threads: usize, flag: &str) -> Result<()> {
@@ -176,6 +175,7 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The flag that chose the model.
 fn flag(architecture: &Architecture) -> &'static str {
     match architecture {
         Architecture::Mlp { .. } => "--hidden",
