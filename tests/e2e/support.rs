@@ -106,6 +106,8 @@ pub(crate) struct Serving {
     pub(crate) child: Child,
     /// `http://127.0.0.1:<port>`.
     pub(crate) url: String,
+    /// The connections it accepts at once, as it says when it starts.
+    pub(crate) connections: usize,
 }
 
 impl Serving {
@@ -119,7 +121,12 @@ impl Serving {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}"));
-        Self { url: url.to_owned(), child }
+        let connections = line
+            .split("up to ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no connection limit in {line:?}"));
+        Self { url: url.to_owned(), child, connections }
     }
 
     /// `host:port`.
@@ -141,4 +148,18 @@ impl Drop for Serving {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The open files this process may have, after raising its soft limit to the hard one.
+#[cfg(unix)]
+pub(crate) fn raise_open_files_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, which lives on this stack.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct it is given; a refusal leaves the limit as it was.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        limit = raised;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }

@@ -419,16 +419,15 @@ impl TrainArgs {
         if label_smoothing >= 1.0 {
             return Err(usage(format!("--label-smoothing must be below 1, got {label_smoothing}")));
         }
+        // Every schedule flag given is checked, whichever schedule it shapes.
+        let min_lr = float("--min-lr", self.min_lr, false)?.unwrap_or(0.0);
+        let every_epochs = self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?;
+        let gamma = float("--gamma", self.gamma, true)?.unwrap_or(optim::STEP_GAMMA as f32);
         let kind = match self.schedule {
             None => plan.schedule.kind,
             Some(ScheduleKind::Constant) => train::ScheduleKind::Constant,
-            Some(ScheduleKind::Cosine) => {
-                train::ScheduleKind::Cosine { min_lr: float("--min-lr", self.min_lr, false)?.unwrap_or(0.0) }
-            }
-            Some(ScheduleKind::Step) => train::ScheduleKind::Step {
-                every_epochs: self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?,
-                gamma: float("--gamma", self.gamma, true)?.unwrap_or(optim::STEP_GAMMA as f32),
-            },
+            Some(ScheduleKind::Cosine) => train::ScheduleKind::Cosine { min_lr },
+            Some(ScheduleKind::Step) => train::ScheduleKind::Step { every_epochs, gamma },
             Some(ScheduleKind::Onecycle) => train::ScheduleKind::OneCycle,
         };
         let warmup_epochs = self.warmup_epochs.map(|w| count("--warmup-epochs", w, 0)).transpose()?;
@@ -467,8 +466,8 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// Whether the flags ask for a convolutional model (`--recipe strong` trains those for
-    /// fewer epochs).
+    /// Whether the flags ask for LeNet-5 or a layer list: `--recipe strong` trains those for
+    /// the epochs of a convolutional model (a layer list is taken for one, whatever it holds).
     fn convolutional(&self) -> bool {
         self.layers.is_some() || self.model == Some(ModelKind::Lenet)
     }
@@ -589,6 +588,8 @@ mod tests {
             (&["--optimizer", "sgd", "--momentum", "-1"], "--momentum must be a finite number of at least 0, got -1"),
             (&["--weight-decay", "nan"], "--weight-decay must be a finite number of at least 0, got NaN"),
             (&["--threads", "0"], "--threads must be at least 1, got 0"),
+            (&["--schedule", "cosine", "--gamma", "-5"], "--gamma must be a finite number above 0, got -5"),
+            (&["--schedule", "step", "--min-lr", "-1"], "--min-lr must be a finite number of at least 0, got -1"),
         ] {
             assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
         }

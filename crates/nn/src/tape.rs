@@ -152,10 +152,12 @@ impl Tape {
         Self::default()
     }
 
-    /// An empty tape for inference: ops compute their values as on any tape, but nothing is
-    /// kept for a backward pass, so a model's [`forward`](crate::Model::forward) on it costs
-    /// what a forward pass costs. Cleared and reused from batch to batch, it allocates nothing
-    /// once warm. [`Model::logits_with`](crate::Model::logits_with) runs models on one.
+    /// An empty tape for inference: ops compute their values as on any tape, but no gradient
+    /// buffers are made and what only a backward pass reads (a convolution's unfolded patches,
+    /// pooling's maxima) goes to one scratch shared by every op, so a model's
+    /// [`forward`](crate::Model::forward) on it costs about what a forward pass costs. A
+    /// backward pass on it is refused. Cleared and reused from batch to batch, it allocates
+    /// nothing once warm. [`Model::logits_with`](crate::Model::logits_with) runs models on one.
     ///
     /// ```
     /// use ndarray::array;

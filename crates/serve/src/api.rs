@@ -122,7 +122,7 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
     };
     let (body, held) = match read_body(&parts.headers, body, &app.limits, &app.bodies).await {
         Ok(read) => read,
-        Err(failure) => return failure.into_response(),
+        Err(refused) => return refused,
     };
     let input = if image { Input::Image(body) } else { Input::Json(body) };
     let answer = match app.workers.submit(input, held) {
@@ -155,49 +155,68 @@ async fn read_body(
     mut body: Body,
     limits: &Limits,
     bodies: &Arc<Semaphore>,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Failure> {
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
     let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than the {} bytes accepted", limits.body_bytes),
-        )
+        let message = format!("the body is larger than the {} bytes accepted", limits.body_bytes);
+        error(StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
     };
     let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limits.body_bytes as u64) {
         return Err(too_large());
     }
+    // The budget counts the buffer's capacity, which is what the body costs: `take` holds
+    // `more` bytes of it, or says there are not that many left.
+    let mut held = None::<OwnedSemaphorePermit>;
+    let mut take = |more: usize| {
+        let share = u32::try_from(more).expect("within the body limit");
+        let Ok(more) = Arc::clone(bodies).try_acquire_many_owned(share) else { return false };
+        match held.as_mut() {
+            Some(held) => held.merge(more),
+            None => held = Some(more),
+        }
+        true
+    };
+    let busy = || {
+        let message = format!(
+            "the server is busy: the bodies it holds would exceed {} bytes; retry in a second",
+            limits.bodies_bytes
+        );
+        ([(header::RETRY_AFTER, "1")], error(StatusCode::SERVICE_UNAVAILABLE, message)).into_response()
+    };
     // What the client announces is only believed up to a small first allocation: a client
     // that announces much and sends little costs what it sends.
     let first = announced.map_or(0, |n| n as usize).min(FIRST_ALLOCATION);
     let read = async {
-        let (mut bytes, mut held) = (Vec::with_capacity(first), None::<OwnedSemaphorePermit>);
+        if !take(first) {
+            return Err(busy());
+        }
+        let mut bytes = Vec::with_capacity(first);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| bad_request(format!("the body could not be read: {e}")))?;
+            let frame = frame.map_err(|e| bad_request(format!("the body could not be read: {e}")).into_response())?;
             if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > limits.body_bytes {
+                let needed = bytes.len() + data.len();
+                if needed > limits.body_bytes {
                     return Err(too_large());
                 }
-                let share = u32::try_from(data.len()).expect("a frame within the body limit");
-                let Ok(more) = Arc::clone(bodies).try_acquire_many_owned(share) else {
-                    let busy = format!(
-                        "the server is busy: the bodies it holds would exceed {} bytes; retry in a second",
-                        limits.bodies_bytes
-                    );
-                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, busy));
-                };
-                match held.as_mut() {
-                    Some(held) => held.merge(more),
-                    None => held = Some(more),
+                if needed > bytes.capacity() {
+                    // Doubling, as a Vec grows, but within the body limit and the budget.
+                    let grown = needed.max(2 * bytes.capacity()).min(limits.body_bytes);
+                    if !take(grown - bytes.capacity()) {
+                        return Err(busy());
+                    }
+                    bytes.reserve_exact(grown - bytes.len());
                 }
                 bytes.extend_from_slice(&data);
             }
         }
-        Ok((Bytes::from(bytes), held))
+        Ok(Bytes::from(bytes))
     };
     match tokio::time::timeout(limits.body_timeout, read).await {
-        Ok(read) => read,
+        Ok(Ok(bytes)) => Ok((bytes, held)),
+        Ok(Err(refused)) => Err(refused),
         Err(_) => {
-            Err(error(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {:?}", limits.body_timeout)))
+            let message = format!("the body did not arrive within {:?}", limits.body_timeout);
+            Err(error(StatusCode::REQUEST_TIMEOUT, message).into_response())
         }
     }
 }

@@ -255,7 +255,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    accept_failed(e).await?;
+                    accept_failed(e, &open).await?;
                     continue;
                 }
             },
@@ -264,16 +264,19 @@ pub async fn serve(
         // A slot for it: when all are taken, the connection idle longest is asked to close;
         // when every one has a request under way, this one waits for the first to end (and
         // further clients wait in the kernel's queue, unread).
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                open.close_idlest();
-                tokio::select! {
-                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-                    () = &mut shutdown => break,
-                }
+        let slot = loop {
+            if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                break Some(slot);
+            }
+            // Asked again every few milliseconds: a connection busy now may be idle soon.
+            open.close_idlest();
+            tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => break Some(slot.expect("the semaphore is never closed")),
+                () = tokio::time::sleep(EVICTION_RETRY) => {}
+                () = &mut shutdown => break None,
             }
         };
+        let Some(slot) = slot else { break };
         let registration = open.register();
         let (started, finished) = (Arc::clone(&registration.tracked), Arc::clone(&registration.tracked));
         let service = app
@@ -316,15 +319,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often a new client waiting for a slot asks again for the idlest connection to close.
+const EVICTION_RETRY: Duration = Duration::from_millis(20);
+
 /// What to do when `accept` fails: a connection that failed before it was accepted is
-/// skipped; anything else (out of file descriptors, say) is waited out for a moment, as it may
-/// pass when connections close. Only an error that cannot pass is returned.
-async fn accept_failed(e: std::io::Error) -> std::io::Result<()> {
+/// skipped; anything else (out of file descriptors, say) makes the idlest connection close and
+/// is waited out for a moment, as it may pass when connections close. Only an error that
+/// cannot pass is returned.
+async fn accept_failed(e: std::io::Error, open: &connections::Open) -> std::io::Result<()> {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, InvalidInput};
     match e.kind() {
         ConnectionAborted | ConnectionRefused | ConnectionReset => Ok(()),
         InvalidInput => Err(e),
         _ => {
+            open.close_idlest();
             tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(())
         }

@@ -82,17 +82,20 @@ impl Workers {
     }
 
     /// Queues `input`; the answer comes on the receiver. Refused when the queue is full, or
-    /// when what already waits or runs would keep the workers busy for more than half the
-    /// request timeout, at the recent time per prediction: most of what is taken on is
-    /// answered within its deadline, and what cannot be is told so at once.
+    /// when every worker is busy and what already waits or runs would keep them busy for more
+    /// than half the request timeout, at the recent time per prediction: most of what is
+    /// taken on is answered within its deadline, and what cannot be is told so at once.
     pub(crate) fn submit(
         &self,
         input: Input,
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<oneshot::Receiver<Answer>, Busy> {
+        // With a worker free, a job is always taken: nothing waits ahead of it, and only jobs
+        // that run keep the time per prediction up to date (one costly job must not lock
+        // every later one out).
         let waiting = self.load.waiting.load(Ordering::Relaxed) as u64;
         let wait = (waiting + 1) * self.load.job_micros.load(Ordering::Relaxed) / self.workers as u64;
-        if wait > self.budget_micros {
+        if waiting >= self.workers as u64 && wait > self.budget_micros {
             return Err(Busy::Slow(wait as f64 / 1e6));
         }
         let (answer, receiver) = oneshot::channel();

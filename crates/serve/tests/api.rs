@@ -261,3 +261,34 @@ fn a_model_that_does_not_take_28x28_images_is_refused() {
     let err = serve::App::new(model, None, Limits::default()).unwrap_err();
     assert_eq!(err.to_string(), "the model takes 100 values per image, but the page and the API send 28x28 = 784");
 }
+
+#[test]
+fn a_client_waiting_for_busy_connections_gets_one_as_soon_as_they_are_idle() {
+    let base = start(Limits { connections: 2, header_timeout: Duration::from_secs(4), ..Limits::default() });
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Two keep-alive connections, busy for a while (32 MiB of pixels each), then idle.
+    let costly = testkit::hostile::png_large(2048, 1 << 20);
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                costly.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&costly).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    let started = Instant::now();
+    let mut third = TcpStream::connect(&addr).unwrap();
+    write!(third, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "answered after {took:?}, not when a connection went idle");
+    drop(busy);
+}

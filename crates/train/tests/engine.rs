@@ -13,7 +13,7 @@ fn synthetic(spec: Synthetic) -> Mnist {
     Mnist::load(dir.path()).unwrap()
 }
 
-fn mlp_for(data: &Dataset, hidden: &[usize], seed: u64) -> Sequential {
+fn mlp_model_for(data: &Dataset, hidden: &[usize], seed: u64) -> Sequential {
     Sequential::mlp(
         &MlpConfig::with_hidden(data.image_len(), hidden, data.classes(), false),
         &mut train::init_rng(seed),
@@ -29,7 +29,7 @@ fn a_set_of_another_shape_and_class_count_is_learned() {
     let spec = Synthetic { rows: 12, cols: 12, classes: 4, train: 400, test: 100, seed: 1 };
     let set = synthetic(spec);
     assert_eq!((set.train.image_len(), set.train.classes()), (144, 4));
-    let mut trainer = Trainer::new(mlp_for(&set.train, &[16], 0), Settings::default()).unwrap();
+    let mut trainer = Trainer::new(mlp_model_for(&set.train, &[16], 0), Settings::default()).unwrap();
     trainer.fit(&set.train, 5, &mut ()).unwrap();
     let model = trainer.into_model();
     assert_eq!(model.classes(), 4);
@@ -98,7 +98,7 @@ fn runs_repeat_bit_for_bit_and_resume_exactly() {
         let run = || {
             on_threads(threads, || {
                 let mut rec = Recorder::default();
-                let mut trainer = Trainer::new(mlp_for(&set.train, &[24, 12], 2), settings()).unwrap();
+                let mut trainer = Trainer::new(mlp_model_for(&set.train, &[24, 12], 2), settings()).unwrap();
                 trainer.fit(&set.train, 3, &mut rec).unwrap();
                 rec
             })
@@ -141,7 +141,7 @@ fn thread_counts_round_differently_but_both_learn() {
         .map(|t| {
             on_threads(t, || {
                 let settings = Settings { batch_size: 16, ..Settings::default() };
-                let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 3), settings).unwrap();
+                let mut trainer = Trainer::new(mlp_model_for(&set.train, &[24], 3), settings).unwrap();
                 trainer.fit(&set.train, 2, &mut ()).unwrap();
                 // Guessing gets a tenth right.
                 assert!(trainer.history()[1].train_accuracy > 0.5, "{:?}", trainer.history());
@@ -169,7 +169,7 @@ fn early_stopping_keeps_the_best_epochs_weights() {
         ..settings()
     };
     let mut rec = Recorder::default();
-    let mut trainer = Trainer::new(mlp_for(&set.train, &[64], 5), settings).unwrap();
+    let mut trainer = Trainer::new(mlp_model_for(&set.train, &[64], 5), settings).unwrap();
     trainer.fit(&set.train, 30, &mut rec).unwrap();
     let done = trainer.epochs_done();
     let best = trainer.best_epoch().unwrap();
@@ -189,7 +189,7 @@ fn a_diverging_run_stops_with_its_epoch_and_step() {
         optimizer: OptimizerConfig::Adam(AdamConfig { lr: 1e6, ..AdamConfig::default() }),
         ..Settings::default()
     };
-    let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 0), settings).unwrap();
+    let mut trainer = Trainer::new(mlp_model_for(&set.train, &[24], 0), settings).unwrap();
     let err = trainer.fit(&set.train, 2, &mut ()).unwrap_err();
     assert!(matches!(err, TrainError::Diverged { epoch: 1, .. }), "{err}");
     let message = err.to_string();
@@ -203,7 +203,7 @@ fn a_diverging_run_stops_with_its_epoch_and_step() {
 fn an_observers_error_stops_the_run() {
     let set = synthetic(Synthetic::default());
     let mut rec = Recorder { fail_at: Some(2), ..Recorder::default() };
-    let mut trainer = Trainer::new(mlp_for(&set.train, &[8], 0), Settings::default()).unwrap();
+    let mut trainer = Trainer::new(mlp_model_for(&set.train, &[8], 0), Settings::default()).unwrap();
     let err = trainer.fit(&set.train, 5, &mut rec).unwrap_err();
     assert_eq!(err.to_string(), "the disk is full");
     assert_eq!(trainer.epochs_done(), 2);
@@ -220,14 +220,14 @@ fn bad_runs_are_refused_before_training() {
     );
 
     let tiny = Settings { val_split: 0.0001, ..Settings::default() };
-    let err = Trainer::new(mlp_for(&set.train, &[4], 0), tiny).unwrap().fit(&set.train, 1, &mut ()).unwrap_err();
+    let err = Trainer::new(mlp_model_for(&set.train, &[4], 0), tiny).unwrap().fit(&set.train, 1, &mut ()).unwrap_err();
     assert_eq!(err.to_string(), "a validation split of 0.0001 leaves 600 training and 0 validation samples of 600");
 
     let no_val = Settings { early_stop: Some(2), ..Settings::default() };
-    let err = Trainer::new(mlp_for(&set.train, &[4], 0), no_val).err().unwrap();
+    let err = Trainer::new(mlp_model_for(&set.train, &[4], 0), no_val).err().unwrap();
     assert_eq!(err.to_string(), "early stopping needs a validation split");
 
-    let mut trainer = Trainer::new(mlp_for(&set.train, &[4], 0), Settings::default()).unwrap();
+    let mut trainer = Trainer::new(mlp_model_for(&set.train, &[4], 0), Settings::default()).unwrap();
     trainer.fit(&set.train, 1, &mut ()).unwrap();
     let err = trainer.fit(&set.train, 1, &mut ()).unwrap_err();
     assert_eq!(err.to_string(), "the run has 1 epochs done already; ask for more than that to train on");
@@ -237,7 +237,7 @@ fn bad_runs_are_refused_before_training() {
 fn a_schedule_and_smoothing_are_saved_and_change_the_run() {
     let set = synthetic(Synthetic::default());
     let run = |settings: Settings| {
-        let mut trainer = Trainer::new(mlp_for(&set.train, &[24], 2), settings).unwrap();
+        let mut trainer = Trainer::new(mlp_model_for(&set.train, &[24], 2), settings).unwrap();
         trainer.fit(&set.train, 2, &mut ()).unwrap();
         trainer.state()
     };
