@@ -37,7 +37,7 @@ fn label_smoothing_matches_pytorch() {
 
 #[test]
 fn learning_rate_schedules_match_pytorch() {
-    use optim::{LrSchedule, Schedule};
+    use optim::{LrCurve, LrSchedule};
     let Some(json) = recipe() else { return };
     let cases = json["schedules"].as_object().unwrap();
     assert_eq!(cases.len(), 6, "every reference schedule is exercised");
@@ -45,18 +45,18 @@ fn learning_rate_schedules_match_pytorch() {
         let steps = case["steps"].as_u64().unwrap();
         let schedule = match name.as_str() {
             "step_size3_gamma0.5" => {
-                LrSchedule { schedule: Schedule::Step { step_size: 3, gamma: 0.5 }, ..LrSchedule::default() }
+                LrSchedule { curve: LrCurve::Step { step_size: 3, gamma: 0.5 }, ..LrSchedule::default() }
             }
             "cosine_tmax10" => {
-                LrSchedule { schedule: Schedule::Cosine { t_max: 10, eta_min: 0.0 }, ..LrSchedule::default() }
+                LrSchedule { curve: LrCurve::Cosine { t_max: 10, eta_min: 0.0 }, ..LrSchedule::default() }
             }
             "cosine_tmax10_etamin0.01" => {
-                LrSchedule { schedule: Schedule::Cosine { t_max: 10, eta_min: 0.01 }, ..LrSchedule::default() }
+                LrSchedule { curve: LrCurve::Cosine { t_max: 10, eta_min: 0.01 }, ..LrSchedule::default() }
             }
             "onecycle_max0.1_total20" => LrSchedule::one_cycle(0.1, steps),
             "onecycle_max0.1_total20_linear_pct0.25" => {
                 let mut s = LrSchedule::one_cycle(0.1, steps);
-                if let Schedule::OneCycle { pct_start, linear, .. } = &mut s.schedule {
+                if let LrCurve::OneCycle { pct_start, linear, .. } = &mut s.curve {
                     (*pct_start, *linear) = (0.25, true);
                 }
                 s
@@ -64,7 +64,7 @@ fn learning_rate_schedules_match_pytorch() {
             "linear_warmup5_then_cosine" => LrSchedule {
                 warmup_steps: 5,
                 warmup_start: 0.1,
-                schedule: Schedule::Cosine { t_max: steps - 5, eta_min: 0.0 },
+                curve: LrCurve::Cosine { t_max: steps - 5, eta_min: 0.0 },
             },
             other => panic!("no schedule for reference case {other}"),
         };

@@ -19,7 +19,7 @@ mod state;
 
 pub use adam::{Adam, AdamConfig};
 pub use error::OptimError;
-pub use schedule::{LrSchedule, STEP_GAMMA, Schedule, ScheduleParseError, WARMUP_START};
+pub use schedule::{LrCurve, LrSchedule, STEP_GAMMA, ScheduleParseError, WARMUP_START};
 pub use sgd::{Sgd, SgdConfig};
 
 use nn::{Grads, Params, StateDict};

@@ -11,9 +11,9 @@ pub const STEP_GAMMA: f64 = 0.1;
 /// `LinearLR`'s default start factor: a warm-up starts from a third of the learning rate.
 pub const WARMUP_START: f64 = 1.0 / 3.0;
 
-/// The shape of a schedule after its warm-up.
+/// The learning rate's curve after the warm-up, step by step: one of PyTorch's schedulers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Schedule {
+pub enum LrCurve {
     /// The optimizer's own learning rate throughout.
     Constant,
     /// `StepLR(step_size, gamma)`: multiplied by `gamma` every `step_size` steps.
@@ -57,14 +57,14 @@ pub struct LrSchedule {
     pub warmup_steps: u64,
     /// The factor the warm-up starts from.
     pub warmup_start: f64,
-    /// The schedule after the warm-up, its steps counted from the warm-up's end.
-    pub schedule: Schedule,
+    /// The curve after the warm-up, its steps counted from the warm-up's end.
+    pub curve: LrCurve,
 }
 
 impl Default for LrSchedule {
     /// A constant learning rate.
     fn default() -> Self {
-        Self { warmup_steps: 0, warmup_start: 1.0, schedule: Schedule::Constant }
+        Self { warmup_steps: 0, warmup_start: 1.0, curve: LrCurve::Constant }
     }
 }
 
@@ -73,7 +73,7 @@ impl LrSchedule {
     /// `max_lr / 25` to `max_lr / 25 / 1e4`.
     pub fn one_cycle(max_lr: f64, total_steps: u64) -> Self {
         Self {
-            schedule: Schedule::OneCycle {
+            curve: LrCurve::OneCycle {
                 max_lr,
                 total_steps,
                 pct_start: 0.3,
@@ -87,14 +87,14 @@ impl LrSchedule {
 
     /// Whether the learning rate never changes.
     pub fn is_constant(&self) -> bool {
-        self.warmup_steps == 0 && self.schedule == Schedule::Constant
+        self.warmup_steps == 0 && self.curve == LrCurve::Constant
     }
 
     /// The learning rate of optimizer step `step` (0-based) for a base learning rate `lr`.
     ///
     /// ```
-    /// use optim::{LrSchedule, Schedule};
-    /// let cosine = LrSchedule { schedule: Schedule::Cosine { t_max: 10, eta_min: 0.0 }, ..LrSchedule::default() };
+    /// use optim::{LrSchedule, LrCurve};
+    /// let cosine = LrSchedule { curve: LrCurve::Cosine { t_max: 10, eta_min: 0.0 }, ..LrSchedule::default() };
     /// assert_eq!(cosine.lr(0.1, 0), 0.1);
     /// assert!((cosine.lr(0.1, 5) - 0.05).abs() < 1e-7);
     /// ```
@@ -105,15 +105,15 @@ impl LrSchedule {
             return (base * (self.warmup_start + (1.0 - self.warmup_start) * t)) as f32;
         }
         let t = step - self.warmup_steps;
-        let value = match self.schedule {
-            Schedule::Constant => base,
-            Schedule::Step { step_size, gamma } => base * gamma.powi((t / step_size.max(1)) as i32),
-            Schedule::Cosine { t_max, eta_min } => {
+        let value = match self.curve {
+            LrCurve::Constant => base,
+            LrCurve::Step { step_size, gamma } => base * gamma.powi((t / step_size.max(1)) as i32),
+            LrCurve::Cosine { t_max, eta_min } => {
                 // As PyTorch's closed form: past t_max the cosine goes on, back up.
                 let progress = t as f64 / t_max.max(1) as f64;
                 eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * progress).cos()) / 2.0
             }
-            Schedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, linear } => {
+            LrCurve::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, linear } => {
                 let initial = max_lr / div_factor;
                 let min = initial / final_div_factor;
                 let up_end = pct_start * total_steps as f64 - 1.0;
@@ -144,11 +144,11 @@ impl fmt::Display for LrSchedule {
         if self.warmup_steps > 0 {
             write!(f, "warmup({},{:?})+", self.warmup_steps, self.warmup_start)?;
         }
-        match self.schedule {
-            Schedule::Constant => f.write_str("constant"),
-            Schedule::Step { step_size, gamma } => write!(f, "step({step_size},{gamma:?})"),
-            Schedule::Cosine { t_max, eta_min } => write!(f, "cosine({t_max},{eta_min:?})"),
-            Schedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, linear } => write!(
+        match self.curve {
+            LrCurve::Constant => f.write_str("constant"),
+            LrCurve::Step { step_size, gamma } => write!(f, "step({step_size},{gamma:?})"),
+            LrCurve::Cosine { t_max, eta_min } => write!(f, "cosine({t_max},{eta_min:?})"),
+            LrCurve::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, linear } => write!(
                 f,
                 "onecycle({max_lr:?},{total_steps},{pct_start:?},{div_factor:?},{final_div_factor:?},{})",
                 if linear { "linear" } else { "cos" }
@@ -186,14 +186,14 @@ impl FromStr for LrSchedule {
             let a = args(w, "warmup").filter(|a| a.len() == 2).ok_or_else(bad)?;
             (out.warmup_steps, out.warmup_start) = (count(&a[0])?, num(&a[1])?);
         }
-        out.schedule = if rest == "constant" {
-            Schedule::Constant
+        out.curve = if rest == "constant" {
+            LrCurve::Constant
         } else if let Some(a) = args(rest, "step").filter(|a| a.len() == 2) {
-            Schedule::Step { step_size: count(&a[0])?, gamma: num(&a[1])? }
+            LrCurve::Step { step_size: count(&a[0])?, gamma: num(&a[1])? }
         } else if let Some(a) = args(rest, "cosine").filter(|a| a.len() == 2) {
-            Schedule::Cosine { t_max: count(&a[0])?, eta_min: num(&a[1])? }
+            LrCurve::Cosine { t_max: count(&a[0])?, eta_min: num(&a[1])? }
         } else if let Some(a) = args(rest, "onecycle").filter(|a| a.len() == 6) {
-            Schedule::OneCycle {
+            LrCurve::OneCycle {
                 max_lr: num(&a[0])?,
                 total_steps: count(&a[1])?,
                 pct_start: num(&a[2])?,
@@ -220,8 +220,8 @@ mod tests {
     fn text_forms_round_trip() {
         for s in [
             LrSchedule::default(),
-            LrSchedule { schedule: Schedule::Step { step_size: 3, gamma: 0.5 }, ..LrSchedule::default() },
-            LrSchedule { warmup_steps: 5, warmup_start: 0.1, schedule: Schedule::Cosine { t_max: 15, eta_min: 0.001 } },
+            LrSchedule { curve: LrCurve::Step { step_size: 3, gamma: 0.5 }, ..LrSchedule::default() },
+            LrSchedule { warmup_steps: 5, warmup_start: 0.1, curve: LrCurve::Cosine { t_max: 15, eta_min: 0.001 } },
             LrSchedule::one_cycle(0.1, 20),
         ] {
             assert_eq!(s.to_string().parse::<LrSchedule>().unwrap(), s, "{s}");

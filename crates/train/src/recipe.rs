@@ -2,7 +2,7 @@
 //! learning-rate schedule and the number of epochs it implies. Schedules are described in
 //! epochs, as a person says them, and turned into optimizer steps once the data is known.
 
-use optim::{AdamConfig, LrSchedule, OptimizerConfig, STEP_GAMMA, Schedule, WARMUP_START};
+use optim::{AdamConfig, LrCurve, LrSchedule, OptimizerConfig, STEP_GAMMA, WARMUP_START};
 
 use crate::{DEFAULT_EPOCHS, Settings};
 
@@ -63,16 +63,16 @@ impl EpochSchedule {
     pub fn in_steps(&self, epochs: usize, steps: u64, lr: f32) -> LrSchedule {
         let warmup_steps = self.warmup_epochs as u64 * steps;
         let after = (epochs as u64 * steps).saturating_sub(warmup_steps).max(1);
-        let schedule = match self.kind {
-            ScheduleKind::Constant => Schedule::Constant,
-            ScheduleKind::Cosine { min_lr } => Schedule::Cosine { t_max: after, eta_min: f64::from(min_lr) },
-            ScheduleKind::Step { every_epochs, gamma } => Schedule::Step {
+        let curve = match self.kind {
+            ScheduleKind::Constant => LrCurve::Constant,
+            ScheduleKind::Cosine { min_lr } => LrCurve::Cosine { t_max: after, eta_min: f64::from(min_lr) },
+            ScheduleKind::Step { every_epochs, gamma } => LrCurve::Step {
                 step_size: every_epochs.unwrap_or(epochs.div_ceil(3)).max(1) as u64 * steps,
                 gamma: f64::from(gamma),
             },
-            ScheduleKind::OneCycle => LrSchedule::one_cycle(f64::from(lr), after).schedule,
+            ScheduleKind::OneCycle => LrSchedule::one_cycle(f64::from(lr), after).curve,
         };
-        LrSchedule { warmup_steps, warmup_start: WARMUP_START, schedule }
+        LrSchedule { warmup_steps, warmup_start: WARMUP_START, curve }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use data::{Dataset, Mnist};
 use nn::{MlpConfig, Model, Sequential};
-use optim::{AdamConfig, LrSchedule, OptimizerConfig, Schedule};
+use optim::{AdamConfig, LrCurve, LrSchedule, OptimizerConfig};
 use testkit::Synthetic;
 use train::{EpochRecord, Observer, ObserverError, Settings, TrainError, Trainer, TrainingState};
 
@@ -79,7 +79,7 @@ impl Observer<Sequential> for Recorder {
 /// schedule stepped per optimizer step, label smoothing and augmentation.
 fn settings() -> Settings {
     let schedule =
-        LrSchedule { warmup_steps: 10, warmup_start: 0.1, schedule: Schedule::Cosine { t_max: 40, eta_min: 1e-5 } };
+        LrSchedule { warmup_steps: 10, warmup_start: 0.1, curve: LrCurve::Cosine { t_max: 40, eta_min: 1e-5 } };
     Settings {
         batch_size: 32,
         val_split: 0.2,
