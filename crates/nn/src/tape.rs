@@ -230,7 +230,23 @@ impl Tape {
 
     /// [`Tape::linear`] for data that is mostly zeros, such as pixels: the product and the
     /// weight gradient only touch the weights of `x`'s nonzero entries. The same sums as
-    /// [`Tape::linear`], without the terms that are exactly zero.
+    /// [`Tape::linear`], without the terms that are exactly zero. It is the fast path of a
+    /// model's first layer (MNIST's pixels are 81% zeros); [`Linear::forward`](crate::Linear)
+    /// takes it when its `sparse_input` is set.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use rand::SeedableRng;
+    /// let mut params = nn::Params::new();
+    /// let fc = nn::Linear::new(&mut params, "fc1", 4, 3, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    /// let x = array![[0.0f32, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.25]];
+    /// let mut tape = nn::Tape::new();
+    /// let input = tape.input(x.view());
+    /// let (dense, sparse) =
+    ///     (tape.linear(&params, input, fc.weight, fc.bias), tape.sparse_linear(&params, input, fc.weight, fc.bias));
+    /// let gap = (&tape.value(dense) - &tape.value(sparse)).mapv(f32::abs).sum();
+    /// assert!(gap < 1e-6, "the same sums, in another order");
+    /// ```
     ///
     /// # Panics
     /// As [`Tape::linear`]; also if `x` is not a [`Tape::input`] (no gradient flows into data)
