@@ -3,7 +3,9 @@
 //! never make the parser allocate far beyond what the input can hold), and the training step,
 //! which allocates nothing once warm.
 //!
-//! The allocator counts for the whole process, so the tests in this binary take turns.
+//! The allocator counts bytes for the whole process, so the tests in this binary take turns;
+//! calls to it are counted per thread as well, since proptest draws its cases (allocating)
+//! outside the turns.
 
 mod checkpoint;
 mod idx;
@@ -11,6 +13,7 @@ mod image;
 mod training_step;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,15 +21,22 @@ struct Counting;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// Calls to `alloc` and `realloc`.
-static CALLS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Calls to `alloc` and `realloc` on this thread. A `const` cell: no allocation, no
+    /// destructor, so the allocator may touch it at any time.
+    static CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_call() {
+    let _ = CALLS.try_with(|calls| calls.set(calls.get() + 1));
+}
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
         let p = unsafe { System.alloc(layout) };
-        CALLS.fetch_add(1, Ordering::SeqCst);
+        count_call();
         if !p.is_null() {
             let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
             PEAK.fetch_max(now, Ordering::SeqCst);
@@ -43,7 +53,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's pointer, layout and size.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
-        CALLS.fetch_add(1, Ordering::SeqCst);
+        count_call();
         if !p.is_null() {
             let now = CURRENT.fetch_add(new_size, Ordering::SeqCst) + new_size;
             PEAK.fetch_max(now, Ordering::SeqCst);
@@ -70,9 +80,9 @@ pub(crate) fn peak_allocation<T>(f: impl FnOnce() -> T) -> (usize, T) {
     (PEAK.load(Ordering::SeqCst) - base, result)
 }
 
-/// Calls to the allocator so far.
+/// Calls to the allocator so far on this thread.
 pub(crate) fn allocation_calls() -> usize {
-    CALLS.load(Ordering::SeqCst)
+    CALLS.with(Cell::get)
 }
 
 /// Flips the bits `flips` (taken modulo the input's length in bits), then keeps at most `cut`
