@@ -3,9 +3,6 @@
 //! them through `MNIST_DIR` and `TORCH_REFERENCE_DIR` (see `testkit`), and on CI a missing data
 //! set fails them.
 
-// They read the server's memory from /proc.
-#[cfg(target_os = "linux")]
-mod attacks;
 mod browser;
 mod cli;
 mod conv_reference;

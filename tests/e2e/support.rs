@@ -107,6 +107,7 @@ pub(crate) struct Serving {
     /// `http://127.0.0.1:<port>`.
     pub(crate) url: String,
     /// The connections it accepts at once, as it says when it starts.
+    #[allow(dead_code, reason = "the attack tests include this file and use it")]
     pub(crate) connections: usize,
 }
 
@@ -130,10 +131,12 @@ impl Serving {
     }
 
     /// `host:port`.
+    #[allow(dead_code, reason = "the attack tests include this file and use it")]
     pub(crate) fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
     }
 
+    #[allow(dead_code, reason = "the attack tests include this file and use it")]
     /// A line of the server's `/proc/<pid>/status`, in MiB (Linux only; `VmHWM` is the peak of
     /// resident memory so far, `VmRSS` the current).
     pub(crate) fn memory_mib(&self, field: &str) -> f64 {
@@ -152,6 +155,7 @@ impl Drop for Serving {
 
 /// The open files this process may have, after raising its soft limit to the hard one.
 #[cfg(unix)]
+#[allow(dead_code, reason = "the attack tests include this file and use it")]
 pub(crate) fn raise_open_files_limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given, which lives on this stack.

@@ -2,6 +2,14 @@
 //! loopback: slow bodies from more clients than there are places, decompression bombs with
 //! the server's memory read from `/proc`, hundreds of expensive requests abandoned at once,
 //! and Ctrl-C while a client refuses to read. Each attack is bounded in clients and time.
+//!
+//! A test binary of its own, and one attack at a time: the bounds are on time, so no other
+//! test may share the two cores meanwhile (cargo runs test binaries one after another).
+#![cfg(target_os = "linux")]
+
+#[allow(dead_code, reason = "the end-to-end tests' helpers; these use a few")]
+#[path = "../e2e/support.rs"]
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +18,12 @@ use std::time::{Duration, Instant};
 use testkit::hostile;
 
 use crate::support::{Serving, trained};
+
+/// Held by each attack for its whole run.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Sends a prediction on a fresh connection and reads the answer: its status and how long
 /// it took.
@@ -52,6 +66,7 @@ const PER_REQUEST_MIB: f64 = 2.0 + 2.0 * 32.0 + 4.0;
 
 #[test]
 fn slow_bodies_from_more_clients_than_places_delay_nothing() {
+    let _turn = one_at_a_time();
     let server = Serving::start(&trained().model);
     // More than the 256 predictions in flight, each announcing 100 kB and sending a byte.
     let mut slow: Vec<TcpStream> = (0..300)
@@ -80,6 +95,7 @@ fn slow_bodies_from_more_clients_than_places_delay_nothing() {
 
 #[test]
 fn more_slow_header_senders_than_connections_delay_nothing() {
+    let _turn = one_at_a_time();
     let own_limit = crate::support::raise_open_files_limit();
     let server = Serving::start(&trained().model);
     // More than the server's connections (1,024, or fewer where the system allows fewer open
@@ -110,6 +126,7 @@ fn more_slow_header_senders_than_connections_delay_nothing() {
 
 #[test]
 fn decompression_bombs_cost_the_server_a_bounded_amount_of_memory() {
+    let _turn = one_at_a_time();
     let server = Serving::start(&trained().model);
     for _ in 0..20 {
         assert_eq!(predict(&server, "application/json", &good_pixels()).0, 200);
@@ -166,6 +183,7 @@ fn decompression_bombs_cost_the_server_a_bounded_amount_of_memory() {
 
 #[test]
 fn a_body_sent_a_byte_at_a_time_costs_what_it_sends() {
+    let _turn = one_at_a_time();
     let server = Serving::start(&trained().model);
     for _ in 0..20 {
         assert_eq!(predict(&server, "application/json", &good_pixels()).0, 200);
@@ -195,6 +213,7 @@ fn a_body_sent_a_byte_at_a_time_costs_what_it_sends() {
 
 #[test]
 fn hundreds_of_abandoned_expensive_requests_do_not_delay_the_next_good_one() {
+    let _turn = one_at_a_time();
     let server = Serving::start(&trained().model);
     // 32 KB each, 32 MiB of pixels to decode: sent whole, then the client is gone.
     let expensive = hostile::png_large(2048, 1 << 20);
@@ -215,6 +234,7 @@ fn hundreds_of_abandoned_expensive_requests_do_not_delay_the_next_good_one() {
 
 #[test]
 fn ctrl_c_stops_the_server_in_bounded_time_while_a_client_refuses_to_read() {
+    let _turn = one_at_a_time();
     let mut server = Serving::start(&trained().model);
     // Four large answers (256 images each) asked for, none read.
     let client = TcpStream::connect(server.addr()).unwrap();
