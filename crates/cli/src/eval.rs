@@ -27,9 +27,8 @@ pub(crate) fn print_test_results(out: &mut (dyn Write + Send), eval: &Evaluation
 
 /// Evaluates on every test image; returns the results and the seconds it took.
 pub(crate) fn evaluate_test<M: nn::Model>(model: &M, test: &data::Dataset) -> (Evaluation, f64) {
-    let all: Vec<usize> = (0..test.len()).collect();
     let started = std::time::Instant::now();
-    let eval = train::evaluate(model, test, &all);
+    let eval = train::evaluate_all(model, test);
     (eval, started.elapsed().as_secs_f64())
 }
 

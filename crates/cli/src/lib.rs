@@ -18,7 +18,7 @@ use anyhow::Result;
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-pub use args::{Architecture, NewRun, Start, TrainConfig, UsageError};
+pub use args::{NewRun, Start, TrainConfig, UsageError};
 
 /// The program: parses the process's arguments, runs the command, prints any error on one line
 /// as `error: …` and returns the exit status (0 success, 1 failure, 2 usage).
@@ -54,6 +54,31 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send
             eprintln!("error: {e:#}");
             if e.is::<UsageError>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
+    }
+}
+
+/// The run `mnist train ARGS` describes, validated as the program validates it, or the one-line
+/// error it would print. `args` are those after `train`.
+///
+/// ```
+/// let config = cli::parse_train(["--epochs", "3", "--model", "lenet"]).unwrap();
+/// assert_eq!(config.epochs, 3);
+/// let err = cli::parse_train(["--batch-size", "0"]).unwrap_err();
+/// assert_eq!(err.to_string(), "--batch-size must be at least 1, got 0");
+/// ```
+///
+/// # Errors
+/// A command line that does not parse or does not make sense.
+pub fn parse_train<T: Into<OsString>>(args: impl IntoIterator<Item = T>) -> Result<TrainConfig, UsageError> {
+    let args: Vec<OsString> =
+        ["mnist", "train"].map(OsString::from).into_iter().chain(args.into_iter().map(Into::into)).collect();
+    let cli = args::Cli::try_parse_from(&args).map_err(|e| match e.kind() {
+        ErrorKind::ArgumentConflict => UsageError(conflict(&e, &args)),
+        kind => UsageError(kind.to_string()),
+    })?;
+    match cli.command {
+        args::Command::Train(a) => TrainConfig::try_from(*a),
+        _ => unreachable!("the command is train"),
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use nn::{Model, Sequential, SequentialConfig};
-use train::{EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
+use nn::{Model, Sequential};
+use train::{Architecture, EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
 
 use crate::UsageError;
-use crate::args::{Architecture, Start, TrainConfig};
+use crate::args::{Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
 use crate::files::{load_mnist, write_output};
 use crate::plots;
@@ -59,11 +59,12 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?
         }
         (None, Start::New(run)) => {
-            let config = architecture(&run.architecture, &mnist.train)?;
-            check_memory(&config, &run.settings, cfg.threads, flag(&run.architecture))?;
+            let chosen_by = flag(&run.architecture);
+            let config =
+                run.architecture.config_for(&mnist.train).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
+            run.settings.check_memory(&config, cfg.threads).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
             let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
-            train::check_fits(&model, &mnist.train)
-                .map_err(|e| UsageError(format!("{}: {e}", flag(&run.architecture))))?;
+            train::check_fits(&model, &mnist.train).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
             let mut settings = run.settings.clone();
             let steps = settings.steps_per_epoch(mnist.train.len());
             settings.schedule = run.schedule.in_steps(cfg.epochs, steps, settings.optimizer.lr());
@@ -139,42 +140,6 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     Ok(())
 }
 
-/// The layers of a new run's model, for the data's image shape and classes.
-pub(crate) fn architecture(architecture: &Architecture, data: &data::Dataset) -> Result<SequentialConfig, UsageError> {
-    let input = [1, data.rows(), data.cols()];
-    let parsed = match architecture {
-        Architecture::Mlp { hidden, output_relu } => return Ok(train::mlp_for(data, hidden, *output_relu)),
-        Architecture::Lenet => SequentialConfig::lenet(input, data.classes()),
-        Architecture::Layers(text) => SequentialConfig::parse(text, input),
-    };
-    parsed.map_err(|e| UsageError(format!("{}: {e}", flag(architecture))))
-}
-
-/// Refuses a model whose training would take more memory than the machine has available, before
-/// anything is allocated (the allocator would abort the process instead, mid-way).
-fn check_memory(config: &nn::SequentialConfig, settings: &train::Settings, threads: usize, flag: &str) -> Result<()> {
-    let parameters = config.parameter_count()?;
-    let needed = settings.memory_estimate(parameters, config.activations_per_sample()?, threads);
-    match available_memory() {
-        Some(available) if needed > available => Err(UsageError(format!(
-            "{flag}: the model has {parameters} parameters and training it needs about {:.1} GB, more than the {:.1} \
-             GB of memory available",
-            needed as f64 / 1e9,
-            available as f64 / 1e9
-        ))
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-/// The memory the OS says is available for new work, where it says (`MemAvailable` on Linux).
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// The flag that chose the model.
 fn flag(architecture: &Architecture) -> &'static str {
     match architecture {
@@ -227,8 +192,7 @@ impl Observer<Sequential> for Progress<'_> {
     fn epoch_done(&mut self, trainer: &Trainer<Sequential>, record: &EpochRecord) -> Result<(), ObserverError> {
         self.bar.finish_and_clear();
         if let Some(test) = self.test {
-            let all: Vec<usize> = (0..test.len()).collect();
-            self.test_accuracy.push(train::evaluate(trainer.model(), test, &all).accuracy());
+            self.test_accuracy.push(train::evaluate_all(trainer.model(), test).accuracy());
         }
         if !self.cfg.quiet {
             writeln!(self.out, "{}", epoch_line(record, self.cfg.epochs))?;

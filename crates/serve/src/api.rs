@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data::digit::SIDE;
 use http_body_util::BodyExt;
-use nn::{Model, Sequential, Tape};
+use nn::Tape;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::workers::Busy;
+use crate::workers::{Busy, Classify};
 use crate::{App, Limits};
 
 /// Every error's body.
@@ -231,7 +231,12 @@ pub(crate) enum Input {
 }
 
 /// Decodes `input` and classifies it with `model`: the response, or why not.
-pub(crate) fn answer(model: &Sequential, tape: &mut Tape, limits: &Limits, input: Input) -> Result<Response, Failure> {
+pub(crate) fn answer(
+    model: &dyn Classify,
+    tape: &mut Tape,
+    limits: &Limits,
+    input: Input,
+) -> Result<Response, Failure> {
     let side = SIDE * SIDE;
     let (images, batch) = match input {
         Input::Image(bytes) => {

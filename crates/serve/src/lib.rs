@@ -56,7 +56,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use nn::{Model, Sequential};
+use nn::Model;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
@@ -122,6 +122,44 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// These limits with [`Self::connections`] kept below the files this process may open, after
+    /// raising its soft limit of open files to the hard one (many systems start programs at
+    /// 1,024, below what a server of 1,024 connections needs). Without room to spare, accepting
+    /// would fail before the server could make way for new clients. A process-wide change: for
+    /// a program that serves, not for a library that happens to.
+    #[must_use]
+    pub fn within_open_files(self) -> Self {
+        match open_files_limit() {
+            Some(files) => Self { connections: self.connections.min(files.saturating_sub(64).max(1)), ..self },
+            None => self,
+        }
+    }
+}
+
+/// The open files this process may have, after raising its soft limit to the hard one.
+#[cfg(unix)]
+fn open_files_limit() -> Option<usize> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given; a refusal leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+#[cfg(not(unix))]
+fn open_files_limit() -> Option<usize> {
+    None
+}
+
 /// Why a model cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -158,7 +196,7 @@ impl App {
     ///
     /// # Panics
     /// The system cannot start a thread.
-    pub fn new(model: Sequential, test_accuracy: Option<f64>, limits: Limits) -> Result<Self, AppError> {
+    pub fn new<M: Model + 'static>(model: M, test_accuracy: Option<f64>, limits: Limits) -> Result<Self, AppError> {
         let side = data::digit::SIDE;
         if model.input_width() != side * side {
             return Err(AppError::NotAnImageModel { inputs: model.input_width(), side, pixels: side * side });
@@ -170,7 +208,7 @@ impl App {
             classes: model.classes(),
             test_accuracy,
         };
-        let model = Arc::new(model);
+        let model: Arc<dyn workers::Classify> = Arc::new(model);
         let workers = workers::Workers::start(&model, limits);
         let bodies = Arc::new(Semaphore::new(limits.bodies_bytes.min(Semaphore::MAX_PERMITS)));
         Ok(Self { facts: Arc::new(facts), limits, workers, bodies })

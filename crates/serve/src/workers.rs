@@ -10,11 +10,24 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use nn::{Sequential, Tape};
+use ndarray::{Array2, ArrayView2};
+use nn::{Model, Tape};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::Limits;
 use crate::api::{self, Failure, Input};
+
+/// What the workers need of a model: its classification of a batch, on a tape of theirs. Any
+/// [`Model`] is one, so that the server holds models of every type behind one pointer.
+pub(crate) trait Classify: Send + Sync {
+    fn classify_with(&self, x: ArrayView2<f32>, tape: &mut Tape) -> (Vec<usize>, Array2<f32>);
+}
+
+impl<M: Model> Classify for M {
+    fn classify_with(&self, x: ArrayView2<f32>, tape: &mut Tape) -> (Vec<usize>, Array2<f32>) {
+        Model::classify_with(self, x, tape)
+    }
+}
 
 /// What a worker sends back.
 pub(crate) type Answer = Result<Response, Failure>;
@@ -67,14 +80,14 @@ impl Workers {
     ///
     /// # Panics
     /// The system cannot start a thread.
-    pub(crate) fn start(model: &Arc<Sequential>, limits: Limits) -> Self {
+    pub(crate) fn start(model: &Arc<dyn Classify>, limits: Limits) -> Self {
         let (queue, jobs) = mpsc::sync_channel(limits.queue.max(1));
         let (jobs, load, workers) = (Arc::new(Mutex::new(jobs)), Arc::new(Load::default()), limits.workers.max(1));
         for i in 0..workers {
             let (model, jobs, load) = (Arc::clone(model), Arc::clone(&jobs), Arc::clone(&load));
             std::thread::Builder::new()
                 .name(format!("serve-worker-{i}"))
-                .spawn(move || work(&model, &limits, &jobs, &load))
+                .spawn(move || work(model.as_ref(), &limits, &jobs, &load))
                 .expect("the system can start a thread");
         }
         let budget_micros = u64::try_from(limits.timeout.as_micros() / 2).unwrap_or(u64::MAX);
@@ -112,7 +125,7 @@ impl Workers {
 
 /// One worker: takes jobs in turn until the queue is gone, with a tape of its own that its
 /// predictions reuse.
-fn work(model: &Sequential, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load: &Load) {
+fn work(model: &dyn Classify, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load: &Load) {
     let mut tape = Tape::for_inference();
     loop {
         // The lock is held only to take a job, not to run it.

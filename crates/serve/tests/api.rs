@@ -254,6 +254,75 @@ fn beyond_the_connection_limit_busy_connections_are_waited_for() {
     drop(busy);
 }
 
+/// A model of a type of its own, outside `nn`: a linear map of the pixels `y`, then `y + relu(y)`.
+#[derive(Debug, Clone)]
+struct Skip {
+    params: nn::Params,
+    fc: nn::Linear,
+}
+
+impl nn::Model for Skip {
+    fn params(&self) -> &nn::Params {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut nn::Params {
+        &mut self.params
+    }
+    fn input_width(&self) -> usize {
+        self.fc.in_features
+    }
+    fn classes(&self) -> usize {
+        self.fc.out_features
+    }
+    fn describe(&self) -> String {
+        "skip linear".into()
+    }
+    fn forward(&self, tape: &mut nn::Tape, x: nn::Var) -> nn::Var {
+        let y = self.fc.forward(tape, &self.params, x);
+        let r = tape.relu(y);
+        tape.add(y, r)
+    }
+    fn state_dict(&self) -> nn::StateDict {
+        self.params.state_dict()
+    }
+    fn from_state_dict(state: &nn::StateDict) -> Result<Self, nn::NnError> {
+        let missing = || nn::NnError::MissingParam { name: "fc.weight".into() };
+        let &[classes, inputs] = state.get("fc.weight").ok_or_else(missing)?.shape() else { return Err(missing()) };
+        let mut model = Skip::new(inputs, classes, 0);
+        model.params.load_state_dict(state)?;
+        Ok(model)
+    }
+}
+
+impl Skip {
+    fn new(inputs: usize, classes: usize, seed: u64) -> Self {
+        let mut params = nn::Params::new();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+        let fc = nn::Linear::new(&mut params, "fc", inputs, classes, &mut rng);
+        Self { params, fc }
+    }
+}
+
+#[test]
+fn a_model_of_ones_own_is_served() {
+    // Served as loaded from its file, as `mnist serve --model` would.
+    let saved = nn::Model::state_dict(&Skip::new(784, 10, 3)).to_safetensors();
+    let model: Skip = nn::Model::from_state_dict(&nn::StateDict::from_safetensors(&saved).unwrap()).unwrap();
+    let pixels: Vec<f32> = (0..784).map(|i| (i % 29) as f32 / 28.0).collect();
+    let x = ndarray::Array2::from_shape_vec((1, 784), pixels.clone()).unwrap();
+    let (classes, probabilities) = nn::Model::classify(&model, x.view());
+    let (base, _running) =
+        support::start_app(serve::App::new(model, None, Limits::default()).unwrap(), Limits::default());
+
+    let facts: ModelFacts = serde_json::from_str(&get(&base, "/api/model").2).unwrap();
+    assert_eq!((facts.architecture.as_str(), facts.parameters), ("skip linear", 7850));
+    let (status, body) =
+        post(&base, "application/json", serde_json::json!({ "pixels": pixels }).to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let p: Prediction = serde_json::from_str(&body).unwrap();
+    assert_eq!((p.class, p.probabilities), (classes[0], probabilities.row(0).to_vec()));
+}
+
 #[test]
 fn a_model_that_does_not_take_28x28_images_is_refused() {
     let config = nn::SequentialConfig::parse("flatten,linear(10)", [1, 1, 100]).unwrap();

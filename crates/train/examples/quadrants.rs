@@ -22,6 +22,5 @@ fn main() {
     for r in trainer.history() {
         println!("epoch {}: loss {:.4}, accuracy {:.1}%", r.epoch, r.train_loss, 100.0 * r.train_accuracy);
     }
-    let all: Vec<usize> = (0..data.len()).collect();
-    println!("accuracy: {:.1}%", 100.0 * train::evaluate(&trainer.into_model(), &data, &all).accuracy());
+    println!("accuracy: {:.1}%", 100.0 * train::evaluate_all(&trainer.into_model(), &data).accuracy());
 }

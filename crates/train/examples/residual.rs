@@ -124,8 +124,7 @@ fn run() -> Outcome {
     let model = trainer.into_model();
 
     let test = strokes(2);
-    let all: Vec<usize> = (0..test.len()).collect();
-    let evaluation = train::evaluate(&model, &test, &all);
+    let evaluation = train::evaluate_all(&model, &test);
 
     // Saved as safetensors with PyTorch's names (fc1.weight, ...), and loaded back.
     let bytes = model.state_dict().to_safetensors();

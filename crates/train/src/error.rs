@@ -67,4 +67,17 @@ pub enum TrainError {
     /// The observer stopped the run with an error of its own.
     #[error(transparent)]
     Observer(ObserverError),
+    /// Training the model would take more memory than the system has available.
+    #[error(
+        "the model has {parameters} parameters and training it needs about {:.1} GB, more than the {:.1} GB of memory available",
+        *needed as f64 / 1e9, *available as f64 / 1e9
+    )]
+    OutOfMemory {
+        /// The model's parameters.
+        parameters: usize,
+        /// Bytes training would take, by [`crate::Settings::memory_estimate`].
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
 }

@@ -44,6 +44,16 @@ pub fn check_fits<M: Model>(model: &M, data: &Dataset) -> Result<(), TrainError>
     Ok(())
 }
 
+/// Evaluates `model` on every sample of `data`, as [`evaluate`] does.
+///
+/// # Panics
+/// If the model does not fit the data ([`check_fits`]).
+#[track_caller]
+pub fn evaluate_all<M: Model>(model: &M, data: &Dataset) -> Evaluation {
+    let all: Vec<usize> = (0..data.len()).collect();
+    evaluate(model, data, &all)
+}
+
 /// Evaluates `model` on the samples `indices` of `data`, in that order: its forward pass on a
 /// tape made for inference. The indices are cut into batches of 1,000 (the notebook's test
 /// batch, which changes the speed, not the results); each thread of

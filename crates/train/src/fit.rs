@@ -130,8 +130,7 @@ impl<M: Model> Observer<M> for () {}
 /// let mut trainer = Trainer::new(mlp, settings).unwrap();
 /// trainer.fit(&data, 20, &mut ()).unwrap();
 /// let model = trainer.into_model();
-/// let all: Vec<usize> = (0..data.len()).collect();
-/// assert_eq!(train::evaluate(&model, &data, &all).accuracy(), 1.0);
+/// assert_eq!(train::evaluate_all(&model, &data).accuracy(), 1.0);
 /// ```
 pub struct Trainer<M: Model> {
     model: M,

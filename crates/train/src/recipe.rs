@@ -149,6 +149,58 @@ impl Plan {
     }
 }
 
+/// A model by name, shaped for a data set once it is known: the notebook's MLP (or another
+/// MLP), LeNet-5, or a list of layers as [`nn::SequentialConfig::parse`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    /// An MLP of these hidden widths.
+    Mlp {
+        /// Hidden widths.
+        hidden: Vec<usize>,
+        /// ReLU on the logits too, as the notebook does.
+        output_relu: bool,
+    },
+    /// LeNet-5.
+    Lenet,
+    /// A list of layers, e.g. `conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)`.
+    Layers(String),
+}
+
+impl Architecture {
+    /// The notebook's MLP: the default.
+    pub fn notebook() -> Self {
+        Self::Mlp { hidden: nn::MlpConfig::NOTEBOOK_HIDDEN.to_vec(), output_relu: false }
+    }
+
+    /// Whether [`Recipe::plan`] should take the model for a convolutional one: LeNet-5 and any
+    /// layer list, whatever it holds.
+    pub fn is_convolutional(&self) -> bool {
+        !matches!(self, Self::Mlp { .. })
+    }
+
+    /// The layers for `data`'s images (one channel of rows x cols) and classes.
+    ///
+    /// ```
+    /// let data = data::Dataset::new(vec![0; 2 * 28 * 28], vec![0, 2], 28, 28, 3);
+    /// let config = train::Architecture::Lenet.config_for(&data).unwrap();
+    /// assert!(config.to_string().ends_with("linear(84),relu,linear(3)"));
+    /// let mlp = train::Architecture::Mlp { hidden: vec![16], output_relu: false };
+    /// assert_eq!(mlp.config_for(&data).unwrap().to_string(), "flatten,linear(16),relu,linear(3)");
+    /// ```
+    ///
+    /// # Errors
+    /// A layer list that does not parse or does not fit the images, or an output that is not
+    /// one value per class.
+    pub fn config_for(&self, data: &data::Dataset) -> Result<nn::SequentialConfig, nn::NnError> {
+        let input = [1, data.rows(), data.cols()];
+        match self {
+            Self::Mlp { hidden, output_relu } => Ok(mlp_for(data, hidden, *output_relu)),
+            Self::Lenet => nn::SequentialConfig::lenet(input, data.classes()),
+            Self::Layers(text) => nn::SequentialConfig::parse(text, input),
+        }
+    }
+}
+
 /// An MLP shaped for `data`: its images (one channel of rows x cols, flattened) into `hidden`
 /// layers and one output per class.
 pub fn mlp_for(data: &data::Dataset, hidden: &[usize], output_relu: bool) -> nn::SequentialConfig {

@@ -128,6 +128,22 @@ impl Settings {
         floats.saturating_mul(4)
     }
 
+    /// Refuses to train `model` on `threads` threads when [`Self::memory_estimate`] is more
+    /// than the memory the system says is available for new work (`MemAvailable` on Linux;
+    /// elsewhere nothing is refused). Called before anything is allocated: the allocator would
+    /// abort the process instead, mid-way.
+    ///
+    /// # Errors
+    /// [`TrainError::OutOfMemory`], or a model too large to count.
+    pub fn check_memory(&self, model: &nn::SequentialConfig, threads: usize) -> Result<(), TrainError> {
+        let parameters = model.parameter_count()?;
+        let needed = self.memory_estimate(parameters, model.activations_per_sample()?, threads);
+        match available_memory() {
+            Some(available) if needed > available => Err(TrainError::OutOfMemory { parameters, needed, available }),
+            _ => Ok(()),
+        }
+    }
+
     /// Optimizer steps per epoch over `samples` samples, after the validation split.
     pub fn steps_per_epoch(&self, samples: usize) -> u64 {
         let train = samples - data::validation_count(samples, self.val_split);
@@ -201,4 +217,34 @@ fn parse_augment(text: &str) -> Option<data::Augment> {
         }
     }
     Some(augment)
+}
+
+/// The memory the system says is available for new work, where it says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_model_larger_than_memory_is_refused_before_anything_is_allocated() {
+        let small = nn::SequentialConfig::parse("flatten,linear(10)", [1, 28, 28]).unwrap();
+        assert!(Settings::default().check_memory(&small, 2).is_ok());
+        // 784 x 200,000 + 200,000^2 parameters: hundreds of GB with Adam's state.
+        let huge =
+            nn::SequentialConfig::parse("flatten,linear(200000),linear(200000),linear(10)", [1, 28, 28]).unwrap();
+        match Settings::default().check_memory(&huge, 2) {
+            Err(TrainError::OutOfMemory { parameters, needed, available }) => {
+                assert_eq!(parameters, 784 * 200_000 + 200_000 + 200_000 * 200_000 + 200_000 + 200_000 * 10 + 10);
+                assert!(needed > available, "{needed} <= {available}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -37,7 +37,11 @@ impl Running {
 
 /// A server as [`start`] makes, and a handle to stop it.
 pub fn start_stoppable(limits: Limits) -> (String, Running) {
-    let app = App::new(model(), Some(0.5), limits).unwrap();
+    start_app(App::new(model(), Some(0.5), limits).unwrap(), limits)
+}
+
+/// A server of `app` on 127.0.0.1 with an OS-chosen port, and a handle to stop it.
+pub fn start_app(app: App, limits: Limits) -> (String, Running) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
