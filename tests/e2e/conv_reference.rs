@@ -43,7 +43,7 @@ fn conv2d_outputs_and_gradients_match_pytorch() {
         let bias = case.get("bias").map(|b| Array1::from(floats(b)));
         let mut cols = Vec::new();
         let mut y = Array2::zeros((n, shape.out_len()));
-        let mut tmp = Vec::new();
+        let mut tmp = tensor::ConvScratch::default();
         tensor::conv2d(x.view(), w.view(), bias.as_ref().map(|b| b.view()), &shape, &mut cols, &mut tmp, y.view_mut());
         assert_close(&format!("{name} y"), y.as_slice().unwrap(), &floats(&case["y"]));
 

@@ -151,30 +151,37 @@ pub(crate) struct TrainArgs {
     /// Worker threads; each takes an equal part of every batch [default: all cores].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) threads: Option<i64>,
-    /// Save the trained model as safetensors, loadable by PyTorch's load_state_dict.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) save: Option<PathBuf>,
-    /// After every epoch, save the whole training state (model, optimizer, progress) here, for
-    /// --resume.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) checkpoint: Option<PathBuf>,
     /// Continue the run saved by --checkpoint at PATH, with its settings, up to --epochs; the
     /// result is the same as if the run had never stopped. Flags that define a run (--lr,
     /// --hidden, --seed, ...) cannot be given with it.
     #[arg(long, value_name = "PATH", conflicts_with = "run")]
     pub(crate) resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) outputs: Outputs,
+}
+
+/// Where `train` writes, and how much it says.
+#[derive(Debug, Clone, Args)]
+pub struct Outputs {
+    /// Save the trained model as safetensors, loadable by PyTorch's load_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+    /// After every epoch, save the whole training state (model, optimizer, progress) here, for
+    /// --resume.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
     /// Write a CSV row per epoch: loss, accuracy, validation loss and accuracy, seconds.
     #[arg(long, value_name = "PATH")]
-    pub(crate) metrics_csv: Option<PathBuf>,
+    pub metrics_csv: Option<PathBuf>,
     /// Write a JSON summary of the run for scripts: test accuracy and loss, times, every epoch.
     #[arg(long, value_name = "PATH")]
-    pub(crate) summary_json: Option<PathBuf>,
+    pub summary_json: Option<PathBuf>,
     /// Write SVG plots: loss and accuracy curves, confusion matrix, misclassified digits.
     #[arg(long, value_name = "DIR")]
-    pub(crate) plots: Option<PathBuf>,
+    pub plots: Option<PathBuf>,
     /// Print only the test accuracy.
     #[arg(long, short)]
-    pub(crate) quiet: bool,
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -288,18 +295,8 @@ pub struct TrainConfig {
     pub start: Start,
     /// Worker threads.
     pub threads: usize,
-    /// Where to save the model.
-    pub save: Option<PathBuf>,
-    /// Where to save the training state after every epoch.
-    pub checkpoint: Option<PathBuf>,
-    /// Where to write per-epoch metrics.
-    pub metrics_csv: Option<PathBuf>,
-    /// Where to write the JSON summary.
-    pub summary_json: Option<PathBuf>,
-    /// Where to write plots.
-    pub plots: Option<PathBuf>,
-    /// Print only the test accuracy.
-    pub quiet: bool,
+    /// Where to write, and how much to say.
+    pub outputs: Outputs,
 }
 
 fn usage(message: String) -> UsageError {
@@ -503,17 +500,6 @@ impl TryFrom<TrainArgs> for TrainConfig {
                 Start::New(Box::new(run))
             }
         };
-        Ok(Self {
-            data_dir: a.data.data_dir,
-            epochs,
-            start,
-            threads: threads(a.threads)?,
-            save: a.save,
-            checkpoint: a.checkpoint,
-            metrics_csv: a.metrics_csv,
-            summary_json: a.summary_json,
-            plots: a.plots,
-            quiet: a.quiet,
-        })
+        Ok(Self { data_dir: a.data.data_dir, epochs, start, threads: threads(a.threads)?, outputs: a.outputs })
     }
 }

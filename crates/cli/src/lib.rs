@@ -18,7 +18,7 @@ use anyhow::Result;
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-pub use args::{NewRun, Start, TrainConfig, UsageError};
+pub use args::{NewRun, Outputs, Start, TrainConfig, UsageError};
 
 /// The program: parses the process's arguments, runs the command, prints any error on one line
 /// as `error: …` and returns the exit status (0 success, 1 failure, 2 usage).

@@ -23,13 +23,17 @@ use crate::plots;
 /// Unreadable data or checkpoint, an output that cannot be written (checked before training),
 /// or a run that diverged; in every case nothing is saved from the failed run.
 pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()> {
-    let outputs = [("--save", &cfg.save), ("--checkpoint", &cfg.checkpoint), ("--metrics-csv", &cfg.metrics_csv)];
-    for (flag, path) in outputs.into_iter().chain([("--summary-json", &cfg.summary_json)]) {
+    let outputs = [
+        ("--save", &cfg.outputs.save),
+        ("--checkpoint", &cfg.outputs.checkpoint),
+        ("--metrics-csv", &cfg.outputs.metrics_csv),
+    ];
+    for (flag, path) in outputs.into_iter().chain([("--summary-json", &cfg.outputs.summary_json)]) {
         if let Some(path) = path {
             atomic_file::check_writable(path).map_err(|e| anyhow!("{flag} {e}"))?;
         }
     }
-    if let Some(dir) = &cfg.plots {
+    if let Some(dir) = &cfg.outputs.plots {
         plots::prepare_dir(dir)?;
     }
     let resumed = match &cfg.start {
@@ -49,7 +53,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
                 );
             }
             train::check_fits(&state.model, &mnist.train).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
-            if state.threads != cfg.threads && !cfg.quiet {
+            if state.threads != cfg.threads && !cfg.outputs.quiet {
                 eprintln!(
                     "note: the run used {} threads and resumes on {}; results will differ in the last bits from a \
                      run that never stopped",
@@ -68,7 +72,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             let mut settings = run.settings.clone();
             let steps = settings.steps_per_epoch(mnist.train.len());
             settings.schedule = run.schedule.in_steps(cfg.epochs, steps, settings.optimizer.lr());
-            if let (Some(expanded), false) = (&run.recipe, cfg.quiet) {
+            if let (Some(expanded), false) = (&run.recipe, cfg.outputs.quiet) {
                 eprintln!("Recipe {expanded}");
             }
             Trainer::new(model, settings)?
@@ -76,7 +80,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         (None, Start::Resume(_)) => unreachable!("read above"),
     }
     .with_threads(cfg.threads);
-    if !cfg.quiet {
+    if !cfg.outputs.quiet {
         let val = data::validation_count(mnist.train.len(), trainer.settings().val_split);
         eprintln!(
             "MNIST loaded in {:.0} ms: training on {} images{}, {} test images; model {}, {} parameters, {} thread{}{}",
@@ -95,7 +99,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         );
     }
 
-    let test_each_epoch = cfg.summary_json.as_ref().map(|_| &mnist.test);
+    let test_each_epoch = cfg.outputs.summary_json.as_ref().map(|_| &mnist.test);
     let mut progress =
         Progress { cfg, out: &mut *out, bar: ProgressBar::hidden(), test: test_each_epoch, test_accuracy: Vec::new() };
     let fitted = trainer.fit(&mnist.train, cfg.epochs, &mut progress);
@@ -109,31 +113,31 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     let model = trainer.into_model();
 
     let (test, eval_seconds) = evaluate_test(&model, &mnist.test);
-    if !cfg.quiet {
+    if !cfg.outputs.quiet {
         eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), eval_seconds * 1e3);
     }
-    print_test_results(out, &test, cfg.quiet)?;
-    if let Some(path) = &cfg.save {
+    print_test_results(out, &test, cfg.outputs.quiet)?;
+    if let Some(path) = &cfg.outputs.save {
         let file = train::model_state_with_facts(&model, &settings, history.len(), Some(&test));
         write_output("--save", path, |w| file.write_safetensors(w))?;
-        if !cfg.quiet {
+        if !cfg.outputs.quiet {
             eprintln!("Saved the model to {}", path.display());
         }
     }
-    if let Some(path) = &cfg.summary_json {
+    if let Some(path) = &cfg.outputs.summary_json {
         let per_epoch = &test_per_epoch;
         write_output("--summary-json", path, |w| {
             write_summary(w, &history, per_epoch, &test, [load_seconds, eval_seconds])
         })?;
     }
-    if let Some(dir) = &cfg.plots {
+    if let Some(dir) = &cfg.outputs.plots {
         plots::training_curves(dir, &history)?;
         plots::confusion_heatmap(dir, &test.confusion)?;
         plots::misclassified(dir, &mnist.test, &test.predictions)?;
         if let Some(augment) = &settings.augment {
             plots::augmented(dir, &mnist.train, augment, settings.seed)?;
         }
-        if !cfg.quiet {
+        if !cfg.outputs.quiet {
             eprintln!("Wrote plots to {}", dir.display());
         }
     }
@@ -175,7 +179,7 @@ struct Progress<'a> {
 
 impl Observer<Sequential> for Progress<'_> {
     fn epoch_started(&mut self, epoch: usize, steps: usize) {
-        self.bar = if self.cfg.quiet || !std::io::stderr().is_terminal() {
+        self.bar = if self.cfg.outputs.quiet || !std::io::stderr().is_terminal() {
             ProgressBar::hidden()
         } else {
             let style = ProgressStyle::with_template("Epoch {prefix} [{bar:40}] {pos}/{len} steps, eta {eta}")
@@ -194,13 +198,13 @@ impl Observer<Sequential> for Progress<'_> {
         if let Some(test) = self.test {
             self.test_accuracy.push(train::evaluate_all(trainer.model(), test).accuracy());
         }
-        if !self.cfg.quiet {
+        if !self.cfg.outputs.quiet {
             writeln!(self.out, "{}", epoch_line(record, self.cfg.epochs))?;
         }
-        if let Some(path) = &self.cfg.metrics_csv {
+        if let Some(path) = &self.cfg.outputs.metrics_csv {
             write_output("--metrics-csv", path, |w| EpochRecord::write_csv(trainer.history(), w))?;
         }
-        if let Some(path) = &self.cfg.checkpoint {
+        if let Some(path) = &self.cfg.outputs.checkpoint {
             let state = trainer.state();
             write_output("--checkpoint", path, |w| state.write_safetensors(w))?;
         }
@@ -208,7 +212,7 @@ impl Observer<Sequential> for Progress<'_> {
     }
 
     fn stopped_early(&mut self, patience: usize, best_epoch: usize) -> Result<(), ObserverError> {
-        if !self.cfg.quiet {
+        if !self.cfg.outputs.quiet {
             writeln!(
                 self.out,
                 "Early stop: no better validation loss for {patience} epochs; keeping epoch {best_epoch}"

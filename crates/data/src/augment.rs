@@ -32,9 +32,14 @@ fn symmetric(rng: &mut dyn RngCore) -> f32 {
     (rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
 }
 
+thread_local! {
+    /// Each thread's buffers for [`Augment::warp`], kept from image to image.
+    static WARPER: std::cell::RefCell<Warper> = std::cell::RefCell::default();
+}
+
 /// The buffers of [`Augment::warp`], reused from image to image.
 #[derive(Debug, Clone, Default)]
-pub struct Warper {
+pub(crate) struct Warper {
     /// The source's pixels inside a border of zeros: a row above, a column to the left, zeros
     /// to the right up to `pitch`, and rows of zeros below ([`SPARE_ROWS`] more than one).
     padded: Vec<u8>,
@@ -175,12 +180,19 @@ impl Augment {
     }
 
     /// Draws a transform from `rng` and writes `image` (`rows x cols` bytes) transformed into
-    /// `out`, as `f32` in `[0, 1]`.
+    /// `out`, as `f32` in `[0, 1]`. Allocates nothing once a thread has warped an image of
+    /// this size.
     ///
     /// # Panics
     /// If the lengths do not fit.
     #[track_caller]
-    pub fn warp(
+    pub fn warp(&self, image: &[u8], rows: usize, cols: usize, rng: &mut dyn RngCore, out: &mut [f32]) {
+        WARPER.with_borrow_mut(|warper| self.warp_with(image, rows, cols, rng, warper, out));
+    }
+
+    /// [`Self::warp`] with the buffers given.
+    #[track_caller]
+    pub(crate) fn warp_with(
         &self,
         image: &[u8],
         rows: usize,
@@ -475,7 +487,7 @@ impl Augment {
         (0..count)
             .map(|_| {
                 let mut out = vec![0.0; rows * cols];
-                self.warp(image, rows, cols, &mut rng, &mut warper, &mut out);
+                self.warp_with(image, rows, cols, &mut rng, &mut warper, &mut out);
                 out
             })
             .collect()
@@ -493,16 +505,17 @@ pub fn fill_rows_augmented(
     indices: &[usize],
     augment: &Augment,
     rng: &mut dyn RngCore,
-    warper: &mut Warper,
     x: &mut [f32],
     labels: &mut Vec<usize>,
 ) {
     let width = data.image_len();
     assert_eq!(x.len(), indices.len() * width, "{} values for {} images of {width}", x.len(), indices.len());
-    for (k, (row, &i)) in x.chunks_exact_mut(width).zip(indices).enumerate() {
-        crate::batch::prefetch_ahead(data, indices, k);
-        augment.warp(data.image(i), data.rows(), data.cols(), rng, warper, row);
-    }
+    WARPER.with_borrow_mut(|warper| {
+        for (k, (row, &i)) in x.chunks_exact_mut(width).zip(indices).enumerate() {
+            crate::batch::prefetch_ahead(data, indices, k);
+            augment.warp_with(data.image(i), data.rows(), data.cols(), rng, warper, row);
+        }
+    });
     fill_labels(data, indices, labels);
 }
 
@@ -522,7 +535,7 @@ mod tests {
     fn no_transform_gives_the_image_back() {
         let none = Augment { rotate: 0.0, shift: 0.0, scale: 0.0 };
         let mut out = vec![0.0; 144];
-        none.warp(&digit(), 12, 12, &mut ChaCha8Rng::seed_from_u64(0), &mut Warper::default(), &mut out);
+        none.warp_with(&digit(), 12, 12, &mut ChaCha8Rng::seed_from_u64(0), &mut Warper::default(), &mut out);
         let want: Vec<f32> = digit().iter().map(|&p| f32::from(p) / 255.0).collect();
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
@@ -535,7 +548,7 @@ mod tests {
         let shift = Augment { rotate: 0.0, shift: 2.0, scale: 0.0 };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut out = vec![0.0; 144];
-        shift.warp(&digit(), 12, 12, &mut rng, &mut Warper::default(), &mut out);
+        shift.warp_with(&digit(), 12, 12, &mut rng, &mut Warper::default(), &mut out);
         let mass: f32 = out.iter().sum();
         let want: f32 = digit().iter().map(|&p| f32::from(p) / 255.0).sum();
         assert!((mass - want).abs() < 1e-3 * want, "a shift within the image keeps the ink: {mass} vs {want}");
@@ -549,8 +562,8 @@ mod tests {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let mut warper = Warper::default();
             let (mut a, mut b) = (vec![0.0; 144], vec![0.0; 144]);
-            aug.warp(&digit(), 12, 12, &mut rng, &mut warper, &mut a);
-            aug.warp(&digit(), 12, 12, &mut rng, &mut warper, &mut b);
+            aug.warp_with(&digit(), 12, 12, &mut rng, &mut warper, &mut a);
+            aug.warp_with(&digit(), 12, 12, &mut rng, &mut warper, &mut b);
             (a, b)
         };
         assert_eq!(run(1), run(1));
@@ -635,7 +648,7 @@ mod tests {
                 .collect();
             let mut rng = ChaCha8Rng::seed_from_u64(draw);
             let mut same = rng.clone();
-            aug.warp(&image, 28, 28, &mut rng, &mut warper, &mut out);
+            aug.warp_with(&image, 28, 28, &mut rng, &mut warper, &mut out);
 
             let angle = (symmetric(&mut same) * aug.rotate).to_radians();
             let (tx, ty) = (symmetric(&mut same) * aug.shift, symmetric(&mut same) * aug.shift);

@@ -18,7 +18,7 @@ mod idx;
 mod mnist;
 mod shuffle;
 
-pub use augment::{Augment, AugmentError, Warper, fill_rows_augmented};
+pub use augment::{Augment, AugmentError, fill_rows_augmented};
 pub use batch::{Batch, Loader, Order, fill_labels, fill_rows, pixel_to_f32, split_indices, validation_count};
 pub use error::DataError;
 pub use idx::{IdxU8, parse_idx_u8, read_idx_u8};

@@ -119,7 +119,7 @@ impl Tape {
                     let (dw, db) = grads.weight_and_bias_mut(params, weight, bias);
                     let w = params.matrix(weight);
                     let dy = ArrayView2::from_shape((node.rows, node.cols), &node.grad).expect("node buffer matches");
-                    tensor::conv2d_backward(w, dy, &shape, &mut node.aux, &mut self.conv_tmp, dw, db, dx);
+                    tensor::conv2d_backward(w, dy, &shape, &mut node.aux, &mut self.conv_scratch, dw, db, dx);
                 }
                 Op::Add { a, b } => {
                     // y = a + b:  da += dy,  db += dy (so twice dy when a and b are one value:

@@ -21,8 +21,9 @@ pub struct Linear {
     pub out_features: usize,
     /// Whether the layer reads data that is mostly zeros (MNIST's pixels are 81% zeros): then
     /// its product and weight gradient only touch the weights of nonzero inputs
-    /// ([`Tape::sparse_linear`]). Only a layer that reads the data itself may set it.
-    pub sparse_input: bool,
+    /// ([`Tape::sparse_linear`]). Set by [`crate::Sequential`] for a first layer that reads
+    /// the data itself; a model of one's own calls [`Tape::sparse_linear`] instead.
+    pub(crate) sparse_input: bool,
 }
 
 impl Linear {

@@ -135,7 +135,7 @@ pub struct Tape {
     pub(crate) len: usize,
     pub(crate) labels: Vec<usize>,
     /// Scratch of convolutions, reused.
-    pub(crate) conv_tmp: Vec<f32>,
+    pub(crate) conv_scratch: tensor::ConvScratch,
     /// Buffers of sparse convolutions, reused.
     pub(crate) sparse_conv: tensor::SparseConvScratch,
     /// Set by [`Tape::for_inference`]: no gradient buffers, and what only the backward pass
@@ -231,8 +231,8 @@ impl Tape {
     /// [`Tape::linear`] for data that is mostly zeros, such as pixels: the product and the
     /// weight gradient only touch the weights of `x`'s nonzero entries. The same sums as
     /// [`Tape::linear`], without the terms that are exactly zero. It is the fast path of a
-    /// model's first layer (MNIST's pixels are 81% zeros); [`Linear::forward`](crate::Linear)
-    /// takes it when its `sparse_input` is set.
+    /// model's first layer (MNIST's pixels are 81% zeros), which [`crate::Sequential`] takes
+    /// for a linear layer that reads the data.
     ///
     /// ```
     /// use ndarray::array;
@@ -327,7 +327,28 @@ impl Tape {
     }
 
     /// [`Tape::conv2d`] for data that is mostly zeros, such as pixels: only the nonzero values
-    /// are visited, forward and for the weight gradient. The same sums in another order.
+    /// are visited, forward and for the weight gradient. The same sums in another order. It is
+    /// the fast path of a model's first convolution, which [`crate::Sequential`] takes for a
+    /// convolution that reads the data.
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// let shape = tensor::Conv2dShape {
+    ///     in_channels: 1, height: 6, width: 6, out_channels: 2, kernel: 3, stride: 1, padding: 1,
+    /// };
+    /// let mut params = nn::Params::new();
+    /// let weights = (0..18).map(|i| (i as f32 - 9.0) / 10.0).collect();
+    /// let w = params.add("conv1.weight", &[2, 1, 3, 3], weights);
+    /// let b = params.add("conv1.bias", &[2], vec![0.1, -0.2]);
+    /// // Two 6x6 images, mostly zeros, as digits are.
+    /// let x = Array2::from_shape_fn((2, 36), |(n, i)| if i % 7 == n { 0.5 } else { 0.0 });
+    /// let mut tape = nn::Tape::new();
+    /// let input = tape.input(x.view());
+    /// let dense = tape.conv2d(&params, input, w, Some(b), shape);
+    /// let sparse = tape.sparse_conv2d(&params, input, w, Some(b), shape);
+    /// let gap = (&tape.value(dense) - &tape.value(sparse)).mapv(f32::abs).sum();
+    /// assert!(gap < 1e-5, "the same sums, in another order");
+    /// ```
     ///
     /// # Panics
     /// As [`Tape::conv2d`]; also if `x` is not a [`Tape::input`] (no gradient flows into data).
@@ -376,7 +397,7 @@ impl Tape {
         } else {
             // The unfolded patches stay in the node for the backward pass, if there is one.
             let cols = if self.inference { &mut self.shared_cols } else { &mut node.aux };
-            tensor::conv2d(x, w, bias, &shape, cols, &mut self.conv_tmp, y_view);
+            tensor::conv2d(x, w, bias, &shape, cols, &mut self.conv_scratch, y_view);
         }
         y
     }

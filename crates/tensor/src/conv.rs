@@ -428,10 +428,17 @@ impl<'a> SplitRun<'a, &'a [f32]> for &'a [f32] {
     }
 }
 
+/// Buffers for [`conv2d`] and [`conv2d_backward`] (their product before it is laid out sample by
+/// sample), reused from call to call: once large enough, nothing is allocated.
+#[derive(Debug, Clone, Default)]
+pub struct ConvScratch {
+    product: Vec<f32>,
+}
+
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
 /// `N x out_len`. The batch's patches are unfolded side by side into `cols` (`patch_len x
 /// N·positions`), so that the whole batch is one matrix product, and left there for
-/// [`conv2d_backward`]; `tmp` is scratch. Both grow as needed.
+/// [`conv2d_backward`]. `cols` grows as needed.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -442,10 +449,10 @@ pub fn conv2d(
     bias: Option<ArrayView1<f32>>,
     shape: &Conv2dShape,
     cols: &mut Vec<f32>,
-    tmp: &mut Vec<f32>,
+    scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    conv2d_at(Simd::get(), x, w, bias, shape, cols, tmp, y);
+    conv2d_at(Simd::get(), x, w, bias, shape, cols, &mut scratch.product, y);
 }
 
 #[track_caller]
@@ -489,7 +496,7 @@ fn conv2d_at(
 /// The gradients of [`conv2d`] given `dy` (`N x out_len`), with `cols` as [`conv2d`] left them
 /// for the same `x`: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
 /// positions of dy`, and, when asked, `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites
-/// `cols`). `tmp` is scratch.
+/// `cols`).
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -500,12 +507,12 @@ pub fn conv2d_backward(
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
     cols: &mut [f32],
-    tmp: &mut Vec<f32>,
+    scratch: &mut ConvScratch,
     dw: (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
     dx: Option<(ArrayViewMut2<f32>, f32)>,
 ) {
-    conv2d_backward_at(Simd::get(), w, dy, shape, cols, tmp, dw, db, dx);
+    conv2d_backward_at(Simd::get(), w, dy, shape, cols, &mut scratch.product, dw, db, dx);
 }
 
 #[track_caller]

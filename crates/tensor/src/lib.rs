@@ -18,7 +18,7 @@ mod sparse;
 mod sparse_conv;
 
 pub use aligned::AlignedVec;
-pub use conv::{Conv2dShape, col2im_add, conv2d, conv2d_backward, im2col};
+pub use conv::{Conv2dShape, ConvScratch, col2im_add, conv2d, conv2d_backward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};

@@ -629,7 +629,7 @@ mod tests {
             for simd in Simd::every() {
                 let mut scratch = SparseConvScratch::default();
                 let (mut dense, mut sparse) = (Array2::zeros(dy.dim()), Array2::zeros(dy.dim()));
-                let (mut cols, mut tmp) = (Vec::new(), Vec::new());
+                let (mut cols, mut tmp) = (Vec::new(), crate::ConvScratch::default());
                 crate::conv2d(x.view(), w.view(), Some(b.view()), &shape, &mut cols, &mut tmp, dense.view_mut());
                 sparse_conv2d_at(simd, x.view(), w.view(), Some(b.view()), &shape, &mut scratch, sparse.view_mut());
                 let want = reference(&x, &w, &b, &dy, &shape);

@@ -86,11 +86,10 @@ pub(crate) enum StepError {
     Optimizer(optim::OptimError),
 }
 
-/// One thread's part of every batch: its tape, labels and dropout generator, reused.
+/// One thread's part of every batch: its tape, labels and random generator, reused.
 struct Shard {
     tape: Tape,
     labels: Vec<usize>,
-    warper: data::Warper,
     rng: ChaCha8Rng,
     loss: f32,
     correct: usize,
@@ -98,14 +97,7 @@ struct Shard {
 
 impl Default for Shard {
     fn default() -> Self {
-        Self {
-            tape: Tape::new(),
-            labels: Vec::new(),
-            warper: data::Warper::default(),
-            rng: ChaCha8Rng::seed_from_u64(0),
-            loss: 0.0,
-            correct: 0,
-        }
+        Self { tape: Tape::new(), labels: Vec::new(), rng: ChaCha8Rng::seed_from_u64(0), loss: 0.0, correct: 0 }
     }
 }
 
@@ -124,9 +116,9 @@ impl Shard {
         self.tape.clear();
         // The pixels go from their stored bytes straight into the tape's input (transformed
         // on the way when augmenting, with draws from this part's generator).
-        let Self { tape, labels, warper, rng, .. } = self;
+        let Self { tape, labels, rng, .. } = self;
         let x = tape.input_with(indices.len(), data.image_len(), |x| match &recipe.augment {
-            Some(augment) => data::fill_rows_augmented(data, indices, augment, rng, warper, x, labels),
+            Some(augment) => data::fill_rows_augmented(data, indices, augment, rng, x, labels),
             None => {
                 data::fill_rows(data, indices, x);
                 data::fill_labels(data, indices, labels);
