@@ -7,7 +7,7 @@ use train::Evaluation;
 
 use crate::args::EvalArgs;
 use crate::files::{load_mnist, load_model};
-use crate::plots;
+use crate::svg;
 
 /// Prints the notebook's `Test Accuracy` line, then (unless quiet) precision, recall and F1 per
 /// class and the confusion matrix.
@@ -35,7 +35,7 @@ pub(crate) fn evaluate_test<M: nn::Model>(model: &M, test: &data::Dataset) -> (E
 /// `eval --model PATH`: the test-set results of a saved model, as at the end of `train`.
 pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     if let Some(dir) = &args.plots {
-        plots::prepare_dir(dir)?;
+        svg::prepare_dir(dir)?;
     }
     let model = load_model(&args.model)?;
     let mnist = load_mnist(&args.data.data_dir)?;
@@ -44,8 +44,7 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), seconds * 1e3);
     print_test_results(out, &eval, false)?;
     if let Some(dir) = &args.plots {
-        plots::confusion_heatmap(dir, &eval.confusion)?;
-        plots::misclassified(dir, &mnist.test, &eval.predictions)?;
+        svg::evaluation(dir, &mnist.test, &eval)?;
     }
     Ok(())
 }

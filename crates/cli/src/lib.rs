@@ -1,13 +1,13 @@
 //! The `mnist` command line: `train`, `eval`, `predict` and `serve`. It parses flags, calls the
-//! libraries (`data`, `nn`, `train`, `metrics`), prints and draws; [`main`] is the whole
+//! libraries (`data`, `nn`, `train`, `plots`, `serve`), prints and writes files; [`main`] is the whole
 //! program, and [`run`] runs a command line in process.
 
 mod args;
 mod eval;
 mod files;
-mod plots;
 mod predict;
 mod serving;
+mod svg;
 mod training;
 
 use std::ffi::OsString;

@@ -15,7 +15,7 @@ use crate::UsageError;
 use crate::args::{Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
 use crate::files::{load_mnist, write_output};
-use crate::plots;
+use crate::svg;
 
 /// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
 ///
@@ -34,7 +34,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         }
     }
     if let Some(dir) = &cfg.outputs.plots {
-        plots::prepare_dir(dir)?;
+        svg::prepare_dir(dir)?;
     }
     let resumed = match &cfg.start {
         Start::Resume(path) => Some((path, read_state(path)?)),
@@ -131,11 +131,12 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         })?;
     }
     if let Some(dir) = &cfg.outputs.plots {
-        plots::training_curves(dir, &history)?;
-        plots::confusion_heatmap(dir, &test.confusion)?;
-        plots::misclassified(dir, &mnist.test, &test.predictions)?;
+        let curves = plots::training_curves(&history).map_err(|e| anyhow!("--plots: {e}"))?;
+        svg::write(dir, "loss.svg", Ok(curves.loss))?;
+        svg::write(dir, "accuracy.svg", Ok(curves.accuracy))?;
+        svg::evaluation(dir, &mnist.test, &test)?;
         if let Some(augment) = &settings.augment {
-            plots::augmented(dir, &mnist.train, augment, settings.seed)?;
+            svg::write(dir, "augmented.svg", plots::augmented(&mnist.train, augment, settings.seed))?;
         }
         if !cfg.outputs.quiet {
             eprintln!("Wrote plots to {}", dir.display());

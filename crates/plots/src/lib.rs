@@ -1,11 +1,18 @@
-//! SVG pictures of a run: loss and accuracy per epoch, the confusion matrix as a heatmap, and
-//! the misclassified test digits. Text is laid out with an embedded font (DejaVu Sans, reduced
-//! to ASCII), so no system font library is needed.
+//! SVG pictures of a training run: loss and accuracy per epoch, the confusion matrix as a
+//! heatmap, misclassified digits, and digits as augmentation transforms them. Each function
+//! returns the SVG document as text, for the caller to write where it likes. Text is laid out
+//! with an embedded font (DejaVu Sans, reduced to ASCII), so no system font library is needed.
+//!
+//! ```
+//! let mut cm = metrics::ConfusionMatrix::new(2);
+//! cm.add(0, 0);
+//! cm.add(1, 0);
+//! let svg = plots::confusion_heatmap(&cm).unwrap();
+//! assert!(svg.starts_with("<svg") && svg.contains("accuracy 50.00%"));
+//! ```
 
-use std::path::Path;
 use std::sync::Once;
 
-use anyhow::{Result, anyhow};
 use data::Dataset;
 use metrics::ConfusionMatrix;
 use plotters::coord::Shift;
@@ -13,6 +20,13 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use train::EpochRecord;
+
+/// What drawing failed on, as the plotting library says it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("drawing failed: {0}")]
+pub struct PlotError(String);
+
+type Result<T> = std::result::Result<T, PlotError>;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 const FAMILY: &str = "sans-serif";
@@ -32,35 +46,21 @@ fn text_style(size: u32, pos: Pos) -> TextStyle<'static> {
     TextStyle::from((FAMILY, size).into_font()).pos(pos)
 }
 
-/// Draws into an SVG string with `draw`, then writes it to `dir/name` atomically.
-fn render(
-    dir: &Path,
-    name: &str,
-    size: (u32, u32),
-    draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
-) -> Result<()> {
+/// Draws an SVG document of `size` pixels with `draw`.
+fn render(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>) -> Result<String> {
     register_font();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{name}: {e}"))?;
+        root.fill(&WHITE).map_err(err)?;
         draw(&root)?;
-        root.present().map_err(|e| anyhow!("{name}: {e}"))?;
+        root.present().map_err(err)?;
     }
-    crate::files::write_output("--plots", &dir.join(name), |w| w.write_all(svg.as_bytes()))
+    Ok(svg)
 }
 
-/// Creates the folder `dir` (and its parents) for the plots, checking that it accepts files.
-///
-/// # Errors
-/// A one-line reason naming the flag and the folder.
-pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow!("--plots {}: cannot create the folder: {e}", dir.display()))?;
-    atomic_file::check_writable(&dir.join("probe")).map_err(|e| anyhow!("--plots {e}"))
-}
-
-fn err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("drawing failed: {e}")
+fn err(e: impl std::fmt::Display) -> PlotError {
+    PlotError(e.to_string())
 }
 
 /// A named, coloured line of `(epoch, value)` points.
@@ -71,13 +71,13 @@ fn epoch_ticks(last: f64) -> usize {
     (last.max(1.0) as usize).min(12)
 }
 
-/// A line chart of one or two named series over epochs, as `dir/name`.
-fn curves(dir: &Path, name: &str, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
+/// A line chart of one or two named series over epochs.
+fn curves(title: &str, y_label: &str, series: &[Series]) -> Result<String> {
     let points = || series.iter().flat_map(|(_, _, p)| p.iter());
     let last_epoch = points().map(|p| p.0).fold(1.0, f64::max);
     let (lo, hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
     let pad = ((hi - lo) * 0.1).max(1e-3);
-    render(dir, name, (800, 500), |root| {
+    render((800, 500), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, 22))
             .margin(15)
@@ -116,8 +116,12 @@ fn curves(dir: &Path, name: &str, title: &str, y_label: &str, series: &[Series])
     })
 }
 
-/// `loss.svg` and `accuracy.svg`: training (and validation) figures per epoch.
-pub(crate) fn training_curves(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+/// The loss and the accuracy per epoch, as two charts: the training figures, and the
+/// validation ones where the run has them.
+///
+/// # Errors
+/// Drawing failed.
+pub fn training_curves(history: &[EpochRecord]) -> Result<Curves> {
     let at = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         history.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
@@ -127,18 +131,32 @@ pub(crate) fn training_curves(dir: &Path, history: &[EpochRecord]) -> Result<()>
         loss.push(("validation", RED, at(|r| r.val_loss)));
         acc.push(("validation", RED, at(|r| r.val_accuracy.map(|a| 100.0 * a))));
     }
-    curves(dir, "loss.svg", "Loss per epoch", "cross-entropy", &loss)?;
-    curves(dir, "accuracy.svg", "Accuracy per epoch", "accuracy (%)", &acc)
+    Ok(Curves {
+        loss: curves("Loss per epoch", "cross-entropy", &loss)?,
+        accuracy: curves("Accuracy per epoch", "accuracy (%)", &acc)?,
+    })
 }
 
-/// `confusion.svg`: the confusion matrix as a heatmap, each row shaded by the share of its
-/// class, with the counts written in.
-pub(crate) fn confusion_heatmap(dir: &Path, cm: &ConfusionMatrix) -> Result<()> {
+/// [`training_curves`]' two charts, as SVG documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Curves {
+    /// The loss per epoch.
+    pub loss: String,
+    /// The accuracy per epoch, in percent.
+    pub accuracy: String,
+}
+
+/// The confusion matrix as a heatmap, each row shaded by the share of its class, with the
+/// counts written in.
+///
+/// # Errors
+/// Drawing failed.
+pub fn confusion_heatmap(cm: &ConfusionMatrix) -> Result<String> {
     let k = cm.classes() as i32;
     let cell = 48;
     let (left, top) = (90, 90);
     let size = ((left + k * cell + 30) as u32, (top + k * cell + 60) as u32);
-    render(dir, "confusion.svg", size, |root| {
+    render(size, |root| {
         let title = format!("Confusion matrix: {} test images, accuracy {:.2}%", cm.total(), 100.0 * cm.accuracy());
         root.draw(&Text::new(title, (left, 16), (FAMILY, 18).into_font())).map_err(err)?;
         let centre = Pos::new(HPos::Center, VPos::Center);
@@ -173,9 +191,12 @@ pub(crate) fn confusion_heatmap(dir: &Path, cm: &ConfusionMatrix) -> Result<()> 
     })
 }
 
-/// `misclassified.svg`: up to 64 test digits the model got wrong, each captioned
-/// `true → predicted`.
-pub(crate) fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -> Result<()> {
+/// Up to 64 digits of `data` that `predictions` (one per image, in order) got wrong, each
+/// captioned `true → predicted`.
+///
+/// # Errors
+/// Drawing failed.
+pub fn misclassified(data: &Dataset, predictions: &[usize]) -> Result<String> {
     let wrong: Vec<usize> = (0..predictions.len()).filter(|&i| predictions[i] != usize::from(data.label(i))).collect();
     let shown = &wrong[..wrong.len().min(MAX_DIGITS)];
     let (cols, scale, caption) = (8, 3, 22);
@@ -183,7 +204,7 @@ pub(crate) fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -
     let (pad, top) = (10, 50);
     let rows = shown.len().div_ceil(cols as usize).max(1) as i32;
     let size = ((cols * (w + pad) + pad) as u32, (top + rows * (h + caption + pad)) as u32);
-    render(dir, "misclassified.svg", size, |root| {
+    render(size, |root| {
         let title = format!(
             "Misclassified test digits, true → predicted: {} of {} ({} of {} images wrong)",
             shown.len(),
@@ -212,15 +233,18 @@ pub(crate) fn misclassified(dir: &Path, data: &Dataset, predictions: &[usize]) -
     })
 }
 
-/// `augmented.svg`: the first training digits as they are, then as `augment` transforms them
-/// (what the model trains on), a row per digit.
-pub(crate) fn augmented(dir: &Path, data: &Dataset, augment: &data::Augment, seed: u64) -> Result<()> {
+/// The first digits of `data` as they are, then as `augment` transforms them with draws from
+/// `seed` (what a model trains on), a row per digit.
+///
+/// # Errors
+/// Drawing failed.
+pub fn augmented(data: &Dataset, augment: &data::Augment, seed: u64) -> Result<String> {
     const DIGITS: usize = 6;
     const VERSIONS: usize = 7;
     let (scale, pad, top) = (3, 10, 40);
     let (w, h) = (data.cols() as i32 * scale, data.rows() as i32 * scale);
     let size = ((pad + (VERSIONS as i32 + 1) * (w + pad)) as u32, (top + DIGITS as i32 * (h + pad)) as u32);
-    render(dir, "augmented.svg", size, |root| {
+    render(size, |root| {
         let title = format!(
             "Training digits, then augmented (rotation ±{}°, shift ±{} px, scale ±{}%)",
             augment.rotate,
