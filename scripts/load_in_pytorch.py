@@ -4,8 +4,8 @@ evaluates it on the test set.
     python3 scripts/load_in_pytorch.py model.safetensors [data/mnist]
 
 Needs torch, numpy and safetensors. The module is rebuilt from the file's metadata: `layers` and
-`input` for any model (conv, maxpool, relu, flatten, linear, dropout; parameters named conv1,
-conv2, ... and fc1, fc2, ...), or `widths` and `output_relu` for an MLP (nn.Linear layers fc1,
+`input` for any model (conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu,
+leakyrelu, flatten, linear, dropout; parameters named conv1, conv2, ... and fc1, fc2, ...), or `widths` and `output_relu` for an MLP (nn.Linear layers fc1,
 fc2, ... with ReLU between them, and after the last too when output_relu is true).
 load_state_dict is strict: every name and shape must match. A training checkpoint's optimizer
 state and best weights (`optimizer.*`, `best.*`) are left out.
@@ -59,8 +59,24 @@ class Sequential(nn.Module):
                 stride = int(args[1]) if len(args) > 1 else kernel
                 step = nn.MaxPool2d(kernel, stride)
                 height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            elif name == "avgpool":
+                kernel = int(args[0])
+                stride = int(args[1]) if len(args) > 1 else kernel
+                step = nn.AvgPool2d(kernel, stride)
+                height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            elif name == "globalavgpool":
+                step = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                flat = channels
             elif name == "relu":
                 step = nn.ReLU()
+            elif name == "tanh":
+                step = nn.Tanh()
+            elif name == "sigmoid":
+                step = nn.Sigmoid()
+            elif name == "gelu":
+                step = nn.GELU(approximate="tanh" if args == ["tanh"] else "none")
+            elif name == "leakyrelu":
+                step = nn.LeakyReLU(float(args[0]) if args else 0.01)
             elif name == "flatten":
                 step = nn.Flatten()
                 flat = channels * height * width

@@ -382,6 +382,14 @@ fn saved_models_load_in_pytorch_with_the_same_accuracy() {
         ("lenet", &["--model", "lenet"][..]),
         ("odd", &["--layers", "conv(3,3,stride=2,bias=false),relu,maxpool(2,1),flatten,dropout(0.3),linear(10)"]),
         ("mlp", &["--hidden", "32", "--output-relu"]),
+        (
+            "activations",
+            &[
+                "--layers",
+                "conv(4,3,pad=1),gelu,avgpool(2),conv(4,3),tanh,maxpool(2),conv(6,1),gelu(tanh),globalavgpool,\
+                 linear(8),leakyrelu(0.2),sigmoid,linear(10)",
+            ],
+        ),
     ] {
         let model = dir.path().join(format!("{name}.ckpt"));
         let mut all = vec!["--epochs", "1", "--checkpoint", arg(&model)];

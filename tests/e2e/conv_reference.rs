@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2};
 use serde_json::Value;
-use tensor::{Conv2dShape, MaxPool2dShape};
+use tensor::{Conv2dShape, Pool2dShape};
 
 use crate::reference::{assert_close, floats};
 
@@ -76,7 +76,7 @@ fn max_pool2d_outputs_and_gradients_match_pytorch() {
     assert_eq!(cases.len(), 4, "every reference case is exercised");
     for (name, case) in cases {
         let n = count(case, "n");
-        let shape = MaxPool2dShape {
+        let shape = Pool2dShape {
             channels: count(case, "channels"),
             height: count(case, "height"),
             width: count(case, "width"),

@@ -15,7 +15,16 @@ fn layer() -> impl Strategy<Value = String> {
             format!("conv({out},{k},stride={s},pad={p}{})", if bias { "" } else { ",bias=false" })
         }),
         (1usize..4, 1usize..3).prop_map(|(k, s)| format!("maxpool({k},{s})")),
+        (1usize..4, 1usize..3).prop_map(|(k, s)| format!("avgpool({k},{s})")),
+        Just("globalavgpool".to_owned()),
         Just("relu".to_owned()),
+        prop_oneof![
+            Just("tanh".to_owned()),
+            Just("sigmoid".to_owned()),
+            Just("gelu".to_owned()),
+            Just("gelu(tanh)".to_owned()),
+            Just("leakyrelu(0.2)".to_owned()),
+        ],
         Just("flatten".to_owned()),
         (1usize..6).prop_map(|out| format!("linear({out})")),
         (0usize..10).prop_map(|p| format!("dropout(0.{p})")),

@@ -3,6 +3,7 @@
 //! them through `MNIST_DIR` and `TORCH_REFERENCE_DIR` (see `testkit`), and on CI a missing data
 //! set fails them.
 
+mod bn_reference;
 mod browser;
 mod cli;
 mod conv_reference;

@@ -97,6 +97,65 @@ impl Tape {
                     }
                     tensor::relu_backward(dy, node.value(), beta, dx);
                 }
+                Op::Activation { x, f } => {
+                    // y = f(x):  dx += dy·f'(x), f' from x or from y.
+                    let input = &mut before[x.index];
+                    let x_value = std::mem::take(&mut input.value);
+                    let (mut dx, beta) = input.grad_to_write();
+                    let dx = dx.as_slice_mut().expect("node buffer");
+                    tensor::activation_backward(
+                        f,
+                        &x_value,
+                        &node.value,
+                        dy.as_slice().expect("node buffer"),
+                        beta,
+                        dx,
+                    );
+                    input.value = x_value;
+                }
+                Op::BatchNorm { x, weight, bias, channels, batch } => {
+                    // y = w·x̂ + b:  dw += Σ dy·x̂,  db += Σ dy (this part's sums). With the
+                    // batch's statistics, x̂ depends on every value of the batch:
+                    // dx = w/σ·(dy - Σdy/M - x̂·Σdy·x̂/M), the sums over the whole batch's M
+                    // values per channel; with fixed statistics, dx = w/σ·dy.
+                    let size = node.rows * node.cols;
+                    let (normalized, per_channel) = node.aux.split_at(size);
+                    let sums = &mut self.norm_sums;
+                    sums.clear();
+                    sums.resize(2 * channels, 0.0);
+                    tensor::batch_norm_backward_sums(dy, normalized, channels, sums);
+                    let (dw, beta_w) = grads.vector_mut(weight);
+                    write_f64(dw, beta_w, &sums[channels..]);
+                    let (db, beta_b) = grads.vector_mut(bias);
+                    write_f64(db, beta_b, &sums[..channels]);
+                    let input = &mut before[x.index];
+                    if input.needs_grad {
+                        if let (true, Some((sync, part))) = (batch, &self.batch) {
+                            sync.all_reduce(*part, sums);
+                        }
+                        let count = if batch { f64::from(per_channel[channels]) } else { 1.0 };
+                        let w = params.vector(weight);
+                        let factors = &mut self.norm_factors;
+                        factors.clear();
+                        factors.extend(w.iter().zip(&per_channel[..channels]).map(|(&w, &s)| w * s));
+                        // Σdy / M, then Σdy·x̂ / M (zeros with fixed statistics).
+                        factors.extend(sums.iter().map(|&s| if batch { (s / count) as f32 } else { 0.0 }));
+                        let (scale, rest) = factors.split_at(channels);
+                        let (shift, slope) = rest.split_at(channels);
+                        let (dx, beta) = input.grad_to_write();
+                        tensor::batch_norm_backward(dy, normalized, scale, shift, slope, beta, dx);
+                    }
+                }
+                Op::AvgPool2d { x, shape } => {
+                    // y = mean over the window:  dx += dy / k² over the window.
+                    let (dx, beta) = before[x.index].grad_to_write();
+                    tensor::avg_pool2d_backward(dy, &shape, beta, dx);
+                }
+                Op::GlobalAvgPool { x } => {
+                    // y[n, c] = mean of the plane:  dx += dy[n, c] / plane over it.
+                    let (dx, beta) = before[x.index].grad_to_write();
+                    tensor::global_avg_pool_backward(dy, beta, dx);
+                }
                 Op::Conv2d { x, weight, bias, shape, sparse: true } => {
                     // The same rules over the nonzero values of data, which takes no gradient.
                     let input = &before[x.index];
@@ -158,6 +217,13 @@ impl Tape {
             }
         }
         grads.end_backward();
+    }
+}
+
+/// `d = beta·d + v`, from f64 sums.
+fn write_f64(mut d: ndarray::ArrayViewMut1<f32>, beta: f32, v: &[f64]) {
+    for (d, &v) in d.iter_mut().zip(v) {
+        *d = if beta == 0.0 { v as f32 } else { beta * *d + v as f32 };
     }
 }
 

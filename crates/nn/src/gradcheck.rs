@@ -571,7 +571,7 @@ fn conv2d_gradients_wrt_weight_bias_and_input() {
 
 #[test]
 fn max_pool2d_gradient_wrt_its_input() {
-    let sh = tensor::MaxPool2dShape { channels: 2, height: 5, width: 4, kernel: 2, stride: 2 };
+    let sh = tensor::Pool2dShape { channels: 2, height: 5, width: 4, kernel: 2, stride: 2 };
     let mut rng = ChaCha8Rng::seed_from_u64(22);
     let n = 2;
     // Distinct values, so that every window's maximum stays put under a small step.
@@ -673,4 +673,220 @@ fn add_gradients_reach_both_branches_of_a_skip_connection() {
     let grads = backward(&mut tape, loss, &params);
     let f = |w: &[f64]| ce((linear(xv.view(), w, None, c) * 2.0).view(), &labels);
     compare("dW of h + h", &grad(&params, &grads, w), &numeric_grad(f, &wv)).unwrap();
+}
+
+/// The cross-entropy of `f(x)` for `x` that needs a gradient, its gradient against central
+/// differences of `reference` (the same function in f64).
+fn check_input_gradient(
+    what: &str,
+    x: &Array2<f64>,
+    labels: &[usize],
+    record: impl Fn(&mut Tape, crate::Var) -> crate::Var,
+    reference: impl Fn(ArrayView2<f64>) -> Array2<f64>,
+) {
+    let mut params = Params::new();
+    let mut tape = Tape::new();
+    let input = differentiable_input(&mut tape, &mut params, x);
+    let y = record(&mut tape, input);
+    let loss = tape.cross_entropy(y, labels);
+    backward(&mut tape, loss, &params);
+    let xv = to_f32(x).mapv(f64::from);
+    let f = |v: &[f64]| ce(reference(ArrayView2::from_shape(x.dim(), v).unwrap()).view(), labels);
+    let forward = f(xv.as_slice().unwrap());
+    assert!((f64::from(tape.value(loss)[[0, 0]]) - forward).abs() < 1e-5, "{what}: forward");
+    let dx = tape.grad(input).unwrap().to_owned();
+    compare(what, dx.as_slice().unwrap(), &numeric_grad(f, xv.as_slice().unwrap())).unwrap();
+}
+
+#[test]
+fn activation_gradients_wrt_their_input() {
+    use tensor::Activation;
+    type Reference = fn(f64) -> f64;
+    let cases: [(Activation, Reference); 5] = [
+        (Activation::Tanh, f64::tanh),
+        (Activation::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+        (Activation::Gelu, |v| 0.5 * v * (1.0 + erf_series(v / std::f64::consts::SQRT_2))),
+        (Activation::GeluTanh, |v| {
+            0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        }),
+        (Activation::LeakyRelu(0.1), |v| if v > 0.0 { v } else { 0.1 * v }),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(30);
+    // Values away from 0, where leaky ReLU's kink would spoil a central difference.
+    let x = random(&mut rng, 3, 5).mapv(|v| if v.abs() < 0.05 { v + 0.2 } else { v } * 2.5);
+    for (f, reference) in cases {
+        check_input_gradient(&f.to_string(), &x, &[0, 4, 2], |tape, v| tape.activation(v, f), |x| x.mapv(reference));
+    }
+}
+
+/// erf in f64 by its Maclaurin series: exact enough for |v| below 3, where the checks stay.
+fn erf_series(v: f64) -> f64 {
+    let (mut term, mut sum) = (v, v);
+    for n in 1..80 {
+        term *= -v * v / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn average_pooling_gradients_wrt_their_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let n = 2;
+    for sh in [
+        tensor::Pool2dShape { channels: 2, height: 5, width: 4, kernel: 2, stride: 2 },
+        tensor::Pool2dShape { channels: 1, height: 5, width: 5, kernel: 3, stride: 1 },
+    ] {
+        let x = random(&mut rng, n, sh.in_len());
+        let pool = |x: ArrayView2<f64>| {
+            Array2::from_shape_fn((n, sh.out_len()), |(s, o)| {
+                let (c, rest) = (o / (sh.out_height() * sh.out_width()), o % (sh.out_height() * sh.out_width()));
+                let (oy, ox) = (rest / sh.out_width(), rest % sh.out_width());
+                let mut sum = 0.0;
+                for i in 0..sh.kernel {
+                    for j in 0..sh.kernel {
+                        sum += x[[s, (c * sh.height + oy * sh.stride + i) * sh.width + ox * sh.stride + j]];
+                    }
+                }
+                sum / (sh.kernel * sh.kernel) as f64
+            })
+        };
+        check_input_gradient("avg pool", &x, &[1, 3], |tape, v| tape.avg_pool2d(v, sh), pool);
+    }
+    let (channels, plane) = (3, 6);
+    let x = random(&mut rng, n, channels * plane);
+    let global = |x: ArrayView2<f64>| {
+        Array2::from_shape_fn((n, channels), |(s, c)| {
+            (0..plane).map(|i| x[[s, c * plane + i]]).sum::<f64>() / plane as f64
+        })
+    };
+    check_input_gradient("global avg pool", &x, &[2, 0], |tape, v| tape.global_avg_pool(v, channels), global);
+}
+
+/// Batch normalisation of `x` (`n` rows of `channels` planes) in f64: with the batch's
+/// statistics, or with `fixed` ones.
+fn batch_norm_f64(
+    x: ArrayView2<f64>,
+    channels: usize,
+    w: &[f64],
+    b: &[f64],
+    fixed: Option<(&[f64], &[f64])>,
+    eps: f64,
+) -> Array2<f64> {
+    let plane = x.ncols() / channels;
+    let mut y = Array2::zeros(x.dim());
+    for c in 0..channels {
+        let values = || x.rows().into_iter().flat_map(move |r| r.to_vec()[c * plane..(c + 1) * plane].to_vec());
+        let (mean, var) = match fixed {
+            Some((m, v)) => (m[c], v[c]),
+            None => {
+                let count = (x.nrows() * plane) as f64;
+                let mean = values().sum::<f64>() / count;
+                (mean, values().map(|v| (v - mean) * (v - mean)).sum::<f64>() / count)
+            }
+        };
+        for n in 0..x.nrows() {
+            for p in 0..plane {
+                let j = c * plane + p;
+                y[[n, j]] = w[c] * (x[[n, j]] - mean) / (var + eps).sqrt() + b[c];
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn batch_norm_gradients_wrt_weight_bias_and_input() {
+    let (n, channels, plane, eps) = (3, 2, 4, 1e-5);
+    let mut rng = ChaCha8Rng::seed_from_u64(40);
+    let x = random(&mut rng, n, channels * plane);
+    let labels = [1, 6, 3];
+    let fixed_stats = ([0.2, -0.1], [0.5, 1.5]);
+    for fixed in [None, Some((&fixed_stats.0[..], &fixed_stats.1[..]))] {
+        let mut params = Params::new();
+        let w = params.add("bn.weight", &[channels], vec![1.3, 0.7]);
+        let b = params.add("bn.bias", &[channels], vec![0.1, -0.4]);
+        let mut tape = Tape::new();
+        let input = differentiable_input(&mut tape, &mut params, &x);
+        let y = match fixed {
+            None => tape.batch_norm(&params, input, w, b, eps as f32),
+            Some((m, v)) => {
+                let (m, v): (Vec<f32>, Vec<f32>) =
+                    (m.iter().map(|&a| a as f32).collect(), v.iter().map(|&a| a as f32).collect());
+                tape.batch_norm_fixed(&params, input, w, b, &m, &v, eps as f32)
+            }
+        };
+        let loss = tape.cross_entropy(y, &labels);
+        let grads = backward(&mut tape, loss, &params);
+        let what = if fixed.is_some() { "fixed" } else { "batch" };
+
+        let xv = to_f32(&x).mapv(f64::from);
+        let (wv, bv) = (param(&params, w), param(&params, b));
+        let model = |x: ArrayView2<f64>, w: &[f64], b: &[f64]| {
+            ce(batch_norm_f64(x, channels, w, b, fixed, eps).view(), &labels)
+        };
+        assert!((f64::from(tape.value(loss)[[0, 0]]) - model(xv.view(), &wv, &bv)).abs() < 1e-5, "{what}: forward");
+        let f_w = |w: &[f64]| model(xv.view(), w, &bv);
+        compare(&format!("{what} bn dw"), &grad(&params, &grads, w), &numeric_grad(f_w, &wv)).unwrap();
+        let f_b = |b: &[f64]| model(xv.view(), &wv, b);
+        compare(&format!("{what} bn db"), &grad(&params, &grads, b), &numeric_grad(f_b, &bv)).unwrap();
+        let f_x = |v: &[f64]| model(ArrayView2::from_shape(x.dim(), v).unwrap(), &wv, &bv);
+        let dx = tape.grad(input).unwrap().to_owned();
+        compare(&format!("{what} bn dx"), dx.as_slice().unwrap(), &numeric_grad(f_x, xv.as_slice().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn a_batch_split_in_parts_normalises_with_the_whole_batchs_statistics() {
+    let (n, channels, plane) = (6, 3, 5);
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let x = to_f32(&random(&mut rng, n, channels * plane));
+    let labels: Vec<usize> = (0..n).map(|i| (i * 5) % (channels * plane)).collect();
+    let mut params = Params::new();
+    let w = params.add("bn.weight", &[channels], vec![1.3, 0.7, 1.0]);
+    let b = params.add("bn.bias", &[channels], vec![0.1, -0.4, 0.0]);
+    let zero = params.add("zero", &[channels * plane], vec![0.0; channels * plane]);
+    // One part of `rows` rows of the batch: its outputs, its scaled gradients, the statistics.
+    let part = |tape: &mut Tape, rows: std::ops::Range<usize>| {
+        let input = tape.input(x.slice(ndarray::s![rows.clone(), ..]));
+        let input = tape.add_bias(&params, input, zero);
+        let y = tape.batch_norm(&params, input, w, b, 1e-5);
+        let loss = tape.cross_entropy(y, &labels[rows.clone()]);
+        let mut grads = Grads::new(&params);
+        tape.backward_scaled(loss, rows.len() as f32 / n as f32, &params, &mut grads);
+        let stats: Vec<f32> =
+            tape.batch_statistics().flat_map(|(m, v)| m.iter().chain(v).copied().collect::<Vec<_>>()).collect();
+        (tape.value(y).to_owned(), grad(&params, &grads, w), grad(&params, &grads, zero), stats)
+    };
+    let whole = part(&mut Tape::new(), 0..n);
+    let sync = std::sync::Arc::new(crate::BatchSync::new(2));
+    let halves: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = [0..2, 2..n]
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| {
+                let (sync, part) = (std::sync::Arc::clone(&sync), &part);
+                s.spawn(move || {
+                    let mut tape = Tape::new();
+                    tape.share_batch(Some((sync, i)));
+                    part(&mut tape, rows)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{what}[{i}]: parts {a}, whole {b}");
+        }
+    };
+    let joined = ndarray::concatenate(ndarray::Axis(0), &[halves[0].0.view(), halves[1].0.view()]).unwrap();
+    close("y", joined.as_slice().unwrap(), whole.0.as_slice().unwrap());
+    let dw: Vec<f32> = halves[0].1.iter().zip(&halves[1].1).map(|(a, b)| a + b).collect();
+    close("dw", &dw, &whole.1);
+    // The input gradient of each half is the whole batch's for its rows: the zero bias sums it.
+    let dx: Vec<f32> = halves[0].2.iter().zip(&halves[1].2).map(|(a, b)| a + b).collect();
+    close("dx", &dx, &whole.2);
+    assert_eq!(halves[0].3, halves[1].3, "both parts see the same statistics");
+    close("statistics", &halves[0].3, &whole.3);
 }

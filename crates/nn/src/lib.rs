@@ -32,6 +32,7 @@
 //! `nn` depends on `tensor` and nothing else of this project; it knows nothing of MNIST.
 
 mod backward;
+mod batch_sync;
 mod error;
 mod grads;
 mod linear;
@@ -43,6 +44,7 @@ mod sequential;
 mod state;
 mod tape;
 
+pub use batch_sync::BatchSync;
 pub use error::NnError;
 pub use grads::Grads;
 pub use linear::Linear;

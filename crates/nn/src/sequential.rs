@@ -6,9 +6,13 @@
 //!
 //! - `conv(OUT,K)` a `K x K` convolution to `OUT` channels; options `stride=S`, `pad=P`,
 //!   `bias=false` (defaults 1, 0, true);
-//! - `maxpool(K)` or `maxpool(K,S)` max pooling over `K x K` windows (stride `K` by default);
-//! - `relu`, `flatten` (channels, rows, columns: PyTorch's order), `linear(OUT)`,
-//!   `dropout(P)` (the probability of zeroing a value).
+//! - `maxpool(K)` or `maxpool(K,S)` max pooling over `K x K` windows (stride `K` by default),
+//!   `avgpool(K)` or `avgpool(K,S)` average pooling, `globalavgpool` each channel's mean
+//!   (`[C, H, W]` to `C` values, flattened);
+//! - `relu`, `tanh`, `sigmoid`, `gelu`, `gelu(tanh)` (the tanh approximation), `leakyrelu` or
+//!   `leakyrelu(SLOPE)` (0.01 by default);
+//! - `flatten` (channels, rows, columns: PyTorch's order), `linear(OUT)`, `dropout(P)` (the
+//!   probability of zeroing a value).
 //!
 //! Parameters are named as PyTorch's examples name them: `conv1.weight`, `conv1.bias`, ... for
 //! the convolutions in order and `fc1.weight`, ... for the linear layers.
@@ -48,8 +52,19 @@ pub enum Layer {
         /// Step between windows.
         stride: usize,
     },
+    /// `nn.AvgPool2d(kernel, stride)`.
+    AvgPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Step between windows.
+        stride: usize,
+    },
+    /// `nn.AdaptiveAvgPool2d(1)` then `nn.Flatten()`: each channel's mean.
+    GlobalAvgPool,
     /// `nn.ReLU()`.
     Relu,
+    /// `nn.Tanh()`, `nn.Sigmoid()`, `nn.GELU()` or `nn.LeakyReLU(slope)`.
+    Activation(tensor::Activation),
     /// `nn.Flatten()`: `[C, H, W]` to `C·H·W` values, in that order.
     Flatten,
     /// `nn.Linear(in, out)`; `in` comes from the input.
@@ -82,7 +97,11 @@ impl fmt::Display for Layer {
             }
             Self::MaxPool2d { kernel, stride } if stride == kernel => write!(f, "maxpool({kernel})"),
             Self::MaxPool2d { kernel, stride } => write!(f, "maxpool({kernel},{stride})"),
+            Self::AvgPool2d { kernel, stride } if stride == kernel => write!(f, "avgpool({kernel})"),
+            Self::AvgPool2d { kernel, stride } => write!(f, "avgpool({kernel},{stride})"),
+            Self::GlobalAvgPool => f.write_str("globalavgpool"),
             Self::Relu => f.write_str("relu"),
+            Self::Activation(a) => write!(f, "{a}"),
             Self::Flatten => f.write_str("flatten"),
             Self::Linear { out } => write!(f, "linear({out})"),
             Self::Dropout { p } => write!(f, "dropout({p})"),
@@ -245,7 +264,7 @@ impl SequentialConfig {
                     }
                     Shape::Image(out, geom.out_height(), geom.out_width())
                 }
-                (Layer::MaxPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
+                (Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
                     if kernel == 0 || stride == 0 {
                         return Err(bad("sizes must be at least 1".into()));
                     }
@@ -255,7 +274,11 @@ impl SequentialConfig {
                     let geom = pool_shape(kernel, stride, (c, h, w));
                     Shape::Image(c, geom.out_height(), geom.out_width())
                 }
-                (Layer::Conv2d { .. } | Layer::MaxPool2d { .. }, Shape::Flat(_)) => {
+                (Layer::GlobalAvgPool, Shape::Image(c, ..)) => Shape::Flat(c),
+                (
+                    Layer::Conv2d { .. } | Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } | Layer::GlobalAvgPool,
+                    Shape::Flat(_),
+                ) => {
                     return Err(bad(format!("its input is {shape}, not images: it must come before flatten")));
                 }
                 (Layer::Flatten, s) => Shape::Flat(s.len()),
@@ -266,7 +289,10 @@ impl SequentialConfig {
                 }
                 (Layer::Dropout { p }, s) if (0.0..1.0).contains(&p) => s,
                 (Layer::Dropout { p }, _) => return Err(bad(format!("the probability {p} is not in [0, 1)"))),
-                (Layer::Relu, s) => s,
+                (Layer::Activation(tensor::Activation::LeakyRelu(slope)), _) if !slope.is_finite() => {
+                    return Err(bad(format!("the slope {slope} is not a finite number")));
+                }
+                (Layer::Relu | Layer::Activation(_), s) => s,
             };
             shapes.push(shape);
         }
@@ -407,6 +433,26 @@ fn parse_layer(text: &str) -> Result<Layer, NnError> {
             let kernel = count(positional[0])?;
             Ok(Layer::MaxPool2d { kernel, stride: positional.get(1).map(|s| count(s)).transpose()?.unwrap_or(kernel) })
         }
+        "avgpool" => {
+            arity(1..=2, "a window size and perhaps a stride, as avgpool(2)")?;
+            check_options(&[])?;
+            let kernel = count(positional[0])?;
+            Ok(Layer::AvgPool2d { kernel, stride: positional.get(1).map(|s| count(s)).transpose()?.unwrap_or(kernel) })
+        }
+        "leakyrelu" => {
+            arity(0..=1, "perhaps a slope, as leakyrelu(0.01)")?;
+            check_options(&[])?;
+            let slope = match positional.first() {
+                Some(s) => s.parse::<f32>().map_err(|_| bad("the slope is not a number"))?,
+                None => 0.01,
+            };
+            Ok(Layer::Activation(tensor::Activation::LeakyRelu(slope)))
+        }
+        "gelu" => match positional[..] {
+            [] if named.is_empty() => Ok(Layer::Activation(tensor::Activation::Gelu)),
+            ["tanh"] if named.is_empty() => Ok(Layer::Activation(tensor::Activation::GeluTanh)),
+            _ => Err(bad("takes nothing, or tanh for the tanh approximation, as gelu(tanh)")),
+        },
         "linear" => {
             arity(1..=1, "an output width, as linear(10)")?;
             check_options(&[])?;
@@ -418,30 +464,43 @@ fn parse_layer(text: &str) -> Result<Layer, NnError> {
             let p = positional[0].parse::<f32>().map_err(|_| bad("the probability is not a number"))?;
             Ok(Layer::Dropout { p })
         }
-        "relu" | "flatten" if args.iter().all(|a| a.is_empty()) => {
-            Ok(if name == "relu" { Layer::Relu } else { Layer::Flatten })
+        "relu" | "flatten" | "tanh" | "sigmoid" | "globalavgpool" if args.iter().all(|a| a.is_empty()) => {
+            Ok(match name {
+                "relu" => Layer::Relu,
+                "flatten" => Layer::Flatten,
+                "tanh" => Layer::Activation(tensor::Activation::Tanh),
+                "sigmoid" => Layer::Activation(tensor::Activation::Sigmoid),
+                _ => Layer::GlobalAvgPool,
+            })
         }
-        "relu" | "flatten" => Err(bad("takes no arguments")),
+        "relu" | "flatten" | "tanh" | "sigmoid" | "globalavgpool" => Err(bad("takes no arguments")),
         "" => Err(bad("an empty layer")),
-        _ => Err(bad("unknown layer; known: conv, maxpool, relu, flatten, linear, dropout")),
+        _ => Err(bad(&format!("unknown layer; known: {KNOWN_LAYERS}"))),
     }
 }
+
+/// Every layer a list may name.
+const KNOWN_LAYERS: &str =
+    "conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu, leakyrelu, flatten, linear, dropout";
 
 fn conv_shape(layer: Layer, (c, h, w): (usize, usize, usize)) -> tensor::Conv2dShape {
     let Layer::Conv2d { out, kernel, stride, padding, .. } = layer else { unreachable!("a convolution") };
     tensor::Conv2dShape { in_channels: c, height: h, width: w, out_channels: out, kernel, stride, padding }
 }
 
-fn pool_shape(kernel: usize, stride: usize, (c, h, w): (usize, usize, usize)) -> tensor::MaxPool2dShape {
-    tensor::MaxPool2dShape { channels: c, height: h, width: w, kernel, stride }
+fn pool_shape(kernel: usize, stride: usize, (c, h, w): (usize, usize, usize)) -> tensor::Pool2dShape {
+    tensor::Pool2dShape { channels: c, height: h, width: w, kernel, stride }
 }
 
 /// A layer built: its parameters and its geometry.
 #[derive(Debug, Clone)]
 enum Built {
     Conv { weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape, sparse: bool },
-    Pool(tensor::MaxPool2dShape),
+    Pool(tensor::Pool2dShape),
+    AvgPool(tensor::Pool2dShape),
+    GlobalAvgPool { channels: usize },
     Relu,
+    Activation(tensor::Activation),
     Flatten,
     Linear(Linear),
     Dropout(f32),
@@ -541,7 +600,12 @@ impl Sequential {
                     linear.sparse_input = sparse;
                     Built::Linear(linear)
                 }
+                (Layer::AvgPool2d { kernel, stride }, Shape::Image(c, h, w)) => {
+                    Built::AvgPool(pool_shape(kernel, stride, (c, h, w)))
+                }
+                (Layer::GlobalAvgPool, Shape::Image(channels, ..)) => Built::GlobalAvgPool { channels },
                 (Layer::Relu, _) => Built::Relu,
+                (Layer::Activation(f), _) => Built::Activation(f),
                 (Layer::Flatten, _) => Built::Flatten,
                 (Layer::Dropout { p }, _) => Built::Dropout(p),
                 (layer, shape) => unreachable!("{layer} on {shape} passed the shape check"),
@@ -571,7 +635,10 @@ impl Sequential {
                     tape.conv2d(&self.params, h, *weight, *bias, *shape)
                 }
                 Built::Pool(shape) => tape.max_pool2d(h, *shape),
+                Built::AvgPool(shape) => tape.avg_pool2d(h, *shape),
+                Built::GlobalAvgPool { channels } => tape.global_avg_pool(h, *channels),
                 Built::Relu => tape.relu(h),
+                Built::Activation(f) => tape.activation(h, *f),
                 Built::Flatten => h,
                 Built::Linear(linear) => linear.forward(tape, &self.params, h),
                 Built::Dropout(p) => match rng.as_deref_mut() {
@@ -685,7 +752,22 @@ mod tests {
             ("conv(2,3)", "the model ends on 2x26x26: end with flatten and linear"),
             ("flatten,linear(0)", "linear(0): a width of 0"),
             ("flatten,dropout(1.5),linear(10)", "dropout(1.5): the probability 1.5 is not in [0, 1)"),
-            ("flatten,lin(10)", "\"lin(10)\": unknown layer; known: conv, maxpool, relu, flatten, linear, dropout"),
+            (
+                "flatten,lin(10)",
+                "\"lin(10)\": unknown layer; known: conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu, \
+                 leakyrelu, flatten, linear, dropout",
+            ),
+            (
+                "flatten,globalavgpool,linear(3)",
+                "globalavgpool: its input is 784 values, not images: it must come before flatten",
+            ),
+            (
+                "conv(2,3),gelu(erf),flatten,linear(3)",
+                "\"gelu(erf)\": takes nothing, or tanh for the tanh approximation, as gelu(tanh)",
+            ),
+            ("conv(2,3),leakyrelu(x),flatten,linear(3)", "\"leakyrelu(x)\": the slope is not a number"),
+            ("conv(2,3),leakyrelu(inf),flatten,linear(3)", "leakyrelu(inf): the slope inf is not a finite number"),
+            ("avgpool(30),flatten,linear(3)", "avgpool(30): its input is 1x28x28, smaller than the 30x30 window"),
             ("conv(6),flatten,linear(10)", "\"conv(6)\": takes output channels and a kernel size, as conv(6,5)"),
             ("conv(6,5,padding=2),flatten,linear(3)", "\"conv(6,5,padding=2)\": unknown option \"padding\""),
             ("conv(6,x),flatten,linear(3)", "\"conv(6,x)\": \"x\" is not a count"),

@@ -54,6 +54,16 @@ pub(crate) enum Op {
     Add { a: Var, b: Var },
     /// `y = max(x, 0)`.
     Relu { x: Var },
+    /// `y = f(x)`, element by element.
+    Activation { x: Var, f: tensor::Activation },
+    /// `y = weight·x̂ + bias` per channel, `x̂` the input normalised with the batch's statistics
+    /// (`batch`) or with fixed ones. `aux` holds `x̂`, then each channel's `1/σ`, then (with
+    /// `batch`) the number of values per channel over the whole batch.
+    BatchNorm { x: Var, weight: ParamId, bias: ParamId, channels: usize, batch: bool },
+    /// `y` = the mean of each window.
+    AvgPool2d { x: Var, shape: tensor::Pool2dShape },
+    /// `y[n, c]` = the mean of channel `c` of sample `n`.
+    GlobalAvgPool { x: Var },
     /// `y = conv2d(x, W) (+ b)`, `x` and `y` holding each sample's `[C, H, W]` values in a row.
     /// When `sparse`, `x` is data and only its nonzero values are visited.
     Conv2d { x: Var, weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape, sparse: bool },
@@ -144,6 +154,16 @@ pub struct Tape {
     shared_cols: Vec<f32>,
     shared_indices: Vec<u32>,
     generation: u64,
+    /// The batch this tape records a part of, and which part, for statistics over the whole.
+    pub(crate) batch: Option<(std::sync::Arc<crate::BatchSync>, usize)>,
+    /// Per-channel sums of batch normalisations, reused.
+    pub(crate) norm_sums: Vec<f64>,
+    /// Per-channel factors of batch normalisations' backward passes, reused.
+    pub(crate) norm_factors: Vec<f32>,
+    /// Each batch normalisation's batch mean and unbiased variance, in recording order.
+    batch_statistics: Vec<f32>,
+    /// The channels of each entry of `batch_statistics`.
+    batch_statistics_channels: Vec<usize>,
 }
 
 impl Tape {
@@ -188,6 +208,8 @@ impl Tape {
     pub fn clear(&mut self) {
         self.len = 0;
         self.labels.clear();
+        self.batch_statistics.clear();
+        self.batch_statistics_channels.clear();
         self.generation += 1;
     }
 
@@ -408,7 +430,7 @@ impl Tape {
     /// # Panics
     /// If `x` is not `C·H·W` wide.
     #[track_caller]
-    pub fn max_pool2d(&mut self, x: Var, shape: tensor::MaxPool2dShape) -> Var {
+    pub fn max_pool2d(&mut self, x: Var, shape: tensor::Pool2dShape) -> Var {
         self.check(x);
         let src = &self.nodes[x.index];
         let (rows, needs_grad) = (src.rows, src.needs_grad);
@@ -485,6 +507,178 @@ impl Tape {
         let y = self.push(Op::Relu { x }, rows, cols, needs_grad);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         tensor::relu_into(&before[x.index].value, &mut rest[0].value);
+        y
+    }
+
+    /// Makes this tape record part `part` of a batch whose parts meet at `sync`: batch
+    /// normalisations then use the whole batch's statistics. `None` makes it a whole batch
+    /// again.
+    pub fn share_batch(&mut self, batch: Option<(std::sync::Arc<crate::BatchSync>, usize)>) {
+        self.batch = batch;
+    }
+
+    /// Records batch normalisation in training mode, PyTorch's `BatchNorm1d` or `BatchNorm2d`:
+    /// each of the `C` channels (`C = weight`'s length; a row holds `C` planes of equal size) is
+    /// normalised with the mean and biased variance of its values over the batch (the whole
+    /// batch, with [`Tape::share_batch`]), then scaled by `weight` and shifted by `bias`. The
+    /// batch's mean and unbiased variance are kept for the running statistics
+    /// ([`Tape::batch_statistics`]).
+    ///
+    /// # Panics
+    /// If `x`'s width is not a multiple of `C`, or `bias` is not as long as `weight`.
+    #[track_caller]
+    pub fn batch_norm(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Var {
+        self.check(x);
+        let channels = params.vector(weight).len();
+        let src = &self.nodes[x.index];
+        let (rows, cols) = (src.rows, src.cols);
+        let mut sums = std::mem::take(&mut self.norm_sums);
+        sums.clear();
+        sums.resize(2 * channels + 1, 0.0);
+        tensor::channel_sums(src.value(), channels, &mut sums[..2 * channels]);
+        sums[2 * channels] = (rows * cols / channels) as f64;
+        if let Some((sync, part)) = &self.batch {
+            sync.all_reduce(*part, &mut sums);
+        }
+        let count = sums[2 * channels] as usize;
+        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: true }, rows, cols, true);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        node.aux.resize(rows * cols + channels + 1, 0.0);
+        let (normalized, per_channel) = node.aux.split_at_mut(rows * cols);
+        // The batch's means, then its unbiased variances (n / (n - 1), as PyTorch's running
+        // variance takes them).
+        let start = self.batch_statistics.len();
+        for (c, inv_std) in per_channel[..channels].iter_mut().enumerate() {
+            let (mean, variance) = tensor::mean_and_variance(&sums[..2 * channels], channels, count, c);
+            self.batch_statistics.push(mean as f32);
+            *inv_std = (1.0 / (variance + f64::from(eps)).sqrt()) as f32;
+        }
+        for c in 0..channels {
+            let (_, variance) = tensor::mean_and_variance(&sums[..2 * channels], channels, count, c);
+            let unbiased = if count > 1 { variance * count as f64 / (count - 1) as f64 } else { variance };
+            self.batch_statistics.push(unbiased as f32);
+        }
+        self.batch_statistics_channels.push(channels);
+        per_channel[channels] = count as f32;
+        let (w, b) = (params.vector(weight), params.vector(bias));
+        tensor::batch_norm_normalize(
+            before[x.index].value(),
+            &self.batch_statistics[start..start + channels],
+            &per_channel[..channels],
+            w.as_slice().expect("contiguous"),
+            b.as_slice().expect("contiguous"),
+            normalized,
+            ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
+        );
+        self.norm_sums = sums;
+        y
+    }
+
+    /// Records batch normalisation in evaluation mode: each channel normalised with fixed
+    /// statistics (the running ones, `running_mean` and `running_var`), then scaled and
+    /// shifted as by [`Tape::batch_norm`]. Nothing is kept for the running statistics.
+    ///
+    /// # Panics
+    /// As [`Tape::batch_norm`]; also if the statistics are not one per channel.
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_fixed(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: ParamId,
+        running_mean: &[f32],
+        running_var: &[f32],
+        eps: f32,
+    ) -> Var {
+        self.check(x);
+        let channels = params.vector(weight).len();
+        assert!(running_mean.len() == channels && running_var.len() == channels, "batch norm: statistics per channel");
+        let src = &self.nodes[x.index];
+        let (rows, cols) = (src.rows, src.cols);
+        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: false }, rows, cols, true);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        node.aux.resize(rows * cols + channels, 0.0);
+        let (normalized, inv_std) = node.aux.split_at_mut(rows * cols);
+        for (s, &v) in inv_std.iter_mut().zip(running_var) {
+            *s = (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32;
+        }
+        let (w, b) = (params.vector(weight), params.vector(bias));
+        tensor::batch_norm_normalize(
+            before[x.index].value(),
+            running_mean,
+            inv_std,
+            w.as_slice().expect("contiguous"),
+            b.as_slice().expect("contiguous"),
+            normalized,
+            ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
+        );
+        y
+    }
+
+    /// The mean and unbiased variance of each channel over the batch, for every batch
+    /// normalisation recorded in training mode since the last clear, in recording order: what
+    /// a model takes into its running statistics after a step.
+    pub fn batch_statistics(&self) -> impl Iterator<Item = (&[f32], &[f32])> {
+        let mut start = 0;
+        self.batch_statistics_channels.iter().map(move |&c| {
+            let (mean, var) = self.batch_statistics[start..start + 2 * c].split_at(c);
+            start += 2 * c;
+            (mean, var)
+        })
+    }
+
+    /// Records `f(x)`, element by element: `tanh`, the sigmoid, GELU or leaky ReLU.
+    ///
+    /// ```
+    /// let mut tape = nn::Tape::new();
+    /// let x = tape.input(ndarray::array![[-1.0f32, 0.0, 2.0]].view());
+    /// let y = tape.activation(x, tensor::Activation::LeakyRelu(0.1));
+    /// assert_eq!(tape.value(y), ndarray::array![[-0.1f32, 0.0, 2.0]]);
+    /// ```
+    #[track_caller]
+    pub fn activation(&mut self, x: Var, f: tensor::Activation) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        let (rows, cols, needs_grad) = (src.rows, src.cols, src.needs_grad);
+        let y = self.push(Op::Activation { x, f }, rows, cols, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        tensor::activation(f, &before[x.index].value, &mut rest[0].value);
+        y
+    }
+
+    /// Records 2-D average pooling, PyTorch's `F.avg_pool2d(x, kernel, stride)`, over rows of
+    /// `[C, H, W]` values.
+    ///
+    /// # Panics
+    /// If `x` is not `C·H·W` wide.
+    #[track_caller]
+    pub fn avg_pool2d(&mut self, x: Var, shape: tensor::Pool2dShape) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        let (rows, needs_grad) = (src.rows, src.needs_grad);
+        let y = self.push(Op::AvgPool2d { x, shape }, rows, shape.out_len(), needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        tensor::avg_pool2d(before[x.index].value(), &shape, rest[0].value_mut());
+        y
+    }
+
+    /// Records a global average pool over rows of `channels` equal planes (`[C, H, W]`
+    /// values): `[N, C·H·W]` to `[N, C]`, PyTorch's `F.adaptive_avg_pool2d(x, 1).flatten(1)`.
+    ///
+    /// # Panics
+    /// If `x`'s width is not a multiple of `channels`.
+    #[track_caller]
+    pub fn global_avg_pool(&mut self, x: Var, channels: usize) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        let (rows, needs_grad) = (src.rows, src.needs_grad);
+        let y = self.push(Op::GlobalAvgPool { x }, rows, channels, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        tensor::global_avg_pool(before[x.index].value(), channels, rest[0].value_mut());
         y
     }
 

@@ -7,7 +7,9 @@
 //! kernels run on the calling thread; callers parallelise across batches or samples.
 //! A wrong shape is a programmer error and panics with a message naming the shapes.
 
+mod activation;
 mod aligned;
+mod batchnorm;
 mod conv;
 mod elementwise;
 mod init;
@@ -17,12 +19,19 @@ mod softmax;
 mod sparse;
 mod sparse_conv;
 
+pub use activation::{Activation, activation, activation_backward};
 pub use aligned::AlignedVec;
+pub use batchnorm::{
+    batch_norm_backward, batch_norm_backward_sums, batch_norm_normalize, channel_sums, mean_and_variance,
+};
 pub use conv::{Conv2dShape, ConvScratch, col2im_add, conv2d, conv2d_backward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};
-pub use pool::{MaxPool2dShape, max_pool2d, max_pool2d_backward};
+pub use pool::{
+    Pool2dShape, avg_pool2d, avg_pool2d_backward, global_avg_pool, global_avg_pool_backward, max_pool2d,
+    max_pool2d_backward,
+};
 pub use softmax::{argmax, argmax_rows, log_softmax_rows, softmax_rows};
 pub use sparse::{SparseRows, sparse_matmul, sparse_matmul_tn};
 pub use sparse_conv::{SparseConvScratch, sparse_conv2d, sparse_conv2d_backward};

@@ -4,9 +4,9 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// The geometry of a max pooling over one sample.
+/// The geometry of a pooling (max or average) over one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MaxPool2dShape {
+pub struct Pool2dShape {
     /// Channels.
     pub channels: usize,
     /// Input height.
@@ -19,7 +19,7 @@ pub struct MaxPool2dShape {
     pub stride: usize,
 }
 
-impl MaxPool2dShape {
+impl Pool2dShape {
     /// Output height: `(H - kernel) / stride + 1`, rounded down.
     pub fn out_height(&self) -> usize {
         (self.height - self.kernel) / self.stride + 1
@@ -56,7 +56,7 @@ impl MaxPool2dShape {
 /// # Panics
 /// If the shapes do not fit.
 #[track_caller]
-pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, y: ArrayViewMut2<f32>, argmax: &mut Vec<u32>) {
+pub fn max_pool2d(x: ArrayView2<f32>, shape: &Pool2dShape, y: ArrayViewMut2<f32>, argmax: &mut Vec<u32>) {
     max_pool2d_at(simd::Simd::get(), x, shape, y, argmax);
 }
 
@@ -64,7 +64,7 @@ pub fn max_pool2d(x: ArrayView2<f32>, shape: &MaxPool2dShape, y: ArrayViewMut2<f
 fn max_pool2d_at(
     simd: simd::Simd,
     x: ArrayView2<f32>,
-    shape: &MaxPool2dShape,
+    shape: &Pool2dShape,
     mut y: ArrayViewMut2<f32>,
     argmax: &mut Vec<u32>,
 ) {
@@ -97,7 +97,7 @@ fn max_pool2d_at(
 }
 
 /// One sample of [`max_pool2d`], for any window and stride.
-fn pool_any(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+fn pool_any(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: &mut [u32]) {
     let (h, w, k, s) = (shape.height, shape.width, shape.kernel, shape.stride);
     let (oh, ow) = (shape.out_height(), shape.out_width());
     let mut o = 0;
@@ -127,7 +127,7 @@ fn pool_any(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32
 
 /// [`max_pool2d`] for 2x2 windows with stride 2 and no NaN, the common case, without the
 /// general loops.
-fn pool_2x2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+fn pool_2x2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: &mut [u32]) {
     let (h, w) = (shape.height, shape.width);
     let (oh, ow) = (shape.out_height(), shape.out_width());
     let mut o = 0;
@@ -165,7 +165,7 @@ fn pool_2x2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+unsafe fn pool_2x2_avx512(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: &mut [u32]) {
     use std::arch::x86_64::*;
     let (h, w) = (shape.height, shape.width);
     let (oh, ow) = (shape.out_height(), shape.out_width());
@@ -218,7 +218,7 @@ unsafe fn pool_2x2_avx512(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], in
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pool_2x2_avx2(xn: &[f32], shape: &MaxPool2dShape, yn: &mut [f32], index: &mut [u32]) {
+unsafe fn pool_2x2_avx2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: &mut [u32]) {
     use std::arch::x86_64::*;
     let (h, w) = (shape.height, shape.width);
     let (oh, ow) = (shape.out_height(), shape.out_width());
@@ -298,6 +298,113 @@ pub fn max_pool2d_backward(dy: ArrayView2<f32>, argmax: &[u32], beta: f32, mut d
     }
 }
 
+/// `y` = the mean of each window of `x` (both a batch of rows): PyTorch's `F.avg_pool2d(x,
+/// kernel, stride)`, which divides by the window's size.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn avg_pool2d(x: ArrayView2<f32>, shape: &Pool2dShape, mut y: ArrayViewMut2<f32>) {
+    assert!(shape.is_valid(), "avg_pool2d: invalid shape {shape:?}");
+    assert_eq!(x.ncols(), shape.in_len(), "avg_pool2d: input rows of {} for {shape:?}", x.ncols());
+    assert_eq!(y.dim(), (x.nrows(), shape.out_len()), "avg_pool2d: output for {shape:?}");
+    let (k, s, w) = (shape.kernel, shape.stride, shape.width);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let scale = 1.0 / (k * k) as f32;
+    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+        let xn = xn.to_slice().expect("standard rows");
+        let yn = yn.as_slice_mut().expect("standard rows");
+        for (xc, yc) in xn.chunks_exact(shape.height * w).zip(yn.chunks_exact_mut(oh * ow)) {
+            for (i, out) in yc.iter_mut().enumerate() {
+                let (r0, c0) = ((i / ow) * s, (i % ow) * s);
+                let sum: f32 =
+                    (0..k).map(|dr| xc[(r0 + dr) * w + c0..(r0 + dr) * w + c0 + k].iter().sum::<f32>()).sum();
+                *out = sum * scale;
+            }
+        }
+    }
+}
+
+/// `dx = beta·dx + (each window's dy spread evenly over the window)`: [`avg_pool2d`]'s gradient.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn avg_pool2d_backward(dy: ArrayView2<f32>, shape: &Pool2dShape, beta: f32, mut dx: ArrayViewMut2<f32>) {
+    assert_eq!(dy.dim(), (dx.nrows(), shape.out_len()), "avg_pool2d_backward: gradient for {shape:?}");
+    assert_eq!(dx.ncols(), shape.in_len(), "avg_pool2d_backward: input gradient for {shape:?}");
+    scale_by(&mut dx, beta);
+    let (k, s, w) = (shape.kernel, shape.stride, shape.width);
+    let (oh, ow) = (shape.out_height(), shape.out_width());
+    let scale = 1.0 / (k * k) as f32;
+    for (dyn_, mut dxn) in dy.rows().into_iter().zip(dx.rows_mut()) {
+        let dxn = dxn.as_slice_mut().expect("standard rows");
+        for (dyc, dxc) in
+            dyn_.to_slice().expect("standard rows").chunks_exact(oh * ow).zip(dxn.chunks_exact_mut(shape.height * w))
+        {
+            for (i, &g) in dyc.iter().enumerate() {
+                let (r0, c0) = ((i / ow) * s, (i % ow) * s);
+                for dr in 0..k {
+                    dxc[(r0 + dr) * w + c0..(r0 + dr) * w + c0 + k].iter_mut().for_each(|d| *d += g * scale);
+                }
+            }
+        }
+    }
+}
+
+/// `y[n, c]` = the mean of channel `c` of sample `n`, whose `channels` channels of `plane`
+/// values each fill a row of `x`: PyTorch's `F.adaptive_avg_pool2d(x, 1).flatten(1)`.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn global_avg_pool(x: ArrayView2<f32>, channels: usize, mut y: ArrayViewMut2<f32>) {
+    assert_eq!(y.dim(), (x.nrows(), channels), "global_avg_pool: output of {:?} for {channels} channels", y.dim());
+    assert!(
+        channels > 0 && x.ncols().is_multiple_of(channels),
+        "global_avg_pool: rows of {} for {channels} channels",
+        x.ncols()
+    );
+    let plane = x.ncols() / channels;
+    for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
+        let xn = xn.to_slice().expect("standard rows");
+        for (out, xc) in yn.iter_mut().zip(xn.chunks_exact(plane)) {
+            *out = xc.iter().sum::<f32>() / plane as f32;
+        }
+    }
+}
+
+/// `dx = beta·dx + dy[n, c] / plane` over each channel: [`global_avg_pool`]'s gradient.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn global_avg_pool_backward(dy: ArrayView2<f32>, beta: f32, mut dx: ArrayViewMut2<f32>) {
+    let channels = dy.ncols();
+    assert!(
+        dy.nrows() == dx.nrows() && channels > 0 && dx.ncols().is_multiple_of(channels),
+        "global_avg_pool_backward: shapes"
+    );
+    scale_by(&mut dx, beta);
+    let plane = dx.ncols() / channels;
+    for (dyn_, mut dxn) in dy.rows().into_iter().zip(dx.rows_mut()) {
+        let dxn = dxn.as_slice_mut().expect("standard rows");
+        for (&g, dxc) in dyn_.iter().zip(dxn.chunks_exact_mut(plane)) {
+            let g = g / plane as f32;
+            dxc.iter_mut().for_each(|d| *d += g);
+        }
+    }
+}
+
+/// `dx *= beta`, 0 clearing whatever was there.
+fn scale_by(dx: &mut ArrayViewMut2<f32>, beta: f32) {
+    if beta == 0.0 {
+        dx.fill(0.0);
+    } else if beta != 1.0 {
+        *dx *= beta;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ndarray::{Array2, array};
@@ -313,7 +420,7 @@ mod tests {
             state >> 16
         };
         for (channels, height, width) in [(6, 28, 28), (16, 10, 10), (2, 5, 7), (3, 9, 40), (1, 2, 2)] {
-            let shape = MaxPool2dShape { channels, height, width, kernel: 2, stride: 2 };
+            let shape = Pool2dShape { channels, height, width, kernel: 2, stride: 2 };
             for nans in [false, true] {
                 let x: Vec<f32> = (0..shape.in_len())
                     .map(|_| match next() % 50 {
@@ -339,7 +446,7 @@ mod tests {
     fn windows_their_maxima_and_ties() {
         // One 1x3x4 sample, 2x2 windows with stride 2 (the last row is dropped: floor).
         let x = array![[1.0f32, 5.0, 2.0, 2.0, 3.0, 0.0, 2.0, 1.0, 9.0, 9.0, 9.0, 9.0]];
-        let sh = MaxPool2dShape { channels: 1, height: 3, width: 4, kernel: 2, stride: 2 };
+        let sh = Pool2dShape { channels: 1, height: 3, width: 4, kernel: 2, stride: 2 };
         let mut y = Array2::zeros((1, 2));
         let mut argmax = Vec::new();
         max_pool2d(x.view(), &sh, y.view_mut(), &mut argmax);

@@ -1,0 +1,183 @@
+//! Batch normalisation over rows of `channels` equal planes (`[C, H, W]` values; a plane of one
+//! value for `[N, C]`), as PyTorch's `BatchNorm1d` and `BatchNorm2d` compute it: each channel is
+//! normalised over the batch and its plane, then scaled by a weight and shifted by a bias.
+//!
+//! The batch's statistics come from per-channel sums, so that parts of a batch computed apart
+//! can add theirs before normalising ([`channel_sums`] then [`batch_norm_normalize`]); the
+//! backward pass likewise needs two per-channel sums over the whole batch
+//! ([`batch_norm_backward_sums`], then [`batch_norm_backward`]).
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// The channels' planes of a row: `channels` runs of `row.len() / channels` values.
+fn planes(row_len: usize, channels: usize) -> usize {
+    assert!(channels > 0 && row_len.is_multiple_of(channels), "batch norm: rows of {row_len} for {channels} channels");
+    row_len / channels
+}
+
+/// Adds each channel's sum of values and sum of squared values, in f64, to `sums` (`2·C`
+/// values: the `C` sums, then the `C` sums of squares).
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn channel_sums(x: ArrayView2<f32>, channels: usize, sums: &mut [f64]) {
+    let plane = planes(x.ncols(), channels);
+    assert_eq!(sums.len(), 2 * channels, "batch norm: {} sums for {channels} channels", sums.len());
+    let (sum, squares) = sums.split_at_mut(channels);
+    for row in x.rows() {
+        let row = row.to_slice().expect("standard rows");
+        for (c, values) in row.chunks_exact(plane).enumerate() {
+            let (mut s, mut q) = (0.0f64, 0.0f64);
+            for &v in values {
+                let v = f64::from(v);
+                s += v;
+                q += v * v;
+            }
+            sum[c] += s;
+            squares[c] += q;
+        }
+    }
+}
+
+/// A channel's mean and biased variance from [`channel_sums`] over `count` values each.
+pub fn mean_and_variance(sums: &[f64], channels: usize, count: usize, c: usize) -> (f64, f64) {
+    let n = count as f64;
+    let mean = sums[c] / n;
+    // E[x²] - E[x]², clamped: rounding can take a constant channel's variance below 0.
+    let variance = (sums[channels + c] / n - mean * mean).max(0.0);
+    (mean, variance)
+}
+
+/// `x̂ = (x - mean[c]) · inv_std[c]` into `normalized`, then `y = weight[c]·x̂ + bias[c]`.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn batch_norm_normalize(
+    x: ArrayView2<f32>,
+    mean: &[f32],
+    inv_std: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    normalized: &mut [f32],
+    mut y: ArrayViewMut2<f32>,
+) {
+    let channels = mean.len();
+    let plane = planes(x.ncols(), channels);
+    assert!(
+        inv_std.len() == channels && weight.len() == channels && bias.len() == channels,
+        "batch norm: per-channel values for {channels} channels"
+    );
+    assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
+    assert_eq!(y.dim(), x.dim(), "batch norm: output of {:?} for input of {:?}", y.dim(), x.dim());
+    let width = x.ncols();
+    for ((row, mut out), xhat) in x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width)) {
+        let row = row.to_slice().expect("standard rows");
+        let out = out.as_slice_mut().expect("standard rows");
+        for c in 0..channels {
+            let span = c * plane..(c + 1) * plane;
+            let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
+            for ((o, h), &v) in out[span.clone()].iter_mut().zip(&mut xhat[span.clone()]).zip(&row[span]) {
+                *h = (v - m) * s;
+                *o = w * *h + b;
+            }
+        }
+    }
+}
+
+/// Adds each channel's `Σ dy` and `Σ dy·x̂` to `sums` (`2·C` values, in that order): what the
+/// backward pass of a batch normalised with its own statistics needs over the whole batch.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn batch_norm_backward_sums(dy: ArrayView2<f32>, normalized: &[f32], channels: usize, sums: &mut [f64]) {
+    let plane = planes(dy.ncols(), channels);
+    assert_eq!(
+        normalized.len(),
+        dy.len(),
+        "batch norm backward: {} normalised values for {}",
+        normalized.len(),
+        dy.len()
+    );
+    assert_eq!(sums.len(), 2 * channels, "batch norm backward: {} sums for {channels} channels", sums.len());
+    let (sum, dot) = sums.split_at_mut(channels);
+    for (row, xhat) in dy.rows().into_iter().zip(normalized.chunks_exact(dy.ncols())) {
+        let row = row.to_slice().expect("standard rows");
+        for c in 0..channels {
+            let span = c * plane..(c + 1) * plane;
+            let (mut s, mut d) = (0.0f64, 0.0f64);
+            for (&g, &h) in row[span.clone()].iter().zip(&xhat[span]) {
+                s += f64::from(g);
+                d += f64::from(g) * f64::from(h);
+            }
+            sum[c] += s;
+            dot[c] += d;
+        }
+    }
+}
+
+/// `dx = beta·dx + scale[c]·(dy - shift[c] - x̂·slope[c])`: batch norm's input gradient. With
+/// the batch's own statistics, `scale = weight·inv_std`, `shift = Σdy / M` and
+/// `slope = Σdy·x̂ / M` over the batch's `M` values per channel; with fixed (running)
+/// statistics, `shift = slope = 0`.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn batch_norm_backward(
+    dy: ArrayView2<f32>,
+    normalized: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    slope: &[f32],
+    beta: f32,
+    mut dx: ArrayViewMut2<f32>,
+) {
+    let channels = scale.len();
+    let plane = planes(dy.ncols(), channels);
+    assert!(shift.len() == channels && slope.len() == channels, "batch norm backward: per-channel values");
+    assert_eq!(dx.dim(), dy.dim(), "batch norm backward: gradient of {:?} for {:?}", dx.dim(), dy.dim());
+    let width = dy.ncols();
+    for ((row, mut out), xhat) in dy.rows().into_iter().zip(dx.rows_mut()).zip(normalized.chunks_exact(width)) {
+        let row = row.to_slice().expect("standard rows");
+        let out = out.as_slice_mut().expect("standard rows");
+        for c in 0..channels {
+            let span = c * plane..(c + 1) * plane;
+            let (k, m, s) = (scale[c], shift[c], slope[c]);
+            for ((d, &g), &h) in out[span.clone()].iter_mut().zip(&row[span.clone()]).zip(&xhat[span]) {
+                let v = k * (g - m - h * s);
+                *d = if beta == 0.0 { v } else { beta * *d + v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::*;
+
+    #[test]
+    fn a_normalised_channel_has_mean_0_and_variance_1() {
+        // Two samples of two channels of three values.
+        let x = Array2::from_shape_vec((2, 6), vec![1.0, 2.0, 3.0, 10.0, 10.0, 10.0, 4.0, 5.0, 6.0, 10.0, 10.0, 10.0])
+            .unwrap();
+        let mut sums = vec![0.0; 4];
+        channel_sums(x.view(), 2, &mut sums);
+        let (mean, var) = mean_and_variance(&sums, 2, 6, 0);
+        assert_eq!((mean, var), (3.5, 17.5 / 6.0));
+        assert_eq!(mean_and_variance(&sums, 2, 6, 1), (10.0, 0.0));
+        let inv_std = [(1.0 / (var + 1e-5).sqrt()) as f32, (1.0 / 1e-5f64.sqrt()) as f32];
+        let (mut xhat, mut y) = (vec![0.0; 12], Array2::zeros((2, 6)));
+        batch_norm_normalize(x.view(), &[3.5, 10.0], &inv_std, &[2.0, 1.0], &[0.5, 0.0], &mut xhat, y.view_mut());
+        let first: Vec<f32> = [0, 1, 2, 6, 7, 8].iter().map(|&i| xhat[i]).collect();
+        let mean: f32 = first.iter().sum::<f32>() / 6.0;
+        let var: f32 = first.iter().map(|v| v * v).sum::<f32>() / 6.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{mean} {var}");
+        assert_eq!(y[[0, 0]], 2.0 * xhat[0] + 0.5);
+        assert!(y.row(0).iter().skip(3).all(|&v| v == 0.0), "a constant channel normalises to 0");
+    }
+}
