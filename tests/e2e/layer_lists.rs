@@ -17,6 +17,8 @@ fn layer() -> impl Strategy<Value = String> {
         (1usize..4, 1usize..3).prop_map(|(k, s)| format!("maxpool({k},{s})")),
         (1usize..4, 1usize..3).prop_map(|(k, s)| format!("avgpool({k},{s})")),
         Just("globalavgpool".to_owned()),
+        Just("batchnorm".to_owned()),
+        Just("batchnorm(momentum=0.3,eps=0.001)".to_owned()),
         Just("relu".to_owned()),
         prop_oneof![
             Just("tanh".to_owned()),

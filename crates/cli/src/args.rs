@@ -84,8 +84,9 @@ pub(crate) struct TrainArgs {
           help = format!("Weight decay: L2 for adam and sgd, decoupled for adamw [default: 0, adamw {}]",
                          OptimizerConfig::Adam(defaults().1).weight_decay().coefficient()))]
     pub(crate) weight_decay: Option<f64>,
-    /// mlp (the notebook's, shaped by --hidden and --output-relu) or lenet (LeNet-5, as in
-    /// PyTorch's tutorials) [default: mlp].
+    /// mlp (the notebook's, shaped by --hidden and --output-relu), lenet (LeNet-5, as in
+    /// PyTorch's tutorials) or cnn (four 3x3 convolutions with batch normalisation) [default:
+    /// mlp].
     #[arg(group = "run", long, value_enum, conflicts_with = "layers")]
     pub(crate) model: Option<ModelKind>,
     /// A model as a list of layers, e.g. "conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)":
@@ -212,6 +213,7 @@ pub(crate) enum ScheduleKind {
 pub(crate) enum ModelKind {
     Mlp,
     Lenet,
+    Cnn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -424,10 +426,12 @@ impl TrainArgs {
         let mlp_flag = self.hidden.is_some() || self.output_relu;
         let architecture = match (&self.layers, self.model.unwrap_or(ModelKind::Mlp)) {
             (Some(layers), _) => Architecture::Layers(layers.clone()),
-            (None, ModelKind::Lenet) if mlp_flag => {
-                return Err(usage("--hidden and --output-relu shape the MLP, not --model lenet".into()));
+            (None, kind @ (ModelKind::Lenet | ModelKind::Cnn)) if mlp_flag => {
+                let name = if kind == ModelKind::Lenet { "lenet" } else { "cnn" };
+                return Err(usage(format!("--hidden and --output-relu shape the MLP, not --model {name}")));
             }
             (None, ModelKind::Lenet) => Architecture::Lenet,
+            (None, ModelKind::Cnn) => Architecture::Cnn,
             (None, ModelKind::Mlp) => match &self.hidden {
                 None if !self.output_relu => Architecture::notebook(),
                 spec => Architecture::Mlp {
@@ -441,10 +445,11 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// Whether the flags ask for LeNet-5 or a layer list: `--recipe strong` trains those for
-    /// the epochs of a convolutional model (a layer list is taken for one, whatever it holds).
+    /// Whether the flags ask for LeNet-5, the CNN or a layer list: `--recipe strong` trains
+    /// those for the epochs of a convolutional model (a layer list is taken for one, whatever
+    /// it holds).
     fn convolutional(&self) -> bool {
-        self.layers.is_some() || self.model == Some(ModelKind::Lenet)
+        self.layers.is_some() || matches!(self.model, Some(ModelKind::Lenet | ModelKind::Cnn))
     }
 
     /// `--augment` with its ranges, those of the recipe's augmentation (or the library's

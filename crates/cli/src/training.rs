@@ -150,6 +150,7 @@ fn flag(architecture: &Architecture) -> &'static str {
     match architecture {
         Architecture::Mlp { .. } => "--hidden",
         Architecture::Lenet => "--model lenet",
+        Architecture::Cnn => "--model cnn",
         Architecture::Layers(_) => "--layers",
     }
 }

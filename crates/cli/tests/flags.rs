@@ -70,6 +70,12 @@ fn optimizers_and_widths_are_configured() {
     assert_eq!(hidden(&["--hidden", ""]), Vec::<usize>::new());
     assert_eq!(hidden(&["--hidden", "256, 128"]), vec![256, 128]);
     assert_eq!(new_run(&["--model", "lenet"]).architecture, Architecture::Lenet);
+    assert_eq!(new_run(&["--model", "cnn"]).architecture, Architecture::Cnn);
+    assert_eq!(
+        parse(&["--model", "cnn", "--output-relu"]).unwrap_err(),
+        "--hidden and --output-relu shape the MLP, not --model cnn"
+    );
+    assert_eq!(parse(&["--recipe", "strong", "--model", "cnn"]).unwrap().epochs, 15);
     assert_eq!(
         new_run(&["--layers", "flatten,linear(10)"]).architecture,
         Architecture::Layers("flatten,linear(10)".into())

@@ -204,6 +204,13 @@ impl Tape {
                     let (mut dx, beta) = input.grad_to_write();
                     ndarray::Zip::from(&mut dx).and(&dy).and(&mask).for_each(|d, &g, &m| *d = beta * *d + g * m);
                 }
+                Op::WeightedSum { x } => {
+                    // s = Σ x·w:  dx += ds·w.
+                    let g = dy[[0, 0]];
+                    let (mut dx, beta) = before[x.index].grad_to_write();
+                    let weights = ArrayView2::from_shape(dx.dim(), &node.aux).expect("weights at x's shape");
+                    ndarray::Zip::from(&mut dx).and(&weights).for_each(|d, &w| *d = beta * *d + g * w);
+                }
                 Op::CrossEntropy { logits, ref labels, smoothing } => {
                     // L = mean_i -Σ_k t_ik log softmax(z_i)_k with t = (1 - ε)·onehot(y) + ε/K:
                     // dz = (softmax(z) - t) * dL / N.

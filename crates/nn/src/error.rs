@@ -54,13 +54,15 @@ pub enum NnError {
         /// What the reader found wrong.
         reason: String,
     },
-    /// A tensor of a type other than f32.
-    #[error("tensor {name} is {dtype}, expected F32")]
+    /// A tensor of a type other than the one expected (f32 for values, i64 for counters).
+    #[error("tensor {name} is {dtype}, expected {expected}")]
     WrongDtype {
         /// Its name.
         name: String,
         /// Its type.
         dtype: String,
+        /// The type expected.
+        expected: &'static str,
     },
     /// A metadata entry that a reader needs is absent.
     #[error("metadata {key} is missing")]

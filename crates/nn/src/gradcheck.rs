@@ -890,3 +890,22 @@ fn a_batch_split_in_parts_normalises_with_the_whole_batchs_statistics() {
     assert_eq!(halves[0].3, halves[1].3, "both parts see the same statistics");
     close("statistics", &halves[0].3, &whole.3);
 }
+
+#[test]
+fn weighted_sum_gradient_is_its_weights() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let (x, w) = (random(&mut rng, 2, 3), random(&mut rng, 2, 3));
+    let mut params = Params::new();
+    let mut tape = Tape::new();
+    let input = differentiable_input(&mut tape, &mut params, &x);
+    let s = tape.weighted_sum(input, to_f32(&w).view());
+    backward(&mut tape, s, &params);
+    let f = |v: &[f64]| v.iter().zip(to_f32(&w).iter()).map(|(a, &b)| a * f64::from(b)).sum::<f64>();
+    let dx = tape.grad(input).unwrap().to_owned();
+    compare(
+        "weighted sum dx",
+        dx.as_slice().unwrap(),
+        &numeric_grad(f, to_f32(&x).mapv(f64::from).as_slice().unwrap()),
+    )
+    .unwrap();
+}

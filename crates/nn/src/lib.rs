@@ -53,7 +53,7 @@ pub use mlp::MlpConfig;
 pub use model::Model;
 pub use params::{Param, ParamId, Params};
 pub use sequential::{Layer, Sequential, SequentialConfig};
-pub use state::{Scope, StateDict, Tensor};
+pub use state::{IntTensor, Scope, StateDict, Tensor};
 pub use tape::{Tape, Var};
 
 #[cfg(test)]

@@ -36,6 +36,21 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
         self.forward(tape, x)
     }
 
+    /// Whether the forward pass in training mode couples the samples of a batch, as batch
+    /// normalisation does: then a batch split into parts must have them meet
+    /// ([`Tape::share_batch`]), each part on a thread of its own. `false` unless overridden.
+    fn normalizes_over_batch(&self) -> bool {
+        false
+    }
+
+    /// Takes what a training forward pass recorded on `tape` of the batch's statistics
+    /// ([`Tape::batch_statistics`]) into the model's running statistics, as PyTorch's batch
+    /// normalisation does during its forward pass. The training engine calls it after each
+    /// step; a model without running statistics has nothing to do (the default).
+    fn track_running_statistics(&mut self, tape: &Tape) {
+        let _ = tape;
+    }
+
     /// The logits for `x` (one sample per row): [`Model::forward`] on `tape`, cleared first.
     /// With a tape made by [`Tape::for_inference`] and kept from call to call, evaluating
     /// batch after batch costs a forward pass and allocates nothing once warm.

@@ -250,7 +250,10 @@ impl Params {
     pub fn load_state_dict(&mut self, state: &StateDict) -> Result<(), NnError> {
         let mut values = Vec::with_capacity(self.params.len());
         for p in &self.params {
-            let tensor = state.get(&p.name).ok_or_else(|| NnError::MissingParam { name: p.name.clone() })?;
+            let tensor = state.get(&p.name).ok_or_else(|| match state.get_i64(&p.name) {
+                Some(_) => NnError::WrongDtype { name: p.name.clone(), dtype: "I64".into(), expected: "F32" },
+                None => NnError::MissingParam { name: p.name.clone() },
+            })?;
             values.push(p.aligned_from_tensor(tensor)?);
         }
         if let Some(name) = state.names().find(|n| self.by_name(n).is_none()) {

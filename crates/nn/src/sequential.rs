@@ -11,11 +11,16 @@
 //!   (`[C, H, W]` to `C` values, flattened);
 //! - `relu`, `tanh`, `sigmoid`, `gelu`, `gelu(tanh)` (the tanh approximation), `leakyrelu` or
 //!   `leakyrelu(SLOPE)` (0.01 by default);
+//! - `batchnorm` batch normalisation of each channel (`BatchNorm2d`) or each value
+//!   (`BatchNorm1d`, after `flatten`), with options `momentum=M` and `eps=E` (PyTorch's 0.1
+//!   and 1e-5 by default);
 //! - `flatten` (channels, rows, columns: PyTorch's order), `linear(OUT)`, `dropout(P)` (the
 //!   probability of zeroing a value).
 //!
 //! Parameters are named as PyTorch's examples name them: `conv1.weight`, `conv1.bias`, ... for
-//! the convolutions in order and `fc1.weight`, ... for the linear layers.
+//! the convolutions in order, `fc1.weight`, ... for the linear layers and `bn1.weight`, ... for
+//! the batch normalisations, whose running statistics are `bn1.running_mean`,
+//! `bn1.running_var` and `bn1.num_batches_tracked` (an i64), as in PyTorch's `state_dict`.
 
 use std::fmt;
 
@@ -26,7 +31,7 @@ use crate::error::NnError;
 use crate::linear::Linear;
 use crate::model::Model;
 use crate::params::{ParamId, Params};
-use crate::state::{Scope, StateDict};
+use crate::state::{IntTensor, Scope, StateDict, Tensor};
 use crate::tape::{Tape, Var};
 
 /// One layer as a user writes it.
@@ -77,6 +82,20 @@ pub enum Layer {
         /// The probability of zeroing a value.
         p: f32,
     },
+    /// `nn.BatchNorm2d(C)` on images, `nn.BatchNorm1d(C)` on flat rows.
+    BatchNorm {
+        /// How far each training batch moves the running statistics.
+        momentum: f32,
+        /// Added to the variance before its square root.
+        eps: f32,
+    },
+}
+
+impl Layer {
+    /// PyTorch's default momentum of batch normalisation.
+    pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
+    /// PyTorch's default eps of batch normalisation.
+    pub const BATCH_NORM_EPS: f32 = 1e-5;
 }
 
 impl fmt::Display for Layer {
@@ -105,6 +124,20 @@ impl fmt::Display for Layer {
             Self::Flatten => f.write_str("flatten"),
             Self::Linear { out } => write!(f, "linear({out})"),
             Self::Dropout { p } => write!(f, "dropout({p})"),
+            Self::BatchNorm { momentum, eps } => {
+                f.write_str("batchnorm")?;
+                let mut options = Vec::new();
+                if momentum != Self::BATCH_NORM_MOMENTUM {
+                    options.push(format!("momentum={momentum}"));
+                }
+                if eps != Self::BATCH_NORM_EPS {
+                    options.push(format!("eps={eps}"));
+                }
+                if !options.is_empty() {
+                    write!(f, "({})", options.join(","))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -155,6 +188,10 @@ impl SequentialConfig {
     /// LeNet-5 for 28x28 images, as PyTorch's tutorials write it.
     pub const LENET: &'static str = "conv(6,5,pad=2),relu,maxpool(2),conv(16,5),relu,maxpool(2),flatten,linear(120),relu,linear(84),relu,linear(10)";
 
+    /// A small CNN of 3x3 convolutions with batch normalisation for 28x28 images: what a
+    /// PyTorch user writes for MNIST today.
+    pub const CNN: &'static str = "conv(16,3,pad=1,bias=false),batchnorm,relu,conv(16,3,pad=1,bias=false),batchnorm,relu,maxpool(2),conv(32,3,pad=1,bias=false),batchnorm,relu,conv(32,3,pad=1,bias=false),batchnorm,relu,maxpool(2),flatten,linear(128),batchnorm,relu,linear(10)";
+
     /// LeNet-5 for images of `input` = `[C, H, W]` and `classes` classes: [`Self::LENET`] with
     /// its last layer as wide as the classes.
     ///
@@ -162,6 +199,16 @@ impl SequentialConfig {
     /// Images too small for its kernels.
     pub fn lenet(input: [usize; 3], classes: usize) -> Result<Self, NnError> {
         let text = Self::LENET.replace("linear(10)", &format!("linear({classes})"));
+        Self::parse(&text, input)
+    }
+
+    /// [`Self::CNN`] for images of `input` = `[C, H, W]` and `classes` classes, its last layer
+    /// as wide as the classes.
+    ///
+    /// # Errors
+    /// Images too small for its two poolings.
+    pub fn cnn(input: [usize; 3], classes: usize) -> Result<Self, NnError> {
+        let text = Self::CNN.replace("linear(10)", &format!("linear({classes})"));
         Self::parse(&text, input)
     }
 
@@ -227,6 +274,7 @@ impl SequentialConfig {
                     (out.saturating_mul(c).saturating_mul(kernel * kernel), if bias { out } else { 0 })
                 }
                 (Layer::Linear { out }, Shape::Flat(inputs)) => (out.saturating_mul(inputs), out),
+                (Layer::BatchNorm { .. }, shape) => (channels(shape), channels(shape)),
                 _ => (0, 0),
             };
             count = count.saturating_add(weights).saturating_add(biases);
@@ -287,6 +335,13 @@ impl SequentialConfig {
                 (Layer::Linear { .. }, Shape::Image(..)) => {
                     return Err(bad(format!("its input is {shape}: add flatten before it")));
                 }
+                (Layer::BatchNorm { momentum, .. }, _) if !(0.0..=1.0).contains(&momentum) => {
+                    return Err(bad(format!("the momentum {momentum} is not in [0, 1]")));
+                }
+                (Layer::BatchNorm { eps, .. }, _) if !(eps.is_finite() && eps > 0.0) => {
+                    return Err(bad(format!("eps {eps} is not a finite number above 0")));
+                }
+                (Layer::BatchNorm { .. }, s) => s,
                 (Layer::Dropout { p }, s) if (0.0..1.0).contains(&p) => s,
                 (Layer::Dropout { p }, _) => return Err(bad(format!("the probability {p} is not in [0, 1)"))),
                 (Layer::Activation(tensor::Activation::LeakyRelu(slope)), _) if !slope.is_finite() => {
@@ -458,6 +513,18 @@ fn parse_layer(text: &str) -> Result<Layer, NnError> {
             check_options(&[])?;
             Ok(Layer::Linear { out: count(positional[0])? })
         }
+        "batchnorm" => {
+            arity(0..=0, "only options, as batchnorm(momentum=0.3,eps=1e-3)")?;
+            check_options(&["momentum", "eps"])?;
+            let number = |key: &str, default: f32| match option(key) {
+                Some(v) => v.parse::<f32>().map_err(|_| bad(&format!("{key}={v} is not a number"))),
+                None => Ok(default),
+            };
+            Ok(Layer::BatchNorm {
+                momentum: number("momentum", Layer::BATCH_NORM_MOMENTUM)?,
+                eps: number("eps", Layer::BATCH_NORM_EPS)?,
+            })
+        }
         "dropout" => {
             arity(1..=1, "a probability, as dropout(0.5)")?;
             check_options(&[])?;
@@ -481,7 +548,15 @@ fn parse_layer(text: &str) -> Result<Layer, NnError> {
 
 /// Every layer a list may name.
 const KNOWN_LAYERS: &str =
-    "conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu, leakyrelu, flatten, linear, dropout";
+    "conv, maxpool, avgpool, globalavgpool, batchnorm, relu, tanh, sigmoid, gelu, leakyrelu, flatten, linear, dropout";
+
+/// The channels a batch normalisation normalises: an image's, or each value of a flat row.
+fn channels(shape: Shape) -> usize {
+    match shape {
+        Shape::Image(c, ..) => c,
+        Shape::Flat(n) => n,
+    }
+}
 
 fn conv_shape(layer: Layer, (c, h, w): (usize, usize, usize)) -> tensor::Conv2dShape {
     let Layer::Conv2d { out, kernel, stride, padding, .. } = layer else { unreachable!("a convolution") };
@@ -495,15 +570,39 @@ fn pool_shape(kernel: usize, stride: usize, (c, h, w): (usize, usize, usize)) ->
 /// A layer built: its parameters and its geometry.
 #[derive(Debug, Clone)]
 enum Built {
-    Conv { weight: ParamId, bias: Option<ParamId>, shape: tensor::Conv2dShape, sparse: bool },
+    Conv {
+        weight: ParamId,
+        bias: Option<ParamId>,
+        shape: tensor::Conv2dShape,
+        sparse: bool,
+    },
     Pool(tensor::Pool2dShape),
     AvgPool(tensor::Pool2dShape),
-    GlobalAvgPool { channels: usize },
+    GlobalAvgPool {
+        channels: usize,
+    },
     Relu,
     Activation(tensor::Activation),
     Flatten,
     Linear(Linear),
     Dropout(f32),
+    /// Batch normalisation; its running statistics are `running[stats]`.
+    BatchNorm {
+        weight: ParamId,
+        bias: ParamId,
+        momentum: f32,
+        eps: f32,
+        stats: usize,
+    },
+}
+
+/// A batch normalisation's running statistics: what evaluation normalises with.
+#[derive(Debug, Clone, PartialEq)]
+struct Running {
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    /// Training batches taken in (PyTorch's `num_batches_tracked`).
+    batches: i64,
 }
 
 /// A model built from a [`SequentialConfig`], owning its parameters. A first layer with
@@ -527,6 +626,8 @@ pub struct Sequential {
     config: SequentialConfig,
     layers: Vec<Built>,
     params: Params,
+    /// Each batch normalisation's running statistics, in order.
+    running: Vec<Running>,
     classes: usize,
 }
 
@@ -572,6 +673,7 @@ impl Sequential {
         let shapes = config.shapes().unwrap_or_else(|e| panic!("{e}"));
         let mut params = Params::new();
         let (mut convs, mut linears) = (0, 0);
+        let mut running = Vec::new();
         let mut shape = Shape::Image(config.input[0], config.input[1], config.input[2]);
         let mut layers = Vec::with_capacity(config.layers.len());
         // Whether the layer reads the data as it came (only flattened): the sparse paths read
@@ -608,11 +710,20 @@ impl Sequential {
                 (Layer::Activation(f), _) => Built::Activation(f),
                 (Layer::Flatten, _) => Built::Flatten,
                 (Layer::Dropout { p }, _) => Built::Dropout(p),
+                (Layer::BatchNorm { momentum, eps }, shape) => {
+                    // PyTorch's initialisation, which draws nothing from the generator.
+                    let c = channels(shape);
+                    let scope = Scope::new(format!("bn{}", running.len() + 1));
+                    let weight = params.add(scope.name("weight"), &[c], vec![1.0; c]);
+                    let bias = params.add(scope.name("bias"), &[c], vec![0.0; c]);
+                    running.push(Running { mean: vec![0.0; c], var: vec![1.0; c], batches: 0 });
+                    Built::BatchNorm { weight, bias, momentum, eps, stats: running.len() - 1 }
+                }
                 (layer, shape) => unreachable!("{layer} on {shape} passed the shape check"),
             });
             shape = next;
         }
-        Self { config: config.clone(), layers, params, classes: shape.len() }
+        Self { config: config.clone(), layers, params, running, classes: shape.len() }
     }
 
     /// The model's description.
@@ -641,6 +752,13 @@ impl Sequential {
                 Built::Activation(f) => tape.activation(h, *f),
                 Built::Flatten => h,
                 Built::Linear(linear) => linear.forward(tape, &self.params, h),
+                Built::BatchNorm { weight, bias, eps, stats, .. } => match rng {
+                    Some(_) => tape.batch_norm(&self.params, h, *weight, *bias, *eps),
+                    None => {
+                        let r = &self.running[*stats];
+                        tape.batch_norm_fixed(&self.params, h, *weight, *bias, &r.mean, &r.var, *eps)
+                    }
+                },
                 Built::Dropout(p) => match rng.as_deref_mut() {
                     Some(rng) => tape.dropout(h, *p, rng),
                     None => h,
@@ -683,6 +801,24 @@ impl Model for Sequential {
         self.forward_with_dropout(tape, x, Some(rng))
     }
 
+    fn normalizes_over_batch(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    fn track_running_statistics(&mut self, tape: &Tape) {
+        let momenta = self.layers.iter().filter_map(|l| match l {
+            Built::BatchNorm { momentum, stats, .. } => Some((*momentum, *stats)),
+            _ => None,
+        });
+        for ((momentum, stats), (mean, var)) in momenta.zip(tape.batch_statistics()) {
+            let running = &mut self.running[stats];
+            let keep = 1.0 - momentum;
+            running.mean.iter_mut().zip(mean).for_each(|(r, &m)| *r = keep * *r + momentum * m);
+            running.var.iter_mut().zip(var).for_each(|(r, &v)| *r = keep * *r + momentum * v);
+            running.batches += 1;
+        }
+    }
+
     fn state_dict(&self) -> StateDict {
         if let Some(mlp) = self.config.as_mlp() {
             // An MLP's file, as MLPs have always been written, which every earlier reader
@@ -697,6 +833,12 @@ impl Model for Sequential {
         state.set_meta(FORMAT_KEY, FORMAT);
         state.set_meta(INPUT_KEY, format!("{c},{h},{w}"));
         state.set_meta(LAYERS_KEY, self.config.to_string());
+        for (i, running) in self.running.iter().enumerate() {
+            let scope = Scope::new(format!("bn{}", i + 1));
+            state.insert(scope.name("running_mean"), Tensor::new(vec![running.mean.len()], running.mean.clone()));
+            state.insert(scope.name("running_var"), Tensor::new(vec![running.var.len()], running.var.clone()));
+            state.insert_i64(scope.name("num_batches_tracked"), IntTensor::new(vec![], vec![running.batches]));
+        }
         state
     }
 
@@ -723,7 +865,34 @@ impl Model for Sequential {
             }
         };
         let mut model = Self::build(&config, |fan_out, fan_in| (vec![0.0; fan_out * fan_in], vec![0.0; fan_out]));
-        model.params.load_state_dict(state)?;
+        if model.running.is_empty() {
+            model.params.load_state_dict(state)?;
+            return Ok(model);
+        }
+        // The running statistics are taken out first: the parameters load strictly.
+        let mut state = state.clone();
+        for (i, running) in model.running.iter_mut().enumerate() {
+            let scope = Scope::new(format!("bn{}", i + 1));
+            for (leaf, values) in [("running_mean", &mut running.mean), ("running_var", &mut running.var)] {
+                let name = scope.name(leaf);
+                let tensor = state.remove(&name).ok_or_else(|| NnError::MissingParam { name: name.clone() })?;
+                if tensor.shape() != [values.len()] {
+                    return Err(NnError::ShapeMismatch {
+                        name,
+                        expected: vec![values.len()],
+                        found: tensor.shape().to_vec(),
+                    });
+                }
+                *values = tensor.into_data();
+            }
+            let name = scope.name("num_batches_tracked");
+            let tracked = state.remove_i64(&name).ok_or_else(|| NnError::MissingParam { name: name.clone() })?;
+            running.batches = match tracked.data() {
+                [n] => *n,
+                _ => return Err(NnError::ShapeMismatch { name, expected: vec![], found: tracked.shape().to_vec() }),
+            };
+        }
+        model.params.load_state_dict(&state)?;
         Ok(model)
     }
 }
@@ -741,6 +910,35 @@ mod tests {
     }
 
     #[test]
+    fn batch_normalisation_keeps_running_statistics_in_its_file() {
+        let config = SequentialConfig::parse(SequentialConfig::CNN, [1, 28, 28]).unwrap();
+        assert_eq!(config.to_string(), SequentialConfig::CNN);
+        let mut model = Sequential::new(&config, &mut rng(0));
+        assert_eq!(config.parameter_count().unwrap(), model.params().num_scalars());
+        assert!(model.normalizes_over_batch());
+        // One training forward pass moves the running statistics.
+        let x = Array2::from_shape_fn((4, 784), |(i, j)| ((i * 7 + j) % 11) as f32 / 10.0);
+        let mut tape = Tape::new();
+        let input = tape.input(x.view());
+        model.forward_train(&mut tape, input, &mut rng(1));
+        assert_eq!(tape.batch_statistics().count(), 5);
+        model.track_running_statistics(&tape);
+        let state = model.state_dict();
+        assert_eq!(state.get_i64("bn5.num_batches_tracked").unwrap().data(), &[1]);
+        assert_eq!(state.get("bn1.running_var").unwrap().shape(), &[16]);
+        assert!(state.get("bn1.running_mean").unwrap().data().iter().any(|&m| m != 0.0));
+        let back = Sequential::from_state_dict(&StateDict::from_safetensors(&state.to_safetensors()).unwrap()).unwrap();
+        assert_eq!(back.state_dict(), state);
+        assert_eq!(back.logits(x.view()), model.logits(x.view()), "evaluation uses the running statistics");
+        let mut missing = state.clone();
+        missing.remove("bn2.running_var");
+        assert_eq!(Sequential::from_state_dict(&missing).unwrap_err().to_string(), "missing parameter bn2.running_var");
+        let options =
+            SequentialConfig::parse("flatten,batchnorm(momentum=0.3,eps=0.001),linear(2)", [1, 2, 2]).unwrap();
+        assert_eq!(options.to_string(), "flatten,batchnorm(momentum=0.3,eps=0.001),linear(2)");
+    }
+
+    #[test]
     fn bad_layer_lists_are_refused_naming_the_layer_and_the_shapes() {
         for (text, message) in [
             ("conv(6,5),relu,linear(10)", "linear(10): its input is 6x24x24: add flatten before it"),
@@ -754,9 +952,19 @@ mod tests {
             ("flatten,dropout(1.5),linear(10)", "dropout(1.5): the probability 1.5 is not in [0, 1)"),
             (
                 "flatten,lin(10)",
-                "\"lin(10)\": unknown layer; known: conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu, \
-                 leakyrelu, flatten, linear, dropout",
+                "\"lin(10)\": unknown layer; known: conv, maxpool, avgpool, globalavgpool, batchnorm, relu, tanh, \
+                 sigmoid, gelu, leakyrelu, flatten, linear, dropout",
             ),
+            (
+                "conv(2,3),batchnorm(momentum=2),flatten,linear(3)",
+                "batchnorm(momentum=2): the momentum 2 is not in [0, 1]",
+            ),
+            ("conv(2,3),batchnorm(eps=0),flatten,linear(3)", "batchnorm(eps=0): eps 0 is not a finite number above 0"),
+            (
+                "conv(2,3),batchnorm(4),flatten,linear(3)",
+                "\"batchnorm(4)\": takes only options, as batchnorm(momentum=0.3,eps=1e-3)",
+            ),
+            ("conv(2,3),batchnorm(gamma=1),flatten,linear(3)", "\"batchnorm(gamma=1)\": unknown option \"gamma\""),
             (
                 "flatten,globalavgpool,linear(3)",
                 "globalavgpool: its input is 784 values, not images: it must come before flatten",

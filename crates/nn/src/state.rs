@@ -49,6 +49,36 @@ impl Tensor {
     }
 }
 
+/// A row-major i64 tensor, for the counters PyTorch keeps as integers (a batch
+/// normalisation's `num_batches_tracked`, a 0-dimensional tensor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntTensor {
+    shape: Vec<usize>,
+    data: Vec<i64>,
+}
+
+impl IntTensor {
+    /// A tensor of `shape` holding `data` in row-major order.
+    ///
+    /// # Panics
+    /// If `data` does not have the shape's number of elements.
+    #[track_caller]
+    pub fn new(shape: Vec<usize>, data: Vec<i64>) -> Self {
+        assert_eq!(data.len(), shape.iter().product::<usize>(), "{} values do not fit {shape:?}", data.len());
+        Self { shape, data }
+    }
+
+    /// The shape, outermost first (empty for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The values, row-major.
+    pub fn data(&self) -> &[i64] {
+        &self.data
+    }
+}
+
 /// Named tensors with string metadata: what `torch.save(model.state_dict())` saves, and what
 /// an optimizer or a training run adds beside it under prefixes of their own.
 ///
@@ -64,6 +94,7 @@ impl Tensor {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateDict {
     tensors: BTreeMap<String, Tensor>,
+    integers: BTreeMap<String, IntTensor>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -88,19 +119,34 @@ impl StateDict {
         self.tensors.remove(name)
     }
 
-    /// The tensors' names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+    /// Adds or replaces the integer tensor `name`.
+    pub fn insert_i64(&mut self, name: impl Into<String>, tensor: IntTensor) {
+        self.integers.insert(name.into(), tensor);
     }
 
-    /// The number of tensors.
+    /// The integer tensor `name`, if present.
+    pub fn get_i64(&self, name: &str) -> Option<&IntTensor> {
+        self.integers.get(name)
+    }
+
+    /// Takes the integer tensor `name` out, if present.
+    pub fn remove_i64(&mut self, name: &str) -> Option<IntTensor> {
+        self.integers.remove(name)
+    }
+
+    /// The names of the tensors, f32 and integer, each kind sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().chain(self.integers.keys()).map(String::as_str)
+    }
+
+    /// The number of tensors, f32 and integer.
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.tensors.len() + self.integers.len()
     }
 
     /// Whether there are no tensors.
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.len() == 0
     }
 
     /// Sets the metadata `key`.
@@ -147,21 +193,20 @@ impl StateDict {
         for (name, tensor) in other.tensors {
             self.tensors.insert(format!("{prefix}{name}"), tensor);
         }
+        for (name, tensor) in other.integers {
+            self.integers.insert(format!("{prefix}{name}"), tensor);
+        }
         self.metadata.extend(other.metadata);
     }
 
     /// Takes out the tensors whose names start with `prefix`, without it, with a copy of the
     /// metadata: the inverse of [`StateDict::extend_prefixed`].
     pub fn take_prefixed(&mut self, prefix: &str) -> StateDict {
-        let names: Vec<String> = self.tensors.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
-        let tensors = names
-            .into_iter()
-            .filter_map(|name| {
-                let tensor = self.tensors.remove(&name)?;
-                Some((name[prefix.len()..].to_owned(), tensor))
-            })
-            .collect();
-        StateDict { tensors, metadata: self.metadata.clone() }
+        StateDict {
+            tensors: take_prefixed(&mut self.tensors, prefix),
+            integers: take_prefixed(&mut self.integers, prefix),
+            metadata: self.metadata.clone(),
+        }
     }
 
     /// The safetensors encoding: an 8-byte little-endian header length, a JSON header
@@ -179,12 +224,16 @@ impl StateDict {
     pub fn write_safetensors(&self, w: &mut dyn Write) -> io::Result<()> {
         let mut header = format!("{{\"__metadata__\":{}", json(&self.metadata));
         let mut offset = 0;
-        for (name, tensor) in &self.tensors {
-            let end = offset + 4 * tensor.data.len();
+        // The integers first: safetensors lays out tensors by alignment, the widest first.
+        let entries = self.integers.iter().map(|(n, t)| (n, "I64", &t.shape, 8 * t.data.len()));
+        for (name, dtype, shape, bytes) in
+            entries.chain(self.tensors.iter().map(|(n, t)| (n, "F32", &t.shape, 4 * t.data.len())))
+        {
+            let end = offset + bytes;
             header += &format!(
-                ",{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
+                ",{}:{{\"dtype\":\"{dtype}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
                 json(name),
-                json(&tensor.shape)
+                json(shape)
             );
             offset = end;
         }
@@ -194,6 +243,9 @@ impl StateDict {
         }
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
+        for tensor in self.integers.values() {
+            w.write_all(&tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+        }
         let mut buf = Vec::with_capacity(1 << 16);
         for tensor in self.tensors.values() {
             for chunk in tensor.data.chunks(1 << 14) {
@@ -205,7 +257,7 @@ impl StateDict {
         Ok(())
     }
 
-    /// Reads a safetensors file's bytes. Every tensor must be f32.
+    /// Reads a safetensors file's bytes. Every tensor must be f32 or i64.
     ///
     /// # Errors
     /// [`NnError::NotSafetensors`] for bytes that are not a whole, valid file;
@@ -214,17 +266,35 @@ impl StateDict {
         let bad = |e: safetensors::SafeTensorError| NnError::NotSafetensors { reason: e.to_string() };
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
         let file = SafeTensors::deserialize(bytes).map_err(bad)?;
-        let mut tensors = BTreeMap::new();
+        let (mut tensors, mut integers) = (BTreeMap::new(), BTreeMap::new());
         for (name, view) in file.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(NnError::WrongDtype { name, dtype: format!("{:?}", view.dtype()) });
+            let shape = view.shape().to_vec();
+            match view.dtype() {
+                Dtype::F32 => {
+                    let data =
+                        view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    tensors.insert(name, Tensor { shape, data });
+                }
+                Dtype::I64 => {
+                    let data = view
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                        .collect();
+                    integers.insert(name, IntTensor { shape, data });
+                }
+                other => return Err(NnError::WrongDtype { name, dtype: format!("{other:?}"), expected: "F32 or I64" }),
             }
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
         }
         let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
-        Ok(Self { tensors, metadata })
+        Ok(Self { tensors, integers, metadata })
     }
+}
+
+/// Takes the entries of `map` whose names start with `prefix` out, without it.
+fn take_prefixed<T>(map: &mut BTreeMap<String, T>, prefix: &str) -> BTreeMap<String, T> {
+    let names: Vec<String> = map.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+    names.into_iter().filter_map(|name| Some((name[prefix.len()..].to_owned(), map.remove(&name)?))).collect()
 }
 
 /// JSON text of a header's values: strings, shapes and the metadata map.
@@ -268,6 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn integer_counters_round_trip_as_i64_scalars() {
+        let mut state = StateDict::new();
+        state.insert("bn1.running_mean", Tensor::new(vec![2], vec![0.5, -0.25]));
+        state.insert_i64("bn1.num_batches_tracked", IntTensor::new(vec![], vec![938]));
+        let bytes = state.to_safetensors();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let counter = file.tensor("bn1.num_batches_tracked").unwrap();
+        assert_eq!(
+            (counter.dtype(), counter.shape(), counter.data()),
+            (Dtype::I64, &[][..], &938i64.to_le_bytes()[..])
+        );
+        let back = StateDict::from_safetensors(&bytes).unwrap();
+        assert_eq!(back, state);
+        let mut nested = StateDict::new();
+        nested.extend_prefixed("best.", back);
+        assert_eq!(nested.len(), 2);
+        assert_eq!(nested.take_prefixed("best.").get_i64("bn1.num_batches_tracked").unwrap().data(), &[938]);
+        assert!(nested.is_empty());
+    }
+
+    #[test]
     fn the_encoding_is_the_safetensors_crates_own() {
         // One metadata entry: the crate's writer orders several by hash, differently each run.
         let mut s = sample();
@@ -305,7 +396,10 @@ mod tests {
         let data = [0u8; 8];
         let view = TensorView::new(Dtype::F64, vec![1], &data).unwrap();
         let f64_file = safetensors::serialize([("x", view)], None).unwrap();
-        assert_eq!(StateDict::from_safetensors(&f64_file).unwrap_err().to_string(), "tensor x is F64, expected F32");
+        assert_eq!(
+            StateDict::from_safetensors(&f64_file).unwrap_err().to_string(),
+            "tensor x is F64, expected F32 or I64"
+        );
     }
 
     #[test]

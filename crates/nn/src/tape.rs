@@ -71,6 +71,8 @@ pub(crate) enum Op {
     MaxPool2d { x: Var },
     /// `y = x · mask`, the mask (0, or `1 / (1 - p)`) kept in `aux`.
     Dropout { x: Var },
+    /// `Σ x·w` over every value, for weights `w` that are data: a 1x1 value. `aux` holds `w`.
+    WeightedSum { x: Var },
     /// The mean over rows of `-log softmax(logits)[label]`: a 1x1 value. The softmax is kept in
     /// the node's `aux` buffer for the backward pass; the labels are in the tape's list.
     CrossEntropy { logits: Var, labels: Range<usize>, smoothing: f32 },
@@ -679,6 +681,42 @@ impl Tape {
         let y = self.push(Op::GlobalAvgPool { x }, rows, channels, needs_grad);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         tensor::global_avg_pool(before[x.index].value(), channels, rest[0].value_mut());
+        y
+    }
+
+    /// Records `Σ x·weights` over every value of `x`: a 1x1 value whose gradient with respect to
+    /// `x` is `weights`. PyTorch's `(x * weights).sum()`, for a loss of one's own or to pull a
+    /// chosen gradient back through a model.
+    ///
+    /// ```
+    /// let mut tape = nn::Tape::new();
+    /// let x = tape.input(ndarray::array![[1.0f32, 2.0], [3.0, 4.0]].view());
+    /// let s = tape.weighted_sum(x, ndarray::array![[1.0f32, 0.0], [0.5, -1.0]].view());
+    /// assert_eq!(tape.value(s)[[0, 0]], 1.0 + 1.5 - 4.0);
+    /// ```
+    ///
+    /// # Panics
+    /// If `weights` does not have `x`'s shape.
+    #[track_caller]
+    pub fn weighted_sum(&mut self, x: Var, weights: ArrayView2<f32>) -> Var {
+        self.check(x);
+        let src = &self.nodes[x.index];
+        assert_eq!(
+            (src.rows, src.cols),
+            weights.dim(),
+            "weighted_sum: weights of {:?} for {}x{}",
+            weights.dim(),
+            src.rows,
+            src.cols
+        );
+        let needs_grad = src.needs_grad;
+        let y = self.push(Op::WeightedSum { x }, 1, 1, needs_grad);
+        let (before, rest) = self.nodes.split_at_mut(y.index);
+        let node = &mut rest[0];
+        node.aux.clear();
+        node.aux.extend(weights.iter());
+        let sum: f64 = before[x.index].value.iter().zip(&node.aux).map(|(&v, &w)| f64::from(v) * f64::from(w)).sum();
+        node.value[0] = sum as f32;
         y
     }
 

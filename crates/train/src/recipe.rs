@@ -162,6 +162,8 @@ pub enum Architecture {
     },
     /// LeNet-5.
     Lenet,
+    /// A CNN of 3x3 convolutions with batch normalisation ([`nn::SequentialConfig::CNN`]).
+    Cnn,
     /// A list of layers, e.g. `conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)`.
     Layers(String),
 }
@@ -172,8 +174,8 @@ impl Architecture {
         Self::Mlp { hidden: nn::MlpConfig::NOTEBOOK_HIDDEN.to_vec(), output_relu: false }
     }
 
-    /// Whether [`Recipe::plan`] should take the model for a convolutional one: LeNet-5 and any
-    /// layer list, whatever it holds.
+    /// Whether [`Recipe::plan`] should take the model for a convolutional one: LeNet-5, the CNN
+    /// and any layer list, whatever it holds.
     pub fn is_convolutional(&self) -> bool {
         !matches!(self, Self::Mlp { .. })
     }
@@ -196,6 +198,7 @@ impl Architecture {
         match self {
             Self::Mlp { hidden, output_relu } => Ok(mlp_for(data, hidden, *output_relu)),
             Self::Lenet => nn::SequentialConfig::lenet(input, data.classes()),
+            Self::Cnn => nn::SequentialConfig::cnn(input, data.classes()),
             Self::Layers(text) => nn::SequentialConfig::parse(text, input),
         }
     }

@@ -1,8 +1,12 @@
 //! The training step: a batch split across the rayon pool, each part with its own tape and
-//! gradients, the parts' gradients summed in a fixed order by the optimizer's step.
+//! gradients, the parts' gradients summed in a fixed order by the optimizer's step. A model
+//! that normalises over the batch runs its parts on threads of their own instead, meeting at
+//! each batch normalisation to share the whole batch's statistics.
+
+use std::sync::Arc;
 
 use data::Dataset;
-use nn::{Grads, Model, Tape};
+use nn::{BatchSync, Grads, Model, Tape};
 use optim::Optimizer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -17,6 +21,8 @@ const DIVERGED_LOSS: f64 = 1e4;
 pub(crate) struct Stepper {
     shards: Vec<Shard>,
     grads: Vec<Grads>,
+    /// Where the parts of a batch meet, for models that normalise over the batch.
+    sync: Option<Arc<BatchSync>>,
 }
 
 /// The first ChaCha8 stream of a run's seed that dropout masks are drawn from: epoch `e`'s
@@ -38,6 +44,7 @@ impl Stepper {
         Self {
             shards: (0..parts.max(1)).map(|_| Shard::default()).collect(),
             grads: (0..parts.max(1)).map(|_| Grads::new(model.params())).collect(),
+            sync: None,
         }
     }
 
@@ -62,10 +69,14 @@ impl Stepper {
         indices: &[usize],
         recipe: Recipe,
     ) -> Result<StepResult, StepError> {
-        let (loss, correct, parts) = forward_backward(&mut self.shards, &mut self.grads, model, data, indices, recipe);
+        let sync = &mut self.sync;
+        let (loss, correct, parts) =
+            forward_backward(&mut self.shards, &mut self.grads, sync, model, data, indices, recipe);
         if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
             return Err(StepError::Diverged { loss });
         }
+        // Every part saw the whole batch's statistics: the first part's tape has them.
+        model.track_running_statistics(&self.shards[0].tape);
         optimizer.step_sum(model.params_mut(), &self.grads[..parts]).map_err(StepError::Optimizer)?;
         Ok(StepResult { loss, correct })
     }
@@ -133,12 +144,25 @@ impl Shard {
     }
 }
 
+/// Tells the other parts of a batch that this one failed, if it panics, so that they do not
+/// wait for it forever.
+struct AbandonOnPanic<'a>(&'a BatchSync);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandon();
+        }
+    }
+}
+
 /// Forward and backward over one batch, split into equal parts across the shards' threads.
 /// Returns the batch's mean loss, how many of its samples were classified right, and how many
 /// shards took part.
 fn forward_backward<M: Model>(
     shards: &mut [Shard],
     grads: &mut [Grads],
+    sync: &mut Option<Arc<BatchSync>>,
     model: &M,
     data: &Dataset,
     indices: &[usize],
@@ -149,7 +173,33 @@ fn forward_backward<M: Model>(
     let shards = &mut shards[..parts];
     let range = |s: usize| s * n / parts..(s + 1) * n / parts;
     if parts == 1 {
+        shards[0].tape.share_batch(None);
         shards[0].run(model, data, indices, recipe, 1.0, &mut grads[0]);
+    } else if model.normalizes_over_batch() {
+        // A part waits for the others at each batch normalisation, so each needs a thread of
+        // its own: rayon's workers may be busy elsewhere, or take two parts in turn.
+        if sync.as_ref().is_none_or(|s| s.parts() != parts) {
+            *sync = Some(Arc::new(BatchSync::new(parts)));
+        }
+        let sync = sync.as_ref().expect("made above");
+        let run = |s: usize, shard: &mut Shard, grads: &mut Grads| {
+            let _failed = AbandonOnPanic(sync);
+            let rows = range(s);
+            shard.tape.share_batch(Some((Arc::clone(sync), s)));
+            shard.run(model, data, &indices[rows.clone()], recipe, rows.len() as f32 / n as f32, grads);
+        };
+        std::thread::scope(|scope| {
+            let mut parts = shards.iter_mut().zip(&mut grads[..parts]).enumerate();
+            let (_, (first, first_grads)) = parts.next().expect("two parts or more");
+            for (s, (shard, grads)) in parts {
+                let run = &run;
+                std::thread::Builder::new()
+                    .name(format!("batch-part-{s}"))
+                    .spawn_scoped(scope, move || run(s, shard, grads))
+                    .expect("the system can start a thread");
+            }
+            run(0, first, first_grads);
+        });
     } else {
         shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
             let rows = range(s);
