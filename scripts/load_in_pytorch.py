@@ -4,8 +4,9 @@ evaluates it on the test set.
     python3 scripts/load_in_pytorch.py model.safetensors [data/mnist]
 
 Needs torch, numpy and safetensors. The module is rebuilt from the file's metadata: `layers` and
-`input` for any model (conv, maxpool, avgpool, globalavgpool, relu, tanh, sigmoid, gelu,
-leakyrelu, flatten, linear, dropout; parameters named conv1, conv2, ... and fc1, fc2, ...), or `widths` and `output_relu` for an MLP (nn.Linear layers fc1,
+`input` for any model (conv, maxpool, avgpool, globalavgpool, batchnorm, relu, tanh, sigmoid,
+gelu, leakyrelu, flatten, linear, dropout; parameters named conv1, conv2, ..., fc1, fc2, ... and
+bn1, bn2, ..., with the running statistics of batch normalisation), or `widths` and `output_relu` for an MLP (nn.Linear layers fc1,
 fc2, ... with ReLU between them, and after the last too when output_relu is true).
 load_state_dict is strict: every name and shape must match. A training checkpoint's optimizer
 state and best weights (`optimizer.*`, `best.*`) are left out.
@@ -43,7 +44,7 @@ class Sequential(nn.Module):
         super().__init__()
         self.steps = []
         channels, height, width = input_shape
-        flat, convs, linears = None, 0, 0
+        flat, convs, linears, norms = None, 0, 0, 0
         for text in split_layers(layers):
             name, args, options = parse_layer(text)
             if name == "conv":
@@ -85,6 +86,14 @@ class Sequential(nn.Module):
                 step = nn.Linear(flat, int(args[0]))
                 setattr(self, f"fc{linears}", step)
                 flat = int(args[0])
+            elif name == "batchnorm":
+                norms += 1
+                momentum, eps = float(options.get("momentum", 0.1)), float(options.get("eps", 1e-5))
+                if flat is None:
+                    step = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+                else:
+                    step = nn.BatchNorm1d(flat, eps=eps, momentum=momentum)
+                setattr(self, f"bn{norms}", step)
             elif name == "dropout":
                 step = nn.Dropout(float(args[0]))
             else:

@@ -382,6 +382,14 @@ fn saved_models_load_in_pytorch_with_the_same_accuracy() {
         ("lenet", &["--model", "lenet"][..]),
         ("odd", &["--layers", "conv(3,3,stride=2,bias=false),relu,maxpool(2,1),flatten,dropout(0.3),linear(10)"]),
         ("mlp", &["--hidden", "32", "--output-relu"]),
+        ("cnn", &["--model", "cnn"]),
+        (
+            "normalised",
+            &[
+                "--layers",
+                "conv(4,3,pad=1),batchnorm(momentum=0.3,eps=0.001),relu,maxpool(2),flatten,linear(8),batchnorm,relu,linear(10)",
+            ],
+        ),
         (
             "activations",
             &[

@@ -31,9 +31,20 @@ fn the_same_seed_and_threads_give_identical_runs() {
 
 #[test]
 fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
+    // The MLP, and a model with batch normalisation, whose running statistics the checkpoint
+    // (and early stopping's best weights) must carry.
+    let norm = "conv(4,3,pad=1,bias=false),batchnorm,relu,maxpool(2),flatten,linear(16),batchnorm,relu,linear(10)";
+    for model in [&[][..], &["--layers", norm]] {
+        resume_matches_an_uninterrupted_run(model);
+    }
+}
+
+fn resume_matches_an_uninterrupted_run(model: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let common = ["--val-split", "0.1", "--early-stop", "3", "--seed", "5", "--threads", "2", "--batch-size", "32"];
+    let common =
+        [&["--val-split", "0.1", "--early-stop", "3", "--seed", "5", "--threads", "2", "--batch-size", "32"], model]
+            .concat();
 
     let straight = train_synthetic(
         &[&common[..], &["--epochs", "3", "--checkpoint", &p("a.ckpt"), "--save", &p("a.st")]].concat(),
@@ -52,8 +63,12 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         &p("b.csv"),
     ]);
 
-    assert_eq!(std::fs::read(p("a.st")).unwrap(), std::fs::read(p("b.st")).unwrap(), "saved models differ");
-    assert_eq!(std::fs::read(p("a.ckpt")).unwrap(), std::fs::read(p("b.ckpt")).unwrap(), "checkpoints differ");
+    assert_eq!(std::fs::read(p("a.st")).unwrap(), std::fs::read(p("b.st")).unwrap(), "{model:?}: saved models differ");
+    assert_eq!(
+        std::fs::read(p("a.ckpt")).unwrap(),
+        std::fs::read(p("b.ckpt")).unwrap(),
+        "{model:?}: checkpoints differ"
+    );
     let (straight, resumed) = (without_times(&straight.stdout), without_times(&resumed.stdout));
     assert!(resumed[0].starts_with("Epoch 2/3, Loss: "), "{resumed:?}");
     assert_eq!(straight[1..], resumed[..], "epochs 2 and 3 and the test results must match");

@@ -9,6 +9,31 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::elementwise::wide;
+
+/// Lanes of the f64 sums: one AVX-512 register's worth, so that the loops vectorise.
+const LANES: usize = 8;
+
+/// `Σ a` and `Σ a·b` in f64, in `LANES` running sums (every product exact in f64, so the
+/// sums lose only what f64 rounding loses).
+#[inline(always)]
+fn sums(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut s, mut d) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a, b) in ac.zip(bc) {
+        for i in 0..LANES {
+            s[i] += f64::from(a[i]);
+            d[i] += f64::from(a[i]) * f64::from(b[i]);
+        }
+    }
+    for (&a, &b) in ar.iter().zip(br) {
+        s[0] += f64::from(a);
+        d[0] += f64::from(a) * f64::from(b);
+    }
+    (s.iter().sum(), d.iter().sum())
+}
+
 /// The channels' planes of a row: `channels` runs of `row.len() / channels` values.
 fn planes(row_len: usize, channels: usize) -> usize {
     assert!(channels > 0 && row_len.is_multiple_of(channels), "batch norm: rows of {row_len} for {channels} channels");
@@ -25,19 +50,16 @@ pub fn channel_sums(x: ArrayView2<f32>, channels: usize, sums: &mut [f64]) {
     let plane = planes(x.ncols(), channels);
     assert_eq!(sums.len(), 2 * channels, "batch norm: {} sums for {channels} channels", sums.len());
     let (sum, squares) = sums.split_at_mut(channels);
-    for row in x.rows() {
-        let row = row.to_slice().expect("standard rows");
-        for (c, values) in row.chunks_exact(plane).enumerate() {
-            let (mut s, mut q) = (0.0f64, 0.0f64);
-            for &v in values {
-                let v = f64::from(v);
-                s += v;
-                q += v * v;
+    wide(|| {
+        for row in x.rows() {
+            let row = row.to_slice().expect("standard rows");
+            for (c, values) in row.chunks_exact(plane).enumerate() {
+                let (s, q) = self::sums(values, values);
+                sum[c] += s;
+                squares[c] += q;
             }
-            sum[c] += s;
-            squares[c] += q;
         }
-    }
+    });
 }
 
 /// A channel's mean and biased variance from [`channel_sums`] over `count` values each.
@@ -72,18 +94,20 @@ pub fn batch_norm_normalize(
     assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
     assert_eq!(y.dim(), x.dim(), "batch norm: output of {:?} for input of {:?}", y.dim(), x.dim());
     let width = x.ncols();
-    for ((row, mut out), xhat) in x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width)) {
-        let row = row.to_slice().expect("standard rows");
-        let out = out.as_slice_mut().expect("standard rows");
-        for c in 0..channels {
-            let span = c * plane..(c + 1) * plane;
-            let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
-            for ((o, h), &v) in out[span.clone()].iter_mut().zip(&mut xhat[span.clone()]).zip(&row[span]) {
-                *h = (v - m) * s;
-                *o = w * *h + b;
+    wide(|| {
+        for ((row, mut out), xhat) in x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width)) {
+            let row = row.to_slice().expect("standard rows");
+            let out = out.as_slice_mut().expect("standard rows");
+            for c in 0..channels {
+                let span = c * plane..(c + 1) * plane;
+                let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
+                for ((o, h), &v) in out[span.clone()].iter_mut().zip(&mut xhat[span.clone()]).zip(&row[span]) {
+                    *h = (v - m) * s;
+                    *o = w * *h + b;
+                }
             }
         }
-    }
+    });
 }
 
 /// Adds each channel's `Σ dy` and `Σ dy·x̂` to `sums` (`2·C` values, in that order): what the
@@ -103,19 +127,17 @@ pub fn batch_norm_backward_sums(dy: ArrayView2<f32>, normalized: &[f32], channel
     );
     assert_eq!(sums.len(), 2 * channels, "batch norm backward: {} sums for {channels} channels", sums.len());
     let (sum, dot) = sums.split_at_mut(channels);
-    for (row, xhat) in dy.rows().into_iter().zip(normalized.chunks_exact(dy.ncols())) {
-        let row = row.to_slice().expect("standard rows");
-        for c in 0..channels {
-            let span = c * plane..(c + 1) * plane;
-            let (mut s, mut d) = (0.0f64, 0.0f64);
-            for (&g, &h) in row[span.clone()].iter().zip(&xhat[span]) {
-                s += f64::from(g);
-                d += f64::from(g) * f64::from(h);
+    wide(|| {
+        for (row, xhat) in dy.rows().into_iter().zip(normalized.chunks_exact(dy.ncols())) {
+            let row = row.to_slice().expect("standard rows");
+            for c in 0..channels {
+                let span = c * plane..(c + 1) * plane;
+                let (s, d) = self::sums(&row[span.clone()], &xhat[span]);
+                sum[c] += s;
+                dot[c] += d;
             }
-            sum[c] += s;
-            dot[c] += d;
         }
-    }
+    });
 }
 
 /// `dx = beta·dx + scale[c]·(dy - shift[c] - x̂·slope[c])`: batch norm's input gradient. With
@@ -140,18 +162,22 @@ pub fn batch_norm_backward(
     assert!(shift.len() == channels && slope.len() == channels, "batch norm backward: per-channel values");
     assert_eq!(dx.dim(), dy.dim(), "batch norm backward: gradient of {:?} for {:?}", dx.dim(), dy.dim());
     let width = dy.ncols();
-    for ((row, mut out), xhat) in dy.rows().into_iter().zip(dx.rows_mut()).zip(normalized.chunks_exact(width)) {
-        let row = row.to_slice().expect("standard rows");
-        let out = out.as_slice_mut().expect("standard rows");
-        for c in 0..channels {
-            let span = c * plane..(c + 1) * plane;
-            let (k, m, s) = (scale[c], shift[c], slope[c]);
-            for ((d, &g), &h) in out[span.clone()].iter_mut().zip(&row[span.clone()]).zip(&xhat[span]) {
-                let v = k * (g - m - h * s);
-                *d = if beta == 0.0 { v } else { beta * *d + v };
+    wide(|| {
+        for ((row, mut out), xhat) in dy.rows().into_iter().zip(dx.rows_mut()).zip(normalized.chunks_exact(width)) {
+            let row = row.to_slice().expect("standard rows");
+            let out = out.as_slice_mut().expect("standard rows");
+            for c in 0..channels {
+                let span = c * plane..(c + 1) * plane;
+                let (k, m, s) = (scale[c], shift[c], slope[c]);
+                let values = out[span.clone()].iter_mut().zip(&row[span.clone()]).zip(&xhat[span]);
+                if beta == 0.0 {
+                    values.for_each(|((d, &g), &h)| *d = k * (g - m - h * s));
+                } else {
+                    values.for_each(|((d, &g), &h)| *d = beta * *d + k * (g - m - h * s));
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
