@@ -153,7 +153,6 @@ pub struct Tape {
     /// Set by [`Tape::for_inference`]: no gradient buffers, and what only the backward pass
     /// reads (unfolded patches, the positions of maxima) in one scratch shared by every op.
     inference: bool,
-    shared_cols: Vec<f32>,
     shared_indices: Vec<u32>,
     generation: u64,
     /// The batch this tape records a part of, and which part, for statistics over the whole.
@@ -418,10 +417,12 @@ impl Tape {
         let (x, w, bias) = (before[x.index].value(), params.matrix(weight), bias.map(|b| params.vector(b)));
         if sparse {
             tensor::sparse_conv2d(x, w, bias, &shape, &mut self.sparse_conv, y_view);
+        } else if self.inference {
+            // Nothing is kept for a backward pass: a few samples' patches at a time.
+            tensor::conv2d_forward(x, w, bias, &shape, &mut self.conv_scratch, y_view);
         } else {
-            // The unfolded patches stay in the node for the backward pass, if there is one.
-            let cols = if self.inference { &mut self.shared_cols } else { &mut node.aux };
-            tensor::conv2d(x, w, bias, &shape, cols, &mut self.conv_scratch, y_view);
+            // The unfolded patches stay in the node for the backward pass.
+            tensor::conv2d(x, w, bias, &shape, &mut node.aux, &mut self.conv_scratch, y_view);
         }
         y
     }
@@ -570,7 +571,7 @@ impl Tape {
             &per_channel[..channels],
             w.as_slice().expect("contiguous"),
             b.as_slice().expect("contiguous"),
-            normalized,
+            Some(normalized),
             ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
         );
         self.norm_sums = sums;
@@ -603,8 +604,10 @@ impl Tape {
         let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: false }, rows, cols, true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        node.aux.resize(rows * cols + channels, 0.0);
-        let (normalized, inv_std) = node.aux.split_at_mut(rows * cols);
+        // x̂ is kept for a backward pass; an inference tape keeps only the per-channel factors.
+        let kept = if self.inference { 0 } else { rows * cols };
+        node.aux.resize(kept + channels, 0.0);
+        let (normalized, inv_std) = node.aux.split_at_mut(kept);
         for (s, &v) in inv_std.iter_mut().zip(running_var) {
             *s = (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32;
         }
@@ -615,7 +618,7 @@ impl Tape {
             inv_std,
             w.as_slice().expect("contiguous"),
             b.as_slice().expect("contiguous"),
-            normalized,
+            (!self.inference).then_some(normalized),
             ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
         );
         y

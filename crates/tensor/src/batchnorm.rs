@@ -71,7 +71,8 @@ pub fn mean_and_variance(sums: &[f64], channels: usize, count: usize, c: usize) 
     (mean, variance)
 }
 
-/// `x̂ = (x - mean[c]) · inv_std[c]` into `normalized`, then `y = weight[c]·x̂ + bias[c]`.
+/// `x̂ = (x - mean[c]) · inv_std[c]` into `normalized` (when given: the backward pass reads it),
+/// then `y = weight[c]·x̂ + bias[c]`.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -82,7 +83,7 @@ pub fn batch_norm_normalize(
     inv_std: &[f32],
     weight: &[f32],
     bias: &[f32],
-    normalized: &mut [f32],
+    normalized: Option<&mut [f32]>,
     mut y: ArrayViewMut2<f32>,
 ) {
     let channels = mean.len();
@@ -91,9 +92,22 @@ pub fn batch_norm_normalize(
         inv_std.len() == channels && weight.len() == channels && bias.len() == channels,
         "batch norm: per-channel values for {channels} channels"
     );
-    assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
     assert_eq!(y.dim(), x.dim(), "batch norm: output of {:?} for input of {:?}", y.dim(), x.dim());
     let width = x.ncols();
+    let Some(normalized) = normalized else {
+        wide(|| {
+            for (row, mut out) in x.rows().into_iter().zip(y.rows_mut()) {
+                let (row, out) = (row.to_slice().expect("standard rows"), out.as_slice_mut().expect("standard rows"));
+                for c in 0..channels {
+                    let span = c * plane..(c + 1) * plane;
+                    let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
+                    out[span.clone()].iter_mut().zip(&row[span]).for_each(|(o, &v)| *o = w * ((v - m) * s) + b);
+                }
+            }
+        });
+        return;
+    };
+    assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
     wide(|| {
         for ((row, mut out), xhat) in x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width)) {
             let row = row.to_slice().expect("standard rows");
@@ -199,7 +213,10 @@ mod tests {
         assert_eq!(mean_and_variance(&sums, 2, 6, 1), (10.0, 0.0));
         let inv_std = [(1.0 / (var + 1e-5).sqrt()) as f32, (1.0 / 1e-5f64.sqrt()) as f32];
         let (mut xhat, mut y) = (vec![0.0; 12], Array2::zeros((2, 6)));
-        batch_norm_normalize(x.view(), &[3.5, 10.0], &inv_std, &[2.0, 1.0], &[0.5, 0.0], &mut xhat, y.view_mut());
+        batch_norm_normalize(x.view(), &[3.5, 10.0], &inv_std, &[2.0, 1.0], &[0.5, 0.0], Some(&mut xhat), y.view_mut());
+        let mut alone = Array2::zeros((2, 6));
+        batch_norm_normalize(x.view(), &[3.5, 10.0], &inv_std, &[2.0, 1.0], &[0.5, 0.0], None, alone.view_mut());
+        assert_eq!(alone, y, "the same values without keeping x̂");
         let first: Vec<f32> = [0, 1, 2, 6, 7, 8].iter().map(|&i| xhat[i]).collect();
         let mean: f32 = first.iter().sum::<f32>() / 6.0;
         let var: f32 = first.iter().map(|v| v * v).sum::<f32>() / 6.0;

@@ -428,11 +428,13 @@ impl<'a> SplitRun<'a, &'a [f32]> for &'a [f32] {
     }
 }
 
-/// Buffers for [`conv2d`] and [`conv2d_backward`] (their product before it is laid out sample by
-/// sample), reused from call to call: once large enough, nothing is allocated.
+/// Buffers for [`conv2d`], [`conv2d_forward`] and [`conv2d_backward`] (a chunk's product before
+/// it is laid out sample by sample; [`conv2d_forward`]'s unfolded columns), reused from call to
+/// call: once large enough, nothing is allocated.
 #[derive(Debug, Clone, Default)]
 pub struct ConvScratch {
     product: Vec<f32>,
+    columns: Vec<f32>,
 }
 
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
@@ -455,6 +457,25 @@ pub fn conv2d(
     conv2d_at(Simd::get(), x, w, bias, shape, cols, &mut scratch.product, y);
 }
 
+/// [`conv2d`] for a forward pass alone (inference): the patches are unfolded a few samples at
+/// a time into `scratch` and not kept, so memory stays that of a few samples' columns however
+/// large the batch.
+///
+/// # Panics
+/// If the shapes do not fit.
+#[track_caller]
+pub fn conv2d_forward(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut ConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
+    let ConvScratch { product, columns } = scratch;
+    conv2d_chunks(Simd::get(), x, w, bias, shape, columns, false, product, y);
+}
+
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_at(
@@ -465,30 +486,53 @@ fn conv2d_at(
     shape: &Conv2dShape,
     cols: &mut Vec<f32>,
     tmp: &mut Vec<f32>,
+    y: ArrayViewMut2<f32>,
+) {
+    conv2d_chunks(simd, x, w, bias, shape, cols, true, tmp, y);
+}
+
+/// The convolution a few samples at a time (eight of LeNet-5's), so that their unfolded
+/// columns are still in the cache when the product reads them. With `keep`, every sample's
+/// columns stay in `cols` for the backward pass; without, each chunk reuses the same space.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_chunks(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    cols: &mut Vec<f32>,
+    keep: bool,
+    tmp: &mut Vec<f32>,
     mut y: ArrayViewMut2<f32>,
 ) {
     check(x.dim(), w.dim(), y.dim(), shape);
     let (n, k, p, o) = (x.nrows(), shape.patch_len(), shape.positions(), shape.out_channels);
-    cols.resize(k * n * p, 0.0);
-    tmp.resize(o * n * p, 0.0);
-    // A few samples at a time (eight of LeNet-5's), so that their unfolded columns are still
-    // in the cache when the product reads them.
+    let per_chunk = chunk_len(n, k * p);
+    let width = if keep { n * p } else { per_chunk * p };
+    cols.resize(k * width, 0.0);
+    tmp.resize(o * per_chunk * p, 0.0);
     for samples in chunks(n, k * p) {
-        for s in samples.clone() {
-            im2col_rows(simd, x.row(s).to_slice().expect("rows of a standard matrix"), shape, cols, n * p, s * p);
+        // The chunk's first column: its place in the whole batch's columns, or the start.
+        let first = if keep { samples.start * p } else { 0 };
+        for (t, s) in samples.clone().enumerate() {
+            let row = x.row(s);
+            im2col_rows(simd, row.to_slice().expect("rows of a standard matrix"), shape, cols, width, first + t * p);
         }
-        let span = samples.start * p..samples.end * p;
-        let c = ArrayView2::from_shape((k, n * p), &cols[..]).expect("sized above");
-        let mut out = ArrayViewMut2::from_shape((o, n * p), &mut tmp[..]).expect("sized above");
-        matmul_at(simd, 1.0, w, c.slice(ndarray::s![.., span.clone()]), 0.0, out.slice_mut(ndarray::s![.., span]));
-    }
-    // From [out, sample·position] to each sample's [out, position], with the bias.
-    for (s, mut yn) in y.rows_mut().into_iter().enumerate() {
-        let yn = yn.as_slice_mut().expect("standard rows");
-        for oc in 0..o {
-            let b = bias.map_or(0.0, |b| b[oc]);
-            let src = &tmp[oc * n * p + s * p..oc * n * p + (s + 1) * p];
-            yn[oc * p..(oc + 1) * p].iter_mut().zip(src).for_each(|(y, &v)| *y = v + b);
+        let span = samples.len() * p;
+        let c = ArrayView2::from_shape((k, width), &cols[..]).expect("sized above");
+        let mut out = ArrayViewMut2::from_shape((o, span), &mut tmp[..o * span]).expect("sized above");
+        matmul_at(simd, 1.0, w, c.slice(ndarray::s![.., first..first + span]), 0.0, out.view_mut());
+        // From [out, sample·position] to each sample's [out, position], with the bias.
+        for (t, s) in samples.enumerate() {
+            let mut yn = y.row_mut(s);
+            let yn = yn.as_slice_mut().expect("standard rows");
+            for oc in 0..o {
+                let b = bias.map_or(0.0, |b| b[oc]);
+                let src = &tmp[oc * span + t * p..oc * span + (t + 1) * p];
+                yn[oc * p..(oc + 1) * p].iter_mut().zip(src).for_each(|(y, &v)| *y = v + b);
+            }
         }
     }
 }
@@ -588,8 +632,13 @@ fn conv2d_backward_at(
 /// Consecutive samples, as many as keep their unfolded columns (`per_sample` values each)
 /// within about 512 KiB, half of a core's L2 cache on common CPUs.
 fn chunks(n: usize, per_sample: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let size = (512 * 1024 / 4 / per_sample.max(1)).clamp(1, n.max(1));
+    let size = chunk_len(n, per_sample);
     (0..n).step_by(size).map(move |start| start..(start + size).min(n))
+}
+
+/// The samples of each of [`chunks`]'s chunks (the last may have fewer).
+fn chunk_len(n: usize, per_sample: usize) -> usize {
+    (512 * 1024 / 4 / per_sample.max(1)).clamp(1, n.max(1))
 }
 
 #[track_caller]
@@ -640,6 +689,24 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn the_forward_only_convolution_gives_the_same_bits_in_less_memory() {
+        // Patches of 144 x 784 values: one sample per chunk, so three chunks.
+        let sh =
+            Conv2dShape { in_channels: 16, height: 28, width: 28, out_channels: 4, kernel: 3, stride: 1, padding: 1 };
+        let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
+        let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
+        let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
+        let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
+        let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
+        conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
+        let mut fresh = ConvScratch::default();
+        conv2d_forward(x.view(), w.view(), Some(b.view()), &sh, &mut fresh, alone.view_mut());
+        assert_eq!(kept, alone);
+        assert_eq!(cols.len(), 3 * sh.patch_len() * sh.positions(), "the backward pass's columns");
+        assert_eq!(fresh.columns.len(), sh.patch_len() * sh.positions(), "one chunk's columns");
     }
 
     #[test]
