@@ -5,11 +5,11 @@
 //! The batch's statistics come from per-channel sums, so that parts of a batch computed apart
 //! can add theirs before normalising ([`channel_sums`] then [`batch_norm_normalize`]); the
 //! backward pass likewise needs two per-channel sums over the whole batch
-//! ([`batch_norm_backward_sums`], then [`batch_norm_backward`]).
+//! ([`batch_norm_backward_sums`], then [`batch_norm_backward`]). Each loop is compiled once per
+//! vector level; the sums run in eight f64 lanes, in the same order at every level.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
-
-use crate::elementwise::wide;
+use simd::{F32s, Simd};
 
 /// Lanes of the f64 sums: one AVX-512 register's worth, so that the loops vectorise.
 const LANES: usize = 8;
@@ -49,17 +49,30 @@ fn planes(row_len: usize, channels: usize) -> usize {
 pub fn channel_sums(x: ArrayView2<f32>, channels: usize, sums: &mut [f64]) {
     let plane = planes(x.ncols(), channels);
     assert_eq!(sums.len(), 2 * channels, "batch norm: {} sums for {channels} channels", sums.len());
+    // SAFETY: the loop has no requirement beyond the level, which `Simd::get` vouches for.
+    unsafe { channel_sums_at(Simd::get(), x, plane, sums) };
+}
+
+simd::kernel! {
+    /// [`channel_sums`]'s loop at a level.
+    unsafe fn channel_sums_at(x: ArrayView2<f32>, plane: usize, sums: &mut [f64]) => channel_sums_any;
+}
+
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters, reason = "a copy per level: V's instructions compile the loop")]
+unsafe fn channel_sums_any<V: F32s>(x: ArrayView2<f32>, plane: usize, sums: &mut [f64]) {
+    let channels = sums.len() / 2;
     let (sum, squares) = sums.split_at_mut(channels);
-    wide(|| {
-        for row in x.rows() {
-            let row = row.to_slice().expect("standard rows");
-            for (c, values) in row.chunks_exact(plane).enumerate() {
-                let (s, q) = self::sums(values, values);
-                sum[c] += s;
-                squares[c] += q;
-            }
+    for row in x.rows() {
+        let row = row.to_slice().expect("standard rows");
+        for (c, values) in row.chunks_exact(plane).enumerate() {
+            let (s, q) = self::sums(values, values);
+            sum[c] += s;
+            squares[c] += q;
         }
-    });
+    }
 }
 
 /// A channel's mean and biased variance from [`channel_sums`] over `count` values each.
@@ -69,6 +82,15 @@ pub fn mean_and_variance(sums: &[f64], channels: usize, count: usize, c: usize) 
     // E[x²] - E[x]², clamped: rounding can take a constant channel's variance below 0.
     let variance = (sums[channels + c] / n - mean * mean).max(0.0);
     (mean, variance)
+}
+
+/// Per-channel factors of a normalisation: `x̂ = (x - mean)·inv_std`, `y = weight·x̂ + bias`.
+#[derive(Debug, Clone, Copy)]
+struct Factors<'a> {
+    mean: &'a [f32],
+    inv_std: &'a [f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
 }
 
 /// `x̂ = (x - mean[c]) · inv_std[c]` into `normalized` (when given: the backward pass reads it),
@@ -84,7 +106,7 @@ pub fn batch_norm_normalize(
     weight: &[f32],
     bias: &[f32],
     normalized: Option<&mut [f32]>,
-    mut y: ArrayViewMut2<f32>,
+    y: ArrayViewMut2<f32>,
 ) {
     let channels = mean.len();
     let plane = planes(x.ncols(), channels);
@@ -93,35 +115,63 @@ pub fn batch_norm_normalize(
         "batch norm: per-channel values for {channels} channels"
     );
     assert_eq!(y.dim(), x.dim(), "batch norm: output of {:?} for input of {:?}", y.dim(), x.dim());
-    let width = x.ncols();
-    let Some(normalized) = normalized else {
-        wide(|| {
+    if let Some(normalized) = &normalized {
+        assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
+    }
+    let factors = Factors { mean, inv_std, weight, bias };
+    // SAFETY: the loop has no requirement beyond the level, which `Simd::get` vouches for.
+    unsafe { normalize_at(Simd::get(), x, plane, factors, normalized, y) };
+}
+
+simd::kernel! {
+    /// [`batch_norm_normalize`]'s loop at a level.
+    unsafe fn normalize_at(
+        x: ArrayView2<f32>,
+        plane: usize,
+        factors: Factors,
+        normalized: Option<&mut [f32]>,
+        y: ArrayViewMut2<f32>
+    ) => normalize_any;
+}
+
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters, reason = "a copy per level: V's instructions compile the loop")]
+unsafe fn normalize_any<V: F32s>(
+    x: ArrayView2<f32>,
+    plane: usize,
+    f: Factors,
+    normalized: Option<&mut [f32]>,
+    mut y: ArrayViewMut2<f32>,
+) {
+    let (width, channels) = (x.ncols(), f.mean.len());
+    match normalized {
+        None => {
             for (row, mut out) in x.rows().into_iter().zip(y.rows_mut()) {
                 let (row, out) = (row.to_slice().expect("standard rows"), out.as_slice_mut().expect("standard rows"));
                 for c in 0..channels {
                     let span = c * plane..(c + 1) * plane;
-                    let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
+                    let (m, s, w, b) = (f.mean[c], f.inv_std[c], f.weight[c], f.bias[c]);
                     out[span.clone()].iter_mut().zip(&row[span]).for_each(|(o, &v)| *o = w * ((v - m) * s) + b);
                 }
             }
-        });
-        return;
-    };
-    assert_eq!(normalized.len(), x.len(), "batch norm: {} normalised values for {}", normalized.len(), x.len());
-    wide(|| {
-        for ((row, mut out), xhat) in x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width)) {
-            let row = row.to_slice().expect("standard rows");
-            let out = out.as_slice_mut().expect("standard rows");
-            for c in 0..channels {
-                let span = c * plane..(c + 1) * plane;
-                let (m, s, w, b) = (mean[c], inv_std[c], weight[c], bias[c]);
-                for ((o, h), &v) in out[span.clone()].iter_mut().zip(&mut xhat[span.clone()]).zip(&row[span]) {
-                    *h = (v - m) * s;
-                    *o = w * *h + b;
+        }
+        Some(normalized) => {
+            let rows = x.rows().into_iter().zip(y.rows_mut()).zip(normalized.chunks_exact_mut(width));
+            for ((row, mut out), xhat) in rows {
+                let (row, out) = (row.to_slice().expect("standard rows"), out.as_slice_mut().expect("standard rows"));
+                for c in 0..channels {
+                    let span = c * plane..(c + 1) * plane;
+                    let (m, s, w, b) = (f.mean[c], f.inv_std[c], f.weight[c], f.bias[c]);
+                    for ((o, h), &v) in out[span.clone()].iter_mut().zip(&mut xhat[span.clone()]).zip(&row[span]) {
+                        *h = (v - m) * s;
+                        *o = w * *h + b;
+                    }
                 }
             }
         }
-    });
+    }
 }
 
 /// Adds each channel's `Σ dy` and `Σ dy·x̂` to `sums` (`2·C` values, in that order): what the
@@ -140,18 +190,32 @@ pub fn batch_norm_backward_sums(dy: ArrayView2<f32>, normalized: &[f32], channel
         dy.len()
     );
     assert_eq!(sums.len(), 2 * channels, "batch norm backward: {} sums for {channels} channels", sums.len());
+    // SAFETY: the loop has no requirement beyond the level, which `Simd::get` vouches for.
+    unsafe { backward_sums_at(Simd::get(), dy, normalized, plane, sums) };
+}
+
+simd::kernel! {
+    /// [`batch_norm_backward_sums`]'s loop at a level.
+    unsafe fn backward_sums_at(dy: ArrayView2<f32>, normalized: &[f32], plane: usize, sums: &mut [f64])
+        => backward_sums_any;
+}
+
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters, reason = "a copy per level: V's instructions compile the loop")]
+unsafe fn backward_sums_any<V: F32s>(dy: ArrayView2<f32>, normalized: &[f32], plane: usize, sums: &mut [f64]) {
+    let channels = sums.len() / 2;
     let (sum, dot) = sums.split_at_mut(channels);
-    wide(|| {
-        for (row, xhat) in dy.rows().into_iter().zip(normalized.chunks_exact(dy.ncols())) {
-            let row = row.to_slice().expect("standard rows");
-            for c in 0..channels {
-                let span = c * plane..(c + 1) * plane;
-                let (s, d) = self::sums(&row[span.clone()], &xhat[span]);
-                sum[c] += s;
-                dot[c] += d;
-            }
+    for (row, xhat) in dy.rows().into_iter().zip(normalized.chunks_exact(dy.ncols())) {
+        let row = row.to_slice().expect("standard rows");
+        for c in 0..channels {
+            let span = c * plane..(c + 1) * plane;
+            let (s, d) = self::sums(&row[span.clone()], &xhat[span]);
+            sum[c] += s;
+            dot[c] += d;
         }
-    });
+    }
 }
 
 /// `dx = beta·dx + scale[c]·(dy - shift[c] - x̂·slope[c])`: batch norm's input gradient. With
@@ -169,29 +233,62 @@ pub fn batch_norm_backward(
     shift: &[f32],
     slope: &[f32],
     beta: f32,
-    mut dx: ArrayViewMut2<f32>,
+    dx: ArrayViewMut2<f32>,
 ) {
     let channels = scale.len();
     let plane = planes(dy.ncols(), channels);
     assert!(shift.len() == channels && slope.len() == channels, "batch norm backward: per-channel values");
     assert_eq!(dx.dim(), dy.dim(), "batch norm backward: gradient of {:?} for {:?}", dx.dim(), dy.dim());
+    assert_eq!(
+        normalized.len(),
+        dy.len(),
+        "batch norm backward: {} normalised values for {}",
+        normalized.len(),
+        dy.len()
+    );
+    // SAFETY: the loop has no requirement beyond the level, which `Simd::get` vouches for.
+    unsafe { backward_at(Simd::get(), dy, normalized, [scale, shift, slope], plane, beta, dx) };
+}
+
+simd::kernel! {
+    /// [`batch_norm_backward`]'s loop at a level.
+    unsafe fn backward_at(
+        dy: ArrayView2<f32>,
+        normalized: &[f32],
+        factors: [&[f32]; 3],
+        plane: usize,
+        beta: f32,
+        dx: ArrayViewMut2<f32>
+    ) => backward_any;
+}
+
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters, reason = "a copy per level: V's instructions compile the loop")]
+unsafe fn backward_any<V: F32s>(
+    dy: ArrayView2<f32>,
+    normalized: &[f32],
+    [scale, shift, slope]: [&[f32]; 3],
+    plane: usize,
+    beta: f32,
+    mut dx: ArrayViewMut2<f32>,
+) {
     let width = dy.ncols();
-    wide(|| {
-        for ((row, mut out), xhat) in dy.rows().into_iter().zip(dx.rows_mut()).zip(normalized.chunks_exact(width)) {
-            let row = row.to_slice().expect("standard rows");
-            let out = out.as_slice_mut().expect("standard rows");
-            for c in 0..channels {
-                let span = c * plane..(c + 1) * plane;
-                let (k, m, s) = (scale[c], shift[c], slope[c]);
-                let values = out[span.clone()].iter_mut().zip(&row[span.clone()]).zip(&xhat[span]);
-                if beta == 0.0 {
-                    values.for_each(|((d, &g), &h)| *d = k * (g - m - h * s));
-                } else {
-                    values.for_each(|((d, &g), &h)| *d = beta * *d + k * (g - m - h * s));
-                }
+    for ((row, mut out), xhat) in dy.rows().into_iter().zip(dx.rows_mut()).zip(normalized.chunks_exact(width)) {
+        let row = row.to_slice().expect("standard rows");
+        let out = out.as_slice_mut().expect("standard rows");
+        for c in 0..scale.len() {
+            let span = c * plane..(c + 1) * plane;
+            let (k, m, s) = (scale[c], shift[c], slope[c]);
+            let values = out[span.clone()].iter_mut().zip(&row[span.clone()]).zip(&xhat[span]);
+            if beta == 0.0 {
+                values.for_each(|((d, &g), &h)| *d = k * (g - m - h * s));
+            } else {
+                values.for_each(|((d, &g), &h)| *d = beta * *d + k * (g - m - h * s));
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ fn relu_backward_slices(dy: &[f32], y: &[f32], beta: f32, dx: &mut [f32]) {
 /// Runs `f`, a simple loop, compiled for the widest vectors of the level in force (the
 /// default target stops at SSE2): the same operations, more lanes at a time, the same results.
 #[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+fn wide<R>(f: impl FnOnce() -> R) -> R {
     simd::dispatch!(simd::Simd::get(), V => f())
 }
 
