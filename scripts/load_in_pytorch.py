@@ -67,7 +67,7 @@ class Sequential(nn.Module):
                 height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
             elif name == "globalavgpool":
                 step = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-                flat = channels
+                flat, height, width = channels, 1, 1
             elif name == "relu":
                 step = nn.ReLU()
             elif name == "tanh":

@@ -354,22 +354,37 @@ fn the_batch_norm_cnn_on_the_first_mnist_batch_matches_pytorch_at_one_and_two_th
     assert_state("adam_step1 from PyTorch's gradients", &first, adam_step1, &[], 0.0);
 
     // One step of the training engine, on the batch as a data set of 64 images, in one part
-    // and in two: the whole batch's loss and statistics either way. Adam's first step moves
-    // each value by its learning rate, in the direction of its gradient's sign, which rounding
-    // decides where a gradient is near 0: the parameters are held to twice that rate.
+    // and in two: the whole batch's loss, statistics and gradients either way. With SGD at a
+    // learning rate of 1 and no momentum, the step is the gradient: `init - after`.
     let pixels: Vec<u8> = x.iter().map(|&v| (v * 255.0).round() as u8).collect();
     let data = data::Dataset::new(pixels, labels.iter().map(|&l| l as u8).collect(), 28, 28, 10);
-    let lr = optim::AdamConfig::default().lr;
+    let sgd = optim::OptimizerConfig::Sgd(optim::SgdConfig { lr: 1.0, ..optim::SgdConfig::default() });
     for threads in [1, 2] {
-        let settings = train::Settings { batch_size: 64, ..train::Settings::default() };
+        let settings = train::Settings { batch_size: 64, optimizer: sgd, ..train::Settings::default() };
         let mut trainer = train::Trainer::new(model.clone(), settings).unwrap().with_threads(threads);
         trainer.fit(&data, 1, &mut ()).unwrap();
         let what = format!("{threads} threads");
         assert_close_to_scale(&format!("{what}: loss"), &[trainer.history()[0].train_loss as f32], want_loss, 1e-5);
         let stepped = trainer.into_model();
-        let params: Vec<String> = stepped.params().iter().map(|p| p.name().to_owned()).collect();
-        let params: Vec<&str> = params.iter().map(String::as_str).collect();
-        assert_state(&format!("{what}: adam_step1"), &stepped, adam_step1, &params, 2.0 * lr);
+        for (before, after) in model.params().iter().zip(stepped.params().iter()) {
+            let step: Vec<f32> =
+                before.to_tensor().data().iter().zip(after.to_tensor().data()).map(|(b, a)| b - a).collect();
+            if before.name() != "fc1.bias" {
+                let want = file.get(&format!("grad.{}", before.name())).unwrap().data();
+                assert_close_to_scale(&format!("{what}: gradient of {}", before.name()), &step, want, 2e-2);
+            }
+        }
+        let state = stepped.state_dict();
+        for name in state.names().filter(|n| n.contains("running") || n.contains("tracked")) {
+            match (state.get_i64(name), adam_step1(name).unwrap()) {
+                (Some(t), Entry::Counter(n)) => assert_eq!(t.data(), &[n], "{what}: {name}"),
+                (None, Entry::Values(want)) => {
+                    let got = state.get(name).unwrap().data();
+                    assert_close_to_scale(&format!("{what}: {name}"), got, want.data(), 1e-5);
+                }
+                _ => panic!("{name}: a counter on one side only"),
+            }
+        }
     }
     // Evaluation mode on PyTorch's own state after the step: the running statistics normalise.
     let torch =

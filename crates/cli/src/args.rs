@@ -91,8 +91,8 @@ pub(crate) struct TrainArgs {
     pub(crate) model: Option<ModelKind>,
     /// A model as a list of layers, e.g. "conv(6,5,pad=2),relu,maxpool(2),flatten,linear(10)":
     /// conv(OUT,K[,stride=S][,pad=P][,bias=false]), maxpool(K[,S]), avgpool(K[,S]),
-    /// globalavgpool, relu, tanh, sigmoid, gelu, gelu(tanh), leakyrelu[(SLOPE)], flatten (C, H,
-    /// W order), linear(OUT), dropout(P). Input widths come from the data; the last layer's
+    /// globalavgpool, batchnorm[(momentum=M,eps=E)], relu, tanh, sigmoid, gelu, gelu(tanh),
+    /// leakyrelu[(SLOPE)], flatten (C, H, W order), linear(OUT), dropout(P). Input widths come from the data; the last layer's
     /// width must be the number of classes.
     #[arg(group = "run", long, value_name = "LAYERS", conflicts_with_all = ["hidden", "output_relu"])]
     pub(crate) layers: Option<String>,

@@ -45,6 +45,8 @@ pub(crate) struct Warper {
     padded: Vec<u8>,
     /// The distance from one padded row to the next.
     pitch: usize,
+    /// The width of the images the border was laid out for.
+    cols: usize,
     /// Each column's pixels OR-ed together: nonzero where the column has ink.
     columns: Vec<u8>,
     /// Where each output row to compute starts reading the source.
@@ -85,9 +87,11 @@ impl Warper {
     fn fit(&mut self, rows: usize, cols: usize) {
         let pitch = if cols + 2 <= PITCH { PITCH } else { cols + 2 };
         let len = (rows + 2 + SPARE_ROWS) * pitch;
-        if self.pitch != pitch || self.padded.len() != len {
-            // The border stays zero from here on: loads write the interior only.
+        if self.pitch != pitch || self.padded.len() != len || self.cols != cols {
+            // The border stays zero from here on: loads write the interior only. A narrower
+            // image on the same pitch would otherwise read a wider one's last column.
             self.pitch = pitch;
+            self.cols = cols;
             self.padded.clear();
             self.padded.resize(len, 0);
         }

@@ -27,9 +27,9 @@ struct Round {
     arrived: usize,
     /// Each part's sums for the round under way.
     brought: Vec<Vec<f64>>,
-    /// The totals of the last two rounds, by the parity of their generation: a part may still
-    /// be reading one round's totals while the others complete the next.
-    totals: [Vec<f64>; 2],
+    /// The last round's totals. Every part copies them before it can bring its sums to the
+    /// next round, which completes only when all have: so they are never overwritten unread.
+    totals: Vec<f64>,
     abandoned: bool,
 }
 
@@ -61,7 +61,7 @@ impl BatchSync {
         state.arrived += 1;
         if state.arrived == self.parts {
             let round = &mut *state;
-            let totals = &mut round.totals[(generation % 2) as usize];
+            let totals = &mut round.totals;
             totals.clear();
             totals.resize(values.len(), 0.0);
             for brought in &round.brought {
@@ -80,7 +80,7 @@ impl BatchSync {
             drop(state);
             panic!("another part of the batch failed");
         }
-        values.copy_from_slice(&state.totals[(generation % 2) as usize]);
+        values.copy_from_slice(&state.totals);
     }
 
     /// Tells the other parts that one has failed: those waiting, and those that come to wait,

@@ -854,8 +854,10 @@ fn a_batch_split_in_parts_normalises_with_the_whole_batchs_statistics() {
         let loss = tape.cross_entropy(y, &labels[rows.clone()]);
         let mut grads = Grads::new(&params);
         tape.backward_scaled(loss, rows.len() as f32 / n as f32, &params, &mut grads);
-        let stats: Vec<f32> =
-            tape.batch_statistics().flat_map(|(m, v)| m.iter().chain(v).copied().collect::<Vec<_>>()).collect();
+        let stats: Vec<f32> = tape
+            .batch_statistics()
+            .flat_map(|b| b.mean.iter().chain(b.variance).copied().collect::<Vec<_>>())
+            .collect();
         (tape.value(y).to_owned(), grad(&params, &grads, w), grad(&params, &grads, zero), stats)
     };
     let whole = part(&mut Tape::new(), 0..n);

@@ -54,7 +54,7 @@ pub use model::Model;
 pub use params::{Param, ParamId, Params};
 pub use sequential::{Layer, Sequential, SequentialConfig};
 pub use state::{IntTensor, Scope, StateDict, Tensor};
-pub use tape::{Tape, Var};
+pub use tape::{BatchStatistics, Tape, Var};
 
 #[cfg(test)]
 mod gradcheck;

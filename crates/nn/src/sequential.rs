@@ -212,9 +212,9 @@ impl SequentialConfig {
         Self::parse(&text, input)
     }
 
-    /// Parses a layer list for inputs of `input` = `[C, H, W]`: layers separated by commas,
-    /// `conv(OUT,K)` (options `stride=S`, `pad=P`, `bias=false`), `maxpool(K)` or
-    /// `maxpool(K,S)`, `relu`, `flatten`, `linear(OUT)`, `dropout(P)`.
+    /// Parses a layer list for inputs of `input` = `[C, H, W]`: layers separated by commas, as
+    /// the module's documentation lists them (`conv(OUT,K)`, the pools, `batchnorm`, the
+    /// activations, `flatten`, `linear(OUT)`, `dropout(P)`).
     ///
     /// ```
     /// let config = nn::SequentialConfig::parse("conv(4,3,pad=1),relu,maxpool(2),flatten,linear(10)", [1, 8, 8]).unwrap();
@@ -810,7 +810,12 @@ impl Model for Sequential {
             Built::BatchNorm { momentum, stats, .. } => Some((*momentum, *stats)),
             _ => None,
         });
-        for ((momentum, stats), (mean, var)) in momenta.zip(tape.batch_statistics()) {
+        for ((momentum, stats), batch) in momenta.zip(tape.batch_statistics()) {
+            if batch.count < 2 {
+                // One value per channel has no variance to learn from (PyTorch refuses it).
+                continue;
+            }
+            let (mean, var) = (batch.mean, batch.variance);
             let running = &mut self.running[stats];
             let keep = 1.0 - momentum;
             running.mean.iter_mut().zip(mean).for_each(|(r, &m)| *r = keep * *r + momentum * m);
@@ -936,6 +941,16 @@ mod tests {
         let options =
             SequentialConfig::parse("flatten,batchnorm(momentum=0.3,eps=0.001),linear(2)", [1, 2, 2]).unwrap();
         assert_eq!(options.to_string(), "flatten,batchnorm(momentum=0.3,eps=0.001),linear(2)");
+
+        // A batch of one sample has one value per channel after flatten: no statistics to take.
+        let mut one = Sequential::new(&options, &mut rng(2));
+        let before = one.state_dict();
+        let mut tape = Tape::new();
+        let input = tape.input(ndarray::array![[0.5f32, 0.0, 1.0, 0.25]].view());
+        let y = one.forward_train(&mut tape, input, &mut rng(3));
+        assert!(tape.value(y).iter().all(|v| v.is_finite()));
+        one.track_running_statistics(&tape);
+        assert_eq!(one.state_dict(), before, "running statistics and their count unchanged");
     }
 
     #[test]

@@ -104,9 +104,11 @@ impl StateDict {
         Self::default()
     }
 
-    /// Adds or replaces the tensor `name`.
+    /// Adds or replaces the tensor `name` (an integer tensor of that name included).
     pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) {
-        self.tensors.insert(name.into(), tensor);
+        let name = name.into();
+        self.integers.remove(&name);
+        self.tensors.insert(name, tensor);
     }
 
     /// The tensor `name`, if present.
@@ -119,9 +121,11 @@ impl StateDict {
         self.tensors.remove(name)
     }
 
-    /// Adds or replaces the integer tensor `name`.
+    /// Adds or replaces the integer tensor `name` (an f32 tensor of that name included).
     pub fn insert_i64(&mut self, name: impl Into<String>, tensor: IntTensor) {
-        self.integers.insert(name.into(), tensor);
+        let name = name.into();
+        self.tensors.remove(&name);
+        self.integers.insert(name, tensor);
     }
 
     /// The integer tensor `name`, if present.

@@ -33,6 +33,19 @@ pub(crate) fn linear_forward(
     }
 }
 
+/// One batch normalisation's statistics over a training batch ([`Tape::batch_statistics`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchStatistics<'a> {
+    /// Each channel's mean.
+    pub mean: &'a [f32],
+    /// Each channel's unbiased variance (its biased one when `count` is 1).
+    pub variance: &'a [f32],
+    /// The values per channel over the whole batch. PyTorch refuses to train on 1; here such
+    /// a batch is normalised to the bias, and its statistics are not taken into the running
+    /// ones.
+    pub count: usize,
+}
+
 /// A value recorded on a [`Tape`]: a matrix, one row per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Var {
@@ -163,8 +176,8 @@ pub struct Tape {
     pub(crate) norm_factors: Vec<f32>,
     /// Each batch normalisation's batch mean and unbiased variance, in recording order.
     batch_statistics: Vec<f32>,
-    /// The channels of each entry of `batch_statistics`.
-    batch_statistics_channels: Vec<usize>,
+    /// The channels of each entry of `batch_statistics`, and the values per channel.
+    batch_statistics_channels: Vec<(usize, usize)>,
 }
 
 impl Tape {
@@ -562,7 +575,7 @@ impl Tape {
             let unbiased = if count > 1 { variance * count as f64 / (count - 1) as f64 } else { variance };
             self.batch_statistics.push(unbiased as f32);
         }
-        self.batch_statistics_channels.push(channels);
+        self.batch_statistics_channels.push((channels, count));
         per_channel[channels] = count as f32;
         let (w, b) = (params.vector(weight), params.vector(bias));
         tensor::batch_norm_normalize(
@@ -627,12 +640,12 @@ impl Tape {
     /// The mean and unbiased variance of each channel over the batch, for every batch
     /// normalisation recorded in training mode since the last clear, in recording order: what
     /// a model takes into its running statistics after a step.
-    pub fn batch_statistics(&self) -> impl Iterator<Item = (&[f32], &[f32])> {
+    pub fn batch_statistics(&self) -> impl Iterator<Item = BatchStatistics<'_>> {
         let mut start = 0;
-        self.batch_statistics_channels.iter().map(move |&c| {
-            let (mean, var) = self.batch_statistics[start..start + 2 * c].split_at(c);
+        self.batch_statistics_channels.iter().map(move |&(c, count)| {
+            let (mean, variance) = self.batch_statistics[start..start + 2 * c].split_at(c);
             start += 2 * c;
-            (mean, var)
+            BatchStatistics { mean, variance, count }
         })
     }
 

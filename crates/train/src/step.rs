@@ -17,7 +17,8 @@ use rayon::prelude::*;
 const DIVERGED_LOSS: f64 = 1e4;
 
 /// What every step uses: a shard and gradients per thread. Reused from step to step, so that a
-/// warm step allocates nothing of its own.
+/// warm step allocates nothing of its own (a model that normalises over the batch starts its
+/// parts' threads each step, which the system allocates for).
 pub(crate) struct Stepper {
     shards: Vec<Shard>,
     grads: Vec<Grads>,
@@ -189,6 +190,8 @@ fn forward_backward<M: Model>(
             shard.run(model, data, &indices[rows.clone()], recipe, rows.len() as f32 / n as f32, grads);
         };
         std::thread::scope(|scope| {
+            // A part that cannot be started must release those already waiting for it.
+            let _failed = AbandonOnPanic(sync);
             let mut parts = shards.iter_mut().zip(&mut grads[..parts]).enumerate();
             let (_, (first, first_grads)) = parts.next().expect("two parts or more");
             for (s, (shard, grads)) in parts {
