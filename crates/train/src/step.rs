@@ -209,6 +209,12 @@ fn forward_backward<M: Model>(
             let scale = rows.len() as f32 / n as f32;
             shard.run(model, data, &indices[rows], recipe, scale, grads);
         });
+        // Each part normalised with its own statistics: a model of one's own that records
+        // batch normalisation must say so, or its results would silently depend on the threads.
+        assert!(
+            shards.iter().all(|s| s.tape.batch_statistics().next().is_none()),
+            "the model records batch normalisation but its Model::normalizes_over_batch is false"
+        );
     }
     let loss = shards.iter().enumerate().map(|(s, sh)| f64::from(sh.loss) * range(s).len() as f64 / n as f64).sum();
     (loss, shards.iter().map(|sh| sh.correct).sum(), parts)

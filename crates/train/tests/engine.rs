@@ -247,3 +247,56 @@ fn a_schedule_and_smoothing_are_saved_and_change_the_run() {
     let back = TrainingState::<Sequential>::from_safetensors(&full.to_safetensors()).unwrap();
     assert_eq!(back.settings, settings());
 }
+
+/// A model with batch normalisation that does not say so: `Model::normalizes_over_batch` left
+/// at its default.
+#[derive(Debug, Clone)]
+struct Unmarked(Sequential);
+
+impl Model for Unmarked {
+    fn params(&self) -> &nn::Params {
+        self.0.params()
+    }
+    fn params_mut(&mut self) -> &mut nn::Params {
+        self.0.params_mut()
+    }
+    fn input_width(&self) -> usize {
+        self.0.input_width()
+    }
+    fn classes(&self) -> usize {
+        self.0.classes()
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn forward(&self, tape: &mut nn::Tape, x: nn::Var) -> nn::Var {
+        self.0.forward(tape, x)
+    }
+    fn forward_train(&self, tape: &mut nn::Tape, x: nn::Var, rng: &mut dyn rand::RngCore) -> nn::Var {
+        self.0.forward_train(tape, x, rng)
+    }
+    fn state_dict(&self) -> nn::StateDict {
+        self.0.state_dict()
+    }
+    fn from_state_dict(state: &nn::StateDict) -> Result<Self, nn::NnError> {
+        Sequential::from_state_dict(state).map(Unmarked)
+    }
+}
+
+#[test]
+fn a_model_that_hides_its_batch_normalisation_is_stopped_rather_than_split() {
+    let set = synthetic(Synthetic { rows: 6, cols: 6, classes: 3, train: 64, test: 8, seed: 3 });
+    let config = nn::SequentialConfig::parse("flatten,linear(8),batchnorm,relu,linear(3)", [1, 6, 6]).unwrap();
+    let model = Unmarked(Sequential::new(&config, &mut train::init_rng(0)));
+    let settings = Settings { batch_size: 16, ..Settings::default() };
+    let one = on_threads(1, || {
+        Trainer::new(model.clone(), settings.clone()).unwrap().with_threads(1).fit(&set.train, 1, &mut ())
+    });
+    assert!(one.is_ok(), "a batch in one part is the whole batch");
+    let two = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        on_threads(2, || Trainer::new(model, settings).unwrap().with_threads(2).fit(&set.train, 1, &mut ()))
+    }));
+    let message =
+        two.expect_err("two parts with their own statistics").downcast::<&str>().map(|m| *m).unwrap_or_default();
+    assert!(message.contains("normalizes_over_batch"), "{message}");
+}
