@@ -5,21 +5,10 @@ use ndarray::Array2;
 use serde_json::Value;
 use tensor::{Activation, Pool2dShape};
 
-use crate::reference::{assert_close, floats};
+use crate::reference::{assert_close, count, floats, rows};
 
-pub(crate) fn bn_json() -> Option<Value> {
-    let dir = testkit::reference_dir()?;
-    let path = dir.join("bn.json");
-    Some(serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap())
-}
-
-fn count(case: &Value, key: &str) -> usize {
-    case[key].as_u64().unwrap_or_else(|| panic!("{key} missing")) as usize
-}
-
-fn rows(values: Vec<f32>, n: usize) -> Array2<f32> {
-    let width = values.len() / n;
-    Array2::from_shape_vec((n, width), values).unwrap()
+fn bn_json() -> Option<Value> {
+    crate::reference::reference_json("bn.json")
 }
 
 #[test]

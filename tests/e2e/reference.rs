@@ -26,6 +26,23 @@ pub(crate) fn floats(v: &Value) -> Vec<f32> {
     }
 }
 
+/// `$TORCH_REFERENCE_DIR/NAME` as JSON, if the folder is found (on CI it must be).
+pub(crate) fn reference_json(name: &str) -> Option<Value> {
+    let path = testkit::reference_dir()?.join(name);
+    Some(serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap())
+}
+
+/// A case's count `key`.
+pub(crate) fn count(case: &Value, key: &str) -> usize {
+    case[key].as_u64().unwrap_or_else(|| panic!("{key} missing")) as usize
+}
+
+/// `values` as `n` rows.
+pub(crate) fn rows(values: Vec<f32>, n: usize) -> Array2<f32> {
+    let width = values.len() / n;
+    Array2::from_shape_vec((n, width), values).unwrap()
+}
+
 pub(crate) fn shape(v: &Value) -> Vec<usize> {
     match v {
         Value::Array(items) => {
@@ -38,8 +55,7 @@ pub(crate) fn shape(v: &Value) -> Vec<usize> {
 }
 
 fn tiny() -> Option<Value> {
-    let dir = testkit::reference_dir()?;
-    Some(serde_json::from_slice(&std::fs::read(dir.join("tiny.json")).unwrap()).unwrap())
+    reference_json("tiny.json")
 }
 
 /// The tiny model from its `init` (or any other) parameter map.
