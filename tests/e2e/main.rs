@@ -9,6 +9,7 @@ mod cli;
 mod conv_reference;
 mod layer_lists;
 mod mnist_data;
+mod onnx_export;
 mod recipe_reference;
 mod reference;
 mod reliability;

@@ -37,7 +37,20 @@ pub(crate) enum Command {
     Predict(PredictArgs),
     /// Serve a model over HTTP: a page to draw digits on, and a prediction API.
     Serve(ServeArgs),
+    /// Write a saved model as ONNX, for ONNX Runtime and every other ONNX reader.
+    #[command(after_long_help = EXPORT_EXAMPLE)]
+    Export(ExportArgs),
 }
+
+/// Running an exported model with ONNX Runtime (`pip install onnxruntime numpy`).
+const EXPORT_EXAMPLE: &str = "\
+Running the file with ONNX Runtime in Python (pip install onnxruntime numpy):
+
+    import numpy as np, onnxruntime as ort
+    session = ort.InferenceSession(\"model.onnx\")
+    images = np.zeros((1, 1, 28, 28), np.float32)  # N x C x H x W, pixels / 255
+    logits, probabilities = session.run(None, {\"input\": images})
+    print(probabilities.argmax(axis=1))";
 
 #[derive(Debug, Args)]
 pub(crate) struct DataArgs {
@@ -236,6 +249,17 @@ pub(crate) struct EvalArgs {
     /// Write SVG plots of the confusion matrix and the misclassified digits.
     #[arg(long, value_name = "DIR")]
     pub(crate) plots: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The model (safetensors, as written by `train --save` or `--checkpoint`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: PathBuf,
+    /// Where to write the ONNX file (opset 17): input `input` (N x C x H x W pixels in 0..1),
+    /// outputs `logits` and `probabilities`.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) onnx: PathBuf,
 }
 
 #[derive(Debug, Args)]

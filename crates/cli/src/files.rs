@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use data::{DataError, Mnist};
-use nn::Sequential;
+use nn::{Sequential, StateDict};
 
 /// Loads the data set, with a hint on how to get it when files are missing.
 pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
@@ -20,8 +20,15 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
 
 /// Reads a model file (or the model of a training checkpoint), of any architecture.
 pub(crate) fn load_model(path: &Path) -> Result<Sequential> {
+    Ok(load_model_file(path)?.0)
+}
+
+/// Reads a model file: the model, and the whole file as a `state_dict` for its metadata.
+pub(crate) fn load_model_file(path: &Path) -> Result<(Sequential, StateDict)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let model = train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let state = StateDict::from_safetensors(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((model, state))
 }
 
 /// Writes `path` whole or not at all; the error names `flag`.

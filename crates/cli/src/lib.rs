@@ -1,9 +1,10 @@
-//! The `mnist` command line: `train`, `eval`, `predict` and `serve`. It parses flags, calls the
+//! The `mnist` command line: `train`, `eval`, `predict`, `serve` and `export`. It parses flags, calls the
 //! libraries (`data`, `nn`, `train`, `plots`, `serve`), prints and writes files; [`main`] is the whole
 //! program, and [`run`] runs a command line in process.
 
 mod args;
 mod eval;
+mod export;
 mod files;
 mod predict;
 mod serving;
@@ -120,6 +121,7 @@ fn command(command: args::Command, out: &mut (dyn Write + Send)) -> Result<()> {
         }
         args::Command::Eval(a) => with_threads(args::threads(a.threads)?, || eval::run(&a, out)),
         args::Command::Predict(a) => predict::run(&a, out),
+        args::Command::Export(a) => export::run(&a, out),
         args::Command::Serve(a) => with_threads(args::threads(a.threads)?, || serving::run(&a, out)),
     }
 }

@@ -246,6 +246,31 @@ impl SequentialConfig {
         Self { input, layers }
     }
 
+    /// The name of each layer's parameters in the `state_dict` (`conv1`, `fc2`, `bn1`: the
+    /// part before the dot), or `None` for a layer without any.
+    ///
+    /// ```
+    /// let config = nn::SequentialConfig::parse("conv(4,3),batchnorm,relu,flatten,linear(10)", [1, 8, 8]).unwrap();
+    /// let scopes = config.scopes();
+    /// assert_eq!(scopes, [Some("conv1"), Some("bn1"), None, None, Some("fc1")].map(|s| s.map(String::from)));
+    /// ```
+    pub fn scopes(&self) -> Vec<Option<String>> {
+        let (mut convs, mut linears, mut norms) = (0, 0, 0);
+        let next = |count: &mut usize, kind: &str| {
+            *count += 1;
+            Some(format!("{kind}{count}"))
+        };
+        self.layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv2d { .. } => next(&mut convs, "conv"),
+                Layer::Linear { .. } => next(&mut linears, "fc"),
+                Layer::BatchNorm { .. } => next(&mut norms, "bn"),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The number of classes: the width of the last layer's output.
     ///
     /// # Errors
@@ -599,6 +624,8 @@ enum Built {
 /// A batch normalisation's running statistics: what evaluation normalises with.
 #[derive(Debug, Clone, PartialEq)]
 struct Running {
+    /// Where its buffers are in the `state_dict` (`bn1`).
+    scope: Scope,
     mean: Vec<f32>,
     var: Vec<f32>,
     /// Training batches taken in (PyTorch's `num_batches_tracked`).
@@ -672,21 +699,19 @@ impl Sequential {
     fn build(config: &SequentialConfig, mut init: impl FnMut(usize, usize) -> (Vec<f32>, Vec<f32>)) -> Self {
         let shapes = config.shapes().unwrap_or_else(|e| panic!("{e}"));
         let mut params = Params::new();
-        let (mut convs, mut linears) = (0, 0);
         let mut running = Vec::new();
         let mut shape = Shape::Image(config.input[0], config.input[1], config.input[2]);
         let mut layers = Vec::with_capacity(config.layers.len());
         // Whether the layer reads the data as it came (only flattened): the sparse paths read
         // the tape's input itself, so a layer after dropout, ReLU or pooling takes the dense one.
         let mut reads_input = true;
-        for (layer, &next) in config.layers.iter().zip(&shapes) {
+        for ((layer, &next), scope) in config.layers.iter().zip(&shapes).zip(config.scopes()) {
             let sparse = reads_input;
             reads_input &= matches!(layer, Layer::Flatten);
             layers.push(match (*layer, shape) {
                 (Layer::Conv2d { out, kernel, bias, .. }, Shape::Image(c, h, w)) => {
-                    convs += 1;
                     let geom = conv_shape(*layer, (c, h, w));
-                    let scope = Scope::new(format!("conv{convs}"));
+                    let scope = Scope::new(scope.expect("a convolution has parameters"));
                     let (wv, bv) = init(out, geom.patch_len());
                     let weight = params.add(scope.name("weight"), &[out, c, kernel, kernel], wv);
                     let bias = bias.then(|| params.add(scope.name("bias"), &[out], bv));
@@ -696,9 +721,9 @@ impl Sequential {
                     Built::Pool(pool_shape(kernel, stride, (c, h, w)))
                 }
                 (Layer::Linear { out }, Shape::Flat(inputs)) => {
-                    linears += 1;
                     let (wv, bv) = init(out, inputs);
-                    let mut linear = Linear::from_values(&mut params, &format!("fc{linears}"), inputs, out, wv, bv);
+                    let name = scope.expect("a linear layer has parameters");
+                    let mut linear = Linear::from_values(&mut params, &name, inputs, out, wv, bv);
                     linear.sparse_input = sparse;
                     Built::Linear(linear)
                 }
@@ -713,10 +738,10 @@ impl Sequential {
                 (Layer::BatchNorm { momentum, eps }, shape) => {
                     // PyTorch's initialisation, which draws nothing from the generator.
                     let c = channels(shape);
-                    let scope = Scope::new(format!("bn{}", running.len() + 1));
+                    let scope = Scope::new(scope.expect("a batch normalisation has parameters"));
                     let weight = params.add(scope.name("weight"), &[c], vec![1.0; c]);
                     let bias = params.add(scope.name("bias"), &[c], vec![0.0; c]);
-                    running.push(Running { mean: vec![0.0; c], var: vec![1.0; c], batches: 0 });
+                    running.push(Running { scope, mean: vec![0.0; c], var: vec![1.0; c], batches: 0 });
                     Built::BatchNorm { weight, bias, momentum, eps, stats: running.len() - 1 }
                 }
                 (layer, shape) => unreachable!("{layer} on {shape} passed the shape check"),
@@ -838,8 +863,8 @@ impl Model for Sequential {
         state.set_meta(FORMAT_KEY, FORMAT);
         state.set_meta(INPUT_KEY, format!("{c},{h},{w}"));
         state.set_meta(LAYERS_KEY, self.config.to_string());
-        for (i, running) in self.running.iter().enumerate() {
-            let scope = Scope::new(format!("bn{}", i + 1));
+        for running in &self.running {
+            let scope = &running.scope;
             state.insert(scope.name("running_mean"), Tensor::new(vec![running.mean.len()], running.mean.clone()));
             state.insert(scope.name("running_var"), Tensor::new(vec![running.var.len()], running.var.clone()));
             state.insert_i64(scope.name("num_batches_tracked"), IntTensor::new(vec![], vec![running.batches]));
@@ -876,8 +901,8 @@ impl Model for Sequential {
         }
         // The running statistics are taken out first: the parameters load strictly.
         let mut state = state.clone();
-        for (i, running) in model.running.iter_mut().enumerate() {
-            let scope = Scope::new(format!("bn{}", i + 1));
+        for running in &mut model.running {
+            let scope = running.scope.clone();
             for (leaf, values) in [("running_mean", &mut running.mean), ("running_var", &mut running.var)] {
                 let name = scope.name(leaf);
                 let tensor = state.remove(&name).ok_or_else(|| NnError::MissingParam { name: name.clone() })?;

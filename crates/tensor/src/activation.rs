@@ -18,12 +18,12 @@ pub enum Activation {
     LeakyRelu(f32),
 }
 
-/// `√(2/π)`, GELU's tanh approximation's scale.
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-/// The cubic term's weight in GELU's tanh approximation.
-const GELU_CUBIC: f64 = 0.044_715;
-
 impl Activation {
+    /// `√(2/π)`, the scale inside GELU's tanh approximation.
+    pub const GELU_TANH_SCALE: f64 = 0.797_884_560_802_865_4;
+    /// The weight of the cubic term inside GELU's tanh approximation.
+    pub const GELU_TANH_CUBIC: f64 = 0.044_715;
+
     /// The activation of `x`. GELU is computed in f64 and rounded once.
     pub fn apply(self, x: f32) -> f32 {
         match self {
@@ -36,7 +36,7 @@ impl Activation {
             }
             Self::GeluTanh => {
                 let x = f64::from(x);
-                (0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh())) as f32
+                (0.5 * x * (1.0 + (Self::GELU_TANH_SCALE * (x + Self::GELU_TANH_CUBIC * x * x * x)).tanh())) as f32
             }
             Self::LeakyRelu(slope) => {
                 if x > 0.0 {
@@ -63,8 +63,10 @@ impl Activation {
             }
             Self::GeluTanh => {
                 let x = f64::from(x);
-                let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
-                (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)) as f32
+                let t = (Self::GELU_TANH_SCALE * (x + Self::GELU_TANH_CUBIC * x * x * x)).tanh();
+                (0.5 * (1.0 + t)
+                    + 0.5 * x * (1.0 - t * t) * Self::GELU_TANH_SCALE * (1.0 + 3.0 * Self::GELU_TANH_CUBIC * x * x))
+                    as f32
             }
             // PyTorch's leaky_relu_backward: the slope at 0 and below.
             Self::LeakyRelu(slope) => {

@@ -63,6 +63,26 @@ pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// A Python that can check and run ONNX files (it imports `onnx`, `onnxruntime` and `numpy`):
+/// `$ONNX_PYTHON` (which `.ci/run` points at a venv it makes), else `python3` if it has them.
+///
+/// # Panics
+/// When `CI=true` and no such Python is found: the ONNX tests must run there.
+pub fn onnx_python() -> Option<PathBuf> {
+    let python = std::env::var_os("ONNX_PYTHON").map_or_else(|| "python3".into(), PathBuf::from);
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import onnx, onnxruntime, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!("{} cannot import onnx, onnxruntime and numpy (set ONNX_PYTHON)", python.display());
+    assert!(!on_ci(), "{why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
 /// An IDX file of unsigned bytes: the header for `dims`, then `body`.
 pub fn idx_bytes(dims: &[u32], body: &[u8]) -> Vec<u8> {
     let magic = [0, 0, 0x08, dims.len() as u8];

@@ -65,7 +65,7 @@ impl Default for Settings {
     }
 }
 
-mod keys {
+pub(crate) mod keys {
     pub(crate) const BATCH_SIZE: &str = "batch_size";
     pub(crate) const SEED: &str = "seed";
     pub(crate) const VAL_SPLIT: &str = "val_split";

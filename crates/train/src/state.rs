@@ -30,6 +30,7 @@ mod keys {
     pub(crate) const EPOCHS: &str = "epochs";
     pub(crate) const TEST_ACCURACY: &str = "test_accuracy";
     pub(crate) const OPTIMIZER: &str = "optimizer";
+    pub(crate) use crate::settings::keys::{BATCH_SIZE, SEED};
 }
 
 /// The epoch with the lowest validation loss, and its weights.
@@ -170,13 +171,23 @@ pub fn model_state_with_facts<M: Model>(
 ) -> StateDict {
     let mut state = model.state_dict();
     state.set_meta(keys::EPOCHS, epochs.to_string());
-    state.set_meta("batch_size", settings.batch_size.to_string());
+    state.set_meta(keys::BATCH_SIZE, settings.batch_size.to_string());
     state.set_meta(keys::OPTIMIZER, settings.optimizer.to_string());
-    state.set_meta("seed", settings.seed.to_string());
+    state.set_meta(keys::SEED, settings.seed.to_string());
     if let Some(test) = test {
         state.set_meta(keys::TEST_ACCURACY, format!("{:.4}", test.accuracy()));
     }
     state
+}
+
+/// The facts of its run that a model file records (epochs, batch size, optimizer, seed, test
+/// accuracy, class names), as (key, value) pairs in that order: what a copy of the model in
+/// another format should carry along.
+pub fn recorded_facts(state: &StateDict) -> Vec<(String, String)> {
+    [keys::EPOCHS, keys::BATCH_SIZE, keys::OPTIMIZER, keys::SEED, keys::TEST_ACCURACY]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), state.meta(key)?.to_owned())))
+        .collect()
 }
 
 /// The test accuracy a model file records, if any.
