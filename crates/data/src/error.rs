@@ -110,6 +110,28 @@ pub enum DataError {
         /// The dimensions from the header.
         dims: Vec<u32>,
     },
+    /// A label is below the first class's label (EMNIST Letters' labels start at 1).
+    #[error("{path}: label {label} at index {index} is below {first}, the first class's label")]
+    LabelBelowFirst {
+        /// The label file.
+        path: PathBuf,
+        /// Position of the first bad label.
+        index: usize,
+        /// Its value.
+        label: u8,
+        /// The first class's label.
+        first: u8,
+    },
+    /// The class names file does not name each class once.
+    #[error("{path}: {found} class names, one per line, where the labels have {expected} classes")]
+    ClassNames {
+        /// The class names file.
+        path: PathBuf,
+        /// Non-empty lines found (an empty name counts as none).
+        found: usize,
+        /// Classes in the labels.
+        expected: usize,
+    },
     /// A label is not a valid class.
     #[error("{path}: label {label} at index {index} is outside 0..={max}")]
     LabelOutOfRange {

@@ -16,6 +16,7 @@ pub mod digit;
 mod error;
 mod idx;
 mod mnist;
+mod sets;
 mod shuffle;
 
 pub use augment::{Augment, AugmentError, fill_rows_augmented};
@@ -24,3 +25,4 @@ pub use error::DataError;
 pub use idx::{IdxU8, parse_idx_u8, read_idx_u8};
 pub use mnist::{Dataset, FILES, Mnist, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, locate};
 pub use shuffle::shuffle;
+pub use sets::{CLASS_NAMES_FILE, KNOWN_SETS, KnownSet, Layout, emnist_files, known_set};

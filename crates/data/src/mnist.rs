@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::DataError;
 use crate::idx::{IdxU8, parse_idx_u8, read_idx_u8};
+use crate::sets::{CLASS_NAMES_FILE, KNOWN_SETS, KnownSet, Layout, emnist_files};
 
 /// The canonical name of MNIST's training images (the `.gz` suffix is optional on disk).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -173,11 +174,16 @@ pub struct Mnist {
     pub train: Dataset,
     /// The test set.
     pub test: Dataset,
+    /// Each class's name, in label order: from the folder's [`CLASS_NAMES_FILE`], else a known
+    /// EMNIST split's, else the labels as numbers (`"0"`, `"1"`, ...).
+    pub class_names: Vec<String>,
 }
 
 impl Mnist {
     /// Loads the four files from `dir`, each under its canonical name, decompressed or with a
-    /// `.gz` suffix (the decompressed file is preferred when both exist).
+    /// `.gz` suffix (the decompressed file is preferred when both exist). A folder of one of
+    /// EMNIST's splits, under NIST's names (`emnist-letters-train-images-idx3-ubyte.gz`, ...),
+    /// loads too: its images are turned upright and its labels made to start at 0.
     ///
     /// ```no_run
     /// let mnist = data::Mnist::load(std::path::Path::new("data/mnist"))?;
@@ -187,16 +193,27 @@ impl Mnist {
     ///
     /// # Errors
     /// A missing file, any fault of [`Dataset::from_idx_files`], images of different sizes in
-    /// the two sets, or a test label the training set does not have.
+    /// the two sets, a test label the training set does not have, or a class names file that
+    /// does not name each class once.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        let path = |name| locate(dir, name);
-        let (train_images, train_labels) = (path(TRAIN_IMAGES)?, path(TRAIN_LABELS)?);
-        let images = read_idx_u8(&train_images, 3)?;
-        let labels = read_idx_u8(&train_labels, 1)?;
+        let (names, layout) = match locate(dir, TRAIN_IMAGES) {
+            Ok(_) => (FILES.map(String::from), Layout::Mnist),
+            Err(missing) => match emnist_in(dir) {
+                Some(set) => {
+                    let Layout::Emnist { split, .. } = set.layout else { unreachable!("an EMNIST split") };
+                    (emnist_files(split), set.layout)
+                }
+                None => return Err(missing),
+            },
+        };
+        let path = |name: &str| locate(dir, name);
+        let (train_images, train_labels) = (path(&names[0])?, path(&names[1])?);
+        let (images, labels) = read_part(&train_images, &train_labels, layout)?;
         let classes = labels.data.iter().max().map_or(1, |&m| usize::from(m) + 1);
         let train = Dataset::from_idx(images, &train_images, labels, &train_labels, classes)?;
-        let test_images = path(TEST_IMAGES)?;
-        let test = Dataset::from_idx_files(&test_images, &path(TEST_LABELS)?, classes)?;
+        let (test_images, test_labels) = (path(&names[2])?, path(&names[3])?);
+        let (images, labels) = read_part(&test_images, &test_labels, layout)?;
+        let test = Dataset::from_idx(images, &test_images, labels, &test_labels, classes)?;
         if (test.rows, test.cols) != (train.rows, train.cols) {
             return Err(DataError::ShapeMismatch {
                 path: test_images,
@@ -204,8 +221,67 @@ impl Mnist {
                 expected: (train.rows, train.cols),
             });
         }
-        Ok(Self { train, test })
+        let known = emnist_in(dir).filter(|_| layout != Layout::Mnist);
+        let class_names = class_names(dir, classes, known)?;
+        Ok(Self { train, test, class_names })
     }
+}
+
+/// The known EMNIST split whose training images are in `dir`.
+fn emnist_in(dir: &Path) -> Option<&'static KnownSet> {
+    KNOWN_SETS.iter().find(|set| match set.layout {
+        Layout::Emnist { split, .. } => locate(dir, &emnist_files(split)[0]).is_ok(),
+        Layout::Mnist => false,
+    })
+}
+
+/// Reads an images file and its labels, turned from `layout`'s form into MNIST's.
+fn read_part(images: &Path, labels: &Path, layout: Layout) -> Result<(IdxU8, IdxU8), DataError> {
+    let (mut img, mut lab) = (read_idx_u8(images, 3)?, read_idx_u8(labels, 1)?);
+    if let Layout::Emnist { first_label, .. } = layout {
+        transpose_images(&mut img);
+        if let Some(index) = lab.data.iter().position(|&l| l < first_label) {
+            let label = lab.data[index];
+            return Err(DataError::LabelBelowFirst { path: labels.to_owned(), index, label, first: first_label });
+        }
+        lab.data.iter_mut().for_each(|l| *l -= first_label);
+    }
+    Ok((img, lab))
+}
+
+/// Swaps the rows and columns of every image: EMNIST stores them column by column.
+fn transpose_images(img: &mut IdxU8) {
+    let (rows, cols) = (img.dims[1], img.dims[2]);
+    let size = rows * cols;
+    if size == 0 {
+        return;
+    }
+    let mut upright = vec![0u8; size];
+    for image in img.data.chunks_exact_mut(size) {
+        for (r, row) in upright.chunks_exact_mut(rows).enumerate() {
+            row.iter_mut().enumerate().for_each(|(c, p)| *p = image[c * cols + r]);
+        }
+        image.copy_from_slice(&upright);
+    }
+    img.dims.swap(1, 2);
+}
+
+/// The names of `classes` classes: from `dir`'s [`CLASS_NAMES_FILE`], else `known`'s, else
+/// the numbers.
+fn class_names(dir: &Path, classes: usize, known: Option<&KnownSet>) -> Result<Vec<String>, DataError> {
+    let path = dir.join(CLASS_NAMES_FILE);
+    let names: Vec<String> = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim_end().lines().map(|l| l.trim().to_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match known {
+            Some(set) => set.class_names.iter().map(|&n| n.to_owned()).collect(),
+            None => return Ok((0..classes).map(|c| c.to_string()).collect()),
+        },
+        Err(source) => return Err(DataError::Io { path, source }),
+    };
+    if names.len() != classes || names.iter().any(String::is_empty) {
+        return Err(DataError::ClassNames { path, found: names.len(), expected: classes });
+    }
+    Ok(names)
 }
 
 /// `dir/name` if it exists, else `dir/name.gz` if that exists.
@@ -340,5 +416,77 @@ mod tests {
         assert_eq!(locate(dir.path(), "a").unwrap(), dir.path().join("a.gz"));
         std::fs::write(dir.path().join("a"), b"").unwrap();
         assert_eq!(locate(dir.path(), "a").unwrap(), dir.path().join("a"));
+    }
+}
+
+#[cfg(test)]
+mod named_sets {
+    use super::*;
+
+    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        dims.iter().for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// An EMNIST split's folder: two images of 2x3 pixels (stored transposed, as 3x2), labels
+    /// as given.
+    fn write_emnist(dir: &Path, split: &str, labels: &[u8]) {
+        // Upright, image 0 is [[0, 1, 2], [3, 4, 5]]; EMNIST stores it column by column.
+        let stored: Vec<u8> = [0u8, 3, 1, 4, 2, 5].iter().chain(&[10, 13, 11, 14, 12, 15]).copied().collect();
+        let images = idx(&[2, 3, 2], &stored);
+        let labels = idx(&[2], labels);
+        let files = emnist_files(split);
+        for (name, bytes) in files.iter().zip([&images, &labels, &images, &labels]) {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn emnist_images_are_turned_upright_and_letters_start_at_zero_with_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        write_emnist(dir.path(), "letters", &[1, 26]);
+        let set = Mnist::load(dir.path()).unwrap();
+        assert_eq!((set.train.rows(), set.train.cols()), (2, 3));
+        assert_eq!(set.train.image(0), &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(set.test.image(1), &[10, 11, 12, 13, 14, 15]);
+        assert_eq!(set.train.labels(), &[0, 25]);
+        assert_eq!(set.train.classes(), 26);
+        assert_eq!((set.class_names[0].as_str(), set.class_names[25].as_str()), ("A", "Z"));
+    }
+
+    #[test]
+    fn an_emnist_digit_split_keeps_its_labels_and_a_letters_label_of_zero_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_emnist(dir.path(), "digits", &[0, 9]);
+        let set = Mnist::load(dir.path()).unwrap();
+        assert_eq!(set.train.labels(), &[0, 9]);
+        assert_eq!(set.class_names, crate::known_set("emnist-digits").unwrap().class_names);
+
+        let dir = tempfile::tempdir().unwrap();
+        write_emnist(dir.path(), "letters", &[0, 3]);
+        let err = Mnist::load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("emnist-letters-train-labels-idx1-ubyte: label 0 at index 0 is below 1, the first class's label"), "{err}");
+    }
+
+    #[test]
+    fn class_names_come_from_the_names_file_else_are_the_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = idx(&[2, 1, 1], &[0, 255]);
+        let labels = idx(&[2], &[0, 2]);
+        for (name, bytes) in FILES.iter().zip([&images, &labels, &images, &labels]) {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        assert_eq!(Mnist::load(dir.path()).unwrap().class_names, ["0", "1", "2"]);
+
+        std::fs::write(dir.path().join(CLASS_NAMES_FILE), "T-shirt/top\nTrouser\nBag\n").unwrap();
+        assert_eq!(Mnist::load(dir.path()).unwrap().class_names, ["T-shirt/top", "Trouser", "Bag"]);
+
+        for wrong in ["a\nb\n", "a\n\nc\n", "a\nb\nc\nd\n"] {
+            std::fs::write(dir.path().join(CLASS_NAMES_FILE), wrong).unwrap();
+            let err = Mnist::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("classes.txt: ") && err.contains("where the labels have 3 classes"), "{wrong:?}: {err}");
+        }
     }
 }
