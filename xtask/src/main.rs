@@ -19,13 +19,18 @@ enum Command {
     /// Print the vector levels this CPU has, narrowest first, whatever MNIST_SIMD says: the
     /// values MNIST_SIMD may take here.
     SimdLevels,
-    /// Download MNIST into data/mnist, verify each file's SHA-256, store it decompressed.
+    /// Download a data set into data/NAME (MNIST by default), verify it against its published
+    /// checksums, and name its classes.
     FetchData {
+        /// mnist, fashion-mnist, kmnist, emnist-digits, emnist-letters or emnist-balanced.
+        #[arg(long, value_name = "NAME", default_value = "mnist")]
+        dataset: String,
         /// A mirror to try before the public ones: http(s)://, file:// or a folder holding the
-        /// four .gz files. Repeatable; the environment variable MNIST_MIRROR adds more.
+        /// data set's files (EMNIST's gzip.zip). Repeatable; for MNIST the environment variable
+        /// MNIST_MIRROR adds more.
         #[arg(long = "mirror", value_name = "URL")]
         mirrors: Vec<String>,
-        /// Where to store the files [default: data/mnist in the workspace].
+        /// Where to store the files [default: data/NAME in the workspace].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// Download again even when verified files are present.
@@ -148,10 +153,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", levels.join(" "));
             Ok(())
         }
-        Command::FetchData { mirrors, data_dir, force } => {
-            let env = std::env::var(fetch::MIRROR_ENV).ok();
-            let data_dir = data_dir.unwrap_or_else(xtask::default_data_dir);
-            let mut opts = fetch::Options::new(fetch::mirror_list(&mirrors, env.as_deref())?, data_dir);
+        Command::FetchData { dataset, mirrors, data_dir, force } => {
+            let source = fetch::Source::named(&dataset)?;
+            let env = std::env::var(fetch::MIRROR_ENV).ok().filter(|_| dataset == "mnist");
+            let data_dir = data_dir.unwrap_or_else(|| xtask::repo_root().join("data").join(&dataset));
+            let mirrors = fetch::mirror_list(&mirrors, env.as_deref(), &source.mirrors)?;
+            let mut opts = fetch::Options::for_source(source, mirrors, data_dir);
             opts.force = force;
             opts.progress_bars = std::io::stderr().is_terminal();
             fetch::fetch(&opts, &mut std::io::stderr())?;

@@ -101,7 +101,7 @@ fn a_file_that_fails_verification_is_replaced() {
 
     let mut log = Vec::new();
     let summary = fetch::fetch(&options(mirrors, tmp.path()), &mut log).unwrap();
-    assert_eq!(summary.downloaded.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [FILES[1].name]);
+    assert_eq!(summary.downloaded.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), [FILES[1].name]);
     assert!(String::from_utf8(log).unwrap().contains("does not match; downloading it again"));
     assert_complete_and_clean(tmp.path());
 }
@@ -116,7 +116,7 @@ fn when_every_mirror_fails_the_error_names_each_and_nothing_is_left() {
 
     let err = fetch::fetch(&options(mirrors, tmp.path()), &mut Vec::new()).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.starts_with(&format!("could not fetch {} from any mirror:", FILES[0].name)), "{msg}");
+    assert!(msg.starts_with(&format!("could not fetch {}.gz from any mirror:", FILES[0].name)), "{msg}");
     assert!(msg.contains(&format!("  {a}: HTTP 500")), "{msg}");
     assert!(msg.contains(&format!("  {b}: SHA-256 mismatch")), "{msg}");
     assert!(msg.contains(&format!("  {}: cannot open", empty.path().display())), "{msg}");

@@ -467,7 +467,12 @@ mod named_sets {
         let dir = tempfile::tempdir().unwrap();
         write_emnist(dir.path(), "letters", &[0, 3]);
         let err = Mnist::load(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("emnist-letters-train-labels-idx1-ubyte: label 0 at index 0 is below 1, the first class's label"), "{err}");
+        assert!(
+            err.ends_with(
+                "emnist-letters-train-labels-idx1-ubyte: label 0 at index 0 is below 1, the first class's label"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -486,7 +491,10 @@ mod named_sets {
         for wrong in ["a\nb\n", "a\n\nc\n", "a\nb\nc\nd\n"] {
             std::fs::write(dir.path().join(CLASS_NAMES_FILE), wrong).unwrap();
             let err = Mnist::load(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("classes.txt: ") && err.contains("where the labels have 3 classes"), "{wrong:?}: {err}");
+            assert!(
+                err.contains("classes.txt: ") && err.contains("where the labels have 3 classes"),
+                "{wrong:?}: {err}"
+            );
         }
     }
 }

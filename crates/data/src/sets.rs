@@ -72,7 +72,18 @@ pub const KNOWN_SETS: [KnownSet; 6] = [
     KnownSet {
         name: "kmnist",
         title: "Kuzushiji-MNIST (cursive Japanese hiragana)",
-        class_names: &["お (o)", "き (ki)", "す (su)", "つ (tsu)", "な (na)", "は (ha)", "ま (ma)", "や (ya)", "れ (re)", "を (wo)"],
+        class_names: &[
+            "お (o)",
+            "き (ki)",
+            "す (su)",
+            "つ (tsu)",
+            "な (na)",
+            "は (ha)",
+            "ま (ma)",
+            "や (ya)",
+            "れ (re)",
+            "を (wo)",
+        ],
         layout: Layout::Mnist,
     },
     KnownSet {

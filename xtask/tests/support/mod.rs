@@ -7,6 +7,8 @@ use std::thread;
 use std::time::Duration;
 
 /// What the server does with every request.
+// Each test binary that shares this module uses some of the behaviours.
+#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub enum Behaviour {
     /// Serves the files of a folder; 404 for anything else.
