@@ -77,7 +77,7 @@ fn the_plots_are_drawn() {
     for (name, must_hold) in [
         ("loss.svg", "<polyline"),
         ("accuracy.svg", "<polyline"),
-        ("confusion.svg", "true digit"),
+        ("confusion.svg", "true class"),
         ("misclassified.svg", "→"),
     ] {
         let svg = std::fs::read_to_string(t.plots.join(name)).unwrap();

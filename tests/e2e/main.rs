@@ -5,6 +5,7 @@
 
 mod bn_reference;
 mod browser;
+mod class_names;
 mod cli;
 mod conv_reference;
 mod layer_lists;

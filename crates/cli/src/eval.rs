@@ -6,22 +6,27 @@ use anyhow::{Result, anyhow};
 use train::Evaluation;
 
 use crate::args::EvalArgs;
-use crate::files::{load_mnist, load_model};
+use crate::files::{load_mnist, load_model_file};
 use crate::svg;
 
 /// Prints the notebook's `Test Accuracy` line, then (unless quiet) precision, recall and F1 per
 /// class and the confusion matrix.
-pub(crate) fn print_test_results(out: &mut (dyn Write + Send), eval: &Evaluation, quiet: bool) -> std::io::Result<()> {
+pub(crate) fn print_test_results(
+    out: &mut (dyn Write + Send),
+    eval: &Evaluation,
+    class_names: &[String],
+    quiet: bool,
+) -> std::io::Result<()> {
     writeln!(out, "Test Accuracy: {:.2}%", 100.0 * eval.accuracy())?;
     if quiet {
         return Ok(());
     }
     writeln!(out)?;
     writeln!(out, "Per-class metrics on the test set ({} images):", eval.confusion.total())?;
-    write!(out, "{}", eval.confusion.report())?;
+    write!(out, "{}", eval.confusion.report().named(class_names))?;
     writeln!(out)?;
-    writeln!(out, "Confusion matrix (rows: true digit, columns: predicted digit):")?;
-    write!(out, "{}", eval.confusion)?;
+    writeln!(out, "Confusion matrix (rows: true class, columns: predicted class):")?;
+    write!(out, "{}", eval.confusion.named(class_names))?;
     Ok(())
 }
 
@@ -37,14 +42,16 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     if let Some(dir) = &args.plots {
         svg::prepare_dir(dir)?;
     }
-    let model = load_model(&args.model)?;
+    let (model, state) = load_model_file(&args.model)?;
     let mnist = load_mnist(&args.data.data_dir)?;
+    // The names the model was trained with, else the data set's.
+    let class_names = train::recorded_class_names(&state).unwrap_or_else(|| mnist.class_names.clone());
     train::check_fits(&model, &mnist.test).map_err(|e| anyhow!("{}: {e}", args.model.display()))?;
     let (eval, seconds) = evaluate_test(&model, &mnist.test);
     eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), seconds * 1e3);
-    print_test_results(out, &eval, false)?;
+    print_test_results(out, &eval, &class_names, false)?;
     if let Some(dir) = &args.plots {
-        svg::evaluation(dir, &mnist.test, &eval)?;
+        svg::evaluation(dir, &mnist.test, &eval, &class_names)?;
     }
     Ok(())
 }

@@ -18,12 +18,8 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
     })
 }
 
-/// Reads a model file (or the model of a training checkpoint), of any architecture.
-pub(crate) fn load_model(path: &Path) -> Result<Sequential> {
-    Ok(load_model_file(path)?.0)
-}
-
-/// Reads a model file: the model, and the whole file as a `state_dict` for its metadata.
+/// Reads a model file (or the model of a training checkpoint), of any architecture: the model,
+/// and the whole file as a `state_dict` for its metadata.
 pub(crate) fn load_model_file(path: &Path) -> Result<(Sequential, StateDict)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let model = train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;

@@ -8,12 +8,15 @@ use ndarray::Array2;
 use nn::Model;
 
 use crate::args::PredictArgs;
-use crate::files::load_model;
+use crate::files::load_model_file;
 
-/// Prints, for each image, the predicted digit with its probability, then every class's
+/// Prints, for each image, the predicted class (by name, when the model records names) with its probability, then every class's
 /// probability.
 pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let model = load_model(&args.model)?;
+    let (model, state) = load_model_file(&args.model)?;
+    let names = train::recorded_class_names(&state)
+        .filter(|n| n.len() == model.classes())
+        .unwrap_or_else(|| (0..model.classes()).map(|c| c.to_string()).collect());
     if model.input_width() != SIDE * SIDE {
         bail!(
             "{}: the model takes {} inputs, but images are converted to {SIDE}x{SIDE} = {}",
@@ -33,8 +36,8 @@ pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()
     let x = Array2::from_shape_vec((args.images.len(), SIDE * SIDE), pixels)?;
     let (classes, probabilities) = model.classify(x.view());
     for ((path, row), class) in args.images.iter().zip(probabilities.rows()).zip(classes) {
-        writeln!(out, "{}: {class} ({:.2}%)", path.display(), 100.0 * row[class])?;
-        let all: Vec<String> = row.iter().enumerate().map(|(c, p)| format!("{c}: {p:.4}")).collect();
+        writeln!(out, "{}: {} ({:.2}%)", path.display(), names[class], 100.0 * row[class])?;
+        let all: Vec<String> = row.iter().zip(&names).map(|(p, name)| format!("{name}: {p:.4}")).collect();
         writeln!(out, "  {}", all.join("  "))?;
     }
     Ok(())

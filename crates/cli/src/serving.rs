@@ -6,25 +6,26 @@ use anyhow::{Context, Result};
 use nn::Sequential;
 
 use crate::args::ServeArgs;
-use crate::files::load_mnist;
+use crate::files::{load_mnist, load_model_file};
 
 /// Serves until Ctrl-C, then finishes the requests under way.
 pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let (model, accuracy) = match &args.model {
+    let (model, accuracy, names) = match &args.model {
         Some(path) => {
-            // The file is read once: the model, and the test accuracy its metadata records.
-            let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            let model: Sequential =
-                train::load_model(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let state = nn::StateDict::from_safetensors(&bytes).expect("parsed just above");
-            (model, train::recorded_test_accuracy(&state))
+            // The file is read once: the model, and the test accuracy and class names its
+            // metadata records.
+            let (model, state) = load_model_file(path)?;
+            (model, train::recorded_test_accuracy(&state), train::recorded_class_names(&state))
         }
         None => train_default(args)?,
     };
     // Inference is CPU work: more workers than `--threads` would only queue in the kernel.
     let limits =
         serve::Limits { workers: rayon::current_num_threads(), ..serve::Limits::default() }.within_open_files();
-    let app = serve::App::new(model, accuracy, limits).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    let mut app = serve::App::new(model, accuracy, limits).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    if let Some(names) = names {
+        app = app.with_class_names(names).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    }
     let router = serve::router(app, |r| eprintln!("{} {} {} {}µs", r.method, r.path, r.status, r.micros));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -47,11 +48,11 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
 }
 
 /// The notebook's model, trained with its recipe, and its test accuracy.
-fn train_default(args: &ServeArgs) -> Result<(Sequential, Option<f64>)> {
+fn train_default(args: &ServeArgs) -> Result<(Sequential, Option<f64>, Option<Vec<String>>)> {
     eprintln!("No --model given: training the default model first (a few seconds) ...");
     let mnist = load_mnist(&args.data.data_dir)?;
     let model = train::fit_notebook(&mnist.train)?;
     let accuracy = train::evaluate_all(&model, &mnist.test).accuracy();
     eprintln!("Trained: {:.2}% test accuracy", 100.0 * accuracy);
-    Ok((model, Some(accuracy)))
+    Ok((model, Some(accuracy), Some(mnist.class_names)))
 }

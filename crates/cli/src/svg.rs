@@ -20,7 +20,12 @@ pub(crate) fn write(dir: &Path, name: &str, svg: Result<String, plots::PlotError
 }
 
 /// The plots of an evaluation: `confusion.svg` and `misclassified.svg`.
-pub(crate) fn evaluation(dir: &Path, data: &data::Dataset, eval: &train::Evaluation) -> Result<()> {
-    write(dir, "confusion.svg", plots::confusion_heatmap(&eval.confusion))?;
-    write(dir, "misclassified.svg", plots::misclassified(data, &eval.predictions))
+pub(crate) fn evaluation(
+    dir: &Path,
+    data: &data::Dataset,
+    eval: &train::Evaluation,
+    class_names: &[String],
+) -> Result<()> {
+    write(dir, "confusion.svg", plots::confusion_heatmap(&eval.confusion, class_names))?;
+    write(dir, "misclassified.svg", plots::misclassified(data, &eval.predictions, class_names))
 }

@@ -116,9 +116,10 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     if !cfg.outputs.quiet {
         eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), eval_seconds * 1e3);
     }
-    print_test_results(out, &test, cfg.outputs.quiet)?;
+    print_test_results(out, &test, &mnist.class_names, cfg.outputs.quiet)?;
     if let Some(path) = &cfg.outputs.save {
-        let file = train::model_state_with_facts(&model, &settings, history.len(), Some(&test));
+        let mut file = train::model_state_with_facts(&model, &settings, history.len(), Some(&test));
+        train::record_class_names(&mut file, &mnist.class_names);
         write_output("--save", path, |w| file.write_safetensors(w))?;
         if !cfg.outputs.quiet {
             eprintln!("Saved the model to {}", path.display());
@@ -134,7 +135,7 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         let curves = plots::training_curves(&history).map_err(|e| anyhow!("--plots: {e}"))?;
         svg::write(dir, "loss.svg", Ok(curves.loss))?;
         svg::write(dir, "accuracy.svg", Ok(curves.accuracy))?;
-        svg::evaluation(dir, &mnist.test, &test)?;
+        svg::evaluation(dir, &mnist.test, &test, &mnist.class_names)?;
         if let Some(augment) = &settings.augment {
             svg::write(dir, "augmented.svg", plots::augmented(&mnist.train, augment, settings.seed))?;
         }

@@ -1,6 +1,8 @@
 //! A confusion matrix accumulated batch by batch.
 
 use std::fmt;
+
+use crate::report::Named;
 use std::io;
 
 use crate::report::Report;
@@ -133,23 +135,62 @@ pub(crate) fn ratio(num: u64, den: u64) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
-impl fmt::Display for ConfusionMatrix {
-    /// An aligned table, rows are true classes and columns predicted ones.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfusionMatrix {
+    /// The table of `Display` with each class called by its name (`names[i]` for class `i`):
+    /// in full at the start of its row, and cut to [`COLUMN_NAME_CHARS`] characters atop its
+    /// column.
+    ///
+    /// ```
+    /// let mut cm = metrics::ConfusionMatrix::new(2);
+    /// cm.add_batch(&[0, 1, 1], &[0, 1, 0]);
+    /// let names = ["Sandal".to_owned(), "Sneaker".to_owned()];
+    /// assert_eq!(cm.named(&names).to_string(), "        Sandal Sneake\n Sandal      1      0\nSneaker      1      1\n");
+    /// ```
+    pub fn named<'a>(&'a self, names: &'a [String]) -> Named<'a, Self> {
+        Named { table: self, names }
+    }
+
+    fn write_table(&self, f: &mut fmt::Formatter<'_>, names: Option<&[String]>) -> fmt::Result {
+        let name = |i: usize| names.and_then(|n| n.get(i)).map_or_else(|| i.to_string(), Clone::clone);
+        let column_name = |i: usize| name(i).chars().take(COLUMN_NAME_CHARS).collect::<String>();
+        let chars = |s: &str| s.chars().count();
         let width = self.counts.iter().max().map_or(1, |m| m.to_string().len()).max(self.classes.to_string().len());
-        write!(f, "{:>5}", "")?;
+        let width = (0..self.classes).map(|p| chars(&column_name(p))).max().unwrap_or(0).max(width);
+        let row_width = (0..self.classes).map(|t| chars(&name(t))).max().unwrap_or(0).max(5);
+        // Padding counts characters, not bytes, so that names beyond ASCII line up.
+        let right = |f: &mut fmt::Formatter<'_>, text: &str, width: usize| {
+            write!(f, "{:pad$}{text}", "", pad = width.saturating_sub(chars(text)))
+        };
+        right(f, "", row_width)?;
         for p in 0..self.classes {
-            write!(f, " {p:>width$}")?;
+            f.write_str(" ")?;
+            right(f, &column_name(p), width)?;
         }
         writeln!(f)?;
         for t in 0..self.classes {
-            write!(f, "{t:>5}")?;
+            right(f, &name(t), row_width)?;
             for p in 0..self.classes {
                 write!(f, " {:>width$}", self.count(t, p))?;
             }
             writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+/// How much of a class's name heads its column in [`ConfusionMatrix::named`]'s table.
+pub const COLUMN_NAME_CHARS: usize = 6;
+
+impl fmt::Display for ConfusionMatrix {
+    /// An aligned table, rows are true classes and columns predicted ones.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_table(f, None)
+    }
+}
+
+impl fmt::Display for Named<'_, ConfusionMatrix> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.table.write_table(f, Some(self.names))
     }
 }
 

@@ -10,5 +10,5 @@
 mod confusion;
 mod report;
 
-pub use confusion::ConfusionMatrix;
-pub use report::{Averages, ClassMetrics, Report};
+pub use confusion::{COLUMN_NAME_CHARS, ConfusionMatrix};
+pub use report::{Averages, ClassMetrics, Named, Report};

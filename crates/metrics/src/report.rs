@@ -116,24 +116,66 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
-    /// An aligned table in the style of scikit-learn's `classification_report`; a class never
-    /// predicted has its precision marked with `*` and explained below the table.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>12} {:>9} {:>9} {:>9} {:>9}", "class", "precision", "recall", "f1", "support")?;
+impl Report {
+    /// The table of [`Report`]'s `Display` with each class called by its name (`names[i]`
+    /// for class `i`) instead of its number.
+    ///
+    /// ```
+    /// let mut cm = metrics::ConfusionMatrix::new(2);
+    /// cm.add_batch(&[0, 1], &[0, 1]);
+    /// let names = ["Trouser".to_owned(), "Ankle boot".to_owned()];
+    /// assert!(cm.report().named(&names).to_string().contains("  Ankle boot   1.0000"));
+    /// ```
+    pub fn named<'a>(&'a self, names: &'a [String]) -> Named<'a, Self> {
+        Named { table: self, names }
+    }
+
+    fn write_table(&self, f: &mut fmt::Formatter<'_>, names: Option<&[String]>) -> fmt::Result {
+        let name = |i: usize| names.and_then(|n| n.get(i)).map_or_else(|| i.to_string(), Clone::clone);
+        let width = (0..self.classes.len()).map(|i| name(i).chars().count()).max().unwrap_or(0).max(12);
+        writeln!(f, "{:>width$} {:>9} {:>9} {:>9} {:>9}", "class", "precision", "recall", "f1", "support")?;
         for (i, c) in self.classes.iter().enumerate() {
             let mark = if c.never_predicted { "*" } else { " " };
-            writeln!(f, "{i:>12} {:>8.4}{mark} {:>9.4} {:>9.4} {:>9}", c.precision, c.recall, c.f1, c.support)?;
+            let label = name(i);
+            // Padding counts characters, not bytes, so that names beyond ASCII line up.
+            let pad = width.saturating_sub(label.chars().count());
+            writeln!(
+                f,
+                "{:pad$}{label} {:>8.4}{mark} {:>9.4} {:>9.4} {:>9}",
+                "", c.precision, c.recall, c.f1, c.support
+            )?;
         }
         writeln!(f)?;
-        writeln!(f, "{:>12} {:>9} {:>9} {:>9.4} {:>9}", "accuracy", "", "", self.accuracy, self.total)?;
+        writeln!(f, "{:>width$} {:>9} {:>9} {:>9.4} {:>9}", "accuracy", "", "", self.accuracy, self.total)?;
         for (name, a) in [("macro avg", self.macro_avg), ("weighted avg", self.weighted_avg)] {
-            writeln!(f, "{name:>12} {:>9.4} {:>9.4} {:>9.4} {:>9}", a.precision, a.recall, a.f1, self.total)?;
+            writeln!(f, "{name:>width$} {:>9.4} {:>9.4} {:>9.4} {:>9}", a.precision, a.recall, a.f1, self.total)?;
         }
         if self.classes.iter().any(|c| c.never_predicted) {
             writeln!(f, "* never predicted: precision is undefined and counted as 0")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    /// An aligned table in the style of scikit-learn's `classification_report`; a class never
+    /// predicted has its precision marked with `*` and explained below the table.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_table(f, None)
+    }
+}
+
+/// A table whose classes are called by their names: [`Report::named`],
+/// [`ConfusionMatrix::named`](crate::ConfusionMatrix::named).
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a, T> {
+    pub(crate) table: &'a T,
+    pub(crate) names: &'a [String],
+}
+
+impl fmt::Display for Named<'_, Report> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.table.write_table(f, Some(self.names))
     }
 }
 

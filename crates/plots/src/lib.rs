@@ -7,7 +7,8 @@
 //! let mut cm = metrics::ConfusionMatrix::new(2);
 //! cm.add(0, 0);
 //! cm.add(1, 0);
-//! let svg = plots::confusion_heatmap(&cm).unwrap();
+//! let names = ["cat".to_owned(), "dog".to_owned()];
+//! let svg = plots::confusion_heatmap(&cm, &names).unwrap();
 //! assert!(svg.starts_with("<svg") && svg.contains("accuracy 50.00%"));
 //! ```
 
@@ -151,22 +152,29 @@ pub struct Curves {
 ///
 /// # Errors
 /// Drawing failed.
-pub fn confusion_heatmap(cm: &ConfusionMatrix) -> Result<String> {
+pub fn confusion_heatmap(cm: &ConfusionMatrix, class_names: &[String]) -> Result<String> {
     let k = cm.classes() as i32;
     let cell = 48;
-    let (left, top) = (90, 90);
+    let name = |i: i32| class_names.get(i as usize).cloned().unwrap_or_else(|| i.to_string());
+    // Rows carry whole names, so the margin grows with the longest; columns carry their
+    // start, as the text table does.
+    let longest = (0..k).map(|i| name(i).chars().count()).max().unwrap_or(1) as i32;
+    let (left, top) = (90.max(40 + 8 * longest), 90);
     let size = ((left + k * cell + 30) as u32, (top + k * cell + 60) as u32);
     render(size, |root| {
         let title = format!("Confusion matrix: {} test images, accuracy {:.2}%", cm.total(), 100.0 * cm.accuracy());
         root.draw(&Text::new(title, (left, 16), (FAMILY, 18).into_font())).map_err(err)?;
         let centre = Pos::new(HPos::Center, VPos::Center);
         let label = |s: String, at: (i32, i32)| Text::new(s, at, text_style(14, centre));
-        root.draw(&label("predicted digit".into(), (left + k * cell / 2, top - 32))).map_err(err)?;
+        root.draw(&label("predicted class".into(), (left + k * cell / 2, top - 32))).map_err(err)?;
         let rotated = TextStyle::from((FAMILY, 14).into_font().transform(FontTransform::Rotate270)).pos(centre);
-        root.draw(&Text::new("true digit", (22, top + k * cell / 2), rotated)).map_err(err)?;
+        root.draw(&Text::new("true class", (22, top + k * cell / 2), rotated)).map_err(err)?;
+        let right = Pos::new(HPos::Right, VPos::Center);
         for i in 0..k {
-            root.draw(&label(i.to_string(), (left + i * cell + cell / 2, top - 12))).map_err(err)?;
-            root.draw(&label(i.to_string(), (left - 16, top + i * cell + cell / 2))).map_err(err)?;
+            let column: String = name(i).chars().take(metrics::COLUMN_NAME_CHARS).collect();
+            root.draw(&label(column, (left + i * cell + cell / 2, top - 12))).map_err(err)?;
+            root.draw(&Text::new(name(i), (left - 8, top + i * cell + cell / 2), text_style(14, right)))
+                .map_err(err)?;
         }
         for t in 0..k {
             let support = cm.support(t as usize).max(1) as f64;
@@ -196,7 +204,8 @@ pub fn confusion_heatmap(cm: &ConfusionMatrix) -> Result<String> {
 ///
 /// # Errors
 /// Drawing failed.
-pub fn misclassified(data: &Dataset, predictions: &[usize]) -> Result<String> {
+pub fn misclassified(data: &Dataset, predictions: &[usize], class_names: &[String]) -> Result<String> {
+    let name = |c: usize| class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
     let wrong: Vec<usize> = (0..predictions.len()).filter(|&i| predictions[i] != usize::from(data.label(i))).collect();
     let shown = &wrong[..wrong.len().min(MAX_DIGITS)];
     let (cols, scale, caption) = (8, 3, 22);
@@ -206,7 +215,7 @@ pub fn misclassified(data: &Dataset, predictions: &[usize]) -> Result<String> {
     let size = ((cols * (w + pad) + pad) as u32, (top + rows * (h + caption + pad)) as u32);
     render(size, |root| {
         let title = format!(
-            "Misclassified test digits, true → predicted: {} of {} ({} of {} images wrong)",
+            "Misclassified test images, true → predicted: {} of {} ({} of {} images wrong)",
             shown.len(),
             wrong.len(),
             wrong.len(),
@@ -225,7 +234,7 @@ pub fn misclassified(data: &Dataset, predictions: &[usize]) -> Result<String> {
             let (gx, gy) = (pad + (n as i32 % cols) * (w + pad), top + (n as i32 / cols) * (h + caption + pad));
             root.draw(&Rectangle::new([(gx, gy), (gx + w, gy + h)], BLACK.filled())).map_err(err)?;
             draw_digit(root, data.image(i), data.cols(), (gx, gy), scale)?;
-            let text = format!("{} → {}", data.label(i), predictions[i]);
+            let text = format!("{} → {}", name(usize::from(data.label(i))), name(predictions[i]));
             let style = text_style(15, Pos::new(HPos::Center, VPos::Top));
             root.draw(&Text::new(text, (gx + w / 2, gy + h + 3), style)).map_err(err)?;
         }

@@ -94,8 +94,12 @@ async function predict(body, type, id) {
   }
 }
 
+// The classes' names from /api/model; numbers until they arrive.
+let classNames = [];
+const className = (c) => classNames[c] ?? String(c);
+
 function show(p) {
-  document.getElementById("digit").textContent = p.class;
+  document.getElementById("digit").textContent = className(p.class);
   document.getElementById("confidence").textContent = (100 * p.probabilities[p.class]).toFixed(1) + "% sure";
   const bars = document.getElementById("bars");
   bars.innerHTML = "";
@@ -104,7 +108,7 @@ function show(p) {
     li.className = c === p.class ? "best" : "";
     li.dataset.probability = prob;
     const label = document.createElement("span");
-    label.textContent = c;
+    label.textContent = className(c);
     const track = document.createElement("span");
     track.className = "track";
     const fill = document.createElement("span");
@@ -135,6 +139,7 @@ function showError(message) {
 }
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
+  classNames = m.class_names ?? [];
   const accuracy = m.test_accuracy == null ? "" : `, ${(100 * m.test_accuracy).toFixed(2)}% test accuracy`;
   document.getElementById("facts").textContent = `Model: ${m.architecture.replaceAll(",", ", ")}; ${m.parameters.toLocaleString()} parameters${accuracy}.`;
 }).catch(() => { document.getElementById("facts").textContent = "The model's facts could not be loaded."; });

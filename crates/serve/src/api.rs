@@ -45,6 +45,9 @@ pub struct ModelFacts {
     pub inputs: usize,
     /// The number of classes.
     pub classes: usize,
+    /// Each class's name, in label order (the labels as numbers unless the model records
+    /// names).
+    pub class_names: Vec<String>,
     /// The test accuracy the model's file records, if any.
     pub test_accuracy: Option<f64>,
 }

@@ -174,6 +174,14 @@ pub enum AppError {
         /// Their values.
         pixels: usize,
     },
+    /// Class names that are not one per class.
+    #[error("{names} class names for a model of {classes} classes")]
+    ClassNames {
+        /// Names given.
+        names: usize,
+        /// The model's classes.
+        classes: usize,
+    },
 }
 
 /// The model being served, with what the page shows of it.
@@ -206,12 +214,26 @@ impl App {
             parameters: model.params().num_scalars(),
             inputs: model.input_width(),
             classes: model.classes(),
+            class_names: (0..model.classes()).map(|c| c.to_string()).collect(),
             test_accuracy,
         };
         let model: Arc<dyn workers::Classify> = Arc::new(model);
         let workers = workers::Workers::start(&model, limits);
         let bodies = Arc::new(Semaphore::new(limits.bodies_bytes.min(Semaphore::MAX_PERMITS)));
         Ok(Self { facts: Arc::new(facts), limits, workers, bodies })
+    }
+
+    /// Names the classes (`names[i]` for class `i`) in `/api/model` and on the page, instead
+    /// of numbering them.
+    ///
+    /// # Errors
+    /// Not one name per class.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self, AppError> {
+        if names.len() != self.facts.classes {
+            return Err(AppError::ClassNames { names: names.len(), classes: self.facts.classes });
+        }
+        Arc::make_mut(&mut self.facts).class_names = names;
+        Ok(self)
     }
 }
 

@@ -311,11 +311,13 @@ fn a_model_of_ones_own_is_served() {
     let pixels: Vec<f32> = (0..784).map(|i| (i % 29) as f32 / 28.0).collect();
     let x = ndarray::Array2::from_shape_vec((1, 784), pixels.clone()).unwrap();
     let (classes, probabilities) = nn::Model::classify(&model, x.view());
-    let (base, _running) =
-        support::start_app(serve::App::new(model, None, Limits::default()).unwrap(), Limits::default());
+    let names: Vec<String> = "ABCDEFGHIJ".chars().map(String::from).collect();
+    let app = serve::App::new(model, None, Limits::default()).unwrap().with_class_names(names.clone()).unwrap();
+    let (base, _running) = support::start_app(app, Limits::default());
 
     let facts: ModelFacts = serde_json::from_str(&get(&base, "/api/model").2).unwrap();
     assert_eq!((facts.architecture.as_str(), facts.parameters), ("skip linear", 7850));
+    assert_eq!(facts.class_names, names);
     let (status, body) =
         post(&base, "application/json", serde_json::json!({ "pixels": pixels }).to_string().as_bytes());
     assert_eq!(status, 200, "{body}");
@@ -329,6 +331,15 @@ fn a_model_that_does_not_take_28x28_images_is_refused() {
     let model = nn::Sequential::new(&config, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
     let err = serve::App::new(model, None, Limits::default()).unwrap_err();
     assert_eq!(err.to_string(), "the model takes 100 values per image, but the page and the API send 28x28 = 784");
+}
+
+#[test]
+fn classes_are_numbered_unless_named_once_each() {
+    let app = serve::App::new(Skip::new(784, 10, 3), None, Limits::default()).unwrap();
+    let err = app.with_class_names(vec!["a".into(); 9]).unwrap_err();
+    assert_eq!(err.to_string(), "9 class names for a model of 10 classes");
+    let facts: ModelFacts = serde_json::from_str(&get(&start(Limits::default()), "/api/model").2).unwrap();
+    assert_eq!(facts.class_names, (0..10).map(|c| c.to_string()).collect::<Vec<_>>());
 }
 
 #[test]

@@ -30,6 +30,7 @@ mod keys {
     pub(crate) const EPOCHS: &str = "epochs";
     pub(crate) const TEST_ACCURACY: &str = "test_accuracy";
     pub(crate) const OPTIMIZER: &str = "optimizer";
+    pub(crate) const CLASS_NAMES: &str = "class_names";
     pub(crate) use crate::settings::keys::{BATCH_SIZE, SEED};
 }
 
@@ -184,10 +185,21 @@ pub fn model_state_with_facts<M: Model>(
 /// accuracy, class names), as (key, value) pairs in that order: what a copy of the model in
 /// another format should carry along.
 pub fn recorded_facts(state: &StateDict) -> Vec<(String, String)> {
-    [keys::EPOCHS, keys::BATCH_SIZE, keys::OPTIMIZER, keys::SEED, keys::TEST_ACCURACY]
+    [keys::EPOCHS, keys::BATCH_SIZE, keys::OPTIMIZER, keys::SEED, keys::TEST_ACCURACY, keys::CLASS_NAMES]
         .into_iter()
         .filter_map(|key| Some((key.to_owned(), state.meta(key)?.to_owned())))
         .collect()
+}
+
+/// Records the names of the model's classes (`names[i]` for class `i`, as
+/// [`data::Mnist::class_names`] gives them) in a model file, as a JSON array of strings.
+pub fn record_class_names(state: &mut StateDict, names: &[String]) {
+    state.set_meta(keys::CLASS_NAMES, serde_json::to_string(names).expect("strings serialise"));
+}
+
+/// The class names a model file records ([`record_class_names`]), if any and well formed.
+pub fn recorded_class_names(state: &StateDict) -> Option<Vec<String>> {
+    serde_json::from_str(state.meta(keys::CLASS_NAMES)?).ok()
 }
 
 /// The test accuracy a model file records, if any.

@@ -1,0 +1,52 @@
+//! A data set's class names, from its folder's `classes.txt` to the model file, `train`'s and
+//! `eval`'s tables, `predict` and the ONNX file's metadata.
+
+use crate::support::{arg, run, text};
+
+#[test]
+fn class_names_travel_from_the_data_set_to_every_output() {
+    let named = tempfile::tempdir().unwrap();
+    testkit::Synthetic { rows: 28, cols: 28, classes: 3, train: 300, test: 90, seed: 3 }.write(named.path());
+    std::fs::write(named.path().join(data::CLASS_NAMES_FILE), "T-shirt/top\nAnkle boot\nく (ku)\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+
+    let out = run(&["train", "--data-dir", arg(named.path()), "--epochs", "1", "--save", arg(&model)]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("\n T-shirt/top ") && stdout.contains("\n     く (ku) "), "{stdout}");
+    assert!(stdout.contains("Confusion matrix (rows: true class, columns: predicted class):"), "{stdout}");
+
+    // `eval` takes the names the model recorded, even on a folder without them.
+    let plain = tempfile::tempdir().unwrap();
+    testkit::Synthetic { rows: 28, cols: 28, classes: 3, train: 300, test: 90, seed: 3 }.write(plain.path());
+    let out = run(&["eval", "--model", arg(&model), "--data-dir", arg(plain.path())]);
+    let eval = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(eval.contains("\n  Ankle boot   ") && eval.contains("\nT-shirt/top "), "{eval}");
+
+    let image = dir.path().join("bar.png");
+    image::GrayImage::from_fn(28, 28, |x, y| {
+        image::Luma([if (12..16).contains(&x) && (4..24).contains(&y) { 255 } else { 0 }])
+    })
+    .save(&image)
+    .unwrap();
+    let out = run(&["predict", "--model", arg(&model), arg(&image)]);
+    let predicted = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(predicted.contains("T-shirt/top: 0.") && predicted.contains("く (ku): 0."), "{predicted}");
+
+    let onnx = dir.path().join("model.onnx");
+    assert!(run(&["export", "--model", arg(&model), "--onnx", arg(&onnx)]).status.success());
+    let bytes = std::fs::read(&onnx).unwrap();
+    let json = serde_json::to_string(&["T-shirt/top", "Ankle boot", "く (ku)"]).unwrap();
+    assert!(bytes.windows(json.len()).any(|w| w == json.as_bytes()), "the ONNX metadata names the classes");
+
+    // Without names anywhere, classes are numbers, as before.
+    let model = dir.path().join("plain.safetensors");
+    let out = run(&["train", "--data-dir", arg(plain.path()), "--epochs", "1", "--save", arg(&model), "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["eval", "--model", arg(&model), "--data-dir", arg(plain.path())]);
+    let eval = text(&out.stdout);
+    assert!(eval.contains("\n           2 ") && !eval.contains("T-shirt"), "{eval}");
+}
