@@ -11,7 +11,18 @@ fn class_names_travel_from_the_data_set_to_every_output() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.safetensors");
 
-    let out = run(&["train", "--data-dir", arg(named.path()), "--epochs", "1", "--save", arg(&model)]);
+    let checkpoint = dir.path().join("run.ckpt");
+    let out = run(&[
+        "train",
+        "--data-dir",
+        arg(named.path()),
+        "--epochs",
+        "1",
+        "--save",
+        arg(&model),
+        "--checkpoint",
+        arg(&checkpoint),
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("\n T-shirt/top ") && stdout.contains("\n     く (ku) "), "{stdout}");
@@ -24,6 +35,10 @@ fn class_names_travel_from_the_data_set_to_every_output() {
     let eval = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(eval.contains("\n  Ankle boot   ") && eval.contains("\nT-shirt/top "), "{eval}");
+
+    // A checkpoint records them too.
+    let out = run(&["eval", "--model", arg(&checkpoint), "--data-dir", arg(plain.path())]);
+    assert!(text(&out.stdout).contains("\n  Ankle boot   "), "{}{}", text(&out.stdout), text(&out.stderr));
 
     let image = dir.path().join("bar.png");
     image::GrayImage::from_fn(28, 28, |x, y| {

@@ -185,3 +185,45 @@ fn a_truncated_archive_a_wrong_checksum_and_a_missing_member_are_named_and_leave
     assert_eq!(format!("{err:#}"), "gzip.zip: holds no emnist-letters-test-labels-idx1-ubyte.gz");
     assert_eq!(files_in(dir.path()), [fetch::EMNIST_ARCHIVE], "the verified archive stays for the next run, alone");
 }
+
+#[test]
+fn every_known_set_is_fetched_from_a_loopback_mirror_and_loads_with_its_names() {
+    for set in data::KNOWN_SETS.iter().filter(|s| s.name != "mnist") {
+        let classes = set.class_names.len() as u8;
+        let first = match set.layout {
+            data::Layout::Emnist { first_label, .. } => first_label,
+            data::Layout::Mnist => 0,
+        };
+        let mirror = tempfile::tempdir().unwrap();
+        let public = Source::named(set.name).unwrap();
+        let files = match public.files {
+            Files::Md5(sums) => {
+                let names: Vec<String> = sums.into_iter().map(|(n, _)| n).collect();
+                write_gz_set(mirror.path(), &names, &[5; 8], &[first, first + classes - 1]);
+                Files::Md5(names.iter().map(|n| (n.clone(), md5(&mirror.path().join(format!("{n}.gz"))))).collect())
+            }
+            Files::Archive { name, members, .. } => {
+                let images = gz(&testkit::idx_bytes(&[2, 2, 2], &[5; 8]));
+                let labels = gz(&testkit::idx_bytes(&[2], &[first, first + classes - 1]));
+                let zipped: Vec<(String, Vec<u8>)> = members
+                    .iter()
+                    .zip([&images, &labels, &images, &labels])
+                    .map(|(m, b)| (format!("{m}.gz"), b.clone()))
+                    .collect();
+                let archive = mirror.path().join(&name);
+                write_zip(&archive, &zipped);
+                Files::Archive { name, md5: md5(&archive), members }
+            }
+            Files::Decompressed(_) => unreachable!("only MNIST is checked decompressed"),
+        };
+        let source = Source { files, ..Source::named(set.name).unwrap() };
+        let url = serve(Behaviour::Folder(mirror.path().to_owned()));
+        let dir = tempfile::tempdir().unwrap();
+        let summary = fetch::fetch(&options(source, Mirror::Http(url), dir.path()), &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", set.name));
+        assert_eq!(summary.downloaded.len(), 4, "{}", set.name);
+        let loaded = data::Mnist::load(dir.path()).unwrap_or_else(|e| panic!("{}: {e}", set.name));
+        assert_eq!(loaded.train.labels(), &[0, classes - 1], "{}", set.name);
+        assert_eq!(loaded.class_names, set.class_names, "{}", set.name);
+    }
+}

@@ -100,8 +100,14 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     }
 
     let test_each_epoch = cfg.outputs.summary_json.as_ref().map(|_| &mnist.test);
-    let mut progress =
-        Progress { cfg, out: &mut *out, bar: ProgressBar::hidden(), test: test_each_epoch, test_accuracy: Vec::new() };
+    let mut progress = Progress {
+        cfg,
+        out: &mut *out,
+        bar: ProgressBar::hidden(),
+        test: test_each_epoch,
+        test_accuracy: Vec::new(),
+        class_names: &mnist.class_names,
+    };
     let fitted = trainer.fit(&mnist.train, cfg.epochs, &mut progress);
     if fitted.is_err() {
         progress.bar.abandon();
@@ -178,6 +184,8 @@ struct Progress<'a> {
     /// soon a recipe reaches an accuracy); nothing is chosen by it.
     test: Option<&'a data::Dataset>,
     test_accuracy: Vec<f64>,
+    /// Recorded in checkpoints, as in saved models.
+    class_names: &'a [String],
 }
 
 impl Observer<Sequential> for Progress<'_> {
@@ -208,7 +216,8 @@ impl Observer<Sequential> for Progress<'_> {
             write_output("--metrics-csv", path, |w| EpochRecord::write_csv(trainer.history(), w))?;
         }
         if let Some(path) = &self.cfg.outputs.checkpoint {
-            let state = trainer.state();
+            let mut state = trainer.state().to_state_dict();
+            train::record_class_names(&mut state, self.class_names);
             write_output("--checkpoint", path, |w| state.write_safetensors(w))?;
         }
         Ok(())
