@@ -225,5 +225,28 @@ fn a_person_draws_a_one_and_a_zero_and_the_page_reads_them() {
     let (digit, probabilities) = browser.reading();
     browser.screenshot(&shots.join("zero.png"));
     assert_eq!(digit, "0", "{probabilities:?}");
+
+    // The same model with its classes named (as a Fashion-MNIST model's are): the page shows
+    // the names, on the answer and on every bar, and the bars still line up.
+    let names = data::known_set("fashion-mnist").unwrap().class_names;
+    let mut state = nn::StateDict::from_safetensors(&std::fs::read(&model).unwrap()).unwrap();
+    train::record_class_names(&mut state, &names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>());
+    let named = dir.path().join("named.safetensors");
+    std::fs::write(&named, state.to_safetensors()).unwrap();
+    let server = Serving::start(&named);
+    browser.call("POST", "/url", Some(json!({ "url": server.url })));
+    std::thread::sleep(Duration::from_millis(500));
+    browser.draw(&zero);
+    let (answer, _) = browser.reading();
+    browser.screenshot(&shots.join("named.png"));
+    assert_eq!(answer, names[0]);
+    let labels =
+        browser.script("return [...document.querySelectorAll('#bars li > span:first-child')].map(s => s.textContent);");
+    assert_eq!(labels, json!(names));
+    let lefts = browser.script(
+        "return [...document.querySelectorAll('#bars li .track')].map(t => Math.round(t.getBoundingClientRect().left));",
+    );
+    let lefts = lefts.as_array().unwrap();
+    assert!(lefts.windows(2).all(|w| w[0] == w[1]), "the bars start at different places: {lefts:?}");
     browser.call("DELETE", "", None);
 }

@@ -57,6 +57,21 @@ fn class_names_travel_from_the_data_set_to_every_output() {
     let json = serde_json::to_string(&["T-shirt/top", "Ankle boot", "く (ku)"]).unwrap();
     assert!(bytes.windows(json.len()).any(|w| w == json.as_bytes()), "the ONNX metadata names the classes");
 
+    // Names in a model file that do not fit its classes, or that hold control characters, are
+    // left aside with a warning: the classes are numbered.
+    let mut state = nn::StateDict::from_safetensors(&std::fs::read(&model).unwrap()).unwrap();
+    for bad in [r#"["a","b"]"#, "[\"a\",\"b\",\"c\\u001b[31m\"]", "not json"] {
+        state.set_meta("class_names", bad);
+        let tampered = dir.path().join("tampered.safetensors");
+        std::fs::write(&tampered, state.to_safetensors()).unwrap();
+        let out = run(&["predict", "--model", arg(&tampered), arg(&image)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{bad}: {stderr}");
+        assert!(stdout.contains("  0: 0.") && !stdout.contains('\u{1b}'), "{bad}: {stdout}");
+        assert!(stderr.starts_with("warning: ") && stderr.contains("the classes are numbered instead"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+
     // Without names anywhere, classes are numbers, as before.
     let model = dir.path().join("plain.safetensors");
     let out = run(&["train", "--data-dir", arg(plain.path()), "--epochs", "1", "--save", arg(&model), "--quiet"]);

@@ -54,6 +54,14 @@ fn every_model_kind_runs_in_onnx_runtime_with_our_logits_and_accuracy() {
         let stdout = text(&checked.stdout);
         assert!(checked.status.success(), "{name}: {stdout}{}", text(&checked.stderr));
         assert_eq!(test_accuracy(&stdout), test_accuracy(&text(&eval.stdout)), "{name}: {stdout}");
+        // The description travels in metadata_props, as the script prints them.
+        let recorded = nn::StateDict::from_safetensors(&std::fs::read(&model_path).unwrap()).unwrap();
+        let accuracy = recorded.meta("test_accuracy").unwrap();
+        for fact in
+            ["'architecture': '", "'classes': '10'", &format!("'test_accuracy': '{accuracy}'"), "'class_names': '"]
+        {
+            assert!(stdout.contains(fact), "{name}: no {fact} in {stdout}");
+        }
 
         let theirs: Vec<f32> = std::fs::read(&logits_path)
             .unwrap()

@@ -86,12 +86,31 @@ pub const EMNIST_ARCHIVE: &str = "gzip.zip";
 /// The MD5 of [`EMNIST_ARCHIVE`], as torchvision's `EMNIST.md5` gives it.
 pub const EMNIST_ARCHIVE_MD5: &str = "58c8d27c78d21e728a6bc7b3cc06412e";
 
-/// No MNIST-style file is larger than this compressed, nor decompressed (MNIST's largest is
-/// 47,040,016 bytes, EMNIST Balanced's 88 MB): a bound that stops a hostile or broken mirror
-/// from filling the disk.
+/// No file of a data set is larger than this as stored: MNIST's largest, decompressed, is
+/// 47,040,016 bytes, and EMNIST's files stay compressed (ByClass's training images, the
+/// largest, are 547 MB decompressed but far less as `.gz`; the other sets are smaller). A
+/// bound that stops a hostile or broken mirror from filling the disk.
 const MAX_FILE_BYTES: u64 = 128 << 20;
 /// No archive is larger than this (EMNIST's is 536 MB).
 const MAX_ARCHIVE_BYTES: u64 = 1 << 30;
+
+/// The file beside an archive's unpacked files that lists their SHA-256, so that a rerun can
+/// check them once the archive is gone.
+pub const UNPACKED_SUMS: &str = "SHA256SUMS";
+
+/// Whether every file of `names` is in `dir` with the digest [`UNPACKED_SUMS`] lists for it.
+fn unpacked_files_verify(dir: &Path, names: &[String]) -> Result<bool> {
+    let Ok(listed) = fs::read_to_string(dir.join(UNPACKED_SUMS)) else { return Ok(false) };
+    for name in names {
+        let path = dir.join(name);
+        let expected = listed.lines().find_map(|l| l.strip_suffix(name.as_str())?.strip_suffix("  "));
+        match expected {
+            Some(sum) if path.exists() && sha256_file(&path)? == sum => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
 
 /// How a data set is downloaded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +167,7 @@ impl Source {
         };
         let strings = |list: &[&str]| list.iter().map(|m| (*m).to_owned()).collect();
         Ok(match (name, set.layout) {
-            ("mnist", _) => {
+            (data::MNIST, _) => {
                 Self { set, mirrors: strings(&DEFAULT_MIRRORS), files: Files::Decompressed(FILES.to_vec()) }
             }
             ("fashion-mnist", _) => {
@@ -249,7 +268,7 @@ pub struct Options {
 impl Options {
     /// MNIST from `mirrors` into `data_dir`, with default timeouts and no progress bars.
     pub fn new(mirrors: Vec<Mirror>, data_dir: PathBuf) -> Self {
-        Self::for_source(Source::named("mnist").expect("MNIST is known"), mirrors, data_dir)
+        Self::for_source(Source::named(data::MNIST).expect("MNIST is known"), mirrors, data_dir)
     }
 
     /// `source` from `mirrors` into `data_dir`, with default timeouts and no progress bars.
@@ -328,10 +347,8 @@ pub fn fetch(opts: &Options, log: &mut dyn Write) -> Result<Summary> {
         }
         Files::Archive { name, md5, members } => fetcher.archive(name, md5, members, &mut summary, log)?,
     }
-    if opts.source.set.name != "mnist" {
-        let names = opts.source.set.class_names.join("\n") + "\n";
-        atomic_file::write(&dir.join(data::CLASS_NAMES_FILE), |w| w.write_all(names.as_bytes()))?;
-    }
+    let names = opts.source.set.class_names.join("\n") + "\n";
+    atomic_file::write(&dir.join(data::CLASS_NAMES_FILE), |w| w.write_all(names.as_bytes()))?;
     if summary.downloaded.is_empty() {
         writeln!(
             log,
@@ -379,9 +396,11 @@ impl Fetcher<'_> {
         let dir = &self.opts.data_dir;
         let stored: Vec<String> = members.iter().map(|m| format!("{m}.gz")).collect();
         stored.iter().for_each(|s| atomic_file::remove_leftovers(&dir.join(s)));
-        if !self.opts.force && stored.iter().all(|s| dir.join(s).exists()) {
+        let sums = dir.join(UNPACKED_SUMS);
+        atomic_file::remove_leftovers(&sums);
+        if !self.opts.force && unpacked_files_verify(dir, &stored)? {
             for s in &stored {
-                writeln!(log, "{s}: present, nothing to download")?;
+                writeln!(log, "{s}: present and verified, nothing to download")?;
                 summary.present.push(s.clone());
             }
             return Ok(());
@@ -408,18 +427,36 @@ impl Fetcher<'_> {
                     .with_context(|| format!("{name}: holds no {s}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        for (s, entry_name) in stored.iter().zip(entries) {
-            let mut entry = zip.by_name(&entry_name).with_context(|| format!("{name}: {s}"))?;
+        // A member that fails halfway takes those written before it away too.
+        let mut written = Vec::new();
+        let mut digests = String::new();
+        let mut unpack = |s: &String, entry_name: &str| -> Result<u64> {
+            let mut entry = zip.by_name(entry_name).with_context(|| format!("{name}: {s}"))?;
             let mut part = atomic_file::AtomicFile::create(&dir.join(s))?;
-            let copied = io::copy(&mut (&mut entry).take(MAX_FILE_BYTES + 1), part.file())
+            let (copied, digest) = copy_hashing::<Sha256>((&mut entry).take(MAX_FILE_BYTES + 1), part.file())
                 .with_context(|| format!("{name}: {s} does not unpack"))?;
             if copied > MAX_FILE_BYTES {
                 bail!("{name}: {s} is more than {MAX_FILE_BYTES} bytes: not a data set file");
             }
             part.commit()?;
-            writeln!(log, "{s}: {copied} bytes from {name}")?;
-            summary.downloaded.push((s.clone(), mirror.clone()));
+            written.push(dir.join(s));
+            digests.push_str(&format!("{digest}  {s}\n"));
+            Ok(copied)
+        };
+        for (s, entry_name) in stored.iter().zip(&entries) {
+            match unpack(s, entry_name) {
+                Ok(copied) => {
+                    writeln!(log, "{s}: {copied} bytes from {name}")?;
+                    summary.downloaded.push((s.clone(), mirror.clone()));
+                }
+                Err(e) => {
+                    written.iter().for_each(|p| drop(fs::remove_file(p)));
+                    return Err(e);
+                }
+            }
         }
+        // What the next run checks the files against: the archive is gone by then.
+        atomic_file::write(&sums, |w| w.write_all(digests.as_bytes()))?;
         fs::remove_file(&archive).with_context(|| format!("cannot remove {}", archive.display()))?;
         Ok(())
     }
@@ -443,10 +480,15 @@ impl Fetcher<'_> {
                 }
             }
         }
+        let set = self.opts.source.set.name;
         bail!(
-            "could not fetch {remote} from any mirror:\n{}\nWith a local copy of the data set's files, run \
-             `cargo xtask fetch-data --mirror /path/to/that/folder`",
-            failures.join("\n")
+            "could not fetch {remote} from any mirror:\n{}\nWith a local copy of {}, run `cargo xtask fetch-data \
+             --dataset {set} --mirror /path/to/that/folder`",
+            failures.join("\n"),
+            match &self.opts.source.files {
+                Files::Archive { name, .. } => name.clone(),
+                _ => "the four .gz files".to_owned(),
+            }
         )
     }
 }

@@ -18,5 +18,10 @@ pub fn repo_root() -> PathBuf {
 /// Where `fetch-data` stores MNIST and the other tasks read it, unless told otherwise:
 /// `data/mnist` in the workspace (git-ignored).
 pub fn default_data_dir() -> PathBuf {
-    repo_root().join("data").join("mnist")
+    data_dir_for(data::MNIST)
+}
+
+/// Where `fetch-data --dataset NAME` stores a data set: `data/NAME` in the workspace.
+pub fn data_dir_for(name: &str) -> PathBuf {
+    repo_root().join("data").join(name)
 }

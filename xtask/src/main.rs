@@ -22,8 +22,9 @@ enum Command {
     /// Download a data set into data/NAME (MNIST by default), verify it against its published
     /// checksums, and name its classes.
     FetchData {
-        /// mnist, fashion-mnist, kmnist, emnist-digits, emnist-letters or emnist-balanced.
-        #[arg(long, value_name = "NAME", default_value = "mnist")]
+        /// The data set.
+        #[arg(long, value_name = "NAME", default_value = data::MNIST,
+              value_parser = clap::builder::PossibleValuesParser::new(data::KNOWN_SETS.map(|s| s.name)))]
         dataset: String,
         /// A mirror to try before the public ones: http(s)://, file:// or a folder holding the
         /// data set's files (EMNIST's gzip.zip). Repeatable; for MNIST the environment variable
@@ -155,8 +156,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::FetchData { dataset, mirrors, data_dir, force } => {
             let source = fetch::Source::named(&dataset)?;
-            let env = std::env::var(fetch::MIRROR_ENV).ok().filter(|_| dataset == "mnist");
-            let data_dir = data_dir.unwrap_or_else(|| xtask::repo_root().join("data").join(&dataset));
+            let env = std::env::var(fetch::MIRROR_ENV).ok().filter(|_| dataset == data::MNIST);
+            let data_dir = data_dir.unwrap_or_else(|| xtask::data_dir_for(&dataset));
             let mirrors = fetch::mirror_list(&mirrors, env.as_deref(), &source.mirrors)?;
             let mut opts = fetch::Options::for_source(source, mirrors, data_dir);
             opts.force = force;

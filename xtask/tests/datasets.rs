@@ -137,6 +137,7 @@ fn emnist_letters_are_taken_out_of_the_archive_and_load_upright_from_label_zero(
     assert_eq!(summary.downloaded.len(), 4);
     let mut expected: Vec<String> = data::emnist_files("letters").iter().map(|n| format!("{n}.gz")).collect();
     expected.push(data::CLASS_NAMES_FILE.into());
+    expected.push(fetch::UNPACKED_SUMS.into());
     expected.sort();
     assert_eq!(files_in(dir.path()), expected, "only the split's files and their names; the archive is gone");
 
@@ -145,12 +146,19 @@ fn emnist_letters_are_taken_out_of_the_archive_and_load_upright_from_label_zero(
     assert_eq!(set.test.labels(), &[0, 25]);
     assert_eq!((set.class_names.len(), set.class_names[25].as_str()), (26, "Z"));
 
-    let again = fetch::fetch(&options(source, Mirror::Http(url), dir.path()), &mut Vec::new()).unwrap();
+    let again = fetch::fetch(&options(source.clone(), Mirror::Http(url.clone()), dir.path()), &mut Vec::new()).unwrap();
     assert_eq!((again.downloaded.len(), again.present.len()), (0, 4));
+
+    // A damaged file fails its recorded digest: the next run unpacks the split again.
+    let damaged = dir.path().join(format!("{}.gz", data::emnist_files("letters")[1]));
+    std::fs::write(&damaged, b"damaged").unwrap();
+    let repaired = fetch::fetch(&options(source, Mirror::Http(url), dir.path()), &mut Vec::new()).unwrap();
+    assert_eq!(repaired.downloaded.len(), 4);
+    assert_eq!(data::Mnist::load(dir.path()).unwrap().test.labels(), &[0, 25]);
 }
 
 #[test]
-fn a_truncated_archive_a_wrong_checksum_and_a_missing_member_are_named_and_leave_no_files() {
+fn a_truncated_archive_a_wrong_checksum_and_a_missing_member_are_named_and_leave_no_data_files() {
     let mirror = tempfile::tempdir().unwrap();
     let archive = mirror.path().join(fetch::EMNIST_ARCHIVE);
     write_zip(&archive, &letters_members());
@@ -184,6 +192,32 @@ fn a_truncated_archive_a_wrong_checksum_and_a_missing_member_are_named_and_leave
             .unwrap_err();
     assert_eq!(format!("{err:#}"), "gzip.zip: holds no emnist-letters-test-labels-idx1-ubyte.gz");
     assert_eq!(files_in(dir.path()), [fetch::EMNIST_ARCHIVE], "the verified archive stays for the next run, alone");
+
+    // The last member's bytes damaged inside the archive (its CRC fails as it unpacks): the
+    // three written before it are taken away again.
+    let mut members = letters_members();
+    let last = members.last_mut().unwrap();
+    last.1 = [last.1.clone(), vec![0x5a; 64]].concat();
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in &members {
+        zip.start_file(format!("gzip/{name}"), stored).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = bytes.windows(64).position(|w| w == [0x5a; 64]).unwrap();
+    bytes[at + 10] ^= 0xff;
+    std::fs::write(&archive, &bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        fetch::fetch(&options(emnist_source(&archive), Mirror::Dir(mirror.path().into()), dir.path()), &mut Vec::new())
+            .unwrap_err();
+    assert!(
+        format!("{err:#}").starts_with("gzip.zip: emnist-letters-test-labels-idx1-ubyte.gz does not unpack"),
+        "{err:#}"
+    );
+    assert_eq!(files_in(dir.path()), [fetch::EMNIST_ARCHIVE], "no member is left of the failed unpacking");
 }
 
 #[test]

@@ -3,10 +3,11 @@
 use std::io::Write;
 
 use anyhow::{Result, anyhow};
+use nn::Model;
 use train::Evaluation;
 
 use crate::args::EvalArgs;
-use crate::files::{load_mnist, load_model_file};
+use crate::files::{load_mnist, load_model_file, recorded_class_names};
 use crate::svg;
 
 /// Prints the notebook's `Test Accuracy` line, then (unless quiet) precision, recall and F1 per
@@ -45,7 +46,8 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let (model, state) = load_model_file(&args.model)?;
     let mnist = load_mnist(&args.data.data_dir)?;
     // The names the model was trained with, else the data set's.
-    let class_names = train::recorded_class_names(&state).unwrap_or_else(|| mnist.class_names.clone());
+    let class_names =
+        recorded_class_names(&args.model, &state, model.classes()).unwrap_or_else(|| mnist.class_names.clone());
     train::check_fits(&model, &mnist.test).map_err(|e| anyhow!("{}: {e}", args.model.display()))?;
     let (eval, seconds) = evaluate_test(&model, &mnist.test);
     eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), seconds * 1e3);

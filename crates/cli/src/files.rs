@@ -27,6 +27,15 @@ pub(crate) fn load_model_file(path: &Path) -> Result<(Sequential, StateDict)> {
     Ok((model, state))
 }
 
+/// The class names the model file at `path` records for its `classes` classes, if any. Names
+/// that do not fit are left aside with a one-line warning: the classes are then numbered.
+pub(crate) fn recorded_class_names(path: &Path, state: &StateDict, classes: usize) -> Option<Vec<String>> {
+    train::recorded_class_names(state, classes).unwrap_or_else(|e| {
+        eprintln!("warning: {}: {e}; the classes are numbered instead", path.display());
+        None
+    })
+}
+
 /// Writes `path` whole or not at all; the error names `flag`.
 pub(crate) fn write_output(
     flag: &str,

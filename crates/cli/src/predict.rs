@@ -8,14 +8,13 @@ use ndarray::Array2;
 use nn::Model;
 
 use crate::args::PredictArgs;
-use crate::files::load_model_file;
+use crate::files::{load_model_file, recorded_class_names};
 
 /// Prints, for each image, the predicted class (by name, when the model records names) with its probability, then every class's
 /// probability.
 pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let (model, state) = load_model_file(&args.model)?;
-    let names = train::recorded_class_names(&state)
-        .filter(|n| n.len() == model.classes())
+    let names = recorded_class_names(&args.model, &state, model.classes())
         .unwrap_or_else(|| (0..model.classes()).map(|c| c.to_string()).collect());
     if model.input_width() != SIDE * SIDE {
         bail!(

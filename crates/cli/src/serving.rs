@@ -3,10 +3,10 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use nn::Sequential;
+use nn::{Model, Sequential};
 
 use crate::args::ServeArgs;
-use crate::files::{load_mnist, load_model_file};
+use crate::files::{load_mnist, load_model_file, recorded_class_names};
 
 /// Serves until Ctrl-C, then finishes the requests under way.
 pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
@@ -15,7 +15,8 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
             // The file is read once: the model, and the test accuracy and class names its
             // metadata records.
             let (model, state) = load_model_file(path)?;
-            (model, train::recorded_test_accuracy(&state), train::recorded_class_names(&state))
+            let names = recorded_class_names(path, &state, model.classes());
+            (model, train::recorded_test_accuracy(&state), names)
         }
         None => train_default(args)?,
     };

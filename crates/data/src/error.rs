@@ -127,10 +127,18 @@ pub enum DataError {
     ClassNames {
         /// The class names file.
         path: PathBuf,
-        /// Non-empty lines found (an empty name counts as none).
+        /// Names found.
         found: usize,
         /// Classes in the labels.
         expected: usize,
+    },
+    /// A line of the class names file cannot name a class.
+    #[error("{path}: {why}")]
+    BadClassName {
+        /// The class names file.
+        path: PathBuf,
+        /// What is wrong, and on which line.
+        why: String,
     },
     /// A label is not a valid class.
     #[error("{path}: label {label} at index {index} is outside 0..={max}")]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::DataError;
 use crate::idx::{IdxU8, parse_idx_u8, read_idx_u8};
-use crate::sets::{CLASS_NAMES_FILE, KNOWN_SETS, KnownSet, Layout, emnist_files};
+use crate::sets::{CLASS_NAMES_FILE, KNOWN_SETS, KnownSet, Layout, class_name_fault, emnist_files};
 
 /// The canonical name of MNIST's training images (the `.gz` suffix is optional on disk).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -266,19 +266,31 @@ fn transpose_images(img: &mut IdxU8) {
     img.dims.swap(1, 2);
 }
 
-/// The names of `classes` classes: from `dir`'s [`CLASS_NAMES_FILE`], else `known`'s, else
-/// the numbers.
+/// The names of `classes` classes: from `dir`'s [`CLASS_NAMES_FILE`], else `known`'s (when
+/// the labels have as many classes), else the numbers.
 fn class_names(dir: &Path, classes: usize, known: Option<&KnownSet>) -> Result<Vec<String>, DataError> {
     let path = dir.join(CLASS_NAMES_FILE);
-    let names: Vec<String> = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim_end().lines().map(|l| l.trim().to_owned()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match known {
-            Some(set) => set.class_names.iter().map(|&n| n.to_owned()).collect(),
-            None => return Ok((0..classes).map(|c| c.to_string()).collect()),
-        },
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(match known {
+                Some(set) if set.class_names.len() == classes => {
+                    set.class_names.iter().map(|&n| n.to_owned()).collect()
+                }
+                _ => (0..classes).map(|c| c.to_string()).collect(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(DataError::BadClassName { path, why: "not UTF-8 text".into() });
+        }
         Err(source) => return Err(DataError::Io { path, source }),
     };
-    if names.len() != classes || names.iter().any(String::is_empty) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let names: Vec<String> = text.trim_end().lines().map(|l| l.trim().to_owned()).collect();
+    if let Some((i, why)) = names.iter().enumerate().find_map(|(i, n)| Some((i, class_name_fault(n)?))) {
+        return Err(DataError::BadClassName { path, why: format!("line {}: {why}", i + 1) });
+    }
+    if names.len() != classes {
         return Err(DataError::ClassNames { path, found: names.len(), expected: classes });
     }
     Ok(names)
@@ -488,13 +500,18 @@ mod named_sets {
         std::fs::write(dir.path().join(CLASS_NAMES_FILE), "T-shirt/top\nTrouser\nBag\n").unwrap();
         assert_eq!(Mnist::load(dir.path()).unwrap().class_names, ["T-shirt/top", "Trouser", "Bag"]);
 
-        for wrong in ["a\nb\n", "a\n\nc\n", "a\nb\nc\nd\n"] {
+        for (wrong, message) in [
+            ("a\nb\n", "2 class names, one per line, where the labels have 3 classes"),
+            ("a\nb\nc\nd\n", "4 class names, one per line, where the labels have 3 classes"),
+            ("a\n\nc\n", "line 2: an empty name"),
+            ("a\nb\x1b[31m\nc\n", "line 2: a control character"),
+        ] {
             std::fs::write(dir.path().join(CLASS_NAMES_FILE), wrong).unwrap();
             let err = Mnist::load(dir.path()).unwrap_err().to_string();
-            assert!(
-                err.contains("classes.txt: ") && err.contains("where the labels have 3 classes"),
-                "{wrong:?}: {err}"
-            );
+            assert!(err.ends_with(&format!("classes.txt: {message}")), "{wrong:?}: {err}");
         }
+        // A byte-order mark is not part of the first name.
+        std::fs::write(dir.path().join(CLASS_NAMES_FILE), "\u{feff}x\ny\nz\n").unwrap();
+        assert_eq!(Mnist::load(dir.path()).unwrap().class_names, ["x", "y", "z"]);
     }
 }

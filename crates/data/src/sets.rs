@@ -6,6 +6,26 @@
 /// it.
 pub const CLASS_NAMES_FILE: &str = "classes.txt";
 
+/// MNIST's name among the [`KNOWN_SETS`]: the default data set.
+pub const MNIST: &str = "mnist";
+
+/// Why `name` cannot name a class, if it cannot: it is empty, or holds a control character
+/// (which would reach terminals and files as it is).
+///
+/// ```
+/// assert_eq!(data::class_name_fault("Ankle boot"), None);
+/// assert!(data::class_name_fault("bad\u{1b}[31m").is_some());
+/// ```
+pub fn class_name_fault(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("an empty name")
+    } else if name.chars().any(char::is_control) {
+        Some("a control character")
+    } else {
+        None
+    }
+}
+
 /// How a known data set's files are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -51,7 +71,7 @@ const BALANCED: [&str; 47] = [
 /// KMNIST's, given as the hiragana with their reading, and EMNIST Letters', which mix both
 /// cases (one class per letter).
 pub const KNOWN_SETS: [KnownSet; 6] = [
-    KnownSet { name: "mnist", title: "MNIST handwritten digits", class_names: &DIGITS, layout: Layout::Mnist },
+    KnownSet { name: MNIST, title: "MNIST handwritten digits", class_names: &DIGITS, layout: Layout::Mnist },
     KnownSet {
         name: "fashion-mnist",
         title: "Fashion-MNIST (Zalando's clothing images)",

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use unicode_width::UnicodeWidthStr;
+
 use crate::report::Named;
 use std::io;
 
@@ -153,11 +155,11 @@ impl ConfusionMatrix {
     fn write_table(&self, f: &mut fmt::Formatter<'_>, names: Option<&[String]>) -> fmt::Result {
         let name = |i: usize| names.and_then(|n| n.get(i)).map_or_else(|| i.to_string(), Clone::clone);
         let column_name = |i: usize| name(i).chars().take(COLUMN_NAME_CHARS).collect::<String>();
-        let chars = |s: &str| s.chars().count();
+        let chars = |s: &str| s.width();
         let width = self.counts.iter().max().map_or(1, |m| m.to_string().len()).max(self.classes.to_string().len());
         let width = (0..self.classes).map(|p| chars(&column_name(p))).max().unwrap_or(0).max(width);
         let row_width = (0..self.classes).map(|t| chars(&name(t))).max().unwrap_or(0).max(5);
-        // Padding counts characters, not bytes, so that names beyond ASCII line up.
+        // Padding counts terminal columns, so that names beyond ASCII line up.
         let right = |f: &mut fmt::Formatter<'_>, text: &str, width: usize| {
             write!(f, "{:pad$}{text}", "", pad = width.saturating_sub(chars(text)))
         };
@@ -238,6 +240,18 @@ mod tests {
             prop_assert_eq!((0..7).map(|c| cm.support(c)).sum::<u64>(), pairs.len() as u64);
             prop_assert_eq!((0..7).map(|c| cm.predicted(c)).sum::<u64>(), pairs.len() as u64);
             prop_assert_eq!(cm.correct(), pairs.iter().filter(|(t, p)| t == p).count() as u64);
+        }
+    }
+
+    #[test]
+    fn named_tables_line_up_in_terminal_columns_with_wide_characters() {
+        let mut cm = ConfusionMatrix::new(2);
+        cm.add_batch(&[0, 1, 1], &[0, 1, 0]);
+        let names = ["く (ku)".to_owned(), "Sneaker".to_owned()];
+        for table in [cm.named(&names).to_string(), cm.report().named(&names).to_string()] {
+            let rows: Vec<&str> = table.lines().filter(|l| l.contains("く") || l.contains("Sneaker")).collect();
+            let widths: Vec<usize> = rows.iter().map(|r| r.width()).collect();
+            assert!(widths.len() >= 2 && widths.windows(2).all(|w| w[0] == w[1]), "{table}");
         }
     }
 }

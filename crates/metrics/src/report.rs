@@ -1,7 +1,9 @@
 //! Per-class precision, recall and F1, and their averages.
 
 use std::fmt;
+
 use std::io;
+use unicode_width::UnicodeWidthStr;
 
 use crate::confusion::{ConfusionMatrix, ratio};
 
@@ -132,13 +134,13 @@ impl Report {
 
     fn write_table(&self, f: &mut fmt::Formatter<'_>, names: Option<&[String]>) -> fmt::Result {
         let name = |i: usize| names.and_then(|n| n.get(i)).map_or_else(|| i.to_string(), Clone::clone);
-        let width = (0..self.classes.len()).map(|i| name(i).chars().count()).max().unwrap_or(0).max(12);
+        let width = (0..self.classes.len()).map(|i| name(i).width()).max().unwrap_or(0).max(12);
         writeln!(f, "{:>width$} {:>9} {:>9} {:>9} {:>9}", "class", "precision", "recall", "f1", "support")?;
         for (i, c) in self.classes.iter().enumerate() {
             let mark = if c.never_predicted { "*" } else { " " };
             let label = name(i);
-            // Padding counts characters, not bytes, so that names beyond ASCII line up.
-            let pad = width.saturating_sub(label.chars().count());
+            // Padding counts terminal columns, so that names beyond ASCII line up.
+            let pad = width.saturating_sub(label.width());
             writeln!(
                 f,
                 "{:pad$}{label} {:>8.4}{mark} {:>9.4} {:>9.4} {:>9}",

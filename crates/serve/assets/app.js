@@ -99,7 +99,10 @@ let classNames = [];
 const className = (c) => classNames[c] ?? String(c);
 
 function show(p) {
-  document.getElementById("digit").textContent = className(p.class);
+  const answer = document.getElementById("digit");
+  answer.textContent = className(p.class);
+  // A class name longer than a digit or two (Fashion-MNIST's "Ankle boot") is set smaller.
+  answer.className = answer.textContent.length > 2 ? "long" : "";
   document.getElementById("confidence").textContent = (100 * p.probabilities[p.class]).toFixed(1) + "% sure";
   const bars = document.getElementById("bars");
   bars.innerHTML = "";
@@ -140,6 +143,9 @@ function showError(message) {
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
   classNames = m.class_names ?? [];
+  // The bars' label column fits the longest name.
+  const longest = Math.max(1, ...classNames.map((n) => n.length));
+  document.getElementById("bars").style.setProperty("--label", `max(1.5em, ${longest + 1}ch)`);
   const accuracy = m.test_accuracy == null ? "" : `, ${(100 * m.test_accuracy).toFixed(2)}% test accuracy`;
   document.getElementById("facts").textContent = `Model: ${m.architecture.replaceAll(",", ", ")}; ${m.parameters.toLocaleString()} parameters${accuracy}.`;
 }).catch(() => { document.getElementById("facts").textContent = "The model's facts could not be loaded."; });

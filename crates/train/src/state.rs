@@ -197,9 +197,24 @@ pub fn record_class_names(state: &mut StateDict, names: &[String]) {
     state.set_meta(keys::CLASS_NAMES, serde_json::to_string(names).expect("strings serialise"));
 }
 
-/// The class names a model file records ([`record_class_names`]), if any and well formed.
-pub fn recorded_class_names(state: &StateDict) -> Option<Vec<String>> {
-    serde_json::from_str(state.meta(keys::CLASS_NAMES)?).ok()
+/// The class names a model file of `classes` classes records ([`record_class_names`]), if
+/// any.
+///
+/// # Errors
+/// Names that are not a JSON array of one name per class, each a usable name
+/// ([`data::class_name_fault`]).
+pub fn recorded_class_names(state: &StateDict, classes: usize) -> Result<Option<Vec<String>>, TrainError> {
+    let Some(text) = state.meta(keys::CLASS_NAMES) else { return Ok(None) };
+    let names: Vec<String> = serde_json::from_str(text).map_err(|_| bad_class_names(text))?;
+    if names.len() != classes || names.iter().any(|n| data::class_name_fault(n).is_some()) {
+        return Err(bad_class_names(text));
+    }
+    Ok(Some(names))
+}
+
+fn bad_class_names(text: &str) -> TrainError {
+    let shown: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+    bad_meta(keys::CLASS_NAMES, &shown, "a JSON array of one name per class, without control characters")
 }
 
 /// The test accuracy a model file records, if any.
