@@ -119,6 +119,31 @@ fn the_strong_recipe_expands_and_flags_override_it() {
 }
 
 #[test]
+fn the_fast_recipe_trains_lenet_unless_a_model_is_named() {
+    let c = parse(&["--recipe", "fast"]).unwrap();
+    let Start::New(run) = c.start else { panic!() };
+    assert_eq!((c.epochs, run.architecture.clone()), (2, train::Architecture::Lenet));
+    assert_eq!((run.settings.optimizer.lr(), run.settings.label_smoothing, run.settings.augment), (8e-3, 0.05, None));
+    assert!(run.schedule.in_steps(2, 938, 8e-3).to_string().starts_with("onecycle(0.008"));
+    assert!(
+        run.recipe.as_deref().unwrap().starts_with("fast: --model lenet --epochs 2 --lr 0.008"),
+        "{:?}",
+        run.recipe
+    );
+    for (flags, expected) in [
+        (&["--model", "cnn"][..], train::Architecture::Cnn),
+        (&["--model", "mlp"], train::Architecture::notebook()),
+        (&["--hidden", "32"], train::Architecture::Mlp { hidden: vec![32], output_relu: false }),
+        (&["--layers", "flatten,linear(10)"], train::Architecture::Layers("flatten,linear(10)".into())),
+    ] {
+        let c = parse(&[&["--recipe", "fast"][..], flags].concat()).unwrap();
+        let Start::New(run) = c.start else { panic!() };
+        assert_eq!(run.architecture, expected, "{flags:?}");
+        assert!(!run.recipe.unwrap().contains("--model"), "{flags:?}");
+    }
+}
+
+#[test]
 fn a_resumed_run_refuses_flags_that_define_a_run() {
     let c = parse(&["--resume", "x.ckpt", "--epochs", "20", "--threads", "1", "--save", "m"]).unwrap();
     assert_eq!((c.start, c.epochs), (Start::Resume("x.ckpt".into()), 20));

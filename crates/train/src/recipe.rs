@@ -87,6 +87,12 @@ pub enum Recipe {
     /// peaking at 3e-3, label smoothing 0.05, 30 epochs for an MLP and 15 for a convolutional
     /// model.
     Strong,
+    /// 99% test accuracy in the least training time: LeNet-5 for 2 epochs, a one-cycle
+    /// schedule peaking at 8e-3, label smoothing 0.05, no augmentation. Chosen on a 10% split
+    /// of the training set: the fewest epochs whose validation accuracy, the mean of seeds 0 to
+    /// 4, was above 99.1% (1 epoch: 98.69%; 2 epochs: 99.13% at 8e-3, 99.01% at 5e-3, 99.07% at
+    /// 1.2e-2; 3 and 4 epochs: 99.15% to 99.19%).
+    Fast,
 }
 
 /// What a [`Recipe`] implies for a model.
@@ -99,6 +105,8 @@ pub struct Plan {
     pub schedule: EpochSchedule,
     /// Passes over the training set.
     pub epochs: usize,
+    /// The model the recipe was chosen for, when a run names none.
+    pub architecture: Option<Architecture>,
 }
 
 impl Recipe {
@@ -110,6 +118,10 @@ impl Recipe {
     pub const STRONG_EPOCHS_MLP: usize = 30;
     /// The strong recipe's epochs for a convolutional model.
     pub const STRONG_EPOCHS_CONV: usize = 15;
+    /// The fast recipe's peak learning rate.
+    pub const FAST_LR: f32 = 8e-3;
+    /// The fast recipe's epochs.
+    pub const FAST_EPOCHS: usize = 2;
 
     /// The recipe's settings, schedule and epochs for a model that is convolutional or not.
     ///
@@ -121,9 +133,12 @@ impl Recipe {
     /// ```
     pub fn plan(self, convolutional: bool) -> Plan {
         match self {
-            Self::Notebook => {
-                Plan { settings: Settings::default(), schedule: EpochSchedule::default(), epochs: DEFAULT_EPOCHS }
-            }
+            Self::Notebook => Plan {
+                settings: Settings::default(),
+                schedule: EpochSchedule::default(),
+                epochs: DEFAULT_EPOCHS,
+                architecture: None,
+            },
             Self::Strong => Plan {
                 settings: Settings {
                     optimizer: OptimizerConfig::Adam(AdamConfig { lr: Self::STRONG_LR, ..AdamConfig::default() }),
@@ -133,6 +148,17 @@ impl Recipe {
                 },
                 schedule: EpochSchedule { kind: ScheduleKind::OneCycle, warmup_epochs: 0 },
                 epochs: if convolutional { Self::STRONG_EPOCHS_CONV } else { Self::STRONG_EPOCHS_MLP },
+                architecture: None,
+            },
+            Self::Fast => Plan {
+                settings: Settings {
+                    optimizer: OptimizerConfig::Adam(AdamConfig { lr: Self::FAST_LR, ..AdamConfig::default() }),
+                    label_smoothing: Self::STRONG_LABEL_SMOOTHING,
+                    ..Settings::default()
+                },
+                schedule: EpochSchedule { kind: ScheduleKind::OneCycle, warmup_epochs: 0 },
+                epochs: Self::FAST_EPOCHS,
+                architecture: Some(Architecture::Lenet),
             },
         }
     }
