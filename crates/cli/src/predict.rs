@@ -10,8 +10,8 @@ use nn::Model;
 use crate::args::PredictArgs;
 use crate::files::{load_model_file, recorded_class_names};
 
-/// Prints, for each image, the predicted class (by name, when the model records names) with its probability, then every class's
-/// probability.
+/// Prints, for each image, the predicted class (by name, when the model records names) with
+/// its probability, then every class's probability.
 pub(crate) fn run(args: &PredictArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let (model, state) = load_model_file(&args.model)?;
     let names = recorded_class_names(&args.model, &state, model.classes())
