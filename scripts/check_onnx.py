@@ -7,25 +7,13 @@ Prints the test accuracy as `mnist eval` prints it, and writes the logits as lit
 float32 rows to LOGITS_OUT for the caller to compare with its own.
 """
 
-import gzip
-import os
 import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-
-def read_idx(folder, name):
-    path = os.path.join(folder, name)
-    opener = open
-    if not os.path.exists(path):
-        path, opener = path + ".gz", gzip.open
-    with opener(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+from mnist_idx import read_idx
 
 
 def main():

@@ -11,8 +11,6 @@ fc2, ... with ReLU between them, and after the last too when output_relu is true
 load_state_dict is strict: every name and shape must match. A training checkpoint's optimizer
 state and best weights (`optimizer.*`, `best.*`) are left out.
 """
-import gzip
-import os
 import re
 import sys
 
@@ -21,6 +19,8 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from mnist_idx import read_idx
 
 
 def split_layers(text):
@@ -116,14 +116,6 @@ def mlp_layers(widths, output_relu):
         if i + 2 < len(widths) or output_relu:
             layers.append("relu")
     return ",".join(layers)
-
-
-def read_idx(folder, name):
-    path = os.path.join(folder, name)
-    raw = open(path, "rb").read() if os.path.exists(path) else gzip.open(path + ".gz").read()
-    rank = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(rank)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
 def main():

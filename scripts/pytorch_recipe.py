@@ -12,9 +12,7 @@ Prints one JSON object: the seconds and test accuracy of every epoch.
 """
 
 import argparse
-import gzip
 import json
-import os
 import time
 
 import numpy as np
@@ -22,17 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def read_idx(folder, name):
-    path = os.path.join(folder, name)
-    opener = open
-    if not os.path.exists(path):
-        path, opener = path + ".gz", gzip.open
-    with opener(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+from mnist_idx import read_idx
 
 
 class LeNet(nn.Module):

@@ -39,7 +39,7 @@ pub const MIRROR_ENV: &str = "MNIST_MIRROR";
 
 /// One of MNIST's files: its canonical name (stored without `.gz`) and the SHA-256 of its
 /// decompressed bytes. Mirrors compress differently, so only the decompressed digest is stable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MnistFile {
     /// The canonical name, without `.gz`.
     pub name: &'static str,
@@ -132,14 +132,6 @@ pub enum Files {
         members: Vec<String>,
     },
 }
-
-impl PartialEq for MnistFile {
-    fn eq(&self, other: &Self) -> bool {
-        (self.name, self.sha256) == (other.name, other.sha256)
-    }
-}
-
-impl Eq for MnistFile {}
 
 /// A data set to fetch: what it is, where it is published, and how it is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

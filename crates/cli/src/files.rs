@@ -22,8 +22,8 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
 /// and the whole file as a `state_dict` for its metadata.
 pub(crate) fn load_model_file(path: &Path) -> Result<(Sequential, StateDict)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let model = train::load_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let state = StateDict::from_safetensors(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let model = train::model_from_state(state.clone()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok((model, state))
 }
 

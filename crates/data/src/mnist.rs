@@ -196,16 +196,15 @@ impl Mnist {
     /// the two sets, a test label the training set does not have, or a class names file that
     /// does not name each class once.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        let (names, layout) = match locate(dir, TRAIN_IMAGES) {
-            Ok(_) => (FILES.map(String::from), Layout::Mnist),
+        // MNIST's file names, else a known EMNIST split's (whose names then name the classes).
+        let (names, known) = match locate(dir, TRAIN_IMAGES) {
+            Ok(_) => (FILES.map(String::from), None),
             Err(missing) => match emnist_in(dir) {
-                Some(set) => {
-                    let Layout::Emnist { split, .. } = set.layout else { unreachable!("an EMNIST split") };
-                    (emnist_files(split), set.layout)
-                }
+                Some((split, set)) => (emnist_files(split), Some(set)),
                 None => return Err(missing),
             },
         };
+        let layout = known.map_or(Layout::Mnist, |set| set.layout);
         let path = |name: &str| locate(dir, name);
         let (train_images, train_labels) = (path(&names[0])?, path(&names[1])?);
         let (images, labels) = read_part(&train_images, &train_labels, layout)?;
@@ -221,17 +220,16 @@ impl Mnist {
                 expected: (train.rows, train.cols),
             });
         }
-        let known = emnist_in(dir).filter(|_| layout != Layout::Mnist);
         let class_names = class_names(dir, classes, known)?;
         Ok(Self { train, test, class_names })
     }
 }
 
-/// The known EMNIST split whose training images are in `dir`.
-fn emnist_in(dir: &Path) -> Option<&'static KnownSet> {
-    KNOWN_SETS.iter().find(|set| match set.layout {
-        Layout::Emnist { split, .. } => locate(dir, &emnist_files(split)[0]).is_ok(),
-        Layout::Mnist => false,
+/// The known EMNIST split whose training images are in `dir`, with its name.
+fn emnist_in(dir: &Path) -> Option<(&'static str, &'static KnownSet)> {
+    KNOWN_SETS.iter().find_map(|set| match set.layout {
+        Layout::Emnist { split, .. } if locate(dir, &emnist_files(split)[0]).is_ok() => Some((split, set)),
+        _ => None,
     })
 }
 
@@ -316,7 +314,7 @@ pub fn locate(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
 mod tests {
     use super::*;
 
-    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
+    pub(super) fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
         let mut out = vec![0, 0, 0x08, dims.len() as u8];
         dims.iter().for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
         out.extend_from_slice(body);
@@ -433,14 +431,8 @@ mod tests {
 
 #[cfg(test)]
 mod named_sets {
+    use super::tests::idx;
     use super::*;
-
-    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
-        let mut out = vec![0, 0, 0x08, dims.len() as u8];
-        dims.iter().for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
-        out.extend_from_slice(body);
-        out
-    }
 
     /// An EMNIST split's folder: two images of 2x3 pixels (stored transposed, as 3x2), labels
     /// as given.

@@ -45,6 +45,6 @@ pub use fit::{EpochRecord, Observer, Trainer};
 pub use recipe::{Architecture, EpochSchedule, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};
 pub use state::{
-    Best, TrainingState, load_model, model_state_with_facts, record_class_names, recorded_class_names, recorded_facts,
-    recorded_test_accuracy,
+    Best, TrainingState, load_model, model_from_state, model_state_with_facts, record_class_names,
+    recorded_class_names, recorded_facts, recorded_test_accuracy,
 };

@@ -153,7 +153,15 @@ fn is_training(state: &StateDict) -> bool {
 /// # Errors
 /// Bytes that are not safetensors, or tensors and metadata that do not make a model of type `M`.
 pub fn load_model<M: Model>(bytes: &[u8]) -> Result<M, TrainError> {
-    let mut state = StateDict::from_safetensors(bytes)?;
+    model_from_state(StateDict::from_safetensors(bytes)?)
+}
+
+/// [`load_model`] from the file already read as a `state_dict` (whose metadata a caller may
+/// want too).
+///
+/// # Errors
+/// Tensors and metadata that do not make a model of type `M`.
+pub fn model_from_state<M: Model>(mut state: StateDict) -> Result<M, TrainError> {
     if is_training(&state) {
         state.take_prefixed(OPTIMIZER_PREFIX);
         state.take_prefixed(BEST_PREFIX);
