@@ -395,6 +395,7 @@ pub fn bench(opts: &Options) -> Result<String> {
         writeln!(report, "\n{}", crate::loadtest::section(&crate::loadtest::run(&load)?))?;
     }
 
+    products_section(&mut report, &root)?;
     writeln!(report, "## Kernels\n")?;
     writeln!(
         report,
@@ -402,6 +403,68 @@ pub fn bench(opts: &Options) -> Result<String> {
     )?;
     atomic_file::write(&opts.output, |w| w.write_all(report.as_bytes()))?;
     Ok(report)
+}
+
+/// `matrixmultiply`'s compile-time cap (`MMTEST_FEATURE`, the features it may use) for
+/// `level`, or `None` for none.
+fn matrixmultiply_cap(level: simd::Level) -> Option<&'static str> {
+    match level {
+        simd::Level::Avx512 => None,
+        simd::Level::Avx2 => Some("avx2,fma"),
+        // No feature it knows, so its portable kernel, compiled for the baseline.
+        simd::Level::Portable => Some("sse2"),
+    }
+}
+
+/// The dense products of the models' layers, this crate's kernels against the `gemm` and
+/// `matrixmultiply` crates, at every level the CPU has (`crates/tensor/benches/products.rs`).
+fn products_section(report: &mut String, root: &Path) -> Result<()> {
+    let levels: Vec<simd::Level> = simd::Level::ALL.into_iter().filter(|&l| l <= simd::Level::detected()).collect();
+    let mut rows: Vec<(String, simd::Level, [f64; 3])> = Vec::new();
+    for &level in &levels {
+        eprintln!("matrix products at {level} ...");
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command.args(["bench", "--quiet", "--package", "tensor", "--bench", "products"]).current_dir(root);
+        command.env(simd::VARIABLE, level.name()).env_remove("MMTEST_FEATURE");
+        if let Some(cap) = matrixmultiply_cap(level) {
+            // A target folder of its own: the cap is read at compile time.
+            command
+                .env("MMTEST_FEATURE", cap)
+                .env("CARGO_TARGET_DIR", root.join("target").join(format!("products-{level}")));
+        }
+        let output = command.output().context("cannot run cargo bench")?;
+        if !output.status.success() {
+            bail!("cargo bench --bench products at {level} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines().skip(2) {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [shape, ours, gemm, mm] = fields[..] else { bail!("products bench: unexpected line {line:?}") };
+            let time = |v: &str| v.parse::<f64>().with_context(|| format!("products bench: {v:?} in {line:?}"));
+            rows.push((shape.to_string(), level, [time(ours)?, time(gemm)?, time(mm)?]));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    writeln!(report, "## Matrix products: this project's kernels, gemm and matrixmultiply\n")?;
+    writeln!(
+        report,
+        "The dense products of LeNet-5's and the CNN's layers at their shapes in a step (32 samples per thread; \
+         a convolution's product covers the samples whose unfolded columns fit the cache), on one thread, each \
+         checked against ndarray's product first: `cargo bench -p tensor --bench products` at each level, median \
+         microseconds per product, timed in turns. This project's kernels run at the level (`MNIST_SIMD`), \
+         `matrixmultiply` 0.3 capped at the same instruction set at compile time (`MMTEST_FEATURE`: \
+         `avx2,fma`; on the portable level its kernel without intrinsics, compiled for SSE2). `gemm` 0.18 \
+         cannot be capped: on stable Rust it runs AVX2 with FMA at every level.\n"
+    )?;
+    writeln!(report, "| product | level | this project (µs) | gemm (µs) | matrixmultiply (µs) | fastest |")?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    for (shape, level, times) in rows {
+        let names = ["this project", "gemm", "matrixmultiply"];
+        let best = (0..3).min_by(|&a, &b| times[a].total_cmp(&times[b])).unwrap_or(0);
+        let [ours, gemm, mm] = times;
+        writeln!(report, "| {shape} | {level} | {ours:.1} | {gemm:.1} | {mm:.1} | {} |", names[best])?;
+    }
+    writeln!(report)?;
+    Ok(())
 }
 
 /// What PyTorch's script reported.
@@ -513,8 +576,8 @@ fn levels_against_pytorch(
          the same instruction set (AVX-512: its default; AVX2: `ATEN_CPU_CAPABILITY=avx2 \
          ONEDNN_MAX_CPU_ISA=AVX2`; portable: `ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41`) run in \
          {} alternating pairs; each side's figure is its median epoch, the ratio the median of the pairs' \
-         ratios ({:.0} s in all). The portable level is this project's kernels without intrinsics, \
-         compiled for x86-64's baseline (SSE2), as ARM's NEON would run them. Peak: two fused multiply-adds \
+         ratios ({:.0} s in all). The portable level is this project's kernels on the 128-bit vectors \
+         every CPU of its architecture has: SSE2 on x86-64 (NEON on 64-bit ARM). Peak: two fused multiply-adds \
          of 16 lanes a cycle per core with AVX-512, of 8 with AVX2, and a 4-lane multiply and add on the \
          portable level, at {ghz:.2} GHz.\n",
         opts.level_pairs,

@@ -73,6 +73,8 @@ struct Ink {
 impl Warper {
     /// Copies `image` into the padded source and finds its ink; `None` if it has none.
     fn load(&mut self, simd: Simd, image: &[u8], rows: usize, cols: usize) -> Option<Ink> {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd; // no vector path of its own here
         self.fit(rows, cols);
         #[cfg(target_arch = "x86_64")]
         if self.pitch == PITCH && simd.avx512() {
@@ -284,6 +286,8 @@ impl Row {
     /// Every path computes the same operations in the same order, so results do not depend on
     /// the CPU.
     fn sample(&self, simd: Simd, padded: &[u8], lines: &Lines, out: &mut [f32]) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd; // no vector path of its own here
         assert!(padded.len() >= (self.rows as usize + 2 + SPARE_ROWS) * self.pitch, "a padded source");
         #[cfg(target_arch = "x86_64")]
         if self.pitch == PITCH && simd.avx512_vbmi() {

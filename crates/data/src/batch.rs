@@ -33,6 +33,8 @@ pub(crate) fn pixels_to_f32(src: &[u8], dst: &mut [f32]) {
 }
 
 fn pixels_to_f32_at(simd: Simd, src: &[u8], dst: &mut [f32]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd; // no vector path of its own here
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
         // SAFETY: the CPU has AVX2 and FMA (`simd` says so).

@@ -98,13 +98,23 @@ pub unsafe trait F32s: Copy {
     unsafe fn sum(self) -> f32;
 }
 
-/// Four lanes in an array, for the compiler to vectorise for the target's baseline (SSE2 on
-/// x86-64, NEON on 64-bit ARM). Multiply-adds are fused on ARM, whose baseline has them, and
-/// not on x86-64, whose baseline lacks them (`f32::mul_add` would call a library function).
+#[cfg(target_arch = "aarch64")]
+pub use arm::Portable;
+/// The portable level: four lanes of the 128-bit vectors every CPU of an architecture has,
+/// SSE2 on x86-64 and NEON on 64-bit ARM (written with their intrinsics, so that the compiler
+/// keeps one vector per value rather than regrouping lanes), an array elsewhere. Multiply-adds
+/// are fused on ARM, whose baseline has them, and not on x86-64, whose baseline lacks them.
+#[cfg(target_arch = "x86_64")]
+pub use x86::Portable;
+
+/// Four lanes in an array, for the compiler to vectorise as it can, on CPUs other than x86-64
+/// and 64-bit ARM.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 #[derive(Clone, Copy, Debug)]
 pub struct Portable([f32; 4]);
 
 // SAFETY: plain arithmetic on arrays; the loads and stores touch only the lanes they name.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 unsafe impl F32s for Portable {
     const LANES: usize = 4;
 
@@ -167,10 +177,7 @@ unsafe impl F32s for Portable {
 
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-        // 64-bit ARM always has fused multiply-adds (NEON's FMLA); x86-64's baseline has none.
-        #[cfg(target_arch = "aarch64")]
-        return Portable(std::array::from_fn(|i| self.0[i].mul_add(b.0[i], c.0[i])));
-        #[cfg(not(target_arch = "aarch64"))]
+        // Unfused: `f32::mul_add` would call a library function where the CPU has no FMA.
         Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
 
@@ -210,6 +217,109 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::F32s;
+
+    /// Four lanes of SSE2, part of every x86-64 CPU.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Portable(__m128);
+
+    impl Portable {
+        /// The first `n` values at `p` (`lo..n` of them with `from`), zeros elsewhere.
+        ///
+        /// # Safety
+        /// `p + i` must be valid for reading for each `i` in `from..n.min(4)`.
+        #[inline(always)]
+        unsafe fn gather(p: *const f32, from: usize, n: usize) -> Self {
+            let mut v = [0.0f32; 4];
+            for (i, v) in v.iter_mut().enumerate().take(n).skip(from) {
+                // SAFETY: the caller's promise.
+                *v = unsafe { *p.wrapping_add(i) };
+            }
+            // SAFETY: SSE2 is part of x86-64.
+            Portable(unsafe { _mm_loadu_ps(v.as_ptr()) })
+        }
+    }
+
+    // SAFETY: each method runs SSE2 instructions, which every x86-64 CPU has; the partial
+    // loads and stores touch only the lanes they name.
+    unsafe impl F32s for Portable {
+        const LANES: usize = 4;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Portable(unsafe { _mm_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Portable(unsafe { _mm_set1_ps(v) })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Portable(unsafe { _mm_loadu_ps(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            unsafe { Self::gather(p, 0, n) }
+        }
+
+        type Mask = (usize, usize);
+
+        #[inline(always)]
+        unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask {
+            (lo, hi)
+        }
+
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, (lo, hi): Self::Mask) -> Self {
+            unsafe { Self::gather(p, lo, hi) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm_storeu_ps(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            let mut v = [0.0f32; 4];
+            unsafe { _mm_storeu_ps(v.as_mut_ptr(), self.0) };
+            for (i, &v) in v.iter().enumerate().take(n) {
+                // SAFETY: the caller's promise: n values to write.
+                unsafe { *p.add(i) = v };
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            Portable(unsafe { _mm_add_ps(_mm_mul_ps(self.0, b.0), c.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Portable(unsafe { _mm_mul_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Portable(unsafe { _mm_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn nonzero(self) -> u32 {
+            unsafe { _mm_movemask_ps(_mm_cmpneq_ps(self.0, _mm_setzero_ps())) as u32 }
+        }
+
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            // (a + c) + (b + d), as the wider levels pair their lanes.
+            unsafe {
+                let pairs = _mm_add_ps(self.0, _mm_movehl_ps(self.0, self.0));
+                _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<0b01_01_01_01>(pairs, pairs)))
+            }
+        }
+    }
 
     /// Eight lanes of AVX2, with FMA.
     #[derive(Clone, Copy, Debug)]
@@ -383,6 +493,121 @@ mod x86 {
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::F32s;
+
+    /// Four lanes of NEON, part of every 64-bit ARM CPU, with fused multiply-adds.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Portable(float32x4_t);
+
+    impl Portable {
+        /// The first `n` values at `p` (`lo..n` of them with `from`), zeros elsewhere.
+        ///
+        /// # Safety
+        /// `p + i` must be valid for reading for each `i` in `from..n.min(4)`.
+        #[inline(always)]
+        unsafe fn gather(p: *const f32, from: usize, n: usize) -> Self {
+            let mut v = [0.0f32; 4];
+            for (i, v) in v.iter_mut().enumerate().take(n).skip(from) {
+                // SAFETY: the caller's promise.
+                *v = unsafe { *p.wrapping_add(i) };
+            }
+            // SAFETY: NEON is part of 64-bit ARM.
+            Portable(unsafe { vld1q_f32(v.as_ptr()) })
+        }
+    }
+
+    // SAFETY: each method runs NEON instructions, which every 64-bit ARM CPU has; the partial
+    // loads and stores touch only the lanes they name.
+    unsafe impl F32s for Portable {
+        const LANES: usize = 4;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Portable(unsafe { vdupq_n_f32(0.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Portable(unsafe { vdupq_n_f32(v) })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Portable(unsafe { vld1q_f32(p) })
+        }
+
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            unsafe { Self::gather(p, 0, n) }
+        }
+
+        type Mask = (usize, usize);
+
+        #[inline(always)]
+        unsafe fn lanes(lo: usize, hi: usize) -> Self::Mask {
+            (lo, hi)
+        }
+
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, (lo, hi): Self::Mask) -> Self {
+            unsafe { Self::gather(p, lo, hi) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { vst1q_f32(p, self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            let mut v = [0.0f32; 4];
+            unsafe { vst1q_f32(v.as_mut_ptr(), self.0) };
+            for (i, &v) in v.iter().enumerate().take(n) {
+                // SAFETY: the caller's promise: n values to write.
+                unsafe { *p.add(i) = v };
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            Portable(unsafe { vfmaq_f32(c.0, self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Portable(unsafe { vmulq_f32(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Portable(unsafe { vaddq_f32(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn nonzero(self) -> u32 {
+            // Each lane's "not equal to zero" (NaN included), as one bit per lane.
+            unsafe {
+                let zero = vceqq_f32(self.0, vdupq_n_f32(0.0));
+                let bits = vandq_u32(vmvnq_u32(zero), vld1q_u32([1u32, 2, 4, 8].as_ptr()));
+                vaddvq_u32(bits)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            // (a + c) + (b + d), as the wider levels pair their lanes.
+            unsafe {
+                let pairs = vadd_f32(vget_low_f32(self.0), vget_high_f32(self.0));
+                vget_lane_f32::<0>(pairs) + vget_lane_f32::<1>(pairs)
+            }
         }
     }
 }

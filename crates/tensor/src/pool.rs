@@ -68,6 +68,8 @@ fn max_pool2d_at(
     mut y: ArrayViewMut2<f32>,
     argmax: &mut Vec<u32>,
 ) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd; // no vector path of its own here
     assert!(shape.is_valid(), "max_pool2d: invalid shape {shape:?}");
     assert_eq!(x.ncols(), shape.in_len(), "max_pool2d: input rows of {} for {shape:?}", x.ncols());
     assert_eq!(y.dim(), (x.nrows(), shape.out_len()), "max_pool2d: output for {shape:?}");

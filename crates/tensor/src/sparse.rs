@@ -153,6 +153,8 @@ impl SparseRows {
 /// Appends the nonzero entries of `row` (column index and value) at position `n` of `cols` and
 /// `vals`, which have room for all of them plus [`SLACK`]; returns the new end.
 fn compact_nonzeros(simd: Simd, row: &[f32], cols: &mut [u32], vals: &mut [f32], n: usize) -> usize {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd; // no vector path of its own here
     assert!(cols.len() >= n + row.len() + SLACK && vals.len() >= n + row.len() + SLACK, "room for the row");
     #[cfg(target_arch = "x86_64")]
     if simd.avx512() {
@@ -384,6 +386,8 @@ fn gather_rows(simd: Simd, idx: &[u32], vals: &[f32], src: ArrayView2<f32>, beta
 /// [`gather_rows`] over a row-major slice with rows `ld` apart, with the widest vector
 /// instructions the CPU has.
 fn gather_rows_contiguous(simd: Simd, idx: &[u32], vals: &[f32], src: &[f32], ld: usize, beta: f32, out: &mut [f32]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd; // no vector path of its own here
     #[cfg(target_arch = "x86_64")]
     if simd.avx512() {
         // SAFETY: the CPU has AVX-512F (`simd` says so).
