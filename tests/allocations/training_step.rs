@@ -92,7 +92,11 @@ fn warm_inference_allocates_nothing() {
         &SequentialConfig::parse(SequentialConfig::LENET, [1, 28, 28]).unwrap(),
         &mut ChaCha8Rng::seed_from_u64(1),
     );
-    for (name, model) in [("MLP", mlp), ("LeNet-5", lenet)] {
+    let cnn = Sequential::new(
+        &SequentialConfig::parse(SequentialConfig::CNN, [1, 28, 28]).unwrap(),
+        &mut ChaCha8Rng::seed_from_u64(1),
+    );
+    for (name, model) in [("MLP", mlp), ("LeNet-5", lenet), ("CNN", cnn)] {
         let mut tape = nn::Tape::for_inference();
         // The first batch grows the tape's buffers; the next ones reuse them.
         let first = nn::Model::logits_with(&model, x.view(), &mut tape).to_owned();

@@ -1,6 +1,8 @@
 //! 2-D convolution as PyTorch's `nn.Conv2d` computes it (a cross-correlation, zero padding),
 //! and its gradients, by unfolding each sample's input patches into the columns of a matrix
-//! (`im2col`) so that the work is matrix products.
+//! (`im2col`) so that the work is matrix products. Stride-1 convolutions whose output is
+//! nearly as wide as the padded input (3x3 with padding 1) skip the unfolding: their products
+//! read shifted rows of the padded input where they lie (see the `padded` module).
 //!
 //! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
 //! A weight `[out, in, kH, kW]` is read as the `out x (in·kH·kW)` matrix it is row-major.
@@ -435,12 +437,15 @@ impl<'a> SplitRun<'a, &'a [f32]> for &'a [f32] {
 pub struct ConvScratch {
     product: Vec<f32>,
     columns: Vec<f32>,
+    padded: crate::padded::Scratch,
 }
 
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
 /// `N x out_len`. The batch's patches are unfolded side by side into `cols` (`patch_len x
 /// N·positions`), so that the whole batch is one matrix product, and left there for
-/// [`conv2d_backward`]. `cols` grows as needed.
+/// [`conv2d_backward`]; for a stride-1 shape whose output is nearly as wide as its padded
+/// input, `cols` holds each sample's zero-padded input instead, which the products read
+/// shifted. `cols` grows as needed.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -454,7 +459,7 @@ pub fn conv2d(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    conv2d_at(Simd::get(), x, w, bias, shape, cols, &mut scratch.product, y);
+    conv2d_at(Simd::get(), x, w, bias, shape, cols, scratch, y);
 }
 
 /// [`conv2d`] for a forward pass alone (inference): the patches are unfolded a few samples at
@@ -472,8 +477,14 @@ pub fn conv2d_forward(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    let ConvScratch { product, columns } = scratch;
-    conv2d_chunks(Simd::get(), x, w, bias, shape, columns, false, product, y);
+    let simd = Simd::get();
+    if crate::padded::fits(shape) {
+        check(x.dim(), w.dim(), y.dim(), shape);
+        crate::padded::forward(simd, x, w, bias, shape, &mut scratch.columns, false, &mut scratch.padded, y);
+    } else {
+        let ConvScratch { product, columns, .. } = scratch;
+        conv2d_chunks(simd, x, w, bias, shape, columns, false, product, y);
+    }
 }
 
 #[track_caller]
@@ -485,10 +496,15 @@ fn conv2d_at(
     bias: Option<ArrayView1<f32>>,
     shape: &Conv2dShape,
     cols: &mut Vec<f32>,
-    tmp: &mut Vec<f32>,
+    scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    conv2d_chunks(simd, x, w, bias, shape, cols, true, tmp, y);
+    if crate::padded::fits(shape) {
+        check(x.dim(), w.dim(), y.dim(), shape);
+        crate::padded::forward(simd, x, w, bias, shape, cols, true, &mut scratch.padded, y);
+    } else {
+        conv2d_chunks(simd, x, w, bias, shape, cols, true, &mut scratch.product, y);
+    }
 }
 
 /// The convolution a few samples at a time (eight of LeNet-5's), so that their unfolded
@@ -540,7 +556,7 @@ fn conv2d_chunks(
 /// The gradients of [`conv2d`] given `dy` (`N x out_len`), with `cols` as [`conv2d`] left them
 /// for the same `x`: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
 /// positions of dy`, and, when asked, `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites
-/// `cols`).
+/// unfolded `cols`; padded inputs are left as they are).
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -556,7 +572,7 @@ pub fn conv2d_backward(
     db: Option<(ArrayViewMut1<f32>, f32)>,
     dx: Option<(ArrayViewMut2<f32>, f32)>,
 ) {
-    conv2d_backward_at(Simd::get(), w, dy, shape, cols, &mut scratch.product, dw, db, dx);
+    conv2d_backward_at(Simd::get(), w, dy, shape, cols, scratch, dw, db, dx);
 }
 
 #[track_caller]
@@ -567,7 +583,7 @@ fn conv2d_backward_at(
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
     cols: &mut [f32],
-    tmp: &mut Vec<f32>,
+    scratch: &mut ConvScratch,
     (dw, beta_w): (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
     dx: Option<(ArrayViewMut2<f32>, f32)>,
@@ -576,6 +592,11 @@ fn conv2d_backward_at(
     assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
     assert_eq!(w.dim(), (o, k), "conv2d_backward: weight {:?} for {shape:?}", w.dim());
     assert_eq!(dy.ncols(), shape.out_len(), "conv2d_backward: output gradient for {shape:?}");
+    if crate::padded::fits(shape) {
+        crate::padded::backward(simd, w, dy, shape, cols, &mut scratch.padded, (dw, beta_w), db, dx);
+        return;
+    }
+    let tmp = &mut scratch.product;
     assert_eq!(cols.len(), k * n * p, "conv2d_backward: the columns conv2d left for this batch");
     // dy from each sample's [out, position] to [out, sample·position].
     tmp.resize(o * n * p, 0.0);
@@ -693,20 +714,25 @@ mod tests {
 
     #[test]
     fn the_forward_only_convolution_gives_the_same_bits_in_less_memory() {
-        // Patches of 144 x 784 values: one sample per chunk, so three chunks.
-        let sh =
-            Conv2dShape { in_channels: 16, height: 28, width: 28, out_channels: 4, kernel: 3, stride: 1, padding: 1 };
-        let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
-        let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
-        let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
-        let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
-        let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
-        conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
-        let mut fresh = ConvScratch::default();
-        conv2d_forward(x.view(), w.view(), Some(b.view()), &sh, &mut fresh, alone.view_mut());
-        assert_eq!(kept, alone);
-        assert_eq!(cols.len(), 3 * sh.patch_len() * sh.positions(), "the backward pass's columns");
-        assert_eq!(fresh.columns.len(), sh.patch_len() * sh.positions(), "one chunk's columns");
+        // Three samples. Padded 3x3 on 28 pixels: each sample's padded input is kept for the
+        // backward pass, or one at a time. LeNet-5's second layer with 32 input channels:
+        // patches of 800 x 100 values, three chunks of one sample.
+        for (sh, kept_len, one_len) in [
+            (shape(16, 28, 28, 4, 3, 1, 1), 3 * 16 * 30 * 30, 16 * 30 * 30),
+            (shape(32, 14, 14, 4, 5, 1, 0), 3 * 800 * 100, 800 * 100),
+        ] {
+            let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
+            let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
+            let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
+            let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
+            let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
+            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
+            let mut fresh = ConvScratch::default();
+            conv2d_forward(x.view(), w.view(), Some(b.view()), &sh, &mut fresh, alone.view_mut());
+            assert_eq!(kept, alone, "{sh:?}");
+            assert_eq!(cols.len(), kept_len, "the backward pass's inputs, {sh:?}");
+            assert_eq!(fresh.columns.len(), one_len, "one sample's inputs, {sh:?}");
+        }
     }
 
     #[test]
@@ -720,7 +746,13 @@ mod tests {
 
     #[test]
     fn the_product_is_the_definitions_sum() {
-        for sh in [shape(3, 7, 6, 4, 3, 1, 0), shape(3, 7, 6, 4, 3, 2, 1), shape(1, 8, 8, 2, 5, 1, 2)] {
+        for sh in [
+            shape(3, 7, 6, 4, 3, 1, 0),
+            shape(3, 7, 6, 4, 3, 2, 1),
+            shape(1, 8, 8, 2, 5, 1, 2),
+            shape(3, 7, 14, 4, 3, 1, 1),
+            shape(2, 5, 30, 3, 3, 1, 1),
+        ] {
             let n = 2;
             let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
             let w =
@@ -735,7 +767,7 @@ mod tests {
                     Some(b.view()),
                     &sh,
                     &mut Vec::new(),
-                    &mut Vec::new(),
+                    &mut ConvScratch::default(),
                     y.view_mut(),
                 );
                 for s in 0..n {
@@ -772,54 +804,73 @@ mod tests {
     }
 
     #[test]
-    fn gradients_in_chunks_of_samples_are_the_definitions() {
-        // Nine samples of LeNet-5's second layer: three chunks of samples.
-        let sh = shape(6, 14, 14, 16, 5, 1, 0);
-        let n = 9;
-        assert!(chunks(n, sh.patch_len() * sh.positions()).count() > 1);
-        let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
-        let w = Array2::from_shape_fn((sh.out_channels, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
-        let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
-        for simd in Simd::every() {
-            let (mut cols, mut tmp) = (Vec::new(), Vec::new());
-            let mut y = Array2::zeros((n, sh.out_len()));
-            conv2d_at(simd, x.view(), w.view(), None, &sh, &mut cols, &mut tmp, y.view_mut());
-            let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
-            conv2d_backward_at(
-                simd,
-                w.view(),
-                dy.view(),
-                &sh,
-                &mut cols,
-                &mut tmp,
-                (dw.view_mut(), 0.5),
-                None,
-                Some((dx.view_mut(), 1.0)),
-            );
+    fn gradients_are_the_definitions() {
+        // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks); the CNN's
+        // padded 3x3 layers on 28 and 14 pixels, on shifted rows of the padded input (one with
+        // a bias); and a padded 5x5 on a narrow input, unfolded.
+        let cases = [
+            (shape(6, 14, 14, 16, 5, 1, 0), 9),
+            (shape(16, 28, 28, 4, 3, 1, 1), 3),
+            (shape(5, 14, 14, 6, 3, 1, 1), 4),
+            (shape(2, 6, 9, 3, 5, 1, 2), 2),
+        ];
+        assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
+        assert!(!crate::padded::fits(&cases[0].0) && !crate::padded::fits(&cases[3].0));
+        assert!(crate::padded::fits(&cases[1].0) && crate::padded::fits(&cases[2].0));
+        for (sh, n) in cases {
+            let (o, c, k) = (sh.out_channels, sh.in_channels, sh.kernel);
+            let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
+            let w = Array2::from_shape_fn((o, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
+            let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
             // Integers: the sums are exact in any order.
-            let (k, oh, ow) = (sh.kernel, sh.out_height(), sh.out_width());
+            let (oh, ow) = (sh.out_height(), sh.out_width());
             let mut want_dw = Array2::from_elem(w.dim(), 0.5f32);
             let mut want_dx = Array2::from_elem(x.dim(), 2.0f32);
+            let mut want_db = Array1::from_elem(o, -1.0f32);
             for s in 0..n {
-                for (oc, c, i, j) in (0..16).flat_map(|oc| {
-                    (0..6).flat_map(move |c| (0..k).flat_map(move |i| (0..k).map(move |j| (oc, c, i, j))))
-                }) {
+                for oc in 0..o {
                     for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
                         let g = dy[[s, (oc * oh + oy) * ow + ox]];
-                        let xi = (c * 14 + oy + i) * 14 + ox + j;
-                        want_dw[[oc, (c * k + i) * k + j]] += g * x[[s, xi]];
-                        want_dx[[s, xi]] += g * w[[oc, (c * k + i) * k + j]];
+                        want_db[oc] += g;
+                        for (ci, i, j) in
+                            (0..c).flat_map(|ci| (0..k).flat_map(move |i| (0..k).map(move |j| (ci, i, j))))
+                        {
+                            if let Some(xi) = source(&sh, ci, i, j, oy, ox) {
+                                want_dw[[oc, (ci * k + i) * k + j]] += g * x[[s, xi]];
+                                want_dx[[s, xi]] += g * w[[oc, (ci * k + i) * k + j]];
+                            }
+                        }
                     }
                 }
             }
-            for s in 0..n {
-                assert_eq!(
-                    y.row(s).to_vec(),
-                    naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &[0.0; 16], &sh)
-                );
+            for simd in Simd::every() {
+                let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
+                // Twice, so that the second pass reuses buffers the first left behind.
+                for _ in 0..2 {
+                    let mut y = Array2::zeros((n, sh.out_len()));
+                    conv2d_at(simd, x.view(), w.view(), None, &sh, &mut cols, &mut scratch, y.view_mut());
+                    let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
+                    let mut db = Array1::from_elem(o, -2.0);
+                    conv2d_backward_at(
+                        simd,
+                        w.view(),
+                        dy.view(),
+                        &sh,
+                        &mut cols,
+                        &mut scratch,
+                        (dw.view_mut(), 0.5),
+                        Some((db.view_mut(), 0.5)),
+                        Some((dx.view_mut(), 1.0)),
+                    );
+                    for s in 0..n {
+                        let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &vec![0.0; o], &sh);
+                        assert_eq!(y.row(s).to_vec(), want, "{simd}, {sh:?}");
+                    }
+                    assert_eq!(dw, want_dw, "{simd}, {sh:?}");
+                    assert_eq!(dx, want_dx, "{simd}, {sh:?}");
+                    assert_eq!(db, want_db, "{simd}, {sh:?}");
+                }
             }
-            assert_eq!(dw, want_dw, "{simd}");
-            assert_eq!(dx, want_dx, "{simd}");
         }
     }
 

@@ -14,6 +14,7 @@ mod conv;
 mod elementwise;
 mod init;
 mod matmul;
+mod padded;
 mod pool;
 mod softmax;
 mod sparse;

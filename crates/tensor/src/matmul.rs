@@ -102,6 +102,55 @@ pub(crate) fn matmul_tn_at(
     general_mat_mul(alpha, &at, &b, beta, &mut c);
 }
 
+/// A matrix whose rows start anywhere in one slice: row `i` is `n` values from
+/// `data[starts[i]]`. A stride-1 convolution reads its input this way, each row a shifted view
+/// of the padded image, so that nothing is unfolded.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub starts: &'a [usize],
+    pub n: usize,
+}
+
+impl Rows<'_> {
+    /// Panics unless every row lies within `data`.
+    #[track_caller]
+    fn check(&self) {
+        let end = self.starts.iter().max().map_or(0, |&s| s + self.n);
+        assert!(self.starts.is_empty() || end <= self.data.len(), "rows end at {end}, past {}", self.data.len());
+    }
+}
+
+/// `c = alpha * a·b + beta * c` with `b`'s rows as [`Rows`] says.
+#[track_caller]
+pub(crate) fn matmul_rows_at(
+    simd: Simd,
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: Rows,
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+) {
+    check_shapes("a·b", a.dim(), (b.starts.len(), b.n), c.dim());
+    b.check();
+    assert!(kernels::broadcast_rows_table(simd, alpha, a, b, beta, c.view_mut()), "a·b: c's rows must be contiguous");
+}
+
+/// `c = alpha * a·bᵀ + beta * c` with `b`'s rows as [`Rows`] says.
+#[track_caller]
+pub(crate) fn matmul_nt_rows_at(
+    simd: Simd,
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: Rows,
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+) {
+    check_shapes("a·bᵀ", a.dim(), (b.n, b.starts.len()), c.dim());
+    b.check();
+    assert!(kernels::dots_table(simd, alpha, a, b, beta, c.view_mut()), "a·bᵀ: a's and c's rows must be contiguous");
+}
+
 /// A matrix read element by element: `(i, j)` at `ptr + i·rows + j·cols`.
 #[derive(Clone, Copy)]
 struct Strided {
@@ -128,7 +177,7 @@ mod kernels {
     use ndarray::{ArrayView2, ArrayViewMut2};
     use simd::{F32s, Simd};
 
-    use super::Strided;
+    use super::{Rows, Strided};
 
     /// The distance between rows of a matrix whose rows are contiguous, if they are.
     fn row_major<S: ndarray::RawData>(m: &ndarray::ArrayBase<S, ndarray::Ix2>) -> Option<usize> {
@@ -151,7 +200,8 @@ mod kernels {
     ) -> bool {
         let (Some(a), Some(ldb), Some(ldc)) = (a, row_major(&b), row_major(&c)) else { return false };
         let ((m, n), k) = (c.dim(), b.nrows());
-        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        let starts = std::ptr::null();
+        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, starts, c: c.as_mut_ptr(), ldc };
         // SAFETY: `a` addresses an m x k matrix (the caller's checked view), `b` a k x n one
         // with rows `ldb` apart, and `c` an m x n one with rows `ldc` apart, none overlapping
         // `c`.
@@ -159,9 +209,56 @@ mod kernels {
         true
     }
 
+    /// [`broadcast`] with `b`'s rows where [`Rows`] says (checked by the caller to lie within
+    /// its data). False (and nothing done) where `a` has negative strides or `c` no contiguous
+    /// rows.
+    pub(super) fn broadcast_rows_table(
+        simd: Simd,
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: Rows,
+        beta: f32,
+        mut c: ArrayViewMut2<f32>,
+    ) -> bool {
+        let (Some(a), Some(ldc)) = (Strided::of(a), row_major(&c)) else { return false };
+        let ((m, n), k) = (c.dim(), b.starts.len());
+        let (data, starts) = (b.data.as_ptr(), b.starts.as_ptr());
+        let product = Product { k, alpha, beta, a, b: data, ldb: 0, starts, c: c.as_mut_ptr(), ldc };
+        // SAFETY: `a` addresses an m x k matrix (the caller's checked view), `b`'s k rows of n
+        // values lie within its data (checked by the caller), and `c` is an m x n matrix with
+        // rows `ldc` apart that overlaps neither.
+        unsafe { broadcast_table_at(simd, m, n, product) };
+        true
+    }
+
     simd::kernel! {
         /// [`broadcast_all`] at a level.
-        unsafe fn broadcast_at(m: usize, n: usize, product: Product) => broadcast_all;
+        unsafe fn broadcast_at(m: usize, n: usize, product: Product) => broadcast_strided;
+    }
+
+    simd::kernel! {
+        /// [`broadcast_all`] with a table of `b`'s rows, at a level.
+        unsafe fn broadcast_table_at(m: usize, n: usize, product: Product) => broadcast_table;
+    }
+
+    /// [`broadcast_all`] with `b`'s rows `ldb` apart.
+    ///
+    /// # Safety
+    /// As [`broadcast_all`].
+    #[inline(always)]
+    unsafe fn broadcast_strided<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe { broadcast_all::<V, false>(m, n, product) }
+    }
+
+    /// [`broadcast_all`] with `b`'s rows where its table says.
+    ///
+    /// # Safety
+    /// As [`broadcast_all`].
+    #[inline(always)]
+    unsafe fn broadcast_table<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe { broadcast_all::<V, true>(m, n, product) }
     }
 
     /// What the tiles of one product share: `c = alpha·(a times b) + beta·c` with a sum over
@@ -174,8 +271,23 @@ mod kernels {
         a: Strided,
         b: *const f32,
         ldb: usize,
+        /// Where `b`'s rows start, for the kernels whose `TABLE` is true: row `r` at
+        /// `b + starts[r]` instead of `b + r·ldb`.
+        starts: *const usize,
         c: *mut f32,
         ldc: usize,
+    }
+
+    impl Product {
+        /// The offset of `b`'s row `r`.
+        ///
+        /// # Safety
+        /// With `TABLE`, `r` must be a row of the table.
+        #[inline(always)]
+        unsafe fn b_row<const TABLE: bool>(&self, r: usize) -> usize {
+            // SAFETY: the caller's promise.
+            if TABLE { unsafe { *self.starts.add(r) } } else { r * self.ldb }
+        }
     }
 
     /// Tiles of `R` rows and two vectors of columns: 8 x 32 with AVX-512 (16 sums of its 32
@@ -185,10 +297,14 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (an m x n `c`, with `a` m x k and `b` k x n).
     #[inline(always)]
-    unsafe fn broadcast_all<V: F32s>(m: usize, n: usize, product: Product) {
+    unsafe fn broadcast_all<V: F32s, const TABLE: bool>(m: usize, n: usize, product: Product) {
         // SAFETY: the caller's promise.
         unsafe {
-            if V::LANES >= 16 { broadcast_rows::<V, 8>(m, n, product) } else { broadcast_rows::<V, 6>(m, n, product) }
+            if V::LANES >= 16 {
+                broadcast_rows::<V, 8, TABLE>(m, n, product)
+            } else {
+                broadcast_rows::<V, 6, TABLE>(m, n, product)
+            }
         }
     }
 
@@ -198,7 +314,7 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (an m x n `c`, with `a` m x k and `b` k x n).
     #[inline(always)]
-    unsafe fn broadcast_rows<V: F32s, const MR: usize>(m: usize, n: usize, product: Product) {
+    unsafe fn broadcast_rows<V: F32s, const MR: usize, const TABLE: bool>(m: usize, n: usize, product: Product) {
         let nr = 2 * V::LANES;
         for j in (0..n).step_by(nr) {
             let width = (n - j).min(nr);
@@ -208,9 +324,9 @@ mod kernels {
             while i + MR <= m {
                 unsafe {
                     if width == nr {
-                        broadcast_tile::<V, MR, true>(i, j, widths, product)
+                        broadcast_tile::<V, MR, true, TABLE>(i, j, widths, product)
                     } else {
-                        broadcast_tile::<V, MR, false>(i, j, widths, product)
+                        broadcast_tile::<V, MR, false, TABLE>(i, j, widths, product)
                     }
                 };
                 i += MR;
@@ -219,13 +335,13 @@ mod kernels {
             unsafe {
                 match m - i {
                     0 => {}
-                    1 => broadcast_tile::<V, 1, false>(i, j, widths, product),
-                    2 => broadcast_tile::<V, 2, false>(i, j, widths, product),
-                    3 => broadcast_tile::<V, 3, false>(i, j, widths, product),
-                    4 => broadcast_tile::<V, 4, false>(i, j, widths, product),
-                    5 => broadcast_tile::<V, 5, false>(i, j, widths, product),
-                    6 => broadcast_tile::<V, 6, false>(i, j, widths, product),
-                    _ => (i..m).for_each(|i| broadcast_tile::<V, 1, false>(i, j, widths, product)),
+                    1 => broadcast_tile::<V, 1, false, TABLE>(i, j, widths, product),
+                    2 => broadcast_tile::<V, 2, false, TABLE>(i, j, widths, product),
+                    3 => broadcast_tile::<V, 3, false, TABLE>(i, j, widths, product),
+                    4 => broadcast_tile::<V, 4, false, TABLE>(i, j, widths, product),
+                    5 => broadcast_tile::<V, 5, false, TABLE>(i, j, widths, product),
+                    6 => broadcast_tile::<V, 6, false, TABLE>(i, j, widths, product),
+                    _ => (i..m).for_each(|i| broadcast_tile::<V, 1, false, TABLE>(i, j, widths, product)),
                 }
             }
         }
@@ -238,13 +354,13 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (rows i..i + R and columns j.. of the widths within them).
     #[inline(always)]
-    unsafe fn broadcast_tile<V: F32s, const R: usize, const FULL: bool>(
+    unsafe fn broadcast_tile<V: F32s, const R: usize, const FULL: bool, const TABLE: bool>(
         i: usize,
         j: usize,
         (w0, w1): (usize, usize),
         product: Product,
     ) {
-        let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
+        let Product { k, alpha, beta, a, b, c, ldc, .. } = product;
         let lanes = V::LANES;
         // SAFETY: row p of b, columns j..j + width (the widths), and a's rows i..i + R at
         // column p, then c's rows i..i + R at the same columns: within the matrices (see
@@ -252,7 +368,7 @@ mod kernels {
         unsafe {
             let mut acc = [[V::zero(); 2]; R];
             for p in 0..k {
-                let row = b.add(p * ldb + j);
+                let row = b.add(product.b_row::<TABLE>(p) + j);
                 let (b0, b1) = if FULL {
                     (V::load(row), V::load(row.add(lanes)))
                 } else {
@@ -299,16 +415,63 @@ mod kernels {
         let (Some(lda), Some(ldb), Some(ldc)) = (row_major(&a), row_major(&b), row_major(&c)) else { return false };
         let ((m, n), k) = (c.dim(), a.ncols());
         let a = Strided { ptr: a.as_ptr(), rows: lda, cols: 1 };
-        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        let starts = std::ptr::null();
+        let product = Product { k, alpha, beta, a, b: b.as_ptr(), ldb, starts, c: c.as_mut_ptr(), ldc };
         // SAFETY: a is m x k, b is n x k and c is m x n, rows `lda`, `ldb` and `ldc` apart (the
         // caller's checked views).
         unsafe { dots_at(simd, m, n, product) };
         true
     }
 
+    /// [`dots`] with `b`'s rows where [`Rows`] says (checked by the caller to lie within its
+    /// data). False (and nothing done) where `a` or `c` has no contiguous rows.
+    pub(super) fn dots_table(
+        simd: Simd,
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: Rows,
+        beta: f32,
+        mut c: ArrayViewMut2<f32>,
+    ) -> bool {
+        let (Some(lda), Some(ldc)) = (row_major(&a), row_major(&c)) else { return false };
+        let ((m, n), k) = (c.dim(), a.ncols());
+        let a = Strided { ptr: a.as_ptr(), rows: lda, cols: 1 };
+        let (data, starts) = (b.data.as_ptr(), b.starts.as_ptr());
+        let product = Product { k, alpha, beta, a, b: data, ldb: 0, starts, c: c.as_mut_ptr(), ldc };
+        // SAFETY: a is m x k with rows `lda` apart, b's n rows of k values lie within its data
+        // (checked by the caller), and c is m x n with rows `ldc` apart.
+        unsafe { dots_table_at(simd, m, n, product) };
+        true
+    }
+
     simd::kernel! {
         /// [`dots_all`] at a level.
-        unsafe fn dots_at(m: usize, n: usize, product: Product) => dots_all;
+        unsafe fn dots_at(m: usize, n: usize, product: Product) => dots_strided;
+    }
+
+    simd::kernel! {
+        /// [`dots_all`] with a table of `b`'s rows, at a level.
+        unsafe fn dots_table_at(m: usize, n: usize, product: Product) => dots_table_all;
+    }
+
+    /// [`dots_all`] with `b`'s rows `ldb` apart.
+    ///
+    /// # Safety
+    /// As [`dots_all`].
+    #[inline(always)]
+    unsafe fn dots_strided<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe { dots_all::<V, false>(m, n, product) }
+    }
+
+    /// [`dots_all`] with `b`'s rows where its table says.
+    ///
+    /// # Safety
+    /// As [`dots_all`].
+    #[inline(always)]
+    unsafe fn dots_table_all<V: F32s>(m: usize, n: usize, product: Product) {
+        // SAFETY: the caller's promise.
+        unsafe { dots_all::<V, true>(m, n, product) }
     }
 
     /// Tiles of 4 x 4 dot products with AVX-512 (16 sums of its 32 registers), 2 x 4 with
@@ -318,9 +481,15 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (an m x n `c`, with `a` m x k and `b` n x k).
     #[inline(always)]
-    unsafe fn dots_all<V: F32s>(m: usize, n: usize, product: Product) {
+    unsafe fn dots_all<V: F32s, const TABLE: bool>(m: usize, n: usize, product: Product) {
         // SAFETY: the caller's promise.
-        unsafe { if V::LANES >= 16 { dots_rows::<V, 4>(m, n, product) } else { dots_rows::<V, 2>(m, n, product) } }
+        unsafe {
+            if V::LANES >= 16 {
+                dots_rows::<V, 4, TABLE>(m, n, product)
+            } else {
+                dots_rows::<V, 2, TABLE>(m, n, product)
+            }
+        }
     }
 
     /// [`dots`] in tiles of `R` x 4, and narrower ones at the edges.
@@ -329,19 +498,19 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (an m x n `c`, with `a` m x k and `b` n x k).
     #[inline(always)]
-    unsafe fn dots_rows<V: F32s, const R: usize>(m: usize, n: usize, product: Product) {
+    unsafe fn dots_rows<V: F32s, const R: usize, const TABLE: bool>(m: usize, n: usize, product: Product) {
         const C: usize = 4;
         let tile = |i: usize, j: usize, rows: usize, cols: usize| {
             // SAFETY: rows i..i + rows of a and c, rows j..j + cols of b, within the matrices.
             unsafe {
                 if rows == R && cols == C {
-                    dots_tile::<V, R, C>(i, j, product)
+                    dots_tile::<V, R, C, TABLE>(i, j, product)
                 } else if rows == R {
-                    (j..j + cols).for_each(|j| dots_tile::<V, R, 1>(i, j, product))
+                    (j..j + cols).for_each(|j| dots_tile::<V, R, 1, TABLE>(i, j, product))
                 } else if cols == C {
-                    (i..i + rows).for_each(|i| dots_tile::<V, 1, C>(i, j, product))
+                    (i..i + rows).for_each(|i| dots_tile::<V, 1, C, TABLE>(i, j, product))
                 } else {
-                    (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<V, 1, 1>(i, j, product)))
+                    (i..i + rows).for_each(|i| (j..j + cols).for_each(|j| dots_tile::<V, 1, 1, TABLE>(i, j, product)))
                 }
             }
         };
@@ -358,18 +527,23 @@ mod kernels {
     /// The CPU must have `V`'s level, and `product` must address the matrices its fields describe
     /// (rows i..i + R of `a` and `c`, rows j..j + C of `b`, within them).
     #[inline(always)]
-    unsafe fn dots_tile<V: F32s, const R: usize, const C: usize>(i: usize, j: usize, product: Product) {
-        let Product { k, alpha, beta, a, b, ldb, c, ldc } = product;
+    unsafe fn dots_tile<V: F32s, const R: usize, const C: usize, const TABLE: bool>(
+        i: usize,
+        j: usize,
+        product: Product,
+    ) {
+        let Product { k, alpha, beta, a, b, c, ldc, .. } = product;
         let (a, lda, lanes) = (a.ptr, a.rows, V::LANES);
         // SAFETY: columns p.. of rows i + r of a and j + s of b, no further than k, then the
         // elements (i + r, j + s) of c: within the matrices, on a CPU with V's level.
         unsafe {
             let mut acc = [[V::zero(); C]; R];
+            let b_rows: [*const f32; C] = std::array::from_fn(|s| b.add(product.b_row::<TABLE>(j + s)));
             let mut p = 0;
             while p + lanes <= k {
                 let mut bv = [V::zero(); C];
                 for (s, bv) in bv.iter_mut().enumerate() {
-                    *bv = V::load(b.add((j + s) * ldb + p));
+                    *bv = V::load(b_rows[s].add(p));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = V::load(a.add((i + r) * lda + p));
@@ -382,7 +556,7 @@ mod kernels {
             if p < k {
                 let mut bv = [V::zero(); C];
                 for (s, bv) in bv.iter_mut().enumerate() {
-                    *bv = V::load_first(b.add((j + s) * ldb + p), k - p);
+                    *bv = V::load_first(b_rows[s].add(p), k - p);
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = V::load_first(a.add((i + r) * lda + p), k - p);
