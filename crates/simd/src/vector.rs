@@ -98,6 +98,7 @@ pub unsafe trait F32s: Copy {
     unsafe fn sum(self) -> f32;
 }
 
+/// The portable level on 64-bit ARM: NEON (see the x86-64 one for the other architectures).
 #[cfg(target_arch = "aarch64")]
 pub use arm::Portable;
 /// The portable level: four lanes of the 128-bit vectors every CPU of an architecture has,
@@ -223,7 +224,7 @@ mod x86 {
     pub struct Portable(__m128);
 
     impl Portable {
-        /// The first `n` values at `p` (`lo..n` of them with `from`), zeros elsewhere.
+        /// The values `from..n` at `p` (all of the first `n` with `from` 0), zeros elsewhere.
         ///
         /// # Safety
         /// `p + i` must be valid for reading for each `i` in `from..n.min(4)`.
@@ -256,6 +257,7 @@ mod x86 {
 
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller's promise: four values to read.
             Portable(unsafe { _mm_loadu_ps(p) })
         }
 
@@ -278,12 +280,14 @@ mod x86 {
 
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's promise: four values to write.
             unsafe { _mm_storeu_ps(p, self.0) }
         }
 
         #[inline(always)]
         unsafe fn store_first(self, p: *mut f32, n: usize) {
             let mut v = [0.0f32; 4];
+            // SAFETY: `v` has the four values to write.
             unsafe { _mm_storeu_ps(v.as_mut_ptr(), self.0) };
             for (i, &v) in v.iter().enumerate().take(n) {
                 // SAFETY: the caller's promise: n values to write.
@@ -508,7 +512,7 @@ mod arm {
     pub struct Portable(float32x4_t);
 
     impl Portable {
-        /// The first `n` values at `p` (`lo..n` of them with `from`), zeros elsewhere.
+        /// The values `from..n` at `p` (all of the first `n` with `from` 0), zeros elsewhere.
         ///
         /// # Safety
         /// `p + i` must be valid for reading for each `i` in `from..n.min(4)`.
@@ -541,6 +545,7 @@ mod arm {
 
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller's promise: four values to read.
             Portable(unsafe { vld1q_f32(p) })
         }
 
@@ -563,12 +568,14 @@ mod arm {
 
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's promise: four values to write.
             unsafe { vst1q_f32(p, self.0) }
         }
 
         #[inline(always)]
         unsafe fn store_first(self, p: *mut f32, n: usize) {
             let mut v = [0.0f32; 4];
+            // SAFETY: `v` has the four values to write.
             unsafe { vst1q_f32(v.as_mut_ptr(), self.0) };
             for (i, &v) in v.iter().enumerate().take(n) {
                 // SAFETY: the caller's promise: n values to write.

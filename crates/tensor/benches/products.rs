@@ -39,7 +39,7 @@ fn main() {
 
 /// The median microseconds per call of each of `runs`, over 101 samples taken in turns.
 fn time_in_turns(runs: &mut [Box<dyn FnMut() + '_>; 3]) -> [f64; 3] {
-    // Calls per sample: enough for about 200 µs with the first.
+    // Calls per sample: enough for about 200 µs with the average of the three.
     let start = Instant::now();
     for _ in 0..20 {
         runs.iter_mut().for_each(|run| run());

@@ -805,48 +805,53 @@ mod tests {
 
     #[test]
     fn gradients_are_the_definitions() {
-        // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks); the CNN's
-        // padded 3x3 layers on 28 and 14 pixels, on shifted rows of the padded input (one with
-        // a bias); and a padded 5x5 on a narrow input, unfolded.
+        // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks). On shifted
+        // rows of the padded input: the CNN's 3x3 with padding 1 on 28 and 14 pixels, 3x3
+        // without padding, 5x5 with padding 2 on 28 pixels, 1x1 with padding 1. Unfolded: a
+        // padded 5x5 on a narrow input. One buffer and scratch per level serve every shape, as
+        // a tape's do.
         let cases = [
             (shape(6, 14, 14, 16, 5, 1, 0), 9),
             (shape(16, 28, 28, 4, 3, 1, 1), 3),
             (shape(5, 14, 14, 6, 3, 1, 1), 4),
+            (shape(3, 20, 20, 5, 3, 1, 0), 2),
+            (shape(2, 28, 28, 3, 5, 1, 2), 2),
+            (shape(2, 16, 16, 3, 1, 1, 1), 2),
             (shape(2, 6, 9, 3, 5, 1, 2), 2),
         ];
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
-        assert!(!crate::padded::fits(&cases[0].0) && !crate::padded::fits(&cases[3].0));
-        assert!(crate::padded::fits(&cases[1].0) && crate::padded::fits(&cases[2].0));
-        for (sh, n) in cases {
-            let (o, c, k) = (sh.out_channels, sh.in_channels, sh.kernel);
-            let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
-            let w = Array2::from_shape_fn((o, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
-            let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
-            // Integers: the sums are exact in any order.
-            let (oh, ow) = (sh.out_height(), sh.out_width());
-            let mut want_dw = Array2::from_elem(w.dim(), 0.5f32);
-            let mut want_dx = Array2::from_elem(x.dim(), 2.0f32);
-            let mut want_db = Array1::from_elem(o, -1.0f32);
-            for s in 0..n {
-                for oc in 0..o {
-                    for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
-                        let g = dy[[s, (oc * oh + oy) * ow + ox]];
-                        want_db[oc] += g;
-                        for (ci, i, j) in
-                            (0..c).flat_map(|ci| (0..k).flat_map(move |i| (0..k).map(move |j| (ci, i, j))))
-                        {
-                            if let Some(xi) = source(&sh, ci, i, j, oy, ox) {
-                                want_dw[[oc, (ci * k + i) * k + j]] += g * x[[s, xi]];
-                                want_dx[[s, xi]] += g * w[[oc, (ci * k + i) * k + j]];
+        let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
+        assert_eq!(padded, [false, true, true, true, true, true, false]);
+        for simd in Simd::every() {
+            let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
+            for (sh, n) in cases {
+                let (o, c, k) = (sh.out_channels, sh.in_channels, sh.kernel);
+                let x = Array2::from_shape_fn((n, sh.in_len()), |(a, b)| ((a * 31 + b * 7) % 11) as f32 - 5.0);
+                let w = Array2::from_shape_fn((o, sh.patch_len()), |(a, b)| ((a * 5 + b * 3) % 7) as f32 - 3.0);
+                let dy = Array2::from_shape_fn((n, sh.out_len()), |(a, b)| ((a * 3 + b * 11) % 5) as f32 - 2.0);
+                // Accumulating into gradients (first pass), then overwriting them (second).
+                for (beta_w, beta_b, beta_x) in [(0.5, 0.5, 1.0), (0.0, 0.0, 0.0)] {
+                    // Integers: the sums are exact in any order.
+                    let (oh, ow) = (sh.out_height(), sh.out_width());
+                    let mut want_dw = Array2::from_elem(w.dim(), beta_w);
+                    let mut want_dx = Array2::from_elem(x.dim(), 2.0 * beta_x);
+                    let mut want_db = Array1::from_elem(o, -2.0 * beta_b);
+                    for s in 0..n {
+                        for oc in 0..o {
+                            for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                                let g = dy[[s, (oc * oh + oy) * ow + ox]];
+                                want_db[oc] += g;
+                                let taps =
+                                    (0..c).flat_map(|ci| (0..k).flat_map(move |i| (0..k).map(move |j| (ci, i, j))));
+                                for (ci, i, j) in taps {
+                                    if let Some(xi) = source(&sh, ci, i, j, oy, ox) {
+                                        want_dw[[oc, (ci * k + i) * k + j]] += g * x[[s, xi]];
+                                        want_dx[[s, xi]] += g * w[[oc, (ci * k + i) * k + j]];
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
-            for simd in Simd::every() {
-                let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
-                // Twice, so that the second pass reuses buffers the first left behind.
-                for _ in 0..2 {
                     let mut y = Array2::zeros((n, sh.out_len()));
                     conv2d_at(simd, x.view(), w.view(), None, &sh, &mut cols, &mut scratch, y.view_mut());
                     let (mut dw, mut dx) = (Array2::from_elem(w.dim(), 1.0), Array2::from_elem(x.dim(), 2.0));
@@ -858,18 +863,44 @@ mod tests {
                         &sh,
                         &mut cols,
                         &mut scratch,
-                        (dw.view_mut(), 0.5),
-                        Some((db.view_mut(), 0.5)),
-                        Some((dx.view_mut(), 1.0)),
+                        (dw.view_mut(), beta_w),
+                        Some((db.view_mut(), beta_b)),
+                        Some((dx.view_mut(), beta_x)),
                     );
                     for s in 0..n {
                         let want = naive(x.row(s).as_slice().unwrap(), w.as_slice().unwrap(), &vec![0.0; o], &sh);
                         assert_eq!(y.row(s).to_vec(), want, "{simd}, {sh:?}");
                     }
-                    assert_eq!(dw, want_dw, "{simd}, {sh:?}");
-                    assert_eq!(dx, want_dx, "{simd}, {sh:?}");
-                    assert_eq!(db, want_db, "{simd}, {sh:?}");
+                    assert_eq!(dw, want_dw, "{simd}, {sh:?}, beta {beta_w}");
+                    assert_eq!(dx, want_dx, "{simd}, {sh:?}, beta {beta_x}");
+                    assert_eq!(db, want_db, "{simd}, {sh:?}, beta {beta_b}");
                 }
+                // An empty batch leaves only the scaling.
+                let (x0, dy0) = (Array2::zeros((0, sh.in_len())), Array2::zeros((0, sh.out_len())));
+                conv2d_at(
+                    simd,
+                    x0.view(),
+                    w.view(),
+                    None,
+                    &sh,
+                    &mut cols,
+                    &mut scratch,
+                    Array2::zeros((0, sh.out_len())).view_mut(),
+                );
+                let (mut dw, mut db) = (Array2::from_elem(w.dim(), 3.0), Array1::from_elem(o, 3.0));
+                let dw_beta = (dw.view_mut(), 0.5);
+                conv2d_backward_at(
+                    simd,
+                    w.view(),
+                    dy0.view(),
+                    &sh,
+                    &mut cols,
+                    &mut scratch,
+                    dw_beta,
+                    Some((db.view_mut(), 0.5)),
+                    None,
+                );
+                assert!(dw.iter().chain(&db).all(|&v| v == 1.5), "{simd}, {sh:?}, no samples");
             }
         }
     }

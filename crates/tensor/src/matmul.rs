@@ -116,8 +116,8 @@ impl Rows<'_> {
     /// Panics unless every row lies within `data`.
     #[track_caller]
     fn check(&self) {
-        let end = self.starts.iter().max().map_or(0, |&s| s + self.n);
-        assert!(self.starts.is_empty() || end <= self.data.len(), "rows end at {end}, past {}", self.data.len());
+        let end = self.starts.iter().max().map(|&s| s.checked_add(self.n).expect("a row's end overflows"));
+        assert!(end.is_none_or(|end| end <= self.data.len()), "rows end at {end:?}, past {}", self.data.len());
     }
 }
 
@@ -670,6 +670,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rows_from_a_table_are_the_rows_they_name() {
+        // b's rows start anywhere in one slice, overlapping and out of order: the products are
+        // those of the same rows copied out, at every level.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let data: Vec<f32> = (0..400).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for (m, rows, n) in [(1, 1, 1), (5, 7, 37), (9, 13, 70), (16, 20, 33)] {
+            let starts: Vec<usize> = (0..rows).map(|_| rng.random_range(0..=400 - n)).collect();
+            let b = Array2::from_shape_fn((rows, n), |(r, j)| data[starts[r] + j]);
+            let table = Rows { data: &data, starts: &starts, n };
+            let a = Array2::from_shape_fn((m, rows), |_| rng.random_range(-1.0f32..1.0));
+            let d = Array2::from_shape_fn((m, n), |_| rng.random_range(-1.0f32..1.0));
+            let (c_ab, c_nt) = (d.map(|v| v * 0.5), Array2::from_shape_fn((m, rows), |(i, r)| (i + r) as f32));
+            for simd in Simd::every() {
+                let (mut got, mut want) = (c_ab.clone(), c_ab.clone());
+                matmul_rows_at(simd, 0.5, a.view(), table, -2.0, got.view_mut());
+                matmul_at(simd, 0.5, a.view(), b.view(), -2.0, want.view_mut());
+                assert_eq!(got, want, "{simd}: a·b, {m}x{rows}x{n}");
+                let (mut got, mut want) = (c_nt.clone(), c_nt.clone());
+                matmul_nt_rows_at(simd, 2.0, d.view(), table, 1.0, got.view_mut());
+                matmul_nt_at(simd, 2.0, d.view(), b.view(), 1.0, want.view_mut());
+                assert_eq!(got, want, "{simd}: a·bᵀ, {m}x{n}x{rows}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "rows end at")]
+    fn a_row_past_the_data_is_refused() {
+        let data = [0.0f32; 10];
+        let b = Rows { data: &data, starts: &[0, 7], n: 4 };
+        let a = Array2::<f32>::zeros((1, 2));
+        matmul_rows_at(Simd::get(), 1.0, a.view(), b, 0.0, Array2::zeros((1, 4)).view_mut());
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! with the weights turned by 180 degrees and their two channel axes swapped.
 //!
 //! This pays when the surplus is small (3x3 convolutions with padding 1 on 28 or 14 pixels:
-//! 7% and 14% more products) and not for LeNet-5's unpadded 5x5 on 14 pixels (40%), which
-//! [`fits`] leaves to unfolding.
+//! 7% and 14% more products; 5x5 with padding 2 on 28, 12.5%) and not for LeNet-5's unpadded
+//! 5x5 on 14 pixels (40%), which [`fits`] leaves to unfolding.
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use simd::Simd;
