@@ -113,38 +113,46 @@ impl Tape {
                     );
                     input.value = x_value;
                 }
-                Op::BatchNorm { x, weight, bias, channels, batch } => {
+                Op::BatchNorm { x, weight, bias, channels, batch, relu } => {
                     // y = w·x̂ + b:  dw += Σ dy·x̂,  db += Σ dy (this part's sums). With the
                     // batch's statistics, x̂ depends on every value of the batch:
                     // dx = w/σ·(dy - Σdy/M - x̂·Σdy·x̂/M), the sums over the whole batch's M
-                    // values per channel; with fixed statistics, dx = w/σ·dy.
-                    let size = node.rows * node.cols;
-                    let (normalized, per_channel) = node.aux.split_at(size);
+                    // values per channel; with fixed statistics, dx = w/σ·dy. With `relu`, dy
+                    // is first masked where the ReLU cut. x̂ is recomputed from x.
+                    let (mean, per_channel) = node.aux.split_at(channels);
+                    let (w, b) = (params.vector(weight), params.vector(bias));
+                    let normalization = tensor::Normalization {
+                        mean,
+                        inv_std: &per_channel[..channels],
+                        weight: w.as_slice().expect("contiguous"),
+                        bias: b.as_slice().expect("contiguous"),
+                        relu,
+                    };
+                    let input = &mut before[x.index];
+                    let x_value = std::mem::take(&mut input.value);
+                    let x_view = ArrayView2::from_shape((input.rows, input.cols), &x_value[..]).expect("node buffer");
                     let sums = &mut self.norm_sums;
                     sums.clear();
                     sums.resize(2 * channels, 0.0);
-                    tensor::batch_norm_backward_sums(dy, normalized, channels, sums);
+                    tensor::batch_norm_backward_sums(dy, x_view, &normalization, sums);
                     let (dw, beta_w) = grads.vector_mut(weight);
                     write_f64(dw, beta_w, &sums[channels..]);
                     let (db, beta_b) = grads.vector_mut(bias);
                     write_f64(db, beta_b, &sums[..channels]);
-                    let input = &mut before[x.index];
                     if input.needs_grad {
                         if let (true, Some((sync, part))) = (batch, &self.batch) {
                             sync.all_reduce(*part, sums);
                         }
                         let count = if batch { f64::from(per_channel[channels]) } else { 1.0 };
-                        let w = params.vector(weight);
                         let factors = &mut self.norm_factors;
                         factors.clear();
-                        factors.extend(w.iter().zip(&per_channel[..channels]).map(|(&w, &s)| w * s));
                         // Σdy / M, then Σdy·x̂ / M (zeros with fixed statistics).
                         factors.extend(sums.iter().map(|&s| if batch { (s / count) as f32 } else { 0.0 }));
-                        let (scale, rest) = factors.split_at(channels);
-                        let (shift, slope) = rest.split_at(channels);
+                        let (shift, slope) = factors.split_at(channels);
                         let (dx, beta) = input.grad_to_write();
-                        tensor::batch_norm_backward(dy, normalized, scale, shift, slope, beta, dx);
+                        tensor::batch_norm_backward(dy, x_view, &normalization, shift, slope, beta, dx);
                     }
+                    input.value = x_value;
                 }
                 Op::AvgPool2d { x, shape } => {
                     // y = mean over the window:  dx += dy / k² over the window.

@@ -802,29 +802,40 @@ fn batch_norm_gradients_wrt_weight_bias_and_input() {
     let x = random(&mut rng, n, channels * plane);
     let labels = [1, 6, 3];
     let fixed_stats = ([0.2, -0.1], [0.5, 1.5]);
-    for fixed in [None, Some((&fixed_stats.0[..], &fixed_stats.1[..]))] {
+    let cases =
+        [None, Some((&fixed_stats.0[..], &fixed_stats.1[..]))].into_iter().flat_map(|f| [(f, false), (f, true)]);
+    for (fixed, relu) in cases {
         let mut params = Params::new();
         let w = params.add("bn.weight", &[channels], vec![1.3, 0.7]);
         let b = params.add("bn.bias", &[channels], vec![0.1, -0.4]);
         let mut tape = Tape::new();
         let input = differentiable_input(&mut tape, &mut params, &x);
-        let y = match fixed {
-            None => tape.batch_norm(&params, input, w, b, eps as f32),
-            Some((m, v)) => {
+        let y = match (fixed, relu) {
+            (None, false) => tape.batch_norm(&params, input, w, b, eps as f32),
+            (None, true) => tape.batch_norm_relu(&params, input, w, b, eps as f32),
+            (Some((m, v)), relu) => {
                 let (m, v): (Vec<f32>, Vec<f32>) =
                     (m.iter().map(|&a| a as f32).collect(), v.iter().map(|&a| a as f32).collect());
-                tape.batch_norm_fixed(&params, input, w, b, &m, &v, eps as f32)
+                match relu {
+                    false => tape.batch_norm_fixed(&params, input, w, b, &m, &v, eps as f32),
+                    true => tape.batch_norm_fixed_relu(&params, input, w, b, &m, &v, eps as f32),
+                }
             }
         };
         let loss = tape.cross_entropy(y, &labels);
         let grads = backward(&mut tape, loss, &params);
-        let what = if fixed.is_some() { "fixed" } else { "batch" };
+        let what = format!("{}{}", if fixed.is_some() { "fixed" } else { "batch" }, if relu { " relu" } else { "" });
 
         let xv = to_f32(&x).mapv(f64::from);
         let (wv, bv) = (param(&params, w), param(&params, b));
         let model = |x: ArrayView2<f64>, w: &[f64], b: &[f64]| {
-            ce(batch_norm_f64(x, channels, w, b, fixed, eps).view(), &labels)
+            let y = batch_norm_f64(x, channels, w, b, fixed, eps);
+            ce(if relu { y.mapv(|v| v.max(0.0)) } else { y }.view(), &labels)
         };
+        if relu {
+            let cut = tape.value(y).iter().filter(|&&v| v == 0.0).count();
+            assert!(cut > 0 && cut < x.len(), "{what}: the ReLU cuts some values and passes others");
+        }
         assert!((f64::from(tape.value(loss)[[0, 0]]) - model(xv.view(), &wv, &bv)).abs() < 1e-5, "{what}: forward");
         let f_w = |w: &[f64]| model(xv.view(), w, &bv);
         compare(&format!("{what} bn dw"), &grad(&params, &grads, w), &numeric_grad(f_w, &wv)).unwrap();

@@ -762,7 +762,11 @@ impl Sequential {
     fn forward_with_dropout(&self, tape: &mut Tape, x: Var, rng: Option<&mut dyn rand::RngCore>) -> Var {
         let mut rng = rng;
         let mut h = x;
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            // A ReLU right after a batch normalisation runs in its pass.
+            let relu =
+                matches!(layer, Built::BatchNorm { .. }) && layers.next_if(|l| matches!(l, Built::Relu)).is_some();
             h = match layer {
                 Built::Conv { weight, bias, shape, sparse: true } => {
                     tape.sparse_conv2d(&self.params, h, *weight, *bias, *shape)
@@ -777,11 +781,16 @@ impl Sequential {
                 Built::Activation(f) => tape.activation(h, *f),
                 Built::Flatten => h,
                 Built::Linear(linear) => linear.forward(tape, &self.params, h),
-                Built::BatchNorm { weight, bias, eps, stats, .. } => match rng {
-                    Some(_) => tape.batch_norm(&self.params, h, *weight, *bias, *eps),
-                    None => {
+                Built::BatchNorm { weight, bias, eps, stats, .. } => match (&rng, relu) {
+                    (Some(_), false) => tape.batch_norm(&self.params, h, *weight, *bias, *eps),
+                    (Some(_), true) => tape.batch_norm_relu(&self.params, h, *weight, *bias, *eps),
+                    (None, _) => {
                         let r = &self.running[*stats];
-                        tape.batch_norm_fixed(&self.params, h, *weight, *bias, &r.mean, &r.var, *eps)
+                        let (params, (w, b)) = (&self.params, (*weight, *bias));
+                        match relu {
+                            false => tape.batch_norm_fixed(params, h, w, b, &r.mean, &r.var, *eps),
+                            true => tape.batch_norm_fixed_relu(params, h, w, b, &r.mean, &r.var, *eps),
+                        }
                     }
                 },
                 Built::Dropout(p) => match rng.as_deref_mut() {

@@ -70,9 +70,10 @@ pub(crate) enum Op {
     /// `y = f(x)`, element by element.
     Activation { x: Var, f: tensor::Activation },
     /// `y = weight·x̂ + bias` per channel, `x̂` the input normalised with the batch's statistics
-    /// (`batch`) or with fixed ones. `aux` holds `x̂`, then each channel's `1/σ`, then (with
-    /// `batch`) the number of values per channel over the whole batch.
-    BatchNorm { x: Var, weight: ParamId, bias: ParamId, channels: usize, batch: bool },
+    /// (`batch`) or with fixed ones, then `max(y, 0)` when `relu`. `aux` holds each channel's
+    /// mean, then its `1/σ`, then (with `batch`) the number of values per channel over the
+    /// whole batch: the backward pass recomputes `x̂` from `x`.
+    BatchNorm { x: Var, weight: ParamId, bias: ParamId, channels: usize, batch: bool, relu: bool },
     /// `y` = the mean of each window.
     AvgPool2d { x: Var, shape: tensor::Pool2dShape },
     /// `y[n, c]` = the mean of channel `c` of sample `n`.
@@ -544,6 +545,30 @@ impl Tape {
     /// If `x`'s width is not a multiple of `C`, or `bias` is not as long as `weight`.
     #[track_caller]
     pub fn batch_norm(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Var {
+        self.batch_norm_then(params, x, weight, bias, eps, false)
+    }
+
+    /// Records `relu(batch_norm(x))` as one operation: the values and gradients of
+    /// [`Tape::batch_norm`] followed by [`Tape::relu`], in two passes over memory fewer and
+    /// without the normalisation's own output.
+    ///
+    /// # Panics
+    /// As [`Tape::batch_norm`].
+    #[track_caller]
+    pub fn batch_norm_relu(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Var {
+        self.batch_norm_then(params, x, weight, bias, eps, true)
+    }
+
+    #[track_caller]
+    fn batch_norm_then(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: ParamId,
+        eps: f32,
+        relu: bool,
+    ) -> Var {
         self.check(x);
         let channels = params.vector(weight).len();
         let src = &self.nodes[x.index];
@@ -557,17 +582,18 @@ impl Tape {
             sync.all_reduce(*part, &mut sums);
         }
         let count = sums[2 * channels] as usize;
-        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: true }, rows, cols, true);
+        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: true, relu }, rows, cols, true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        node.aux.resize(rows * cols + channels + 1, 0.0);
-        let (normalized, per_channel) = node.aux.split_at_mut(rows * cols);
+        node.aux.resize(2 * channels + 1, 0.0);
+        let (means, per_channel) = node.aux.split_at_mut(channels);
         // The batch's means, then its unbiased variances (n / (n - 1), as PyTorch's running
         // variance takes them).
         let start = self.batch_statistics.len();
-        for (c, inv_std) in per_channel[..channels].iter_mut().enumerate() {
+        for (c, (m, inv_std)) in means.iter_mut().zip(&mut per_channel[..channels]).enumerate() {
             let (mean, variance) = tensor::mean_and_variance(&sums[..2 * channels], channels, count, c);
-            self.batch_statistics.push(mean as f32);
+            *m = mean as f32;
+            self.batch_statistics.push(*m);
             *inv_std = (1.0 / (variance + f64::from(eps)).sqrt()) as f32;
         }
         for c in 0..channels {
@@ -577,14 +603,18 @@ impl Tape {
         }
         self.batch_statistics_channels.push((channels, count));
         per_channel[channels] = count as f32;
+        debug_assert_eq!(&self.batch_statistics[start..start + channels], &means[..]);
         let (w, b) = (params.vector(weight), params.vector(bias));
+        let normalization = tensor::Normalization {
+            mean: means,
+            inv_std: &per_channel[..channels],
+            weight: w.as_slice().expect("contiguous"),
+            bias: b.as_slice().expect("contiguous"),
+            relu,
+        };
         tensor::batch_norm_normalize(
             before[x.index].value(),
-            &self.batch_statistics[start..start + channels],
-            &per_channel[..channels],
-            w.as_slice().expect("contiguous"),
-            b.as_slice().expect("contiguous"),
-            Some(normalized),
+            &normalization,
             ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
         );
         self.norm_sums = sums;
@@ -609,29 +639,64 @@ impl Tape {
         running_var: &[f32],
         eps: f32,
     ) -> Var {
+        self.batch_norm_fixed_then(params, x, weight, bias, (running_mean, running_var), eps, false)
+    }
+
+    /// Records `relu(batch_norm_fixed(x))` as one operation, as [`Tape::batch_norm_relu`] does
+    /// for [`Tape::batch_norm`].
+    ///
+    /// # Panics
+    /// As [`Tape::batch_norm_fixed`].
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_fixed_relu(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: ParamId,
+        running_mean: &[f32],
+        running_var: &[f32],
+        eps: f32,
+    ) -> Var {
+        self.batch_norm_fixed_then(params, x, weight, bias, (running_mean, running_var), eps, true)
+    }
+
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_fixed_then(
+        &mut self,
+        params: &Params,
+        x: Var,
+        weight: ParamId,
+        bias: ParamId,
+        (running_mean, running_var): (&[f32], &[f32]),
+        eps: f32,
+        relu: bool,
+    ) -> Var {
         self.check(x);
         let channels = params.vector(weight).len();
         assert!(running_mean.len() == channels && running_var.len() == channels, "batch norm: statistics per channel");
         let src = &self.nodes[x.index];
         let (rows, cols) = (src.rows, src.cols);
-        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: false }, rows, cols, true);
+        let y = self.push(Op::BatchNorm { x, weight, bias, channels, batch: false, relu }, rows, cols, true);
         let (before, rest) = self.nodes.split_at_mut(y.index);
         let node = &mut rest[0];
-        // x̂ is kept for a backward pass; an inference tape keeps only the per-channel factors.
-        let kept = if self.inference { 0 } else { rows * cols };
-        node.aux.resize(kept + channels, 0.0);
-        let (normalized, inv_std) = node.aux.split_at_mut(kept);
-        for (s, &v) in inv_std.iter_mut().zip(running_var) {
-            *s = (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32;
-        }
+        node.aux.clear();
+        node.aux.extend_from_slice(running_mean);
+        node.aux.extend(running_var.iter().map(|&v| (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32));
+        let (mean, inv_std) = node.aux.split_at(channels);
         let (w, b) = (params.vector(weight), params.vector(bias));
+        let normalization = tensor::Normalization {
+            mean,
+            inv_std,
+            weight: w.as_slice().expect("contiguous"),
+            bias: b.as_slice().expect("contiguous"),
+            relu,
+        };
         tensor::batch_norm_normalize(
             before[x.index].value(),
-            running_mean,
-            inv_std,
-            w.as_slice().expect("contiguous"),
-            b.as_slice().expect("contiguous"),
-            (!self.inference).then_some(normalized),
+            &normalization,
             ArrayViewMut2::from_shape((rows, cols), &mut node.value[..]).expect("sized by push"),
         );
         y

@@ -23,7 +23,7 @@ mod sparse_conv;
 pub use activation::{Activation, activation, activation_backward};
 pub use aligned::AlignedVec;
 pub use batchnorm::{
-    batch_norm_backward, batch_norm_backward_sums, batch_norm_normalize, channel_sums, mean_and_variance,
+    Normalization, batch_norm_backward, batch_norm_backward_sums, batch_norm_normalize, channel_sums, mean_and_variance,
 };
 pub use conv::{Conv2dShape, ConvScratch, col2im_add, conv2d, conv2d_backward, conv2d_forward, im2col};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};

@@ -182,9 +182,8 @@ pub(crate) fn backward(
     }
     if let Some((dx, beta_x)) = dx.as_mut() {
         assert_eq!(dx.dim(), (n, shape.in_len()), "conv2d_backward: input gradient shape");
-        if *beta_x == 0.0 {
-            dx.fill(0.0);
-        } else if *beta_x != 1.0 {
+        // With beta 0 each sample's gradient is written over dx below, without zeroing first.
+        if *beta_x != 0.0 && *beta_x != 1.0 {
             *dx *= *beta_x;
         }
     }
@@ -208,7 +207,7 @@ pub(crate) fn backward(
         let grid = ArrayView2::from_shape((o, g.grid), &scratch.grid[..]).expect("sized above");
         let rows = Rows { data: sample, starts: &scratch.starts, n: g.grid };
         matmul_nt_rows_at(simd, 1.0, grid, rows, if s == 0 { beta_w } else { 1.0 }, dw.view_mut());
-        if let Some((dx, _)) = dx.as_mut() {
+        if let Some((dx, beta_x)) = dx.as_mut() {
             for (pd, grid) in scratch.padded_dy.chunks_exact_mut(padded_dy_len).zip(scratch.grid.chunks_exact(g.grid)) {
                 pd[edge..edge + g.grid].copy_from_slice(grid);
             }
@@ -221,7 +220,12 @@ pub(crate) fn backward(
             let plane = shape.height * shape.width;
             for (dc, src) in dxn.chunks_exact_mut(plane).zip(scratch.dx.chunks_exact(span)) {
                 for (dr, sr) in dc.chunks_exact_mut(shape.width).zip(src.chunks(g.wp)) {
-                    dr.iter_mut().zip(sr).for_each(|(d, &v)| *d += v);
+                    let values = dr.iter_mut().zip(sr);
+                    if *beta_x == 0.0 {
+                        values.for_each(|(d, &v)| *d = v);
+                    } else {
+                        values.for_each(|(d, &v)| *d += v);
+                    }
                 }
             }
         }
