@@ -15,7 +15,7 @@
 //! 7% and 14% more products; 5x5 with padding 2 on 28, 12.5%) and not for LeNet-5's unpadded
 //! 5x5 on 14 pixels (40%), which [`fits`] leaves to unfolding.
 
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, ShapeBuilder};
 use simd::Simd;
 
 use crate::conv::Conv2dShape;
@@ -39,10 +39,10 @@ pub(crate) struct Scratch {
     starts: Vec<usize>,
     /// Where each turned weight's row starts in the padded output gradient.
     turned_starts: Vec<usize>,
-    /// A product on the padded width: the output before its surplus columns are dropped, or
-    /// the output gradient laid on the padded width.
+    /// The output on the padded width, before its surplus columns are dropped.
     grid: Vec<f32>,
-    /// The output gradient of one sample, padded by `kernel - 1` on every side.
+    /// The output gradient of one sample, padded by `kernel - 1` on every side: laid on the
+    /// padded width, it is also what the weight gradient reads.
     padded_dy: Vec<f32>,
     /// The weights turned by 180 degrees, `[in, out·kH·kW]`.
     turned: Vec<f32>,
@@ -129,7 +129,7 @@ pub(crate) fn forward(
         for (oc, (yc, grid)) in yn.chunks_exact_mut(ho * wo).zip(scratch.grid.chunks_exact(g.grid)).enumerate() {
             let b = bias.map_or(0.0, |b| b[oc]);
             for (yr, gr) in yc.chunks_exact_mut(wo).zip(grid.chunks(g.wp)) {
-                yr.iter_mut().zip(gr).for_each(|(y, &v)| *y = v + b);
+                yr.iter_mut().zip(&gr[..wo]).for_each(|(y, &v)| *y = v + b);
             }
         }
     }
@@ -163,6 +163,10 @@ pub(crate) fn backward(
     let first = shape.padding * g.wp + shape.padding;
     let span = (shape.height - 1) * g.wp + shape.width;
     let padded_dy_len = (edge + g.grid).max(first + span + edge);
+    // Zeros everywhere but the positions each sample's output gradient is copied to, which
+    // are the same for every sample.
+    scratch.padded_dy.clear();
+    scratch.padded_dy.resize(o * padded_dy_len, 0.0);
     if dx.is_some() {
         // Turned weights: turned[c][(oc, ky, kx)] = w[oc][(c, k-1-ky, k-1-kx)].
         scratch.turned.resize(c * o * k * k, 0.0);
@@ -176,8 +180,6 @@ pub(crate) fn backward(
         scratch.turned_starts.extend((0..o).flat_map(|oc| {
             (0..k).flat_map(move |ky| (0..k).map(move |kx| oc * padded_dy_len + ky * g.wp + kx + first))
         }));
-        scratch.padded_dy.clear();
-        scratch.padded_dy.resize(o * padded_dy_len, 0.0);
         scratch.dx.resize(c * span, 0.0);
     }
     if let Some((dx, beta_x)) = dx.as_mut() {
@@ -187,16 +189,16 @@ pub(crate) fn backward(
             *dx *= *beta_x;
         }
     }
-    // The output gradient on the padded width, zeros in the surplus columns.
-    scratch.grid.clear();
-    scratch.grid.resize(o * g.grid, 0.0);
     let bias_sums = &mut scratch.bias_sums;
     bias_sums.clear();
     bias_sums.resize(if db.is_some() { o } else { 0 }, 0.0);
     for (s, dyn_) in dy.rows().into_iter().enumerate() {
         let dyn_ = dyn_.to_slice().expect("standard rows");
-        for (oc, (grid, d)) in scratch.grid.chunks_exact_mut(g.grid).zip(dyn_.chunks_exact(ho * wo)).enumerate() {
-            for (gr, dr) in grid.chunks_mut(g.wp).zip(d.chunks_exact(wo)) {
+        // The output gradient on the padded width, zeros in the surplus columns, `edge` values
+        // into each channel's run of the padded output gradient.
+        let channels = scratch.padded_dy.chunks_exact_mut(padded_dy_len).zip(dyn_.chunks_exact(ho * wo));
+        for (oc, (pd, d)) in channels.enumerate() {
+            for (gr, dr) in pd[edge..edge + g.grid].chunks_mut(g.wp).zip(d.chunks_exact(wo)) {
                 gr[..wo].copy_from_slice(dr);
             }
             if let Some(sum) = bias_sums.get_mut(oc) {
@@ -204,13 +206,11 @@ pub(crate) fn backward(
             }
         }
         let sample = &padded[s * per_sample..(s + 1) * per_sample];
-        let grid = ArrayView2::from_shape((o, g.grid), &scratch.grid[..]).expect("sized above");
+        let grid = ArrayView2::from_shape((o, g.grid).strides((padded_dy_len, 1)), &scratch.padded_dy[edge..])
+            .expect("each channel's run holds the grid");
         let rows = Rows { data: sample, starts: &scratch.starts, n: g.grid };
         matmul_nt_rows_at(simd, 1.0, grid, rows, if s == 0 { beta_w } else { 1.0 }, dw.view_mut());
         if let Some((dx, beta_x)) = dx.as_mut() {
-            for (pd, grid) in scratch.padded_dy.chunks_exact_mut(padded_dy_len).zip(scratch.grid.chunks_exact(g.grid)) {
-                pd[edge..edge + g.grid].copy_from_slice(grid);
-            }
             let turned = ArrayView2::from_shape((c, o * k * k), &scratch.turned[..]).expect("sized above");
             let rows = Rows { data: &scratch.padded_dy, starts: &scratch.turned_starts, n: span };
             let out = ArrayViewMut2::from_shape((c, span), &mut scratch.dx[..]).expect("sized above");
@@ -220,7 +220,7 @@ pub(crate) fn backward(
             let plane = shape.height * shape.width;
             for (dc, src) in dxn.chunks_exact_mut(plane).zip(scratch.dx.chunks_exact(span)) {
                 for (dr, sr) in dc.chunks_exact_mut(shape.width).zip(src.chunks(g.wp)) {
-                    let values = dr.iter_mut().zip(sr);
+                    let values = dr.iter_mut().zip(&sr[..shape.width]);
                     if *beta_x == 0.0 {
                         values.for_each(|(d, &v)| *d = v);
                     } else {
