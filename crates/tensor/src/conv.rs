@@ -714,19 +714,17 @@ mod tests {
 
     #[test]
     fn the_forward_only_convolution_gives_the_same_bits_in_less_memory() {
-        // Padded 3x3 on 28 pixels (Winograd's), nine samples: each sample's padded input is kept
-        // for the backward pass, or a chunk of four at a time. Padded 5x5 on 28 pixels, three
-        // samples: one at a time. LeNet-5's second layer with 32 input channels, three
-        // samples: patches of 800 x 100 values, three chunks of one sample.
-        for (sh, n, kept_len, one_len) in [
-            (shape(16, 28, 28, 4, 3, 1, 1), 9, 9 * 16 * 30 * 30, 4 * 16 * 30 * 30),
-            (shape(2, 28, 28, 4, 5, 1, 2), 3, 3 * 2 * 32 * 32, 2 * 32 * 32),
-            (shape(32, 14, 14, 4, 5, 1, 0), 3, 3 * 800 * 100, 800 * 100),
+        // Three samples. Padded 3x3 on 28 pixels: each sample's padded input is kept for the
+        // backward pass, or one at a time. LeNet-5's second layer with 32 input channels:
+        // patches of 800 x 100 values, three chunks of one sample.
+        for (sh, kept_len, one_len) in [
+            (shape(16, 28, 28, 4, 3, 1, 1), 3 * 16 * 30 * 30, 16 * 30 * 30),
+            (shape(32, 14, 14, 4, 5, 1, 0), 3 * 800 * 100, 800 * 100),
         ] {
-            let x = Array2::from_shape_fn((n, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
+            let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
             let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
             let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
-            let (mut kept, mut alone) = (Array2::zeros((n, sh.out_len())), Array2::zeros((n, sh.out_len())));
+            let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
             conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
             let mut fresh = ConvScratch::default();
@@ -814,7 +812,7 @@ mod tests {
         // a tape's do.
         let cases = [
             (shape(6, 14, 14, 16, 5, 1, 0), 9),
-            (shape(16, 28, 28, 4, 3, 1, 1), 9),
+            (shape(16, 28, 28, 4, 3, 1, 1), 3),
             (shape(5, 14, 14, 6, 3, 1, 1), 4),
             (shape(3, 20, 20, 5, 3, 1, 0), 2),
             (shape(2, 28, 28, 3, 5, 1, 2), 2),
@@ -824,9 +822,6 @@ mod tests {
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
         let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
         assert_eq!(padded, [false, true, true, true, true, true, false]);
-        let winograd: Vec<bool> = cases.iter().map(|(sh, _)| crate::winograd::fits(sh)).collect();
-        assert_eq!(winograd, [false, true, true, false, false, false, false]);
-        assert_eq!(crate::winograd::chunk_len(&cases[1].0, 9), 4, "three chunks of Winograd's");
         for simd in Simd::every() {
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
             for (sh, n) in cases {

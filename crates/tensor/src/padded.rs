@@ -20,7 +20,6 @@ use simd::Simd;
 
 use crate::conv::Conv2dShape;
 use crate::matmul::{Rows, matmul_nt_rows_at, matmul_rows_at};
-use crate::winograd;
 
 /// Whether `shape` is convolved this way: stride 1, and outputs at least 7/8 of the padded
 /// width (the rest is computed and dropped).
@@ -51,11 +50,6 @@ pub(crate) struct Scratch {
     dx: Vec<f32>,
     /// The bias gradient's sums.
     bias_sums: Vec<f32>,
-    /// The kernels transformed for [`winograd`], `[16][out][in]`.
-    kernels: Vec<f32>,
-    /// The output gradient of a chunk of samples in padded planes, for [`winograd`].
-    dy_planes: Vec<f32>,
-    winograd: winograd::Scratch,
 }
 
 /// The sizes of one sample's padded planes.
@@ -120,36 +114,6 @@ pub(crate) fn forward(
 ) {
     let (g, o, per_sample) = (Geometry::of(shape), shape.out_channels, padded_len(shape));
     let (ho, wo) = (shape.out_height(), shape.out_width());
-    if winograd::fits(shape) {
-        let (n, chunk) = (x.nrows(), winograd::chunk_len(shape, x.nrows()));
-        padded.resize(per_sample * if keep { n } else { chunk }, 0.0);
-        winograd::transform_kernels(w, shape.in_channels, false, &mut scratch.kernels);
-        let bias = bias.map(|b| b.to_slice().expect("a contiguous bias"));
-        for start in (0..n).step_by(chunk) {
-            let samples = start..(start + chunk).min(n);
-            let first = if keep { start * per_sample } else { 0 };
-            let planes = &mut padded[first..first + samples.len() * per_sample];
-            for (xn, planes) in
-                x.slice(ndarray::s![samples.clone(), ..]).rows().into_iter().zip(planes.chunks_exact_mut(per_sample))
-            {
-                pad(xn.to_slice().expect("rows of a standard matrix"), shape, g, planes);
-            }
-            let (size, kernels) = ((shape.height, shape.width), &scratch.kernels);
-            let y = y.slice_mut(ndarray::s![samples, ..]);
-            winograd::convolve(
-                simd,
-                planes,
-                (shape.in_channels, o),
-                size,
-                kernels,
-                bias,
-                &mut scratch.winograd,
-                0.0,
-                y,
-            );
-        }
-        return;
-    }
     padded.resize(per_sample * if keep { x.nrows() } else { 1 }, 0.0);
     weight_starts(shape, g, &mut scratch.starts);
     scratch.grid.resize(o * g.grid, 0.0);
@@ -192,10 +156,6 @@ pub(crate) fn backward(
         dw.map_inplace(|v| *v = if beta_w == 0.0 { 0.0 } else { beta_w * *v });
     }
     weight_starts(shape, g, &mut scratch.starts);
-    if winograd::fits(shape) {
-        backward_winograd(simd, w, dy, shape, padded, scratch, (dw, beta_w), db, dx);
-        return;
-    }
     // The input gradient's geometry: the output gradient padded by k - 1 on every side (`edge`
     // values before the first output), and the positions from the first input value to the
     // last on the padded width.
@@ -268,67 +228,6 @@ pub(crate) fn backward(
                     }
                 }
             }
-        }
-    }
-    if let Some((mut db, beta_b)) = db {
-        for (g, &sum) in db.iter_mut().zip(&scratch.bias_sums) {
-            *g = if beta_b == 0.0 { sum } else { beta_b * *g + sum };
-        }
-    }
-}
-
-/// [`backward`] for the shapes [`winograd`] convolves: the weight gradient as there, a sample
-/// at a time, from the output gradient laid in padded planes; the input gradient from the same
-/// planes, a chunk of samples at a time, by Winograd's product with the turned kernels.
-#[allow(clippy::too_many_arguments)]
-fn backward_winograd(
-    simd: Simd,
-    w: ArrayView2<f32>,
-    dy: ArrayView2<f32>,
-    shape: &Conv2dShape,
-    padded: &[f32],
-    scratch: &mut Scratch,
-    (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
-    db: Option<(ArrayViewMut1<f32>, f32)>,
-    mut dx: Option<(ArrayViewMut2<f32>, f32)>,
-) {
-    let (g, n, o, c) = (Geometry::of(shape), dy.nrows(), shape.out_channels, shape.in_channels);
-    let (plane, per_sample, chunk) = (shape.height * shape.width, padded_len(shape), winograd::chunk_len(shape, n));
-    // The output gradient's planes are padded as the input's are, so its values sit where a
-    // padded input's would, at `wp + 1` past each plane's start: seen from there, each plane
-    // holds the output gradient on the padded width, zeros in the surplus columns.
-    let dy_per_sample = o * g.plane;
-    scratch.dy_planes.clear();
-    scratch.dy_planes.resize(chunk * dy_per_sample, 0.0);
-    if dx.is_some() {
-        winograd::transform_kernels(w, c, true, &mut scratch.kernels);
-    }
-    let bias_sums = &mut scratch.bias_sums;
-    bias_sums.clear();
-    bias_sums.resize(if db.is_some() { o } else { 0 }, 0.0);
-    for start in (0..n).step_by(chunk) {
-        let samples = start..(start + chunk).min(n);
-        for (s, planes) in samples.clone().zip(scratch.dy_planes.chunks_exact_mut(dy_per_sample)) {
-            let dyn_ = dy.row(s);
-            let dyn_ = dyn_.to_slice().expect("standard rows");
-            for (oc, (p, d)) in planes.chunks_exact_mut(g.plane).zip(dyn_.chunks_exact(plane)).enumerate() {
-                for (pr, dr) in p[g.wp + 1..].chunks_mut(g.wp).zip(d.chunks_exact(shape.width)) {
-                    pr[..shape.width].copy_from_slice(dr);
-                }
-                if let Some(sum) = bias_sums.get_mut(oc) {
-                    *sum += d.iter().sum::<f32>();
-                }
-            }
-            let grid = ArrayView2::from_shape((o, g.grid).strides((g.plane, 1)), &planes[g.wp + 1..])
-                .expect("each plane holds the grid");
-            let rows = Rows { data: &padded[s * per_sample..(s + 1) * per_sample], starts: &scratch.starts, n: g.grid };
-            matmul_nt_rows_at(simd, 1.0, grid, rows, if s == 0 { beta_w } else { 1.0 }, dw.view_mut());
-        }
-        if let Some((dx, beta_x)) = dx.as_mut() {
-            let planes = &scratch.dy_planes[..samples.len() * dy_per_sample];
-            let (size, kernels) = ((shape.height, shape.width), &scratch.kernels);
-            let dx = dx.slice_mut(ndarray::s![samples, ..]);
-            winograd::convolve(simd, planes, (o, c), size, kernels, None, &mut scratch.winograd, *beta_x, dx);
         }
     }
     if let Some((mut db, beta_b)) = db {
