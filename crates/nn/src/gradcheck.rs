@@ -570,6 +570,42 @@ fn conv2d_gradients_wrt_weight_bias_and_input() {
 }
 
 #[test]
+fn a_relu_before_a_max_pooling_gives_what_one_after_it_gives() {
+    // Layer lists pool first: the same values and gradients, bit for bit, with windows wholly
+    // negative, windows whose maximum is 0, ties, and overlapping windows.
+    let shapes = [
+        tensor::Pool2dShape { channels: 2, height: 6, width: 4, kernel: 2, stride: 2 },
+        tensor::Pool2dShape { channels: 1, height: 5, width: 5, kernel: 3, stride: 1 },
+    ];
+    for sh in shapes {
+        let n = 3;
+        // From -3 to 1 in halves; the first windows' rows, from -7 to -3.
+        let low = |i: usize| if i % (sh.height * sh.width) < sh.kernel * sh.width { 4.0 } else { 0.0 };
+        let x = Array2::from_shape_fn((n, sh.in_len()), |(s, i)| ((s * 7 + i * 5) % 9) as f64 * 0.5 - 3.0 - low(i));
+        let labels: Vec<usize> = (0..n).map(|s| s % sh.out_len()).collect();
+        let run = |pool_first: bool| {
+            let mut params = Params::new();
+            let mut tape = Tape::new();
+            let input = differentiable_input(&mut tape, &mut params, &x);
+            let y = if pool_first {
+                let pooled = tape.max_pool2d(input, sh);
+                tape.relu(pooled)
+            } else {
+                let cut = tape.relu(input);
+                tape.max_pool2d(cut, sh)
+            };
+            let loss = tape.cross_entropy(y, &labels);
+            backward(&mut tape, loss, &params);
+            (tape.value(y).to_owned(), tape.grad(input).unwrap().to_owned())
+        };
+        let (listed, pooled_first) = (run(false), run(true));
+        assert!(listed.0.iter().any(|&v| v == 0.0) && listed.0.iter().any(|&v| v > 0.0), "{sh:?}: some windows cut");
+        assert!(listed.1.iter().any(|&v| v != 0.0), "{sh:?}: some gradient passes");
+        assert_eq!(listed, pooled_first, "{sh:?}");
+    }
+}
+
+#[test]
 fn max_pool2d_gradient_wrt_its_input() {
     let sh = tensor::Pool2dShape { channels: 2, height: 5, width: 4, kernel: 2, stride: 2 };
     let mut rng = ChaCha8Rng::seed_from_u64(22);
