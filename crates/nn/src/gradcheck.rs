@@ -596,11 +596,12 @@ fn a_relu_before_a_max_pooling_gives_what_one_after_it_gives() {
             };
             let loss = tape.cross_entropy(y, &labels);
             backward(&mut tape, loss, &params);
-            (tape.value(y).to_owned(), tape.grad(input).unwrap().to_owned())
+            (tape.value(y).mapv(f32::to_bits), tape.grad(input).unwrap().mapv(f32::to_bits))
         };
         let (listed, pooled_first) = (run(false), run(true));
-        assert!(listed.0.iter().any(|&v| v == 0.0) && listed.0.iter().any(|&v| v > 0.0), "{sh:?}: some windows cut");
-        assert!(listed.1.iter().any(|&v| v != 0.0), "{sh:?}: some gradient passes");
+        let values = listed.0.mapv(f32::from_bits);
+        assert!(values.iter().any(|&v| v == 0.0) && values.iter().any(|&v| v > 0.0), "{sh:?}: some windows cut");
+        assert!(listed.1.iter().any(|&v| f32::from_bits(v) != 0.0), "{sh:?}: some gradient passes");
         assert_eq!(listed, pooled_first, "{sh:?}");
     }
 }
@@ -838,9 +839,12 @@ fn batch_norm_gradients_wrt_weight_bias_and_input() {
     let x = random(&mut rng, n, channels * plane);
     let labels = [1, 6, 3];
     let fixed_stats = ([0.2, -0.1], [0.5, 1.5]);
-    let cases =
-        [None, Some((&fixed_stats.0[..], &fixed_stats.1[..]))].into_iter().flat_map(|f| [(f, false), (f, true)]);
-    for (fixed, relu) in cases {
+    // Plain, with a ReLU in the same pass, and with the input also added to the output (a
+    // residual: the backward pass recomputes x̂ from an input another op reads too).
+    let cases = [None, Some((&fixed_stats.0[..], &fixed_stats.1[..]))]
+        .into_iter()
+        .flat_map(|f| [(f, false, false), (f, true, false), (f, true, true)]);
+    for (fixed, relu, residual) in cases {
         let mut params = Params::new();
         let w = params.add("bn.weight", &[channels], vec![1.3, 0.7]);
         let b = params.add("bn.bias", &[channels], vec![0.1, -0.4]);
@@ -858,15 +862,22 @@ fn batch_norm_gradients_wrt_weight_bias_and_input() {
                 }
             }
         };
-        let loss = tape.cross_entropy(y, &labels);
+        let out = if residual { tape.add(input, y) } else { y };
+        let loss = tape.cross_entropy(out, &labels);
         let grads = backward(&mut tape, loss, &params);
-        let what = format!("{}{}", if fixed.is_some() { "fixed" } else { "batch" }, if relu { " relu" } else { "" });
+        let what = format!(
+            "{}{}{}",
+            if fixed.is_some() { "fixed" } else { "batch" },
+            if relu { " relu" } else { "" },
+            if residual { " residual" } else { "" }
+        );
 
         let xv = to_f32(&x).mapv(f64::from);
         let (wv, bv) = (param(&params, w), param(&params, b));
         let model = |x: ArrayView2<f64>, w: &[f64], b: &[f64]| {
             let y = batch_norm_f64(x, channels, w, b, fixed, eps);
-            ce(if relu { y.mapv(|v| v.max(0.0)) } else { y }.view(), &labels)
+            let y = if relu { y.mapv(|v| v.max(0.0)) } else { y };
+            ce(if residual { &y + &x } else { y }.view(), &labels)
         };
         if relu {
             let cut = tape.value(y).iter().filter(|&&v| v == 0.0).count();

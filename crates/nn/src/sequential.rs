@@ -765,12 +765,14 @@ impl Sequential {
         let mut layers = self.layers.iter().peekable();
         while let Some(layer) = layers.next() {
             // A ReLU right after a batch normalisation runs in its pass.
-            let relu =
-                matches!(layer, Built::BatchNorm { .. }) && layers.next_if(|l| matches!(l, Built::Relu)).is_some();
-            // A ReLU before a max pooling runs after it instead, on a quarter of the values: the
-            // same outputs and gradients, since the maximum of a window of ReLUs is the ReLU of
-            // its maximum, and a window cut to 0 passes no gradient either way.
-            if let (Built::Relu, Some(Built::Pool(shape))) = (layer, layers.peek()) {
+            let relu = fusing()
+                && matches!(layer, Built::BatchNorm { .. })
+                && layers.next_if(|l| matches!(l, Built::Relu)).is_some();
+            // A ReLU before a max pooling runs after it instead, on the pooled values: the same
+            // outputs and gradients (for inputs without NaN, which pooling keeps and ReLU
+            // drops), since the maximum of a window of ReLUs is the ReLU of its maximum, and a
+            // window cut to 0 passes no gradient either way.
+            if let (true, Built::Relu, Some(Built::Pool(shape))) = (fusing(), layer, layers.peek()) {
                 let pooled = tape.max_pool2d(h, *shape);
                 h = tape.relu(pooled);
                 layers.next();
@@ -810,6 +812,16 @@ impl Sequential {
         }
         h
     }
+}
+
+/// Whether layer lists run some layers together ([`Sequential`]'s forward pass says which):
+/// always, except in tests that compare with the layers run one by one.
+fn fusing() -> bool {
+    #[cfg(test)]
+    if tests::UNFUSED.get() {
+        return false;
+    }
+    true
 }
 
 impl Model for Sequential {
@@ -1067,6 +1079,54 @@ mod tests {
             ]
         );
         assert_eq!((lenet.input_width(), lenet.classes()), (784, 10));
+    }
+
+    thread_local! {
+        /// When set, layer lists run every layer on its own.
+        pub(super) static UNFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn layers_run_together_give_the_bits_of_layers_run_one_by_one() {
+        // Batch normalisations with a ReLU, ReLUs before max poolings that tile their input,
+        // overlap, or drop its last row, in training and in evaluation.
+        let config = SequentialConfig::parse(
+            "conv(4,3,pad=1),relu,maxpool(2),conv(4,3,pad=1,bias=false),batchnorm,relu,maxpool(3,1),\
+             conv(3,2),relu,maxpool(2),flatten,linear(8),batchnorm,relu,linear(3)",
+            [1, 13, 13],
+        )
+        .unwrap();
+        let mut model = Sequential::new(&config, &mut rng(2));
+        let x = Array2::from_shape_fn((4, 169), |(i, j)| ((i * 13 + j * 7) % 11) as f32 * 0.3 - 1.2);
+        let labels = [0, 2, 1, 2];
+        let mut run = |model: &mut Sequential, unfused: bool| {
+            UNFUSED.set(unfused);
+            let mut tape = Tape::new();
+            let input = tape.input(x.view());
+            let logits = model.forward_train(&mut tape, input, &mut rng(3));
+            let loss = tape.cross_entropy(logits, &labels);
+            let mut grads = crate::Grads::new(model.params());
+            tape.backward(loss, model.params(), &mut grads);
+            model.track_running_statistics(&tape);
+            let bits = |g: Option<&[f32]>| g.map(|g| g.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            let train = (tape.value(logits).mapv(f32::to_bits), grads.iter().map(bits).collect::<Vec<_>>());
+            let mut eval = Tape::new();
+            let input = eval.input(x.view());
+            let logits = model.forward(&mut eval, input);
+            UNFUSED.set(false);
+            let values = |t: &Tape| t.nodes[..t.len].iter().map(|n| n.rows * n.cols).sum::<usize>();
+            (train, eval.value(logits).mapv(f32::to_bits), (tape.len() + eval.len(), values(&tape) + values(&eval)))
+        };
+        let (fused, one_by_one) = (run(&mut model.clone(), false), run(&mut model, true));
+        assert_eq!(fused.0.0, one_by_one.0.0, "training logits");
+        assert!(one_by_one.0.1.iter().all(Option::is_some), "every parameter has a gradient");
+        assert_eq!(fused.0.1, one_by_one.0.1, "gradients");
+        assert_eq!(fused.1, one_by_one.1, "evaluation logits, after the running statistics' update");
+        // On each tape, per sample: the batch normalisations' ReLUs gone (4x6x6 and 8 values),
+        // and the other two ReLUs on pooled values (4x13x13 to 4x6x6, 3x3x3 to 3x1x1).
+        assert_eq!(fused.2.0 + 2 * 2, one_by_one.2.0, "nodes");
+        let per_sample = (144 + 8) + (676 - 144) + (27 - 3);
+        assert_eq!(fused.2.1 + 2 * 4 * per_sample, one_by_one.2.1, "values");
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub(crate) struct Node {
     pub(crate) op: Op,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
+    /// Never changed once recorded: backward rules read their inputs' values (batch
+    /// normalisation recomputes `x̂` from its input's).
     pub(crate) value: tensor::AlignedVec,
     pub(crate) grad: tensor::AlignedVec,
     pub(crate) aux: Vec<f32>,
@@ -545,22 +547,23 @@ impl Tape {
     /// If `x`'s width is not a multiple of `C`, or `bias` is not as long as `weight`.
     #[track_caller]
     pub fn batch_norm(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Var {
-        self.batch_norm_then(params, x, weight, bias, eps, false)
+        self.record_batch_norm(params, x, weight, bias, eps, false)
     }
 
     /// Records `relu(batch_norm(x))` as one operation: the values and gradients of
-    /// [`Tape::batch_norm`] followed by [`Tape::relu`], in two passes over memory fewer and
+    /// [`Tape::batch_norm`] followed by [`Tape::relu`], with two fewer passes over memory and
     /// without the normalisation's own output.
     ///
     /// # Panics
     /// As [`Tape::batch_norm`].
     #[track_caller]
     pub fn batch_norm_relu(&mut self, params: &Params, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Var {
-        self.batch_norm_then(params, x, weight, bias, eps, true)
+        self.record_batch_norm(params, x, weight, bias, eps, true)
     }
 
+    /// [`Tape::batch_norm`], then a ReLU in the same pass when `relu`.
     #[track_caller]
-    fn batch_norm_then(
+    fn record_batch_norm(
         &mut self,
         params: &Params,
         x: Var,
@@ -603,7 +606,6 @@ impl Tape {
         }
         self.batch_statistics_channels.push((channels, count));
         per_channel[channels] = count as f32;
-        debug_assert_eq!(&self.batch_statistics[start..start + channels], &means[..]);
         let (w, b) = (params.vector(weight), params.vector(bias));
         let normalization = tensor::Normalization {
             mean: means,
@@ -639,7 +641,7 @@ impl Tape {
         running_var: &[f32],
         eps: f32,
     ) -> Var {
-        self.batch_norm_fixed_then(params, x, weight, bias, (running_mean, running_var), eps, false)
+        self.record_batch_norm_fixed(params, x, weight, bias, (running_mean, running_var), eps, false)
     }
 
     /// Records `relu(batch_norm_fixed(x))` as one operation, as [`Tape::batch_norm_relu`] does
@@ -659,12 +661,13 @@ impl Tape {
         running_var: &[f32],
         eps: f32,
     ) -> Var {
-        self.batch_norm_fixed_then(params, x, weight, bias, (running_mean, running_var), eps, true)
+        self.record_batch_norm_fixed(params, x, weight, bias, (running_mean, running_var), eps, true)
     }
 
     #[track_caller]
     #[allow(clippy::too_many_arguments)]
-    fn batch_norm_fixed_then(
+    /// [`Tape::batch_norm_fixed`], then a ReLU in the same pass when `relu`.
+    fn record_batch_norm_fixed(
         &mut self,
         params: &Params,
         x: Var,
