@@ -592,7 +592,6 @@ impl Tape {
         let (means, per_channel) = node.aux.split_at_mut(channels);
         // The batch's means, then its unbiased variances (n / (n - 1), as PyTorch's running
         // variance takes them).
-        let start = self.batch_statistics.len();
         for (c, (m, inv_std)) in means.iter_mut().zip(&mut per_channel[..channels]).enumerate() {
             let (mean, variance) = tensor::mean_and_variance(&sums[..2 * channels], channels, count, c);
             *m = mean as f32;
