@@ -1099,7 +1099,7 @@ mod tests {
         let mut model = Sequential::new(&config, &mut rng(2));
         let x = Array2::from_shape_fn((4, 169), |(i, j)| ((i * 13 + j * 7) % 11) as f32 * 0.3 - 1.2);
         let labels = [0, 2, 1, 2];
-        let mut run = |model: &mut Sequential, unfused: bool| {
+        let run = |model: &mut Sequential, unfused: bool| {
             UNFUSED.set(unfused);
             let mut tape = Tape::new();
             let input = tape.input(x.view());
