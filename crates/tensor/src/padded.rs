@@ -124,14 +124,16 @@ pub(crate) fn forward(
         let rows = Rows { data: sample, starts: &scratch.starts, n: g.grid };
         let out = ArrayViewMut2::from_shape((o, g.grid), &mut scratch.grid[..]).expect("sized above");
         matmul_rows_at(simd, 1.0, w, rows, 0.0, out);
-        // From the padded width to the output's, with the bias.
+        // From the padded width to the output's, with the bias (in the level's vectors).
         let yn = yn.as_slice_mut().expect("standard rows");
-        for (oc, (yc, grid)) in yn.chunks_exact_mut(ho * wo).zip(scratch.grid.chunks_exact(g.grid)).enumerate() {
-            let b = bias.map_or(0.0, |b| b[oc]);
-            for (yr, gr) in yc.chunks_exact_mut(wo).zip(grid.chunks(g.wp)) {
-                yr.iter_mut().zip(&gr[..wo]).for_each(|(y, &v)| *y = v + b);
+        simd::dispatch!(simd, V => {
+            for (oc, (yc, grid)) in yn.chunks_exact_mut(ho * wo).zip(scratch.grid.chunks_exact(g.grid)).enumerate() {
+                let b = bias.map_or(0.0, |b| b[oc]);
+                for (yr, gr) in yc.chunks_exact_mut(wo).zip(grid.chunks(g.wp)) {
+                    yr.iter_mut().zip(&gr[..wo]).for_each(|(y, &v)| *y = v + b);
+                }
             }
-        }
+        });
     }
 }
 
@@ -218,16 +220,18 @@ pub(crate) fn backward(
             let mut dxn = dx.row_mut(s);
             let dxn = dxn.as_slice_mut().expect("standard rows");
             let plane = shape.height * shape.width;
-            for (dc, src) in dxn.chunks_exact_mut(plane).zip(scratch.dx.chunks_exact(span)) {
-                for (dr, sr) in dc.chunks_exact_mut(shape.width).zip(src.chunks(g.wp)) {
-                    let values = dr.iter_mut().zip(&sr[..shape.width]);
-                    if *beta_x == 0.0 {
-                        values.for_each(|(d, &v)| *d = v);
-                    } else {
-                        values.for_each(|(d, &v)| *d += v);
+            simd::dispatch!(simd, V => {
+                for (dc, src) in dxn.chunks_exact_mut(plane).zip(scratch.dx.chunks_exact(span)) {
+                    for (dr, sr) in dc.chunks_exact_mut(shape.width).zip(src.chunks(g.wp)) {
+                        let values = dr.iter_mut().zip(&sr[..shape.width]);
+                        if *beta_x == 0.0 {
+                            values.for_each(|(d, &v)| *d = v);
+                        } else {
+                            values.for_each(|(d, &v)| *d += v);
+                        }
                     }
                 }
-            }
+            });
         }
     }
     if let Some((mut db, beta_b)) = db {
