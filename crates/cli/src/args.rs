@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nn::MlpConfig;
 use optim::{AdamConfig, OptimizerConfig, SgdConfig, WeightDecay};
-use train::{Architecture, EpochSchedule, Recipe, Settings};
+use train::{Architecture, EpochSchedule, ModelFamily, Recipe, Settings};
 
 /// A command line that parses but does not make sense; exits with status 2, like clap's own.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,12 +72,12 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
     #[arg(long, value_name = "N", allow_negative_numbers = true,
-          help = format!("Passes over the training set; with --resume, the total to reach [default: {}; --recipe strong: {} for the MLP, {} for convolutional models; --recipe fast: {}]",
-                         train::DEFAULT_EPOCHS, Recipe::STRONG_EPOCHS_MLP, Recipe::STRONG_EPOCHS_CONV, Recipe::FAST_EPOCHS))]
+          help = format!("Passes over the training set; with --resume, the total to reach [default: {}; --recipe strong: {} for the MLP, {} for LeNet-5 and layer lists, {} for the CNN; --recipe fast: {}]",
+                         train::DEFAULT_EPOCHS, Recipe::STRONG_EPOCHS_MLP, Recipe::STRONG_EPOCHS_CONV, Recipe::STRONG_EPOCHS_CNN, Recipe::FAST_EPOCHS))]
     pub(crate) epochs: Option<i64>,
     /// notebook (the notebook's recipe), strong (augmentation, a one-cycle schedule peaking
-    /// at 3e-3, label smoothing 0.05, 30 epochs for the MLP and 15 for convolutional models:
-    /// the settings that validated best) or fast (99% in seconds: LeNet-5 unless a model is
+    /// at 3e-3, label smoothing 0.05, 30 epochs for the MLP, 15 for LeNet-5 and layer lists,
+    /// 20 for the CNN: the settings that validated best) or fast (99% in seconds: LeNet-5 unless a model is
     /// given, 2 epochs, one-cycle peaking at 8e-3, label smoothing 0.05); flags given as well
     /// override it [default: notebook].
     #[arg(group = "run", long, value_enum)]
@@ -387,7 +387,7 @@ impl TrainArgs {
     fn new_run(&self) -> Result<NewRun, UsageError> {
         let (_, adamw) = defaults();
         // The recipe's settings and schedule, which the flags given override.
-        let plan = Recipe::from(self.recipe.unwrap_or(RecipeKind::Notebook)).plan(self.convolutional());
+        let plan = Recipe::from(self.recipe.unwrap_or(RecipeKind::Notebook)).plan(self.family());
         let defaults = &plan.settings;
         let kind = self.optimizer.unwrap_or(OptimizerKind::Adam);
         let momentum = float("--momentum", self.momentum, false)?;
@@ -476,11 +476,14 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// Whether the flags ask for LeNet-5, the CNN or a layer list: `--recipe strong` trains
-    /// those for the epochs of a convolutional model (a layer list is taken for one, whatever
-    /// it holds).
-    fn convolutional(&self) -> bool {
-        self.layers.is_some() || matches!(self.model, Some(ModelKind::Lenet | ModelKind::Cnn))
+    /// The family of the model the flags ask for, whose epochs `--recipe strong` trains (a
+    /// layer list is taken for a convolutional model, whatever it holds).
+    fn family(&self) -> ModelFamily {
+        match (&self.layers, self.model) {
+            (Some(_), _) | (None, Some(ModelKind::Lenet)) => ModelFamily::Convolutional,
+            (None, Some(ModelKind::Cnn)) => ModelFamily::Cnn,
+            (None, Some(ModelKind::Mlp) | None) => ModelFamily::Mlp,
+        }
     }
 
     /// `--augment` with its ranges, those of the recipe's augmentation (or the library's
@@ -509,7 +512,7 @@ fn expansion(kind: RecipeKind, run: &NewRun, epochs: usize) -> String {
     };
     let mut flags = Vec::new();
     // The model the recipe chose, when the flags named none.
-    if Recipe::from(kind).plan(false).architecture.as_ref() == Some(&run.architecture) {
+    if Recipe::from(kind).plan(ModelFamily::Mlp).architecture.as_ref() == Some(&run.architecture) {
         match run.architecture {
             Architecture::Lenet => flags.push("--model lenet".to_owned()),
             Architecture::Cnn => flags.push("--model cnn".to_owned()),
@@ -535,7 +538,7 @@ impl TryFrom<TrainArgs> for TrainConfig {
     type Error = UsageError;
 
     fn try_from(a: TrainArgs) -> Result<Self, UsageError> {
-        let default_epochs = Recipe::from(a.recipe.unwrap_or(RecipeKind::Notebook)).plan(a.convolutional()).epochs;
+        let default_epochs = Recipe::from(a.recipe.unwrap_or(RecipeKind::Notebook)).plan(a.family()).epochs;
         let epochs = a.epochs.map_or(Ok(default_epochs), |e| count("--epochs", e, 1))?;
         let start = match a.resume.clone() {
             Some(path) => Start::Resume(path),

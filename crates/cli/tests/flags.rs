@@ -75,7 +75,13 @@ fn optimizers_and_widths_are_configured() {
         parse(&["--model", "cnn", "--output-relu"]).unwrap_err(),
         "--hidden and --output-relu shape the MLP, not --model cnn"
     );
-    assert_eq!(parse(&["--recipe", "strong", "--model", "cnn"]).unwrap().epochs, 15);
+    // The strong recipe's length, per model.
+    let epochs = |args: &[&str]| parse(&[&["--recipe", "strong"][..], args].concat()).unwrap().epochs;
+    assert_eq!(epochs(&["--model", "cnn"]), train::Recipe::STRONG_EPOCHS_CNN);
+    assert_eq!(epochs(&["--model", "lenet"]), train::Recipe::STRONG_EPOCHS_CONV);
+    assert_eq!(epochs(&["--layers", "conv(2,3),flatten,linear(10)"]), train::Recipe::STRONG_EPOCHS_CONV);
+    assert_eq!(epochs(&[]), train::Recipe::STRONG_EPOCHS_MLP);
+    assert_ne!(train::Recipe::STRONG_EPOCHS_CNN, train::Recipe::STRONG_EPOCHS_CONV);
     assert_eq!(
         new_run(&["--layers", "flatten,linear(10)"]).architecture,
         Architecture::Layers("flatten,linear(10)".into())

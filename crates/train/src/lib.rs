@@ -42,7 +42,7 @@ mod step;
 pub use error::{ObserverError, TrainError};
 pub use evaluate::{Evaluation, check_fits, evaluate, evaluate_all};
 pub use fit::{EpochRecord, Observer, Trainer};
-pub use recipe::{Architecture, EpochSchedule, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
+pub use recipe::{Architecture, EpochSchedule, ModelFamily, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};
 pub use state::{
     Best, TrainingState, load_model, model_from_state, model_state_with_facts, record_class_names,

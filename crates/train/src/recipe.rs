@@ -84,8 +84,10 @@ pub enum Recipe {
     /// What validated best on a 10% split of MNIST's training set (the mean of seeds 0 to 4
     /// against a peak of 2e-3; fewer seeds against cosine schedules, other peaks, other
     /// smoothing and wider transforms): random affine augmentation, a one-cycle schedule
-    /// peaking at 3e-3, label smoothing 0.05, 30 epochs for an MLP and 15 for a convolutional
-    /// model.
+    /// peaking at 3e-3, label smoothing 0.05, 30 epochs for an MLP, 15 for LeNet-5 or a layer
+    /// list and 20 for the CNN with batch normalisation. For the CNN, 20 epochs against 15 on
+    /// the same split, seeds 0 to 2: validation loss 0.0616 against 0.0631 (lower for each
+    /// seed), accuracy 99.65% both.
     Strong,
     /// 99% test accuracy in the least training time: LeNet-5 for 2 epochs, a one-cycle
     /// schedule peaking at 8e-3, label smoothing 0.05, no augmentation. Chosen on a 10% split
@@ -93,6 +95,17 @@ pub enum Recipe {
     /// 4, was above 99.1% (1 epoch: 98.69%; 2 epochs: 99.13% at 8e-3, 99.01% at 5e-3, 99.07% at
     /// 1.2e-2; 3 and 4 epochs: 99.15% to 99.19%).
     Fast,
+}
+
+/// The kinds of model whose recipes differ (in their epochs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// An MLP.
+    Mlp,
+    /// LeNet-5, or a list of layers, whatever it holds.
+    Convolutional,
+    /// The CNN with batch normalisation ([`Architecture::Cnn`]).
+    Cnn,
 }
 
 /// What a [`Recipe`] implies for a model.
@@ -116,22 +129,26 @@ impl Recipe {
     pub const STRONG_LABEL_SMOOTHING: f32 = 0.05;
     /// The strong recipe's epochs for an MLP.
     pub const STRONG_EPOCHS_MLP: usize = 30;
-    /// The strong recipe's epochs for a convolutional model.
+    /// The strong recipe's epochs for LeNet-5 or a layer list.
     pub const STRONG_EPOCHS_CONV: usize = 15;
+    /// The strong recipe's epochs for the CNN with batch normalisation.
+    pub const STRONG_EPOCHS_CNN: usize = 20;
     /// The fast recipe's peak learning rate.
     pub const FAST_LR: f32 = 8e-3;
     /// The fast recipe's epochs.
     pub const FAST_EPOCHS: usize = 2;
 
-    /// The recipe's settings, schedule and epochs for a model that is convolutional or not.
+    /// The recipe's settings, schedule and epochs for a model of `family`.
     ///
     /// ```
-    /// let plan = train::Recipe::Strong.plan(false);
+    /// use train::{ModelFamily, Recipe};
+    /// let plan = Recipe::Strong.plan(ModelFamily::Mlp);
     /// assert_eq!((plan.epochs, plan.settings.optimizer.lr()), (30, 3e-3));
     /// assert!(plan.settings.augment.is_some());
-    /// assert_eq!(train::Recipe::Notebook.plan(true).settings, train::Settings::default());
+    /// assert_eq!(Recipe::Strong.plan(ModelFamily::Cnn).epochs, 20);
+    /// assert_eq!(Recipe::Notebook.plan(ModelFamily::Convolutional).settings, train::Settings::default());
     /// ```
-    pub fn plan(self, convolutional: bool) -> Plan {
+    pub fn plan(self, family: ModelFamily) -> Plan {
         match self {
             Self::Notebook => Plan {
                 settings: Settings::default(),
@@ -147,7 +164,11 @@ impl Recipe {
                     ..Settings::default()
                 },
                 schedule: EpochSchedule { kind: ScheduleKind::OneCycle, warmup_epochs: 0 },
-                epochs: if convolutional { Self::STRONG_EPOCHS_CONV } else { Self::STRONG_EPOCHS_MLP },
+                epochs: match family {
+                    ModelFamily::Mlp => Self::STRONG_EPOCHS_MLP,
+                    ModelFamily::Convolutional => Self::STRONG_EPOCHS_CONV,
+                    ModelFamily::Cnn => Self::STRONG_EPOCHS_CNN,
+                },
                 architecture: None,
             },
             Self::Fast => Plan {
@@ -200,10 +221,13 @@ impl Architecture {
         Self::Mlp { hidden: nn::MlpConfig::NOTEBOOK_HIDDEN.to_vec(), output_relu: false }
     }
 
-    /// Whether [`Recipe::plan`] should take the model for a convolutional one: LeNet-5, the CNN
-    /// and any layer list, whatever it holds.
-    pub fn is_convolutional(&self) -> bool {
-        !matches!(self, Self::Mlp { .. })
+    /// The family whose recipe [`Recipe::plan`] gives this model.
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            Self::Mlp { .. } => ModelFamily::Mlp,
+            Self::Lenet | Self::Layers(_) => ModelFamily::Convolutional,
+            Self::Cnn => ModelFamily::Cnn,
+        }
     }
 
     /// The layers for `data`'s images (one channel of rows x cols) and classes.
@@ -243,7 +267,7 @@ pub fn mlp_for(data: &data::Dataset, hidden: &[usize], output_relu: bool) -> nn:
 /// # Errors
 /// As [`Trainer::fit`](crate::Trainer::fit): a run that diverges.
 pub fn fit_notebook(data: &data::Dataset) -> Result<nn::Sequential, crate::TrainError> {
-    let plan = Recipe::Notebook.plan(false);
+    let plan = Recipe::Notebook.plan(ModelFamily::Mlp);
     let config = mlp_for(data, &nn::MlpConfig::NOTEBOOK_HIDDEN, false);
     let model = nn::Sequential::new(&config, &mut crate::init_rng(plan.settings.seed));
     let mut trainer = crate::Trainer::new(model, plan.settings_for(plan.epochs, data.len()))?;
