@@ -512,6 +512,7 @@ fn expansion(kind: RecipeKind, run: &NewRun, epochs: usize) -> String {
     };
     let mut flags = Vec::new();
     // The model the recipe chose, when the flags named none.
+    // The model a recipe names, whatever the family asked for.
     if Recipe::from(kind).plan(ModelFamily::Mlp).architecture.as_ref() == Some(&run.architecture) {
         match run.architecture {
             Architecture::Lenet => flags.push("--model lenet".to_owned()),

@@ -1088,18 +1088,27 @@ mod tests {
 
     #[test]
     fn layers_run_together_give_the_bits_of_layers_run_one_by_one() {
-        // Batch normalisations with a ReLU, ReLUs before max poolings that tile their input,
-        // overlap, or drop its last row, in training and in evaluation.
+        // Batch normalisations with a ReLU; ReLUs before max poolings whose windows tile the
+        // input (12 to 6), overlap (6 to 4) or drop its last row (3 to 1); in training and in
+        // evaluation.
         let config = SequentialConfig::parse(
-            "conv(4,3,pad=1),relu,maxpool(2),conv(4,3,pad=1,bias=false),batchnorm,relu,maxpool(3,1),\
-             conv(3,2),relu,maxpool(2),flatten,linear(8),batchnorm,relu,linear(3)",
-            [1, 13, 13],
+            "conv(4,3,pad=1),relu,maxpool(2),conv(4,3,pad=1,bias=false),batchnorm,relu,conv(4,1),relu,\
+             maxpool(3,1),conv(3,2),relu,maxpool(2),flatten,linear(8),batchnorm,relu,linear(3)",
+            [1, 12, 12],
         )
         .unwrap();
         let mut model = Sequential::new(&config, &mut rng(2));
-        let x = Array2::from_shape_fn((4, 169), |(i, j)| ((i * 13 + j * 7) % 11) as f32 * 0.3 - 1.2);
+        let x = Array2::from_shape_fn((4, 144), |(i, j)| ((i * 13 + j * 7) % 11) as f32 * 0.3 - 1.2);
         let labels = [0, 2, 1, 2];
+        /// Runs layers together again when dropped, even by a failing assertion.
+        struct Unfused;
+        impl Drop for Unfused {
+            fn drop(&mut self) {
+                UNFUSED.set(false);
+            }
+        }
         let run = |model: &mut Sequential, unfused: bool| {
+            let _reset = Unfused;
             UNFUSED.set(unfused);
             let mut tape = Tape::new();
             let input = tape.input(x.view());
@@ -1113,7 +1122,6 @@ mod tests {
             let mut eval = Tape::new();
             let input = eval.input(x.view());
             let logits = model.forward(&mut eval, input);
-            UNFUSED.set(false);
             let values = |t: &Tape| t.nodes[..t.len].iter().map(|n| n.rows * n.cols).sum::<usize>();
             (train, eval.value(logits).mapv(f32::to_bits), (tape.len() + eval.len(), values(&tape) + values(&eval)))
         };
@@ -1123,9 +1131,10 @@ mod tests {
         assert_eq!(fused.0.1, one_by_one.0.1, "gradients");
         assert_eq!(fused.1, one_by_one.1, "evaluation logits, after the running statistics' update");
         // On each tape, per sample: the batch normalisations' ReLUs gone (4x6x6 and 8 values),
-        // and the other two ReLUs on pooled values (4x13x13 to 4x6x6, 3x3x3 to 3x1x1).
+        // and the other three ReLUs on pooled values (4x12x12 to 4x6x6, 4x6x6 to 4x4x4, 3x3x3
+        // to 3x1x1).
         assert_eq!(fused.2.0 + 2 * 2, one_by_one.2.0, "nodes");
-        let per_sample = (144 + 8) + (676 - 144) + (27 - 3);
+        let per_sample = (144 + 8) + (576 - 144) + (144 - 64) + (27 - 3);
         assert_eq!(fused.2.1 + 2 * 4 * per_sample, one_by_one.2.1, "values");
     }
 
