@@ -83,6 +83,10 @@ impl Browser {
     fn reading(&self) -> (String, Vec<f64>) {
         let started = Instant::now();
         loop {
+            // The answer to the finished drawing: no request in flight or waiting to be sent (a
+            // loaded machine answers the last strokes late). Checked before reading the page:
+            // once idle, nothing is left to change it.
+            let idle = self.script("return !pending && !again;") == json!(true);
             let probabilities: Vec<f64> = self
                 .script("return [...document.querySelectorAll('#bars li')].map(li => Number(li.dataset.probability));")
                 .as_array()
@@ -91,10 +95,8 @@ impl Browser {
                 .map(|v| v.as_f64().unwrap())
                 .collect();
             let digit = self.text("#digit");
-            if digit != "?" && probabilities.len() == 10 {
-                // Let the last stroke's request land.
-                std::thread::sleep(Duration::from_millis(600));
-                return (self.text("#digit"), probabilities);
+            if digit != "?" && probabilities.len() == 10 && idle {
+                return (digit, probabilities);
             }
             assert!(started.elapsed() < Duration::from_secs(15), "the page showed no prediction");
             std::thread::sleep(Duration::from_millis(100));
