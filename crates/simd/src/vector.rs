@@ -91,11 +91,33 @@ pub unsafe trait F32s: Copy {
     /// See the trait.
     unsafe fn nonzero(self) -> u32;
 
-    /// The sum of the lanes, in an order fixed for the level.
+    /// The sum of the lanes, in an order fixed for the level: halves added lane by lane, then
+    /// the halves of that, down to one lane.
     ///
     /// # Safety
     /// See the trait.
     unsafe fn sum(self) -> f32;
+
+    /// The sums of `LANES` vectors, lane `i` holding `v[i]`'s, each added in [`sum`](F32s::sum)'s
+    /// order, so bit for bit the same: the vectors are transposed as they are added, which
+    /// takes a few shuffles for all of them where `sum` takes as many for each.
+    ///
+    /// # Safety
+    /// See the trait.
+    ///
+    /// # Panics
+    /// Unless `v` holds `LANES` vectors.
+    #[inline(always)]
+    unsafe fn sums(v: &[Self]) -> Self {
+        assert_eq!(v.len(), Self::LANES, "sums takes a vector per lane");
+        let mut lanes = [0.0f32; 16];
+        for (lane, v) in lanes.iter_mut().zip(v) {
+            // SAFETY: the caller's promise.
+            *lane = unsafe { v.sum() };
+        }
+        // SAFETY: `lanes` holds at least `LANES` values.
+        unsafe { Self::load(lanes.as_ptr()) }
+    }
 }
 
 /// The portable level on 64-bit ARM: NEON (see the x86-64 one for the other architectures).
@@ -323,6 +345,20 @@ mod x86 {
                 _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<0b01_01_01_01>(pairs, pairs)))
             }
         }
+
+        #[inline(always)]
+        unsafe fn sums(v: &[Self]) -> Self {
+            let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
+            unsafe {
+                // Halves: [a0 + a2, a1 + a3, b0 + b2, b1 + b3], and likewise c and d.
+                let ab = _mm_add_ps(_mm_movelh_ps(a.0, b.0), _mm_movehl_ps(b.0, a.0));
+                let cd = _mm_add_ps(_mm_movelh_ps(c.0, d.0), _mm_movehl_ps(d.0, c.0));
+                // Then each pair: [a, b, c, d].
+                let evens = _mm_shuffle_ps::<0b10_00_10_00>(ab, cd);
+                let odds = _mm_shuffle_ps::<0b11_01_11_01>(ab, cd);
+                Portable(_mm_add_ps(evens, odds))
+            }
+        }
     }
 
     /// Eight lanes of AVX2, with FMA.
@@ -415,6 +451,29 @@ mod x86 {
                 _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
             }
         }
+
+        #[inline(always)]
+        unsafe fn sums(v: &[Self]) -> Self {
+            let v: [Self; 8] = v.try_into().expect("sums takes a vector per lane");
+            // SAFETY: the trait's contract.
+            unsafe {
+                // Halves: v[2k]'s four sums in the low 128 bits, v[2k + 1]'s in the high.
+                let halves: [__m256; 4] = std::array::from_fn(|k| {
+                    let (a, b) = (v[2 * k].0, v[2 * k + 1].0);
+                    _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+                });
+                // Quarters, within each 128 bits: [v0, v0, v2, v2 | v1, v1, v3, v3], then v4..v7.
+                let quarters: [__m256; 2] = std::array::from_fn(|k| {
+                    let (a, b) = (halves[2 * k], halves[2 * k + 1]);
+                    _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
+                });
+                // Lanes: [v0, v2, v4, v6 | v1, v3, v5, v7], then in order.
+                let (a, b) = (quarters[0], quarters[1]);
+                let sums =
+                    _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(a, b), _mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+                Avx2(_mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
+            }
+        }
     }
 
     /// Sixteen lanes of AVX-512.
@@ -497,6 +556,37 @@ mod x86 {
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+
+        #[inline(always)]
+        unsafe fn sums(v: &[Self]) -> Self {
+            let v: [Self; 16] = v.try_into().expect("sums takes a vector per lane");
+            unsafe {
+                // Halves: v[2k]'s eight sums in the low 256 bits, v[2k + 1]'s in the high.
+                let halves: [__m512; 8] = std::array::from_fn(|k| {
+                    let (a, b) = (v[2 * k].0, v[2 * k + 1].0);
+                    let lows = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+                    _mm512_add_ps(lows, _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+                });
+                // Quarters: 128 bits q of the m-th holds v[4m + q]'s four sums.
+                let quarters: [__m512; 4] = std::array::from_fn(|m| {
+                    let (a, b) = (halves[2 * m], halves[2 * m + 1]);
+                    let lows = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+                    _mm512_add_ps(lows, _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+                });
+                // Pairs, within each 128 bits q: [v[q], v[q], v[q + 4], v[q + 4]], then v[q + 8]
+                // and v[q + 12].
+                let pairs: [__m512; 2] = std::array::from_fn(|k| {
+                    let (a, b) = (quarters[2 * k], quarters[2 * k + 1]);
+                    _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b))
+                });
+                // Lane 4q + t holds v[4t + q]'s sum; then in order.
+                let (a, b) = (pairs[0], pairs[1]);
+                let sums =
+                    _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b));
+                let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                Avx512(_mm512_permutexvar_ps(order, sums))
+            }
         }
     }
 }
@@ -616,6 +706,20 @@ mod arm {
                 vget_lane_f32::<0>(pairs) + vget_lane_f32::<1>(pairs)
             }
         }
+
+        #[inline(always)]
+        unsafe fn sums(v: &[Self]) -> Self {
+            let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
+            unsafe {
+                // Halves: [a0 + a2, a1 + a3, b0 + b2, b1 + b3], and likewise c and d; then each
+                // pair.
+                let half = |a: Self, b: Self| {
+                    let lows = vcombine_f32(vget_low_f32(a.0), vget_low_f32(b.0));
+                    vaddq_f32(lows, vcombine_f32(vget_high_f32(a.0), vget_high_f32(b.0)))
+                };
+                Portable(vpaddq_f32(half(a, b), half(c, d)))
+            }
+        }
     }
 }
 
@@ -650,6 +754,17 @@ mod tests {
                 assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
             }
             assert_eq!(va.sum(), a.iter().sum::<f32>());
+            // `sums` gives each vector's `sum` bit for bit, on values of many sizes whose
+            // sums depend on the order of the additions.
+            let values: Vec<f32> =
+                (0..l * l).map(|i| ((i * 7919 % 97) as f32 - 48.3) * 2f32.powi((i % 23) as i32 - 11)).collect();
+            let vectors: Vec<V> = values.chunks_exact(l).map(|v| V::load(v.as_ptr())).collect();
+            V::sums(&vectors).store(out.as_mut_ptr());
+            for (i, v) in vectors.iter().enumerate() {
+                assert_eq!(out[i].to_bits(), v.sum().to_bits(), "sums lane {i}");
+            }
+            let in_turn = values.chunks_exact(l).map(|v| v.iter().fold(0.0f32, |s, &x| s + x));
+            assert!(in_turn.zip(&out).any(|(s, &o)| s != o), "the values must tell orders of addition apart");
             let mut c = a.clone();
             c[l - 1] = f32::NAN;
             c[0] = -0.0;

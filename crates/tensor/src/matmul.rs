@@ -565,10 +565,21 @@ mod kernels {
                     }
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                for (s, &sum) in acc.iter().enumerate() {
+            // The tile's sums, a vector's worth at a time where it has as many as vectors have
+            // lanes (`sums` gives them in one transposition), else one by one.
+            let mut sums = [0.0f32; 16];
+            let acc = acc.as_flattened();
+            if acc.len() % lanes == 0 {
+                for (at, acc) in sums.chunks_exact_mut(lanes).zip(acc.chunks_exact(lanes)) {
+                    V::sums(acc).store(at.as_mut_ptr());
+                }
+            } else {
+                sums.iter_mut().zip(acc).for_each(|(s, v)| *s = v.sum());
+            }
+            for r in 0..R {
+                for s in 0..C {
                     let at = c.add((i + r) * ldc + j + s);
-                    let v = alpha * sum.sum();
+                    let v = alpha * sums[r * C + s];
                     *at = if beta == 0.0 { v } else { beta.mul_add(*at, v) };
                 }
             }

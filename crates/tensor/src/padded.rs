@@ -18,6 +18,7 @@
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, ShapeBuilder};
 use simd::Simd;
 
+use crate::AlignedVec;
 use crate::conv::Conv2dShape;
 use crate::matmul::{Rows, matmul_nt_rows_at, matmul_rows_at};
 
@@ -42,8 +43,8 @@ pub(crate) struct Scratch {
     /// The output on the padded width, before its surplus columns are dropped.
     grid: Vec<f32>,
     /// The output gradient of one sample, padded by `kernel - 1` on every side: laid on the
-    /// padded width, it is also what the weight gradient reads.
-    padded_dy: Vec<f32>,
+    /// padded width, it is also what the weight gradient reads, from a cache line's start.
+    padded_dy: AlignedVec,
     /// The weights turned by 180 degrees, `[in, out·kH·kW]`.
     turned: Vec<f32>,
     /// One sample's input gradient on the padded width.
@@ -164,11 +165,15 @@ pub(crate) fn backward(
     let edge = (k - 1) * g.wp + (k - 1);
     let first = shape.padding * g.wp + shape.padding;
     let span = (shape.height - 1) * g.wp + shape.width;
-    let padded_dy_len = (edge + g.grid).max(first + span + edge);
+    // Each channel's run starts `lead` values before its padding so that the weight gradient's
+    // rows (`lead + edge` into runs of whole lines) start cache lines: its loads then read one
+    // line each.
+    let lead = (16 - edge % 16) % 16;
+    let padded_dy_len = (lead + (edge + g.grid).max(first + span + edge)).next_multiple_of(16);
     // Zeros everywhere but the positions each sample's output gradient is copied to, which
     // are the same for every sample.
-    scratch.padded_dy.clear();
     scratch.padded_dy.resize(o * padded_dy_len, 0.0);
+    scratch.padded_dy.fill(0.0);
     if dx.is_some() {
         // Turned weights: turned[c][(oc, ky, kx)] = w[oc][(c, k-1-ky, k-1-kx)].
         scratch.turned.resize(c * o * k * k, 0.0);
@@ -180,7 +185,7 @@ pub(crate) fn backward(
         }
         scratch.turned_starts.clear();
         scratch.turned_starts.extend((0..o).flat_map(|oc| {
-            (0..k).flat_map(move |ky| (0..k).map(move |kx| oc * padded_dy_len + ky * g.wp + kx + first))
+            (0..k).flat_map(move |ky| (0..k).map(move |kx| oc * padded_dy_len + lead + ky * g.wp + kx + first))
         }));
         scratch.dx.resize(c * span, 0.0);
     }
@@ -200,7 +205,7 @@ pub(crate) fn backward(
         // into each channel's run of the padded output gradient.
         let channels = scratch.padded_dy.chunks_exact_mut(padded_dy_len).zip(dyn_.chunks_exact(ho * wo));
         for (oc, (pd, d)) in channels.enumerate() {
-            for (gr, dr) in pd[edge..edge + g.grid].chunks_mut(g.wp).zip(d.chunks_exact(wo)) {
+            for (gr, dr) in pd[lead + edge..lead + edge + g.grid].chunks_mut(g.wp).zip(d.chunks_exact(wo)) {
                 gr[..wo].copy_from_slice(dr);
             }
             if let Some(sum) = bias_sums.get_mut(oc) {
@@ -208,7 +213,7 @@ pub(crate) fn backward(
             }
         }
         let sample = &padded[s * per_sample..(s + 1) * per_sample];
-        let grid = ArrayView2::from_shape((o, g.grid).strides((padded_dy_len, 1)), &scratch.padded_dy[edge..])
+        let grid = ArrayView2::from_shape((o, g.grid).strides((padded_dy_len, 1)), &scratch.padded_dy[lead + edge..])
             .expect("each channel's run holds the grid");
         let rows = Rows { data: sample, starts: &scratch.starts, n: g.grid };
         matmul_nt_rows_at(simd, 1.0, grid, rows, if s == 0 { beta_w } else { 1.0 }, dw.view_mut());
