@@ -106,8 +106,9 @@ impl Settings {
     /// An estimate of the bytes training takes, before anything is allocated, for a model of
     /// `parameters` parameters whose activations hold `activations` values per sample, on
     /// `threads` threads: the weights, a gradient per thread's part of each batch, the
-    /// optimizer's state, the best weights kept for early stopping, and each part's values on
-    /// its tape with their gradients (doubled, for what convolutions unfold). Saturating.
+    /// optimizer's state, the best weights kept for early stopping, each part's values on its
+    /// tape with their gradients (doubled, for what convolutions unfold), and each thread's
+    /// evaluation tape. Saturating.
     ///
     /// ```
     /// let settings = train::Settings::default(); // Adam: two buffers per parameter
@@ -122,9 +123,10 @@ impl Settings {
         let best = u64::from(self.early_stop.is_some());
         let copies = 1 + threads as u64 + optimizer + best;
         let per_part = (self.batch_size.div_ceil(threads.max(1)) as u64).saturating_mul(activations as u64);
+        let evaluation = (crate::evaluate::EVAL_BATCH as u64).saturating_mul(activations as u64);
         let floats = (parameters as u64)
             .saturating_mul(copies)
-            .saturating_add(per_part.saturating_mul(4).saturating_mul(threads as u64));
+            .saturating_add(per_part.saturating_mul(4).saturating_add(evaluation).saturating_mul(threads as u64));
         floats.saturating_mul(4)
     }
 

@@ -2,7 +2,7 @@
 //! bit-reproducible runs, exact resumption, early stopping, divergence, observers.
 
 use data::{Dataset, Mnist};
-use nn::{MlpConfig, Model, Sequential};
+use nn::{MlpConfig, Model, Sequential, SequentialConfig};
 use optim::{AdamConfig, LrCurve, LrSchedule, OptimizerConfig};
 use testkit::Synthetic;
 use train::{EpochRecord, Observer, ObserverError, Settings, TrainError, Trainer, TrainingState};
@@ -39,6 +39,28 @@ fn a_set_of_another_shape_and_class_count_is_learned() {
     assert!(eval.accuracy() >= 0.8, "test accuracy {}", eval.accuracy());
     assert_eq!(eval.confusion.total(), 100);
     assert_eq!(eval.predictions.len(), 100);
+}
+
+#[test]
+fn evaluation_gives_each_sample_what_it_gets_alone_at_any_thread_count() {
+    // 250 samples: batches of 100, 100 and 50, through a convolution and a normalisation in
+    // evaluation mode, whose running statistics a short run has moved.
+    let spec = Synthetic { rows: 12, cols: 12, classes: 4, train: 128, test: 250, seed: 2 };
+    let set = synthetic(spec);
+    let config = SequentialConfig::parse("conv(4,3,pad=1),batchnorm,relu,maxpool(2),flatten,linear(4)", [1, 12, 12]);
+    let model = Sequential::new(&config.unwrap(), &mut train::init_rng(3));
+    let mut trainer = Trainer::new(model, Settings::default()).unwrap();
+    trainer.fit(&set.train, 1, &mut ()).unwrap();
+    let model = trainer.into_model();
+    let all: Vec<usize> = (0..set.test.len()).collect();
+    let [one, two] = [1, 2].map(|threads| on_threads(threads, || train::evaluate(&model, &set.test, &all)));
+    assert_eq!(one.predictions, two.predictions);
+    assert_eq!(one.loss.to_bits(), two.loss.to_bits());
+    assert_eq!(one.confusion.total(), 250);
+    let alone: Vec<_> = all.iter().map(|&i| train::evaluate(&model, &set.test, &[i])).collect();
+    assert_eq!(one.predictions, alone.iter().map(|e| e.predictions[0]).collect::<Vec<_>>());
+    let mean = alone.iter().map(|e| e.loss).sum::<f64>() / 250.0;
+    assert!((one.loss - mean).abs() <= 1e-12 * mean, "{} against {mean}", one.loss);
 }
 
 /// Records what the trainer reports, and saves the state after every epoch.
