@@ -2,7 +2,8 @@
 //! tape and gradients, then one Adam step over both parts' gradients), allocates nothing once
 //! its buffers have grown to size, at whatever vector level is in force (`.ci/run` runs this
 //! test at every level the machine has, through `MNIST_SIMD`): the products are the project's
-//! own kernels at every level, and they keep no buffers.
+//! own kernels at every level, and they keep no buffers. Evaluation holds a small batch's
+//! values at a time, however many samples it is given.
 
 use data::Dataset;
 use nn::{MlpConfig, Sequential, SequentialConfig};
@@ -108,4 +109,23 @@ fn warm_inference_allocates_nothing() {
         let calls = crate::allocation_calls() - before;
         assert_eq!(calls, 0, "3 warm {name} batches at {} allocated", simd::Simd::get());
     }
+}
+
+#[test]
+fn evaluation_holds_the_values_of_a_small_batch_at_a_time() {
+    let _turn = exclusive();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let ds = dataset();
+        let config = SequentialConfig::parse(SequentialConfig::CNN, [1, 28, 28]).unwrap();
+        let cnn = Sequential::new(&config, &mut ChaCha8Rng::seed_from_u64(1));
+        let indices: Vec<usize> = (0..300).map(|i| i % ds.len()).collect();
+        let (peak, eval) = crate::peak_allocation(|| train::evaluate(&cnn, &ds, &indices));
+        assert_eq!(eval.predictions.len(), 300);
+        // An inference tape holds every layer's values for its batch: at most what the memory
+        // check counts for 100 samples, never the values of all 300 at once (about 3 times
+        // as much).
+        let batch = 100 * config.activations_per_sample().unwrap() * std::mem::size_of::<f32>();
+        assert!(peak <= batch, "evaluating 300 images peaked at {peak} bytes; a batch of 100 holds {batch}");
+    });
 }
