@@ -109,6 +109,7 @@ pub unsafe trait F32s: Copy {
     /// Unless `v` holds `LANES` vectors.
     #[inline(always)]
     unsafe fn sums(v: &[Self]) -> Self {
+        const { assert!(Self::LANES <= 16, "sums gathers at most 16 lanes") };
         assert_eq!(v.len(), Self::LANES, "sums takes a vector per lane");
         let mut lanes = [0.0f32; 16];
         for (lane, v) in lanes.iter_mut().zip(v) {
@@ -349,6 +350,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn sums(v: &[Self]) -> Self {
             let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
+            // SAFETY: SSE2 is part of x86-64.
             unsafe {
                 // Halves: [a0 + a2, a1 + a3, b0 + b2, b1 + b3], and likewise c and d.
                 let ab = _mm_add_ps(_mm_movelh_ps(a.0, b.0), _mm_movehl_ps(b.0, a.0));
@@ -555,12 +557,24 @@ mod x86 {
 
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
-            unsafe { _mm512_reduce_add_ps(self.0) }
+            // Written out, not `_mm512_reduce_add_ps`, whose order is the standard library's
+            // to change: halves, quarters, then as the narrower levels add theirs.
+            // SAFETY: the trait's contract.
+            unsafe {
+                let half = _mm256_add_ps(
+                    _mm512_castps512_ps256(self.0),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0))),
+                );
+                let quarter = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps::<1>(half));
+                let pairs = _mm_add_ps(quarter, _mm_movehl_ps(quarter, quarter));
+                _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+            }
         }
 
         #[inline(always)]
         unsafe fn sums(v: &[Self]) -> Self {
             let v: [Self; 16] = v.try_into().expect("sums takes a vector per lane");
+            // SAFETY: the trait's contract.
             unsafe {
                 // Halves: v[2k]'s eight sums in the low 256 bits, v[2k + 1]'s in the high.
                 let halves: [__m512; 8] = std::array::from_fn(|k| {
@@ -710,6 +724,7 @@ mod arm {
         #[inline(always)]
         unsafe fn sums(v: &[Self]) -> Self {
             let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
+            // SAFETY: NEON is part of every 64-bit ARM CPU.
             unsafe {
                 // Halves: [a0 + a2, a1 + a3, b0 + b2, b1 + b3], and likewise c and d; then each
                 // pair.

@@ -201,8 +201,8 @@ pub(crate) fn backward(
     bias_sums.resize(if db.is_some() { o } else { 0 }, 0.0);
     for (s, dyn_) in dy.rows().into_iter().enumerate() {
         let dyn_ = dyn_.to_slice().expect("standard rows");
-        // The output gradient on the padded width, zeros in the surplus columns, `edge` values
-        // into each channel's run of the padded output gradient.
+        // The output gradient on the padded width, zeros in the surplus columns, `lead + edge`
+        // values into each channel's run of the padded output gradient.
         let channels = scratch.padded_dy.chunks_exact_mut(padded_dy_len).zip(dyn_.chunks_exact(ho * wo));
         for (oc, (pd, d)) in channels.enumerate() {
             for (gr, dr) in pd[lead + edge..lead + edge + g.grid].chunks_mut(g.wp).zip(d.chunks_exact(wo)) {
