@@ -391,7 +391,11 @@ where
             let (left, rest) = S::split(line, lo);
             let (mid, right) = S::split(rest, hi - lo);
             f(Segment::Zeros(left));
-            f(Segment::Copy { out: mid, from: (c * h + y) * w + lo * s + j - p, step: s });
+            // No column of this row inside the image (a kernel wider than the padded input's
+            // middle): nothing to copy, and no place in the image to copy from.
+            if hi > lo {
+                f(Segment::Copy { out: mid, from: (c * h + y) * w + lo * s + j - p, step: s });
+            }
             f(Segment::Zeros(right));
         }
     }
