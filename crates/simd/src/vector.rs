@@ -558,16 +558,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             // Written out, not `_mm512_reduce_add_ps`, whose order is the standard library's
-            // to change: halves, quarters, then as the narrower levels add theirs.
-            // SAFETY: the trait's contract.
+            // to change: the halves added, then the sum of that as AVX2 adds its lanes.
+            // SAFETY: the trait's contract; AVX-512F includes AVX2's instructions.
             unsafe {
-                let half = _mm256_add_ps(
-                    _mm512_castps512_ps256(self.0),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0))),
-                );
-                let quarter = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps::<1>(half));
-                let pairs = _mm_add_ps(quarter, _mm_movehl_ps(quarter, quarter));
-                _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
+                Avx2(_mm256_add_ps(_mm512_castps512_ps256(self.0), high)).sum()
             }
         }
 
