@@ -85,6 +85,12 @@ pub unsafe trait F32s: Copy {
     /// See the trait.
     unsafe fn add(self, b: Self) -> Self;
 
+    /// `self - b`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn sub(self, b: Self) -> Self;
+
     /// One bit per lane, lane `i` at bit `i`: set where the lane is not zero (NaN included).
     ///
     /// # Safety
@@ -216,6 +222,11 @@ unsafe impl F32s for Portable {
     }
 
     #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] - b.0[i]))
+    }
+
+    #[inline(always)]
     unsafe fn nonzero(self) -> u32 {
         self.0.iter().enumerate().fold(0, |bits, (i, &v)| bits | u32::from(v != 0.0) << i)
     }
@@ -334,6 +345,11 @@ mod x86 {
         }
 
         #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            Portable(unsafe { _mm_sub_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
         unsafe fn nonzero(self) -> u32 {
             unsafe { _mm_movemask_ps(_mm_cmpneq_ps(self.0, _mm_setzero_ps())) as u32 }
         }
@@ -437,6 +453,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, b: Self) -> Self {
             Avx2(unsafe { _mm256_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            Avx2(unsafe { _mm256_sub_ps(self.0, b.0) })
         }
 
         #[inline(always)]
@@ -548,6 +569,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, b: Self) -> Self {
             Avx512(unsafe { _mm512_add_ps(self.0, b.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_sub_ps(self.0, b.0) })
         }
 
         #[inline(always)]
@@ -698,6 +724,11 @@ mod arm {
         }
 
         #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            Portable(unsafe { vsubq_f32(self.0, b.0) })
+        }
+
+        #[inline(always)]
         unsafe fn nonzero(self) -> u32 {
             // Each lane's "not equal to zero" (NaN included), as one bit per lane.
             unsafe {
@@ -762,6 +793,10 @@ mod tests {
             va.add(vb).mul(V::splat(0.5)).store(out.as_mut_ptr());
             for i in 0..l {
                 assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
+            }
+            va.sub(vb).store(out.as_mut_ptr());
+            for i in 0..l {
+                assert_eq!(out[i], a[i] - b[i], "sub lane {i}");
             }
             assert_eq!(va.sum(), a.iter().sum::<f32>());
             // `sums` gives each vector's `sum` bit for bit, on values of many sizes whose

@@ -1,7 +1,7 @@
 //! The convolutions of LeNet-5 and the CNN at their shapes in a training step (32 samples, as
 //! one thread takes of a batch of 64), whole: the forward pass (padding or unfolding, the
-//! product, laying the output out) and the backward pass (the weight and input gradients; no
-//! bias). Prints one tab-separated line per layer: the median microseconds of each
+//! product, laying the output out; for the CNN's 3x3 layers below AVX-512, Winograd's
+//! transforms and products) and the backward pass (the weight and input gradients; no bias). Prints one tab-separated line per layer: the median microseconds of each
 //! pass over 101 steps, each backward pass after its forward pass (an unfolding convolution's
 //! backward pass overwrites the columns its forward pass left), and the rate of the arithmetic
 //! the direct method does (two FLOPs per multiply-add; the surplus columns of the padded path
@@ -39,9 +39,9 @@ const fn layer(what: &'static str, (c, side, o, kernel, padding): (usize, usize,
 /// inputs' gradients.
 const LAYERS: &[Layer] = &[
     layer("lenet conv2 (unfolded)", (6, 14, 16, 5, 0)),
-    layer("cnn conv2 (padded)", (16, 28, 16, 3, 1)),
-    layer("cnn conv3 (padded)", (16, 14, 32, 3, 1)),
-    layer("cnn conv4 (padded)", (32, 14, 32, 3, 1)),
+    layer("cnn conv2 (3x3, pad 1)", (16, 28, 16, 3, 1)),
+    layer("cnn conv3 (3x3, pad 1)", (16, 14, 32, 3, 1)),
+    layer("cnn conv4 (3x3, pad 1)", (32, 14, 32, 3, 1)),
 ];
 
 fn main() {

@@ -2,7 +2,9 @@
 //! and its gradients, by unfolding each sample's input patches into the columns of a matrix
 //! (`im2col`) so that the work is matrix products. Stride-1 convolutions whose output is
 //! nearly as wide as the padded input (3x3 with padding 1) skip the unfolding: their products
-//! read shifted rows of the padded input where they lie (see the `padded` module).
+//! read shifted rows of the padded input where they lie (see the `padded` module). Below
+//! AVX-512, 3x3 convolutions with padding 1 over 8 or more channels take Winograd's F(2x2, 3x3)
+//! instead, fewer multiplications for some transforms (see the `winograd` module).
 //!
 //! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
 //! A weight `[out, in, kH, kW]` is read as the `out x (in·kH·kW)` matrix it is row-major.
@@ -442,6 +444,7 @@ pub struct ConvScratch {
     product: Vec<f32>,
     columns: Vec<f32>,
     padded: crate::padded::Scratch,
+    winograd: crate::winograd::Scratch,
 }
 
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
@@ -481,8 +484,23 @@ pub fn conv2d_forward(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    let simd = Simd::get();
-    if crate::padded::fits(shape) {
+    conv2d_forward_at(Simd::get(), x, w, bias, shape, scratch, y);
+}
+
+#[track_caller]
+fn conv2d_forward_at(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    scratch: &mut ConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
+    if crate::winograd::fits(shape, simd) {
+        check(x.dim(), w.dim(), y.dim(), shape);
+        crate::winograd::forward(simd, x, w, bias, shape, &mut scratch.columns, false, &mut scratch.winograd, y);
+    } else if crate::padded::fits(shape) {
         check(x.dim(), w.dim(), y.dim(), shape);
         crate::padded::forward(simd, x, w, bias, shape, &mut scratch.columns, false, &mut scratch.padded, y);
     } else {
@@ -503,7 +521,10 @@ fn conv2d_at(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    if crate::padded::fits(shape) {
+    if crate::winograd::fits(shape, simd) {
+        check(x.dim(), w.dim(), y.dim(), shape);
+        crate::winograd::forward(simd, x, w, bias, shape, cols, true, &mut scratch.winograd, y);
+    } else if crate::padded::fits(shape) {
         check(x.dim(), w.dim(), y.dim(), shape);
         crate::padded::forward(simd, x, w, bias, shape, cols, true, &mut scratch.padded, y);
     } else {
@@ -596,6 +617,10 @@ fn conv2d_backward_at(
     assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
     assert_eq!(w.dim(), (o, k), "conv2d_backward: weight {:?} for {shape:?}", w.dim());
     assert_eq!(dy.ncols(), shape.out_len(), "conv2d_backward: output gradient for {shape:?}");
+    if crate::winograd::fits(shape, simd) {
+        crate::winograd::backward(simd, w, dy, shape, cols, &mut scratch.winograd, (dw, beta_w), db, dx);
+        return;
+    }
     if crate::padded::fits(shape) {
         crate::padded::backward(simd, w, dy, shape, cols, &mut scratch.padded, (dw, beta_w), db, dx);
         return;
@@ -718,24 +743,26 @@ mod tests {
 
     #[test]
     fn the_forward_only_convolution_gives_the_same_bits_in_less_memory() {
-        // Three samples. Padded 3x3 on 28 pixels: each sample's padded input is kept for the
-        // backward pass, or one at a time. LeNet-5's second layer with 32 input channels:
-        // patches of 800 x 100 values, three chunks of one sample.
-        for (sh, kept_len, one_len) in [
-            (shape(16, 28, 28, 4, 3, 1, 1), 3 * 16 * 30 * 30, 16 * 30 * 30),
-            (shape(32, 14, 14, 4, 5, 1, 0), 3 * 800 * 100, 800 * 100),
-        ] {
-            let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
-            let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
-            let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
-            let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
-            let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
-            conv2d(x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
-            let mut fresh = ConvScratch::default();
-            conv2d_forward(x.view(), w.view(), Some(b.view()), &sh, &mut fresh, alone.view_mut());
-            assert_eq!(kept, alone, "{sh:?}");
-            assert_eq!(cols.len(), kept_len, "the backward pass's inputs, {sh:?}");
-            assert_eq!(fresh.columns.len(), one_len, "one sample's inputs, {sh:?}");
+        // Three samples. 3x3 on 28 pixels: each sample's padded input (30 x 30), or below
+        // AVX-512 the eight phases of Winograd's (15 rows of 14), is kept for the backward pass,
+        // or one at a time. LeNet-5's second layer with 32 input channels: patches of 800 x 100
+        // values, three chunks of one sample.
+        for simd in Simd::every() {
+            let padded = shape(16, 28, 28, 4, 3, 1, 1);
+            let per_sample = if crate::winograd::fits(&padded, simd) { 16 * 8 * 15 * 14 } else { 16 * 30 * 30 };
+            for (sh, per_sample) in [(padded, per_sample), (shape(32, 14, 14, 4, 5, 1, 0), 800 * 100)] {
+                let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
+                let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
+                let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
+                let (mut kept, mut alone) = (Array2::zeros((3, sh.out_len())), Array2::zeros((3, sh.out_len())));
+                let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
+                conv2d_at(simd, x.view(), w.view(), Some(b.view()), &sh, &mut cols, &mut scratch, kept.view_mut());
+                let mut fresh = ConvScratch::default();
+                conv2d_forward_at(simd, x.view(), w.view(), Some(b.view()), &sh, &mut fresh, alone.view_mut());
+                assert_eq!(kept, alone, "{simd}, {sh:?}");
+                assert_eq!(cols.len(), 3 * per_sample, "the backward pass's inputs, {simd}, {sh:?}");
+                assert_eq!(fresh.columns.len(), per_sample, "one sample's inputs, {simd}, {sh:?}");
+            }
         }
     }
 
@@ -822,10 +849,15 @@ mod tests {
             (shape(2, 28, 28, 3, 5, 1, 2), 2),
             (shape(2, 16, 16, 3, 1, 1, 1), 2),
             (shape(2, 6, 9, 3, 5, 1, 2), 2),
+            (shape(32, 14, 14, 8, 3, 1, 1), 3),
+            (shape(8, 6, 4, 3, 3, 1, 1), 5),
         ];
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
         let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
-        assert_eq!(padded, [false, true, true, true, true, true, false]);
+        assert_eq!(padded, [false, true, true, true, true, true, false, true, false]);
+        let winograd: Vec<bool> =
+            cases.iter().map(|(sh, _)| crate::winograd::fits(sh, Simd::every().next().unwrap())).collect();
+        assert_eq!(winograd, [false, true, false, false, false, false, false, true, true]);
         for simd in Simd::every() {
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
             for (sh, n) in cases {

@@ -19,6 +19,7 @@ mod pool;
 mod softmax;
 mod sparse;
 mod sparse_conv;
+mod winograd;
 
 pub use activation::{Activation, activation, activation_backward};
 pub use aligned::AlignedVec;
