@@ -104,6 +104,48 @@ pub unsafe trait F32s: Copy {
     /// See the trait.
     unsafe fn sum(self) -> f32;
 
+    /// The `2·LANES` values of `self` then `b` split by position: the even ones (0, 2, ...)
+    /// and the odd ones, each in order.
+    ///
+    /// # Safety
+    /// See the trait.
+    #[inline(always)]
+    unsafe fn deinterleave(self, b: Self) -> (Self, Self) {
+        const { assert!(Self::LANES <= 16, "deinterleave takes at most 16 lanes") };
+        let mut values = [0.0f32; 32];
+        let mut halves = [[0.0f32; 16]; 2];
+        // SAFETY: `values` holds 2·LANES values and each half LANES.
+        unsafe {
+            self.store(values.as_mut_ptr());
+            b.store(values.as_mut_ptr().add(Self::LANES));
+            for (i, &v) in values[..2 * Self::LANES].iter().enumerate() {
+                halves[i % 2][i / 2] = v;
+            }
+            (Self::load(halves[0].as_ptr()), Self::load(halves[1].as_ptr()))
+        }
+    }
+
+    /// The inverse of [`deinterleave`](F32s::deinterleave): `even`'s and `odd`'s lanes in
+    /// turn, `even[0], odd[0], even[1], ...`, the first `LANES` of them then the rest.
+    ///
+    /// # Safety
+    /// See the trait.
+    #[inline(always)]
+    unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+        const { assert!(Self::LANES <= 16, "interleave takes at most 16 lanes") };
+        let mut halves = [[0.0f32; 16]; 2];
+        let mut values = [0.0f32; 32];
+        // SAFETY: each half holds LANES values and `values` 2·LANES.
+        unsafe {
+            even.store(halves[0].as_mut_ptr());
+            odd.store(halves[1].as_mut_ptr());
+            for (i, v) in values[..2 * Self::LANES].iter_mut().enumerate() {
+                *v = halves[i % 2][i / 2];
+            }
+            (Self::load(values.as_ptr()), Self::load(values.as_ptr().add(Self::LANES)))
+        }
+    }
+
     /// The sums of `LANES` vectors, lane `i` holding `v[i]`'s, each added in [`sum`](F32s::sum)'s
     /// order, so bit for bit the same: the vectors are transposed as they are added, which
     /// takes a few shuffles for all of them where `sum` takes as many for each.
@@ -364,6 +406,23 @@ mod x86 {
         }
 
         #[inline(always)]
+        unsafe fn deinterleave(self, b: Self) -> (Self, Self) {
+            // SAFETY: SSE2 is x86-64's baseline.
+            unsafe {
+                (
+                    Portable(_mm_shuffle_ps::<0b10_00_10_00>(self.0, b.0)),
+                    Portable(_mm_shuffle_ps::<0b11_01_11_01>(self.0, b.0)),
+                )
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            // SAFETY: SSE2 is x86-64's baseline.
+            unsafe { (Portable(_mm_unpacklo_ps(even.0, odd.0)), Portable(_mm_unpackhi_ps(even.0, odd.0))) }
+        }
+
+        #[inline(always)]
         unsafe fn sums(v: &[Self]) -> Self {
             let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
             // SAFETY: SSE2 is part of x86-64.
@@ -472,6 +531,31 @@ mod x86 {
                 let half = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
                 let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
                 _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn deinterleave(self, b: Self) -> (Self, Self) {
+            // SAFETY: the trait's promise that the CPU has AVX2. Within each 128-bit half
+            // the shuffles take a's then b's evens (odds); the permutation puts a's halves
+            // before b's.
+            unsafe {
+                let even = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(self.0, b.0));
+                let odd = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(self.0, b.0));
+                (
+                    Avx2(_mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(even))),
+                    Avx2(_mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(odd))),
+                )
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            // SAFETY: the trait's promise that the CPU has AVX2. The unpacks pair lanes within
+            // each 128-bit half: the first four pairs are the low halves of both.
+            unsafe {
+                let (lo, hi) = (_mm256_unpacklo_ps(even.0, odd.0), _mm256_unpackhi_ps(even.0, odd.0));
+                (Avx2(_mm256_permute2f128_ps::<0x20>(lo, hi)), Avx2(_mm256_permute2f128_ps::<0x31>(lo, hi)))
             }
         }
 
@@ -589,6 +673,31 @@ mod x86 {
             unsafe {
                 let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
                 Avx2(_mm256_add_ps(_mm512_castps512_ps256(self.0), high)).sum()
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn deinterleave(self, b: Self) -> (Self, Self) {
+            // SAFETY: the trait's promise that the CPU has AVX-512. Indices 16 and up pick b's
+            // lanes.
+            unsafe {
+                let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                (Avx512(_mm512_permutex2var_ps(self.0, even, b.0)), Avx512(_mm512_permutex2var_ps(self.0, odd, b.0)))
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            // SAFETY: the trait's promise that the CPU has AVX-512. Indices 16 and up pick
+            // odd's lanes.
+            unsafe {
+                let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                let second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                (
+                    Avx512(_mm512_permutex2var_ps(even.0, first, odd.0)),
+                    Avx512(_mm512_permutex2var_ps(even.0, second, odd.0)),
+                )
             }
         }
 
@@ -748,6 +857,18 @@ mod arm {
         }
 
         #[inline(always)]
+        unsafe fn deinterleave(self, b: Self) -> (Self, Self) {
+            // SAFETY: NEON is 64-bit ARM's baseline.
+            unsafe { (Portable(vuzp1q_f32(self.0, b.0)), Portable(vuzp2q_f32(self.0, b.0))) }
+        }
+
+        #[inline(always)]
+        unsafe fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            // SAFETY: NEON is 64-bit ARM's baseline.
+            unsafe { (Portable(vzip1q_f32(even.0, odd.0)), Portable(vzip2q_f32(even.0, odd.0))) }
+        }
+
+        #[inline(always)]
         unsafe fn sums(v: &[Self]) -> Self {
             let [a, b, c, d]: [Self; 4] = v.try_into().expect("sums takes a vector per lane");
             // SAFETY: NEON is part of every 64-bit ARM CPU.
@@ -794,6 +915,17 @@ mod tests {
             for i in 0..l {
                 assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
             }
+            let (even, odd) = va.deinterleave(vb);
+            let pair: Vec<f32> = a.iter().chain(&b).copied().collect();
+            let mut halves = vec![f32::NAN; 2 * l];
+            even.store(halves.as_mut_ptr());
+            odd.store(halves.as_mut_ptr().add(l));
+            let want: Vec<f32> = pair.iter().step_by(2).chain(pair.iter().skip(1).step_by(2)).copied().collect();
+            assert_eq!(halves, want, "deinterleave");
+            let (first, second) = V::interleave(even, odd);
+            first.store(halves.as_mut_ptr());
+            second.store(halves.as_mut_ptr().add(l));
+            assert_eq!(halves, pair, "interleave");
             va.sub(vb).store(out.as_mut_ptr());
             for i in 0..l {
                 assert_eq!(out[i], a[i] - b[i], "sub lane {i}");

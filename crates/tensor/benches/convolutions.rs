@@ -1,7 +1,8 @@
 //! The convolutions of LeNet-5 and the CNN at their shapes in a training step (32 samples, as
 //! one thread takes of a batch of 64), whole: the forward pass (padding or unfolding, the
 //! product, laying the output out; for the CNN's 3x3 layers below AVX-512, Winograd's
-//! transforms and products) and the backward pass (the weight and input gradients; no bias). Prints one tab-separated line per layer: the median microseconds of each
+//! transforms and products) and the backward pass (the weight and input gradients; no bias).
+//! Prints one tab-separated line per layer: the median microseconds of each
 //! pass over 101 steps, each backward pass after its forward pass (an unfolding convolution's
 //! backward pass overwrites the columns its forward pass left), and the rate of the arithmetic
 //! the direct method does (two FLOPs per multiply-add; the surplus columns of the padded path

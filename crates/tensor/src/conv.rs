@@ -3,8 +3,8 @@
 //! (`im2col`) so that the work is matrix products. Stride-1 convolutions whose output is
 //! nearly as wide as the padded input (3x3 with padding 1) skip the unfolding: their products
 //! read shifted rows of the padded input where they lie (see the `padded` module). Below
-//! AVX-512, 3x3 convolutions with padding 1 over 8 or more channels take Winograd's F(2x2, 3x3)
-//! instead, fewer multiplications for some transforms (see the `winograd` module).
+//! AVX-512, 3x3 convolutions with padding 1 from 8 or more channels take Winograd's F(2x2, 3x3)
+//! instead: fewer multiplications, for some transforms (see the `winograd` module).
 //!
 //! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
 //! A weight `[out, in, kH, kW]` is read as the `out x (in·kH·kW)` matrix it is row-major.

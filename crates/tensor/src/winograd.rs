@@ -30,9 +30,10 @@ const GROUP_BYTES: usize = 256 * 1024;
 
 /// Whether `shape` is convolved this way at level `simd`: 3x3, stride 1, padding 1, even sides
 /// (whole 2x2 output blocks), and enough input channels for the products to outweigh the
-/// transforms; below AVX-512, whose direct products run fast enough that the transforms' memory
-/// traffic costs more than the multiplications saved (the CNN's convolutions took 1-18% longer
-/// this way there, and 15-45% less time at AVX2).
+/// transforms; below AVX-512. There the CNN's layers take 20% to 40% less time this way (one
+/// thread, `cargo bench -p tensor --bench convolutions`); at AVX-512, whose direct products run
+/// closest to the vector units' peak, its 16-to-16 layer on 28x28 took 3-11% longer, the
+/// others up to 16% less, and its epoch was no faster.
 pub(crate) fn fits(shape: &Conv2dShape, simd: Simd) -> bool {
     simd.level() < simd::Level::Avx512 && shape_fits(shape)
 }
@@ -109,9 +110,19 @@ fn start(xi: usize, c: usize, channels: usize, cols: usize, at: usize) -> usize 
     (xi * channels + c) * cols + at
 }
 
+simd::kernel! {
+    /// [`pad`] at a level.
+    unsafe fn pad_at(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) => pad;
+}
+
 /// Writes sample `x` (`C·H·W` values) into `out` as the phases of its zero-padded planes.
-fn pad(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) {
+///
+/// # Safety
+/// The level's (see [`F32s`]).
+#[inline(always)]
+unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) {
     let (w, n) = (shape.width, g.across);
+    assert!(x.len() == shape.in_len() && out.len() == shape.in_channels * g.channel);
     for (c, phases) in out.chunks_exact_mut(g.channel).enumerate() {
         for y in 0..shape.height + 2 {
             let (p, row) = (y % 2, y / 2);
@@ -126,16 +137,15 @@ fn pad(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) {
                 [s0, s1, s2, s3].into_iter().for_each(|s| s.fill(0.0));
                 continue;
             };
-            // Phase 1 holds the even pixels, phase 2 the odd ones; phase 0 is phase 2 a tile
-            // later (after the padding), phase 3 phase 1 a tile earlier (before it).
-            for ((pair, a), b) in src.chunks_exact(2).zip(s1.iter_mut()).zip(s2.iter_mut()) {
-                *a = pair[0];
-                *b = pair[1];
-            }
+            // Phase 1 holds the even pixels, phase 2 the odd ones; phase 0 the odd ones a tile
+            // later (after the padding), phase 3 the even ones a tile earlier (before it).
             s0[0] = 0.0;
-            s0[1..].copy_from_slice(&s2[..n - 1]);
-            s3[..n - 1].copy_from_slice(&s1[1..]);
             s3[n - 1] = 0.0;
+            // SAFETY: `src` holds w = 2n values, each phase's run n.
+            unsafe {
+                split::<V>(src.as_ptr(), n, s1.as_mut_ptr(), s2.as_mut_ptr());
+                split::<V>(src[1..].as_ptr(), n - 1, s0[1..].as_mut_ptr(), s3.as_mut_ptr());
+            }
         }
     }
 }
@@ -199,6 +209,45 @@ unsafe fn load<V: F32s>(p: *const f32, k: usize) -> V {
 unsafe fn store<V: F32s>(v: V, p: *mut f32, k: usize) {
     // SAFETY: the caller's promise.
     unsafe { if k == V::LANES { v.store(p) } else { v.store_first(p, k) } }
+}
+
+/// Splits the `2·len` values from `src` by position: the even ones to `even`, the odd ones to
+/// `odd` (`len` each).
+///
+/// # Safety
+/// The level's (see [`F32s`]); `src` must be valid for reading `2·len` values, `even` and
+/// `odd` for writing `len`.
+#[inline(always)]
+unsafe fn split<V: F32s>(src: *const f32, len: usize, even: *mut f32, odd: *mut f32) {
+    let mut j = 0;
+    while j < len {
+        let k = (len - j).min(V::LANES);
+        let m = 2 * k;
+        // SAFETY: the caller's promise; the loads read the 2k values from 2j, the stores write
+        // k from j (a second load of no values reads nothing).
+        unsafe {
+            let a = load::<V>(src.add(2 * j), m.min(V::LANES));
+            let b = load::<V>(src.wrapping_add(2 * j + V::LANES), m.saturating_sub(V::LANES));
+            let (e, o) = a.deinterleave(b);
+            store(e, even.add(j), k);
+            store(o, odd.add(j), k);
+        }
+        j += k;
+    }
+}
+
+/// Writes `k` values of `even` and of `odd` in turn, `2·k` in all, to `dst`.
+///
+/// # Safety
+/// The level's (see [`F32s`]); `dst` must be valid for writing `2·k` values, `k <= LANES`.
+#[inline(always)]
+unsafe fn merge<V: F32s>(even: V, odd: V, k: usize, dst: *mut f32) {
+    // SAFETY: the caller's promise (a second store of no values writes nothing).
+    unsafe {
+        let (first, second) = V::interleave(even, odd);
+        store(first, dst, (2 * k).min(V::LANES));
+        store(second, dst.wrapping_add(V::LANES), (2 * k).saturating_sub(V::LANES));
+    }
 }
 
 /// `Bᵀ·x` along one axis: `x0 - x2, x1 + x2, x2 - x1, x1 - x3`.
@@ -391,9 +440,19 @@ unsafe fn transform_output<V: F32s>(
             for (a, row) in rows.chunks_exact_mut(w).enumerate() {
                 let (even, odd) =
                     (&blocks[2 * a * g.tiles + i * n..][..n], &blocks[(2 * a + 1) * g.tiles + i * n..][..n]);
-                for (pair, (&e, &o)) in row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-                    pair[0] = e;
-                    pair[1] = o;
+                let mut j = 0;
+                while j < n {
+                    let k = (n - j).min(V::LANES);
+                    // SAFETY: both runs hold n values, the row 2n.
+                    unsafe {
+                        merge(
+                            load::<V>(even[j..].as_ptr(), k),
+                            load(odd[j..].as_ptr(), k),
+                            k,
+                            row[2 * j..].as_mut_ptr(),
+                        )
+                    };
+                    j += k;
                 }
             }
         }
@@ -422,10 +481,8 @@ unsafe fn transform_output_gradient<V: F32s>(
             for (a, row) in rows.chunks_exact(w).enumerate() {
                 let (even, odd) = blocks[2 * a * g.tiles..4 * g.tiles].split_at_mut(g.tiles);
                 let (even, odd) = (&mut even[i * n..][..n], &mut odd[i * n..][..n]);
-                for (pair, (e, o)) in row.chunks_exact(2).zip(even.iter_mut().zip(odd)) {
-                    *e = pair[0];
-                    *o = pair[1];
-                }
+                // SAFETY: the row holds 2n values, each run n.
+                unsafe { split::<V>(row.as_ptr(), n, even.as_mut_ptr(), odd.as_mut_ptr()) };
             }
         }
         let (dst, src) = (m.as_mut_ptr(), blocks.as_ptr());
@@ -512,18 +569,33 @@ unsafe fn transform_input_gradient<V: F32s>(
         for (y, row) in dc.chunks_exact_mut(w).enumerate() {
             let padded = y + 1;
             let (p, at) = (padded % 2, padded / 2 * n);
-            let phase = |s: usize| &phases[g.phase_at(p, s) + at..][..n];
+            let phase = |s: usize| phases[g.phase_at(p, s) + at..][..n].as_ptr();
             let (s0, s1, s2, s3) = (phase(0), phase(1), phase(2), phase(3));
-            for (m, pair) in row.chunks_exact_mut(2).enumerate() {
-                let even = s1[m] + if m > 0 { s3[m - 1] } else { 0.0 };
-                let odd = s2[m] + if m + 1 < n { s0[m + 1] } else { 0.0 };
-                if beta == 0.0 {
-                    pair[0] = even;
-                    pair[1] = odd;
-                } else {
-                    pair[0] = beta * pair[0] + even;
-                    pair[1] = beta * pair[1] + odd;
+            let (mut m, dst) = (0, row.as_mut_ptr());
+            assert_eq!(row.len(), 2 * n);
+            while m < n {
+                let k = (n - m).min(V::LANES);
+                // SAFETY: each phase's run holds n values and the row 2n; tile m - 1 of phase 3
+                // (before the first) and tile m + 1 of phase 0 (after the last) are masked out.
+                unsafe {
+                    let before = if m == 0 {
+                        V::load_masked(s3.wrapping_sub(1), V::lanes(1, k))
+                    } else {
+                        load(s3.add(m - 1), k)
+                    };
+                    let after = load::<V>(s0.add(m + 1), if m + k == n { k - 1 } else { k });
+                    let (mut even, mut odd) = (load::<V>(s1.add(m), k).add(before), load::<V>(s2.add(m), k).add(after));
+                    if beta != 0.0 {
+                        // As dx is laid out: the pairs of this run, split back.
+                        let first = load::<V>(dst.add(2 * m), (2 * k).min(V::LANES));
+                        let second = load::<V>(dst.wrapping_add(2 * m + V::LANES), (2 * k).saturating_sub(V::LANES));
+                        let (old_even, old_odd) = first.deinterleave(second);
+                        even = old_even.mul(V::splat(beta)).add(even);
+                        odd = old_odd.mul(V::splat(beta)).add(odd);
+                    }
+                    merge(even, odd, k, dst.add(2 * m));
                 }
+                m += k;
             }
         }
     }
@@ -575,7 +647,9 @@ pub(crate) fn forward(
         for (t, s) in samples.clone().enumerate() {
             let at = if keep { s * per_sample } else { t * per_sample };
             let sample = &mut padded[at..at + per_sample];
-            pad(x.row(s).to_slice().expect("rows of a standard matrix"), shape, g, sample);
+            let xs = x.row(s);
+            // SAFETY: padding has no requirement but the level, which `simd` vouches for.
+            unsafe { pad_at(simd, xs.to_slice().expect("rows of a standard matrix"), shape, g, sample) };
             // SAFETY: the transform has no requirement but the level, which `simd` vouches for.
             unsafe { transform_input_at(simd, sample, g, v, cols, t * g.tiles) };
         }
@@ -735,6 +809,14 @@ mod tests {
             close(&y, &want_y, &format!("{simd} y"));
             close(&dw, &want_dw, &format!("{simd} dw"));
             close(&dx, &want_dx, &format!("{simd} dx"));
+            // Added to half of what is there: one and a half times the gradients.
+            let (mut dw2, mut dx2, mut db2) = (dw.clone(), dx.clone(), db.clone());
+            let (dw_beta, db_beta, dx_beta) =
+                ((dw2.view_mut(), 0.5), Some((db2.view_mut(), 0.5)), Some((dx2.view_mut(), 0.5)));
+            backward(simd, wt.view(), dy.view(), &sh, &padded, &mut scratch, dw_beta, db_beta, dx_beta);
+            close(&dx2, &(&want_dx * 1.5), &format!("{simd} dx, beta 0.5"));
+            close(&dw2, &(&want_dw * 1.5), &format!("{simd} dw, beta 0.5"));
+            assert!(db2.iter().zip(&db).all(|(two, one)| (two - 1.5 * one).abs() <= 1e-5), "{simd} db, beta 0.5");
             for (oc, &g) in db.iter().enumerate() {
                 let want: f32 = dy.rows().into_iter().map(|r| r.iter().skip(oc * h * w).take(h * w).sum::<f32>()).sum();
                 assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "{simd} db: {g} against {want}");
