@@ -544,16 +544,21 @@ fn levels_against_pytorch(
 ) -> Result<()> {
     let started = Instant::now();
     let levels: Vec<simd::Level> = simd::Level::ALL.into_iter().filter(|&l| l <= simd::Level::detected()).collect();
-    let models = [
-        ("MLP", "mlp", Flops::new(&shape.widths(HIDDEN[0]), density), LEVEL_EPOCHS),
-        ("LeNet-5", "lenet", Flops::lenet(shape, density), LEVEL_EPOCHS),
-        ("CNN", "cnn", Flops::cnn(shape, density), LEVEL_EPOCHS_CNN),
+    let mlp = Flops::new(&shape.widths(HIDDEN[0]), density);
+    let lenet = Flops::lenet(shape, density);
+    // Each model's name, its `--model`, its FLOP at a level, and the epochs of each run.
+    type Model<'a> = (&'a str, &'a str, &'a dyn Fn(simd::Level) -> Flops, usize);
+    let models: [Model; 3] = [
+        ("MLP", "mlp", &|_| mlp, LEVEL_EPOCHS),
+        ("LeNet-5", "lenet", &|_| lenet, LEVEL_EPOCHS),
+        ("CNN", "cnn", &|level| Flops::cnn(shape, density, level), LEVEL_EPOCHS_CNN),
     ];
     let ghz = cpu_mhz() / 1e3;
     let mut rows = Vec::new();
     let mut version = String::new();
     for &level in &levels {
-        for &(name, model, ref flops, epochs) in &models {
+        for &(name, model, flops, epochs) in &models {
+            let flops = flops(level);
             let epochs_arg = epochs.to_string();
             let (mut ours, mut theirs, mut ratios, mut accuracy) = (Vec::new(), Vec::new(), Vec::new(), (0.0, 0.0));
             let mut capability = String::new();
@@ -596,7 +601,9 @@ fn levels_against_pytorch(
          every CPU of its architecture has: SSE2 on x86-64 (NEON on 64-bit ARM). Peak: two fused multiply-adds \
          of 16 lanes a cycle per core with AVX-512, of 8 with AVX2, and a 4-lane multiply and add on the \
          portable level, at {ghz:.2} GHz, the clock the operating system reports; cores that run \
-         faster than it make these shares overstate how busy the vector units are.\n",
+         faster than it make these shares overstate how busy the vector units are. Below AVX-512 the \
+         CNN's 3x3 convolutions take Winograd's method, and its executed rate counts the multiply-adds \
+         of their products (4/9 of the direct method's; the transforms only add).\n",
         opts.level_pairs,
         started.elapsed().as_secs_f64()
     )?;
@@ -643,6 +650,7 @@ fn cpu_mhz() -> f64 {
 }
 
 /// FLOP per training sample of an MLP with `widths`.
+#[derive(Clone, Copy)]
 struct Flops {
     /// Counting every product: forward, weight gradients, input gradients of layers 2 and up.
     dense: f64,
@@ -668,16 +676,34 @@ impl Flops {
 
     /// The CNN of `--model cnn` on the data's images: two 3x3 convolutions (pad 1) at 16
     /// channels, pool, two at 32, pool, 128, classes (batch normalisation's few FLOP left out).
-    fn cnn(shape: &Shape, density: f64) -> Self {
+    /// Executed at `level`: where its 3x3 convolutions take Winograd's method, the products'
+    /// multiply-adds (its transforms only add, and are left out).
+    fn cnn(shape: &Shape, density: f64, level: simd::Level) -> Self {
         let side = (shape.inputs as f64).sqrt() as usize;
-        let conv = |inputs: usize, out: usize, side: usize| 2.0 * (out * inputs * 9 * side * side) as f64;
-        let conv1 = conv(1, 16, side);
-        let rest = conv(16, 16, side) + conv(16, 32, side / 2) + conv(32, 32, side / 2);
+        let conv = |in_channels: usize, out_channels: usize, side: usize| {
+            let shape = tensor::Conv2dShape {
+                in_channels,
+                height: side,
+                width: side,
+                out_channels,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            };
+            (
+                2.0 * (out_channels * in_channels * 9 * side * side) as f64,
+                2.0 * tensor::conv2d_multiply_adds(&shape, level) as f64,
+            )
+        };
+        let conv1 = conv(1, 16, side).0;
+        let layers = [conv(16, 16, side), conv(16, 32, side / 2), conv(32, 32, side / 2)];
+        let (rest, rest_executed) =
+            layers.iter().fold((0.0, 0.0), |(d, e), &(dense, executed)| (d + dense, e + executed));
         let flat = 32 * (side / 4) * (side / 4);
         let fc = 2.0 * (flat * 128 + 128 * shape.classes) as f64;
         // Forward and weight gradients of everything, input gradients of all but conv1.
         let dense = 2.0 * conv1 + 3.0 * (rest + fc);
-        let executed = 2.0 * density * conv1 + 3.0 * (rest + fc);
+        let executed = 2.0 * density * conv1 + 3.0 * (rest_executed + fc);
         Self { dense, executed }
     }
 
@@ -889,11 +915,18 @@ mod tests {
     fn flops_of_the_cnn() {
         // conv1 2·16·9·784 = 225792, conv2 2·16·144·784 = 3612672, conv3 2·32·144·196 = 1806336,
         // conv4 2·32·288·196 = 3612672, fc 2·(1568·128 + 128·10) = 403968: about 29 MFLOP a step.
-        let f = Flops::cnn(&Shape { train: 60_000, inputs: 784, classes: 10 }, 0.5);
+        let shape = Shape { train: 60_000, inputs: 784, classes: 10 };
+        let f = Flops::cnn(&shape, 0.5, simd::Level::Avx512);
         let rest = 3_612_672.0 + 1_806_336.0 + 3_612_672.0 + 403_968.0;
         assert_eq!(f.dense, 2.0 * 225_792.0 + 3.0 * rest);
         assert_eq!(f.executed, 225_792.0 + 3.0 * rest);
         assert!((f.dense / 1e6 - 28.75).abs() < 0.01, "{}", f.dense);
+        // Below AVX-512 the three 3x3 convolutions from 16 and 32 channels take Winograd's
+        // method: 4/9 of their multiply-adds.
+        let winograd = Flops::cnn(&shape, 0.5, simd::Level::Avx2);
+        assert_eq!(winograd.dense, f.dense);
+        let rest = (3_612_672.0 + 1_806_336.0 + 3_612_672.0) * 4.0 / 9.0 + 403_968.0;
+        assert_eq!(winograd.executed, 225_792.0 + 3.0 * rest);
     }
 
     #[test]

@@ -915,8 +915,9 @@ mod tests {
             for i in 0..l {
                 assert_eq!(out[i], (a[i] + b[i]) * 0.5, "add, mul lane {i}");
             }
-            let (even, odd) = va.deinterleave(vb);
-            let pair: Vec<f32> = a.iter().chain(&b).copied().collect();
+            // Every value distinct, so that any lane out of place shows.
+            let pair: Vec<f32> = (0..2 * l).map(|i| 100.0 + i as f32).collect();
+            let (even, odd) = V::load(pair.as_ptr()).deinterleave(V::load(pair.as_ptr().add(l)));
             let mut halves = vec![f32::NAN; 2 * l];
             even.store(halves.as_mut_ptr());
             odd.store(halves.as_mut_ptr().add(l));

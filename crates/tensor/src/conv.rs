@@ -3,8 +3,9 @@
 //! (`im2col`) so that the work is matrix products. Stride-1 convolutions whose output is
 //! nearly as wide as the padded input (3x3 with padding 1) skip the unfolding: their products
 //! read shifted rows of the padded input where they lie (see the `padded` module). Below
-//! AVX-512, 3x3 convolutions with padding 1 from 8 or more channels take Winograd's F(2x2, 3x3)
-//! instead: fewer multiplications, for some transforms (see the `winograd` module).
+//! AVX-512, 3x3 convolutions with padding 1 of an even height and width from 8 or more channels
+//! take Winograd's F(2x2, 3x3) instead: fewer multiplications, for some transforms (see the
+//! `winograd` module).
 //!
 //! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
 //! A weight `[out, in, kH, kW]` is read as the `out x (in·kH·kW)` matrix it is row-major.
@@ -447,12 +448,22 @@ pub struct ConvScratch {
     winograd: crate::winograd::Scratch,
 }
 
+/// The multiply-adds of one sample's forward pass through a convolution of `shape` at `level`
+/// (each gradient takes as many): `out·patch_len·positions` directly, 4/9 of that where
+/// Winograd's method takes the shape (16 for each 2x2 block of outputs and input channel
+/// rather than 36; its transforms only add).
+pub fn conv2d_multiply_adds(shape: &Conv2dShape, level: simd::Level) -> usize {
+    let direct = shape.out_channels * shape.patch_len() * shape.positions();
+    if crate::winograd::takes(shape, level) { direct / 9 * 4 } else { direct }
+}
+
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
 /// `N x out_len`. The batch's patches are unfolded side by side into `cols` (`patch_len x
 /// N·positions`), so that the whole batch is one matrix product, and left there for
 /// [`conv2d_backward`]; for a stride-1 shape whose output is nearly as wide as its padded
 /// input, `cols` holds each sample's zero-padded input instead, which the products read
-/// shifted. `cols` grows as needed.
+/// shifted, or, where Winograd's method takes the shape, the eight phases of it (about twice
+/// as many values). `cols` grows as needed.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -839,8 +850,9 @@ mod tests {
         // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks). On shifted
         // rows of the padded input: the CNN's 3x3 with padding 1 on 28 and 14 pixels, 3x3
         // without padding, 5x5 with padding 2 on 28 pixels, 1x1 with padding 1. Unfolded: a
-        // padded 5x5 on a narrow input. One buffer and scratch per level serve every shape, as
-        // a tape's do.
+        // padded 5x5 on a narrow input. By Winograd's method below AVX-512: the 3x3 on 28
+        // pixels, 32 channels on 14 (two groups of samples), 8 channels on 6x4, 4x2 and 2x2
+        // (one tile across). One buffer and scratch per level serve every shape, as a tape's do.
         let cases = [
             (shape(6, 14, 14, 16, 5, 1, 0), 9),
             (shape(16, 28, 28, 4, 3, 1, 1), 3),
@@ -851,13 +863,15 @@ mod tests {
             (shape(2, 6, 9, 3, 5, 1, 2), 2),
             (shape(32, 14, 14, 8, 3, 1, 1), 3),
             (shape(8, 6, 4, 3, 3, 1, 1), 5),
+            (shape(8, 4, 2, 3, 3, 1, 1), 2),
+            (shape(8, 2, 2, 3, 3, 1, 1), 3),
         ];
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
         let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
-        assert_eq!(padded, [false, true, true, true, true, true, false, true, false]);
+        assert_eq!(padded, [false, true, true, true, true, true, false, true, false, false, false]);
         let winograd: Vec<bool> =
             cases.iter().map(|(sh, _)| crate::winograd::fits(sh, Simd::every().next().unwrap())).collect();
-        assert_eq!(winograd, [false, true, false, false, false, false, false, true, true]);
+        assert_eq!(winograd, [false, true, false, false, false, false, false, true, true, true, true]);
         for simd in Simd::every() {
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
             for (sh, n) in cases {

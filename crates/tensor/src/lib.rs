@@ -26,7 +26,9 @@ pub use aligned::AlignedVec;
 pub use batchnorm::{
     Normalization, batch_norm_backward, batch_norm_backward_sums, batch_norm_normalize, channel_sums, mean_and_variance,
 };
-pub use conv::{Conv2dShape, ConvScratch, col2im_add, conv2d, conv2d_backward, conv2d_forward, im2col};
+pub use conv::{
+    Conv2dShape, ConvScratch, col2im_add, conv2d, conv2d_backward, conv2d_forward, conv2d_multiply_adds, im2col,
+};
 pub use elementwise::{add_bias, relu_backward, relu_inplace, relu_into, sum_rows};
 pub use init::linear_init;
 pub use matmul::{matmul, matmul_nt, matmul_tn};

@@ -8,8 +8,10 @@
 //! The gradients run the same steps transposed: `dM = A·dY·Aᵀ`, `dU_ξ = dM_ξ·V_ξᵀ` (then
 //! `dg = Gᵀ·dU·G`), `dV_ξ = U_ξᵀ·dM_ξ` (then `dd = B·dV·Bᵀ`, added up where tiles overlap).
 //!
-//! The transforms only add and subtract (`G`'s halves are exact), so the results differ from
-//! the direct sums in rounding alone. They run on whole vectors of tiles: each sample's padded
+//! The transforms only add and subtract (`G`'s halves are exact), so for finite values the
+//! results differ from the direct sums in rounding (the transformed values can be four times
+//! as large as the inputs, and an infinite input gives NaN where the direct sum gives
+//! infinity). They run on whole vectors of tiles: each sample's padded
 //! input is kept as eight phases, `phase(p, s)[y][j]` holding padded pixel `(2y + p, 2j + s)`,
 //! so that value `(r, s)` of tile `(i, j)` is `phase(r mod 2, s)[i + r/2][j]`, and tile
 //! `t = i·n + j` (`n` tiles across) reads it at `t + (r/2)·n`: one run of values for every tile
@@ -35,7 +37,12 @@ const GROUP_BYTES: usize = 256 * 1024;
 /// closest to the vector units' peak, its 16-to-16 layer on 28x28 took 3-11% longer, the
 /// others up to 16% less, and its epoch was no faster.
 pub(crate) fn fits(shape: &Conv2dShape, simd: Simd) -> bool {
-    simd.level() < simd::Level::Avx512 && shape_fits(shape)
+    takes(shape, simd.level())
+}
+
+/// [`fits`] at `level`.
+pub(crate) fn takes(shape: &Conv2dShape, level: simd::Level) -> bool {
+    level < simd::Level::Avx512 && shape_fits(shape)
 }
 
 /// The shapes [`fits`] takes at levels below AVX-512.
@@ -86,6 +93,13 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of a shape [`fits`] takes: the kernels' loads and stores stay within the
+    /// buffers it sizes only for those (output as large as the input, whole tiles).
+    fn checked(shape: &Conv2dShape) -> Self {
+        assert!(shape_fits(shape), "Winograd's convolution for {shape:?}");
+        Self::of(shape)
+    }
+
     fn of(shape: &Conv2dShape) -> Self {
         let across = shape.width / 2;
         let phase = (shape.height / 2 + 1) * across;
@@ -112,7 +126,7 @@ fn start(xi: usize, c: usize, channels: usize, cols: usize, at: usize) -> usize 
 
 simd::kernel! {
     /// [`pad`] at a level.
-    unsafe fn pad_at(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) => pad;
+    unsafe fn pad_at(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) => pad;
 }
 
 /// Writes sample `x` (`C·H·W` values) into `out` as the phases of its zero-padded planes.
@@ -120,8 +134,9 @@ simd::kernel! {
 /// # Safety
 /// The level's (see [`F32s`]).
 #[inline(always)]
-unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, g: Geometry, out: &mut [f32]) {
-    let (w, n) = (shape.width, g.across);
+unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) {
+    let (g, w) = (Geometry::checked(shape), shape.width);
+    let n = g.across;
     assert!(x.len() == shape.in_len() && out.len() == shape.in_channels * g.channel);
     for (c, phases) in out.chunks_exact_mut(g.channel).enumerate() {
         for y in 0..shape.height + 2 {
@@ -303,7 +318,7 @@ fn transpose<V: Copy>(x: [[V; 4]; 4]) -> [[V; 4]; 4] {
 
 simd::kernel! {
     /// [`transform_input`] at a level.
-    unsafe fn transform_input_at(phases: &[f32], g: Geometry, v: &mut [f32], cols: usize, at: usize) => transform_input;
+    unsafe fn transform_input_at(phases: &[f32], shape: &Conv2dShape, v: &mut [f32], cols: usize, at: usize) => transform_input;
 }
 
 simd::kernel! {
@@ -311,7 +326,6 @@ simd::kernel! {
     unsafe fn transform_output_at(
         m: &[f32],
         shape: &Conv2dShape,
-        g: Geometry,
         bias: Option<ArrayView1<f32>>,
         cols: usize,
         at: usize,
@@ -325,7 +339,6 @@ simd::kernel! {
     unsafe fn transform_output_gradient_at(
         dy: &[f32],
         shape: &Conv2dShape,
-        g: Geometry,
         m: &mut [f32],
         cols: usize,
         at: usize,
@@ -338,7 +351,6 @@ simd::kernel! {
     unsafe fn transform_input_gradient_at(
         dv: &[f32],
         shape: &Conv2dShape,
-        g: Geometry,
         cols: usize,
         at: usize,
         dphases: &mut [f32],
@@ -353,8 +365,8 @@ simd::kernel! {
 /// # Safety
 /// The level's (see [`F32s`]).
 #[inline(always)]
-unsafe fn transform_input<V: F32s>(phases: &[f32], g: Geometry, v: &mut [f32], cols: usize, at: usize) {
-    let channels = phases.len() / g.channel;
+unsafe fn transform_input<V: F32s>(phases: &[f32], shape: &Conv2dShape, v: &mut [f32], cols: usize, at: usize) {
+    let (g, channels) = (Geometry::checked(shape), shape.in_channels);
     assert!(phases.len() == channels * g.channel && at + g.tiles <= cols && v.len() >= TILE * channels * cols);
     for (c, phases) in phases.chunks_exact(g.channel).enumerate() {
         // Value (r, s) of every tile: phase (r mod 2, s) from row r/2.
@@ -398,15 +410,16 @@ unsafe fn transform_input<V: F32s>(phases: &[f32], g: Geometry, v: &mut [f32], c
 unsafe fn transform_output<V: F32s>(
     m: &[f32],
     shape: &Conv2dShape,
-    g: Geometry,
     bias: Option<ArrayView1<f32>>,
     cols: usize,
     at: usize,
     blocks: &mut [f32],
     y: &mut [f32],
 ) {
-    let (channels, w, n) = (shape.out_channels, shape.width, g.across);
+    let (g, channels, w) = (Geometry::checked(shape), shape.out_channels, shape.width);
+    let n = g.across;
     assert!(at + g.tiles <= cols && m.len() >= TILE * channels * cols && blocks.len() >= 4 * g.tiles);
+    assert_eq!(y.len(), shape.out_len(), "one sample's output");
     for (o, yo) in y.chunks_exact_mut(shape.height * w).enumerate() {
         let b = bias.map_or(0.0, |b| b[o]);
         let sources = [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| m[start(r * 4 + s, o, channels, cols, at)..].as_ptr()));
@@ -468,14 +481,15 @@ unsafe fn transform_output<V: F32s>(
 unsafe fn transform_output_gradient<V: F32s>(
     dy: &[f32],
     shape: &Conv2dShape,
-    g: Geometry,
     m: &mut [f32],
     cols: usize,
     at: usize,
     blocks: &mut [f32],
 ) {
-    let (channels, w, n) = (shape.out_channels, shape.width, g.across);
+    let (g, channels, w) = (Geometry::checked(shape), shape.out_channels, shape.width);
+    let n = g.across;
     assert!(at + g.tiles <= cols && m.len() >= TILE * channels * cols && blocks.len() >= 4 * g.tiles);
+    assert_eq!(dy.len(), shape.out_len(), "one sample's output gradient");
     for (o, dyo) in dy.chunks_exact(shape.height * w).enumerate() {
         for (i, rows) in dyo.chunks_exact(2 * w).enumerate() {
             for (a, row) in rows.chunks_exact(w).enumerate() {
@@ -520,15 +534,16 @@ unsafe fn transform_output_gradient<V: F32s>(
 unsafe fn transform_input_gradient<V: F32s>(
     dv: &[f32],
     shape: &Conv2dShape,
-    g: Geometry,
     cols: usize,
     at: usize,
     dphases: &mut [f32],
     dx: &mut [f32],
     beta: f32,
 ) {
-    let (channels, w, n) = (shape.in_channels, shape.width, g.across);
+    let (g, channels, w) = (Geometry::checked(shape), shape.in_channels, shape.width);
+    let n = g.across;
     assert!(at + g.tiles <= cols && dv.len() >= TILE * channels * cols && dphases.len() == channels * g.channel);
+    assert_eq!(dx.len(), shape.in_len(), "one sample's input gradient");
     dphases.fill(0.0);
     for (c, phases) in dphases.chunks_exact_mut(g.channel).enumerate() {
         let sources =
@@ -649,16 +664,16 @@ pub(crate) fn forward(
             let sample = &mut padded[at..at + per_sample];
             let xs = x.row(s);
             // SAFETY: padding has no requirement but the level, which `simd` vouches for.
-            unsafe { pad_at(simd, xs.to_slice().expect("rows of a standard matrix"), shape, g, sample) };
+            unsafe { pad_at(simd, xs.to_slice().expect("rows of a standard matrix"), shape, sample) };
             // SAFETY: the transform has no requirement but the level, which `simd` vouches for.
-            unsafe { transform_input_at(simd, sample, g, v, cols, t * g.tiles) };
+            unsafe { transform_input_at(simd, sample, shape, v, cols, t * g.tiles) };
         }
         products(simd, u, (o, c), false, v, cols, m);
         for (t, s) in samples.enumerate() {
             let mut yn = y.row_mut(s);
             let yn = yn.as_slice_mut().expect("standard rows");
             // SAFETY: as above.
-            unsafe { transform_output_at(simd, m, shape, g, bias, cols, t * g.tiles, blocks, yn) };
+            unsafe { transform_output_at(simd, m, shape, bias, cols, t * g.tiles, blocks, yn) };
         }
     }
 }
@@ -705,8 +720,8 @@ pub(crate) fn backward(
             let dys = dys.to_slice().expect("standard rows");
             // SAFETY: the transforms have no requirement but the level, which `simd` vouches for.
             unsafe {
-                transform_input_at(simd, sample, g, v, cols, t * g.tiles);
-                transform_output_gradient_at(simd, dys, shape, g, m, cols, t * g.tiles, blocks);
+                transform_input_at(simd, sample, shape, v, cols, t * g.tiles);
+                transform_output_gradient_at(simd, dys, shape, m, cols, t * g.tiles, blocks);
             }
         }
         // dU_ξ += dM_ξ·V_ξᵀ.
@@ -723,7 +738,7 @@ pub(crate) fn backward(
                 let mut dxn = dx.row_mut(s);
                 let dxn = dxn.as_slice_mut().expect("standard rows");
                 // SAFETY: as above.
-                unsafe { transform_input_gradient_at(simd, dv, shape, g, cols, t * g.tiles, dphases, dxn, *beta_x) };
+                unsafe { transform_input_gradient_at(simd, dv, shape, cols, t * g.tiles, dphases, dxn, *beta_x) };
             }
         }
     }
