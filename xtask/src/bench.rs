@@ -454,9 +454,10 @@ fn products_section(report: &mut String, root: &Path) -> Result<()> {
          microseconds per product, timed in turns. This project's kernels run at the level (`MNIST_SIMD`), \
          `matrixmultiply` 0.3 capped at the same instruction set at compile time (`MMTEST_FEATURE`: \
          `avx2,fma`; on the portable level its kernel without intrinsics, compiled for SSE2). `gemm` 0.18 \
-         cannot be capped: on stable Rust it runs AVX2 with FMA at every level. The CNN's convolutions \
-         run these products on shifted rows of the padded input, which neither crate takes; the shapes \
-         are those of the same products over unfolded patches.\n"
+         cannot be capped: on stable Rust it runs AVX2 with FMA at every level. At AVX-512 the CNN's \
+         convolutions run these products on shifted rows of the padded input, which neither crate takes \
+         (below it, Winograd's method runs 16 smaller ones); the shapes are those of the same products \
+         over unfolded patches.\n"
     )?;
     writeln!(report, "| product | level | this project (µs) | gemm (µs) | matrixmultiply (µs) | fastest |")?;
     writeln!(report, "|---|---|---|---|---|---|")?;
