@@ -32,7 +32,7 @@ const GROUP_BYTES: usize = 256 * 1024;
 
 /// Whether `shape` is convolved this way at level `simd`: 3x3, stride 1, padding 1, even sides
 /// (whole 2x2 output blocks), and enough input channels for the products to outweigh the
-/// transforms; below AVX-512. There the CNN's layers take 20% to 40% less time this way (one
+/// transforms; below AVX-512. There the CNN's layers take 12% to 43% less time this way (one
 /// thread, `cargo bench -p tensor --bench convolutions`); at AVX-512, whose direct products run
 /// closest to the vector units' peak, its 16-to-16 layer on 28x28 took 3-11% longer, the
 /// others up to 16% less, and its epoch was no faster.
