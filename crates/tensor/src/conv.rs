@@ -508,16 +508,10 @@ fn conv2d_forward_at(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    if crate::winograd::fits(shape, simd) {
-        check(x.dim(), w.dim(), y.dim(), shape);
-        crate::winograd::forward(simd, x, w, bias, shape, &mut scratch.columns, false, &mut scratch.winograd, y);
-    } else if crate::padded::fits(shape) {
-        check(x.dim(), w.dim(), y.dim(), shape);
-        crate::padded::forward(simd, x, w, bias, shape, &mut scratch.columns, false, &mut scratch.padded, y);
-    } else {
-        let ConvScratch { product, columns, .. } = scratch;
-        conv2d_chunks(simd, x, w, bias, shape, columns, false, product, y);
-    }
+    // The scratch's own columns, reused from call to call (taking a Vec allocates nothing).
+    let mut columns = std::mem::take(&mut scratch.columns);
+    conv2d_keeping(simd, x, w, bias, shape, &mut columns, false, scratch, y);
+    scratch.columns = columns;
 }
 
 #[track_caller]
@@ -532,14 +526,32 @@ fn conv2d_at(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
+    conv2d_keeping(simd, x, w, bias, shape, cols, true, scratch, y);
+}
+
+/// The forward pass by whichever method takes `shape` at `simd`; with `keep`, what the
+/// backward pass needs stays in `cols`.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_keeping(
+    simd: Simd,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    shape: &Conv2dShape,
+    cols: &mut Vec<f32>,
+    keep: bool,
+    scratch: &mut ConvScratch,
+    y: ArrayViewMut2<f32>,
+) {
     if crate::winograd::fits(shape, simd) {
         check(x.dim(), w.dim(), y.dim(), shape);
-        crate::winograd::forward(simd, x, w, bias, shape, cols, true, &mut scratch.winograd, y);
+        crate::winograd::forward(simd, x, w, bias, shape, cols, keep, &mut scratch.winograd, y);
     } else if crate::padded::fits(shape) {
         check(x.dim(), w.dim(), y.dim(), shape);
-        crate::padded::forward(simd, x, w, bias, shape, cols, true, &mut scratch.padded, y);
+        crate::padded::forward(simd, x, w, bias, shape, cols, keep, &mut scratch.padded, y);
     } else {
-        conv2d_chunks(simd, x, w, bias, shape, cols, true, &mut scratch.product, y);
+        conv2d_chunks(simd, x, w, bias, shape, cols, keep, &mut scratch.product, y);
     }
 }
 

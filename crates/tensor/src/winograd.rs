@@ -265,6 +265,22 @@ unsafe fn merge<V: F32s>(even: V, odd: V, k: usize, dst: *mut f32) {
     }
 }
 
+/// The 16 runs of channel `c` in a `[16][channels][cols]` buffer, from column `at`, as
+/// `[r][s]` for tile position `r·4 + s`.
+fn tile_sources(data: &[f32], c: usize, channels: usize, cols: usize, at: usize) -> [[*const f32; 4]; 4] {
+    [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| data[start(r * 4 + s, c, channels, cols, at)..].as_ptr()))
+}
+
+/// The runs of `k` lanes from `t` after each of `p`, as `[r][s]`.
+///
+/// # Safety
+/// The level's (see [`F32s`]); each `p + t` must be valid for reading `k <= LANES` values.
+#[inline(always)]
+unsafe fn load16<V: F32s>(p: &[[*const f32; 4]; 4], t: usize, k: usize) -> [[V; 4]; 4] {
+    // SAFETY: the caller's promise.
+    unsafe { [load4(&p[0], t, k), load4(&p[1], t, k), load4(&p[2], t, k), load4(&p[3], t, k)] }
+}
+
 /// `Bᵀ·x` along one axis: `x0 - x2, x1 + x2, x2 - x1, x1 - x3`.
 ///
 /// # Safety
@@ -380,12 +396,7 @@ unsafe fn transform_input<V: F32s>(phases: &[f32], shape: &Conv2dShape, v: &mut 
             // SAFETY: each source holds `tiles` values and each destination run (the check
             // above) `tiles` from `at`; t + k <= tiles.
             unsafe {
-                let d = [
-                    load4::<V>(&sources[0], t, k),
-                    load4(&sources[1], t, k),
-                    load4(&sources[2], t, k),
-                    load4(&sources[3], t, k),
-                ];
+                let d = load16::<V>(&sources, t, k);
                 // Along each row, then down each column.
                 let across = transpose([input_1d(d[0]), input_1d(d[1]), input_1d(d[2]), input_1d(d[3])]);
                 let down = [input_1d(across[0]), input_1d(across[1]), input_1d(across[2]), input_1d(across[3])];
@@ -422,7 +433,7 @@ unsafe fn transform_output<V: F32s>(
     assert_eq!(y.len(), shape.out_len(), "one sample's output");
     for (o, yo) in y.chunks_exact_mut(shape.height * w).enumerate() {
         let b = bias.map_or(0.0, |b| b[o]);
-        let sources = [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| m[start(r * 4 + s, o, channels, cols, at)..].as_ptr()));
+        let sources = tile_sources(m, o, channels, cols, at);
         let dst = blocks.as_mut_ptr();
         let mut t = 0;
         while t < g.tiles {
@@ -430,12 +441,7 @@ unsafe fn transform_output<V: F32s>(
             // SAFETY: each source run holds `tiles` values (the check above), `blocks` four
             // runs of `tiles`; t + k <= tiles.
             unsafe {
-                let x = [
-                    load4::<V>(&sources[0], t, k),
-                    load4(&sources[1], t, k),
-                    load4(&sources[2], t, k),
-                    load4(&sources[3], t, k),
-                ];
+                let x = load16::<V>(&sources, t, k);
                 // Down each column, then along the two rows.
                 let x = transpose(x);
                 let down = [output_1d(x[0]), output_1d(x[1]), output_1d(x[2]), output_1d(x[3])];
@@ -546,8 +552,7 @@ unsafe fn transform_input_gradient<V: F32s>(
     assert_eq!(dx.len(), shape.in_len(), "one sample's input gradient");
     dphases.fill(0.0);
     for (c, phases) in dphases.chunks_exact_mut(g.channel).enumerate() {
-        let sources =
-            [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| dv[start(r * 4 + s, c, channels, cols, at)..].as_ptr()));
+        let sources = tile_sources(dv, c, channels, cols, at);
         let dst = phases.as_mut_ptr();
         let targets = [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| g.phase_at(r % 2, s) + r / 2 * n));
         let mut t = 0;
@@ -556,12 +561,7 @@ unsafe fn transform_input_gradient<V: F32s>(
             // SAFETY: each source run holds `tiles` values (the check above); value (r, s)
             // adds to phase (r mod 2, s) from row r/2, within the phase's rows.
             unsafe {
-                let x = [
-                    load4::<V>(&sources[0], t, k),
-                    load4(&sources[1], t, k),
-                    load4(&sources[2], t, k),
-                    load4(&sources[3], t, k),
-                ];
+                let x = load16::<V>(&sources, t, k);
                 // Down each column, then along each row.
                 let x = transpose(x);
                 let down = transpose([input_1d_t(x[0]), input_1d_t(x[1]), input_1d_t(x[2]), input_1d_t(x[3])]);
