@@ -1,7 +1,7 @@
 //! Adam and AdamW, with PyTorch's update rule and bias correction.
 
 use nn::{Grads, Params, StateDict};
-use simd::Simd;
+use simd::{F32s, Simd};
 
 use crate::error::{check, check_unit};
 use crate::state::{GradSum, Slots, check_grads, flush_subnormal};
@@ -192,23 +192,15 @@ impl AdamStep {
             rayon::join(|| self.apply(p0, g0, m0, v0), || self.apply(p1, g1, m1, v1));
             return;
         }
-        match g {
-            GradSum::One(g) => self.apply_simd(p, |i| g[i], m, v),
-            GradSum::Two(a, b) => self.apply_simd(p, |i| a[i] + b[i], m, v),
-        }
-    }
-
-    /// The update compiled for the level in force. Every level computes the same operations in
-    /// the same order (no fused multiply-add), so results do not depend on the CPU.
-    #[inline(always)]
-    fn apply_simd(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
-        simd::dispatch!(self.simd, V => self.apply_portable(p, g, m, v))
+        // SAFETY: `update` has no requirement beyond the CPU's level.
+        unsafe { update_at(self.simd, self, p, g, m, v) }
     }
 
     #[inline(always)]
-    fn apply_portable(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
+    fn apply_level<V: F32s>(&self, p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32]) {
         let n = p.len();
         let (m, v) = (&mut m[..n], &mut v[..n]);
+        let by_bc2_sqrt = ExactDivision::by(self.bc2_sqrt);
         for i in 0..n {
             let mut pi = p[i];
             if let Some(shrink) = self.shrink {
@@ -217,11 +209,67 @@ impl AdamStep {
             let gi = if let Some(l2) = self.l2 { g(i) + l2 * pi } else { g(i) };
             let mi = flush_subnormal(m[i] + self.one_minus_beta1 * (gi - m[i]));
             let vi = flush_subnormal(v[i] * self.beta2 + self.one_minus_beta2 * gi * gi);
-            let denom = vi.sqrt() / self.bc2_sqrt + self.eps;
+            let denom = by_bc2_sqrt.divide::<V>(vi.sqrt()) + self.eps;
             p[i] = pi + -self.step_size * mi / denom;
             m[i] = mi;
             v[i] = vi;
         }
+    }
+}
+
+/// The update compiled for one level. Every level computes the same values (no fused
+/// multiply-add changes a rounding), so results do not depend on the CPU.
+///
+/// # Safety
+/// The CPU must have `V`'s level.
+#[inline(always)]
+unsafe fn update<V: F32s>(step: &AdamStep, p: &mut [f32], g: GradSum, m: &mut [f32], v: &mut [f32]) {
+    match g {
+        GradSum::One(g) => step.apply_level::<V>(p, |i| g[i], m, v),
+        GradSum::Two(a, b) => step.apply_level::<V>(p, |i| a[i] + b[i], m, v),
+    }
+}
+
+simd::kernel! {
+    /// [`update`] at a level.
+    unsafe fn update_at(step: &AdamStep, p: &mut [f32], g: GradSum, m: &mut [f32], v: &mut [f32]) => update;
+}
+
+/// Division by a constant, rounded exactly as `x / divisor`, with multiplications where the
+/// level fuses them: the divider is the slowest unit an update uses, and Adam divides twice and
+/// takes a square root per element.
+#[derive(Debug, Clone, Copy)]
+struct ExactDivision {
+    divisor: f32,
+    /// `1 / divisor`, correctly rounded.
+    reciprocal: f32,
+}
+
+impl ExactDivision {
+    fn by(divisor: f32) -> Self {
+        Self { divisor, reciprocal: 1.0 / divisor }
+    }
+
+    /// `x / divisor`, to the bit, at level `V`: [`Self::fused`] where it fuses multiply-adds,
+    /// the division elsewhere.
+    #[inline(always)]
+    fn divide<V: F32s>(&self, x: f32) -> f32 {
+        if V::FUSED { self.fused(x) } else { x / self.divisor }
+    }
+
+    /// Markstein's correction: `q = x·r` is within an ulp of the quotient, the remainder
+    /// `x - q·d` is exact in a multiply-add, and `q + rem·r` rounds to the correctly rounded
+    /// quotient, given a correctly rounded reciprocal `r` and no overflow or underflow on the
+    /// way: for `x` zero or from 2⁻¹⁰⁰ up to 2¹⁰⁰, and a divisor above 2⁻²⁶. With `+∞` and NaN,
+    /// that covers the square root of any `f32`: those two pass through the sum at the end,
+    /// where `x - finite` is zero for every other `x`.
+    #[inline(always)]
+    fn fused(&self, x: f32) -> f32 {
+        const LIMIT: f32 = f32::from_bits((127 + 100) << 23);
+        let finite = if x < LIMIT { x } else { LIMIT };
+        let q = finite * self.reciprocal;
+        let corrected = (-q).mul_add(self.divisor, finite).mul_add(self.reciprocal, q);
+        corrected + (x - finite)
     }
 }
 
@@ -260,6 +308,29 @@ mod tests {
                     bits(&got.0) == bits(&want.0) && bits(&got.1) == bits(&want.1) && bits(&got.2) == bits(&want.2),
                     "{simd}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fused_division_rounds_as_the_division() {
+        // Adam's divisors (the square root of 1 - 0.999ᵗ, as `step_sum` rounds it) over a
+        // million steps, and others, each against every significand of two binades: with no
+        // underflow or overflow, the exponent of `x` only scales both sides.
+        let adams =
+            [1, 2, 3, 10, 100, 938, 1000, 9380, 100_000, 1_000_000].map(|t| (1.0 - 0.999f64.powi(t)).sqrt() as f32);
+        for divisor in adams.into_iter().chain([1.0, 0.1, 0.3, 1.0 - f32::EPSILON / 2.0, 3.0e-4]) {
+            let division = ExactDivision::by(divisor);
+            for exponent in [127, 127 - 60] {
+                for significand in 0..1u32 << 23 {
+                    let x = f32::from_bits(exponent << 23 | significand);
+                    let want = x / divisor;
+                    assert_eq!(division.fused(x).to_bits(), want.to_bits(), "{x:e} / {divisor:e}");
+                }
+            }
+            for x in [0.0, f32::INFINITY, f32::NAN, f32::MAX.sqrt(), 2f32.powi(-100), 2f32.powi(100)] {
+                let (got, want) = (division.fused(x), x / divisor);
+                assert!(got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(), "{x:e} / {divisor:e}");
             }
         }
     }

@@ -14,6 +14,10 @@ pub unsafe trait F32s: Copy {
     /// Lanes per vector.
     const LANES: usize;
 
+    /// Whether [`mul_add`](F32s::mul_add) rounds once, and `f32::mul_add` compiles to one
+    /// instruction in code compiled for the level.
+    const FUSED: bool;
+
     /// All lanes zero.
     ///
     /// # Safety
@@ -189,6 +193,7 @@ pub struct Portable([f32; 4]);
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 unsafe impl F32s for Portable {
     const LANES: usize = 4;
+    const FUSED: bool = false;
 
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -320,6 +325,7 @@ mod x86 {
     // loads and stores touch only the lanes they name.
     unsafe impl F32s for Portable {
         const LANES: usize = 4;
+        const FUSED: bool = false;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -456,6 +462,7 @@ mod x86 {
     // masked loads and stores touch only the lanes the mask enables.
     unsafe impl F32s for Avx2 {
         const LANES: usize = 8;
+        const FUSED: bool = true;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -597,6 +604,7 @@ mod x86 {
     // masked loads and stores touch only the lanes the mask enables.
     unsafe impl F32s for Avx512 {
         const LANES: usize = 16;
+        const FUSED: bool = true;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -766,6 +774,7 @@ mod arm {
     // loads and stores touch only the lanes they name.
     unsafe impl F32s for Portable {
         const LANES: usize = 4;
+        const FUSED: bool = true;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -894,6 +903,7 @@ mod tests {
     /// whether the level's multiply-adds round once.
     #[inline(always)]
     unsafe fn check<V: F32s>(fused: bool) {
+        assert_eq!(V::FUSED, fused, "FUSED");
         let l = V::LANES;
         let a: Vec<f32> = (0..l).map(|i| i as f32 * 0.5 - 1.0).collect();
         let b: Vec<f32> = (0..l).map(|i| 3.0 - i as f32).collect();
