@@ -224,9 +224,17 @@ impl AdamStep {
 /// The CPU must have `V`'s level.
 #[inline(always)]
 unsafe fn update<V: F32s>(step: &AdamStep, p: &mut [f32], g: GradSum, m: &mut [f32], v: &mut [f32]) {
+    // Cut to length first: a bounds check left in the loop would keep it from vectorising.
+    let n = p.len();
     match g {
-        GradSum::One(g) => step.apply_level::<V>(p, |i| g[i], m, v),
-        GradSum::Two(a, b) => step.apply_level::<V>(p, |i| a[i] + b[i], m, v),
+        GradSum::One(g) => {
+            let g = &g[..n];
+            step.apply_level::<V>(p, |i| g[i], m, v);
+        }
+        GradSum::Two(a, b) => {
+            let (a, b) = (&a[..n], &b[..n]);
+            step.apply_level::<V>(p, |i| a[i] + b[i], m, v);
+        }
     }
 }
 
