@@ -165,6 +165,11 @@ pub(crate) struct TrainArgs {
     /// [default: 0].
     #[arg(group = "run", long, value_name = "EPS", allow_negative_numbers = true)]
     pub(crate) label_smoothing: Option<f64>,
+    /// After each epoch, re-estimate batch normalisation's running statistics (what evaluation
+    /// and saved models use) as the average over N of the epoch's batches, not augmented; 0
+    /// keeps those its momentum tracked [default: 0, or the recipe's].
+    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true)]
+    pub(crate) precise_bn: Option<i64>,
     /// Worker threads; each takes an equal part of every batch [default: all cores].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) threads: Option<i64>,
@@ -449,6 +454,11 @@ impl TrainArgs {
             early_stop,
             label_smoothing,
             augment: self.augment_flags(defaults.augment)?,
+            precise_bn: self
+                .precise_bn
+                .map(|n| count("--precise-bn", n, 0))
+                .transpose()?
+                .unwrap_or(defaults.precise_bn),
             ..defaults.clone()
         };
         let mlp_flag = self.hidden.is_some() || self.output_relu;
@@ -532,6 +542,9 @@ fn expansion(kind: RecipeKind, run: &NewRun, epochs: usize) -> String {
     };
     flags.push(format!("--schedule {schedule}"));
     flags.push(format!("--label-smoothing {}", run.settings.label_smoothing));
+    if run.settings.precise_bn > 0 {
+        flags.push(format!("--precise-bn {}", run.settings.precise_bn));
+    }
     format!("{name}: {}", flags.join(" "))
 }
 

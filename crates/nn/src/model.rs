@@ -51,6 +51,15 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
         let _ = tape;
     }
 
+    /// Takes the batch statistics on `tape` into the running statistics as batch `k` (from 1)
+    /// of an equally weighted average, rather than with each layer's momentum: batch 1
+    /// replaces them, batch `k` weighs `1/k`. Re-estimating them so over clean training
+    /// images after training is "precise batch normalisation" (Wu and Johnson, 2021).
+    /// Nothing to do by default.
+    fn average_running_statistics(&mut self, tape: &Tape, k: u64) {
+        let _ = (tape, k);
+    }
+
     /// The logits for `x` (one sample per row): [`Model::forward`] on `tape`, cleared first.
     /// With a tape made by [`Tape::for_inference`] and kept from call to call, evaluating
     /// batch after batch costs a forward pass and allocates nothing once warm.

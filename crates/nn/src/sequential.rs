@@ -812,6 +812,27 @@ impl Sequential {
         }
         h
     }
+
+    /// Takes the batch statistics on `tape` into the running ones: with each layer's momentum,
+    /// or with `weight` in place of every layer's.
+    fn take_statistics(&mut self, tape: &Tape, weight: Option<f32>) {
+        let momenta = self.layers.iter().filter_map(|l| match l {
+            Built::BatchNorm { momentum, stats, .. } => Some((weight.unwrap_or(*momentum), *stats)),
+            _ => None,
+        });
+        for ((momentum, stats), batch) in momenta.zip(tape.batch_statistics()) {
+            if batch.count < 2 {
+                // One value per channel has no variance to learn from (PyTorch refuses it).
+                continue;
+            }
+            let (mean, var) = (batch.mean, batch.variance);
+            let running = &mut self.running[stats];
+            let keep = 1.0 - momentum;
+            running.mean.iter_mut().zip(mean).for_each(|(r, &m)| *r = keep * *r + momentum * m);
+            running.var.iter_mut().zip(var).for_each(|(r, &v)| *r = keep * *r + momentum * v);
+            running.batches += 1;
+        }
+    }
 }
 
 /// Whether layer lists run some layers together ([`Sequential`]'s forward pass says which):
@@ -861,22 +882,11 @@ impl Model for Sequential {
     }
 
     fn track_running_statistics(&mut self, tape: &Tape) {
-        let momenta = self.layers.iter().filter_map(|l| match l {
-            Built::BatchNorm { momentum, stats, .. } => Some((*momentum, *stats)),
-            _ => None,
-        });
-        for ((momentum, stats), batch) in momenta.zip(tape.batch_statistics()) {
-            if batch.count < 2 {
-                // One value per channel has no variance to learn from (PyTorch refuses it).
-                continue;
-            }
-            let (mean, var) = (batch.mean, batch.variance);
-            let running = &mut self.running[stats];
-            let keep = 1.0 - momentum;
-            running.mean.iter_mut().zip(mean).for_each(|(r, &m)| *r = keep * *r + momentum * m);
-            running.var.iter_mut().zip(var).for_each(|(r, &v)| *r = keep * *r + momentum * v);
-            running.batches += 1;
-        }
+        self.take_statistics(tape, None);
+    }
+
+    fn average_running_statistics(&mut self, tape: &Tape, k: u64) {
+        self.take_statistics(tape, Some(1.0 / k.max(1) as f32));
     }
 
     fn state_dict(&self) -> StateDict {

@@ -248,8 +248,9 @@ impl<M: Model> Trainer<M> {
         if epochs <= first {
             return Err(TrainError::AlreadyDone { done: first });
         }
-        let Settings { batch_size, seed, val_split, early_stop, schedule, label_smoothing, augment, .. } =
-            self.settings;
+        let Settings {
+            batch_size, seed, val_split, early_stop, schedule, label_smoothing, augment, precise_bn, ..
+        } = self.settings;
         let recipe = Recipe { smoothing: label_smoothing, augment };
         let base_lr = self.settings.optimizer.lr();
         let (train_idx, val_idx) = split(data.len(), val_split, seed)?;
@@ -285,6 +286,10 @@ impl<M: Model> Trainer<M> {
                     Err(StepError::Optimizer(e)) => return Err(e.into()),
                 }
                 observer.step_done(step + 1, steps);
+            }
+            if precise_bn > 0 && self.model.normalizes_over_batch() {
+                let batches = (0..steps.min(precise_bn)).map(|step| loader.batch_indices(step));
+                stepper.recalibrate(&mut self.model, data, batches);
             }
             let seconds = started.elapsed().as_secs_f64();
             if let Some(p) = self.model.params().iter().find(|p| p.elements().iter().any(|v| !v.is_finite())) {

@@ -48,6 +48,11 @@ pub struct Settings {
     pub label_smoothing: f32,
     /// Random affine transforms of the training images, a fresh draw per image and epoch.
     pub augment: Option<data::Augment>,
+    /// After each epoch's steps, re-estimate the running statistics of batch normalisation as
+    /// the average over this many of the epoch's batches, not augmented ("precise batch
+    /// normalisation"); 0 keeps what the momentum tracked. Evaluation and saved models use the
+    /// running statistics; training does not, so its steps are the same either way.
+    pub precise_bn: usize,
 }
 
 impl Default for Settings {
@@ -61,6 +66,7 @@ impl Default for Settings {
             schedule: LrSchedule::default(),
             label_smoothing: 0.0,
             augment: None,
+            precise_bn: 0,
         }
     }
 }
@@ -73,6 +79,7 @@ pub(crate) mod keys {
     pub(crate) const SCHEDULE: &str = "schedule";
     pub(crate) const LABEL_SMOOTHING: &str = "label_smoothing";
     pub(crate) const AUGMENT: &str = "augment";
+    pub(crate) const PRECISE_BN: &str = "precise_bn";
 }
 
 impl Settings {
@@ -166,6 +173,7 @@ impl Settings {
             self.augment
                 .map_or("none".into(), |a| format!("rotate={:?},shift={:?},scale={:?}", a.rotate, a.shift, a.scale)),
         );
+        state.set_meta(keys::PRECISE_BN, self.precise_bn.to_string());
         self.optimizer.write_metadata(state);
     }
 
@@ -200,6 +208,11 @@ impl Settings {
                     value: text.into(),
                     expected: "rotate=R,shift=S,scale=F",
                 })?),
+            },
+            // Nor had files from before precise batch normalisation.
+            precise_bn: match state.meta(keys::PRECISE_BN) {
+                Some(_) => state.parse_meta(keys::PRECISE_BN, "a count")?,
+                None => 0,
             },
         })
     }

@@ -72,7 +72,7 @@ impl Stepper {
     ) -> Result<StepResult, StepError> {
         let sync = &mut self.sync;
         let (loss, correct, parts) =
-            forward_backward(&mut self.shards, &mut self.grads, sync, model, data, indices, recipe);
+            forward_backward(&mut self.shards, &mut self.grads, sync, model, data, indices, recipe, true);
         if !(loss.is_finite() && loss <= DIVERGED_LOSS) {
             return Err(StepError::Diverged { loss });
         }
@@ -80,6 +80,24 @@ impl Stepper {
         model.track_running_statistics(&self.shards[0].tape);
         optimizer.step_sum(model.params_mut(), &self.grads[..parts]).map_err(StepError::Optimizer)?;
         Ok(StepResult { loss, correct })
+    }
+}
+
+impl Stepper {
+    /// Re-estimates the running statistics of `model`'s batch normalisations as the average
+    /// of the statistics of `batches` (training mode's forward pass, nothing augmented), each
+    /// batch split across the parts as a step splits it.
+    pub(crate) fn recalibrate<'a, M: Model>(
+        &mut self,
+        model: &mut M,
+        data: &Dataset,
+        batches: impl Iterator<Item = &'a [usize]>,
+    ) {
+        let clean = Recipe { smoothing: 0.0, augment: None };
+        for (k, indices) in (1..).zip(batches) {
+            forward_backward(&mut self.shards, &mut self.grads, &mut self.sync, model, data, indices, clean, false);
+            model.average_running_statistics(&self.shards[0].tape, k);
+        }
     }
 }
 
@@ -115,7 +133,9 @@ impl Default for Shard {
 
 impl Shard {
     /// Forward and backward over the samples `indices`, which are the share `scale` of a batch:
-    /// the gradient written into `grads` is that share of the batch's.
+    /// the gradient written into `grads` is that share of the batch's. Without `backward`,
+    /// only the forward pass in training mode, for the batch statistics it records.
+    #[allow(clippy::too_many_arguments)]
     fn run<M: Model>(
         &mut self,
         model: &M,
@@ -124,6 +144,7 @@ impl Shard {
         recipe: Recipe,
         scale: f32,
         grads: &mut Grads,
+        backward: bool,
     ) {
         self.tape.clear();
         // The pixels go from their stored bytes straight into the tape's input (transformed
@@ -137,6 +158,9 @@ impl Shard {
             }
         });
         let logits = model.forward_train(&mut self.tape, x, &mut self.rng);
+        if !backward {
+            return;
+        }
         let loss = self.tape.cross_entropy_smoothed(logits, &self.labels, recipe.smoothing);
         self.loss = self.tape.value(loss)[[0, 0]];
         let rows = self.tape.value(logits);
@@ -157,9 +181,11 @@ impl Drop for AbandonOnPanic<'_> {
     }
 }
 
-/// Forward and backward over one batch, split into equal parts across the shards' threads.
-/// Returns the batch's mean loss, how many of its samples were classified right, and how many
-/// shards took part.
+/// Forward and backward (or only forward, without `backward`) over one batch, split into
+/// equal parts across the shards' threads. Returns the batch's mean loss, how many of its
+/// samples were classified right, and how many shards took part (only the last is meaningful
+/// without `backward`).
+#[allow(clippy::too_many_arguments)]
 fn forward_backward<M: Model>(
     shards: &mut [Shard],
     grads: &mut [Grads],
@@ -168,6 +194,7 @@ fn forward_backward<M: Model>(
     data: &Dataset,
     indices: &[usize],
     recipe: Recipe,
+    backward: bool,
 ) -> (f64, usize, usize) {
     let n = indices.len();
     let parts = shards.len().min(n).max(1);
@@ -175,7 +202,7 @@ fn forward_backward<M: Model>(
     let range = |s: usize| s * n / parts..(s + 1) * n / parts;
     if parts == 1 {
         shards[0].tape.share_batch(None);
-        shards[0].run(model, data, indices, recipe, 1.0, &mut grads[0]);
+        shards[0].run(model, data, indices, recipe, 1.0, &mut grads[0], backward);
     } else if model.normalizes_over_batch() {
         // A part waits for the others at each batch normalisation, so each needs a thread of
         // its own: rayon's workers may be busy elsewhere, or take two parts in turn.
@@ -187,7 +214,7 @@ fn forward_backward<M: Model>(
             let _failed = AbandonOnPanic(sync);
             let rows = range(s);
             shard.tape.share_batch(Some((Arc::clone(sync), s)));
-            shard.run(model, data, &indices[rows.clone()], recipe, rows.len() as f32 / n as f32, grads);
+            shard.run(model, data, &indices[rows.clone()], recipe, rows.len() as f32 / n as f32, grads, backward);
         };
         std::thread::scope(|scope| {
             // A part that cannot be started must release those already waiting for it.
@@ -207,7 +234,7 @@ fn forward_backward<M: Model>(
         shards.par_iter_mut().zip(&mut grads[..parts]).enumerate().for_each(|(s, (shard, grads))| {
             let rows = range(s);
             let scale = rows.len() as f32 / n as f32;
-            shard.run(model, data, &indices[rows], recipe, scale, grads);
+            shard.run(model, data, &indices[rows], recipe, scale, grads, backward);
         });
         // Each part normalised with its own statistics: a model of one's own that records
         // batch normalisation must say so, or its results would silently depend on the threads.

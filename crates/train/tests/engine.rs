@@ -322,3 +322,42 @@ fn a_model_that_hides_its_batch_normalisation_is_stopped_rather_than_split() {
         two.expect_err("two parts with their own statistics").downcast::<&str>().map(|m| *m).unwrap_or_default();
     assert!(message.contains("normalizes_over_batch"), "{message}");
 }
+
+#[test]
+fn precise_batch_normalisation_averages_clean_batches_and_leaves_the_weights_alone() {
+    let set = synthetic(Synthetic { rows: 6, cols: 6, classes: 3, train: 64, test: 8, seed: 3 });
+    let config = SequentialConfig::parse("flatten,batchnorm,linear(8),batchnorm,relu,linear(3)", [1, 6, 6]).unwrap();
+    let run = |precise_bn: usize| {
+        on_threads(2, || {
+            // Augmented training, so that the tracked statistics are those of other images.
+            let settings =
+                Settings { batch_size: 16, augment: Some(data::Augment::default()), precise_bn, ..Settings::default() };
+            let model = Sequential::new(&config, &mut train::init_rng(0));
+            let mut trainer = Trainer::new(model, settings.clone()).unwrap().with_threads(2);
+            trainer.fit(&set.train, 2, &mut ()).unwrap();
+            let back = TrainingState::<Sequential>::from_safetensors(&trainer.state().to_safetensors()).unwrap();
+            assert_eq!(back.settings, settings, "saved with the run");
+            trainer.into_model().state_dict()
+        })
+    };
+    // More batches than an epoch has: all four of the last epoch, 16 images each.
+    let (tracked, precise) = (run(0), run(100));
+    for name in tracked.names() {
+        let (a, b) = (tracked.get(name), precise.get(name));
+        match name.contains("running") {
+            true => assert_ne!(a, b, "{name}: re-estimated"),
+            false => assert_eq!(a, b, "{name}: training does not use the running statistics"),
+        }
+    }
+    // The first normalisation sees the pixels themselves: four equal batches average to the
+    // mean of every training image, as the model reads them.
+    let all: Vec<usize> = (0..set.train.len()).collect();
+    let mut pixels = vec![0.0; all.len() * 36];
+    data::fill_rows(&set.train, &all, &mut pixels);
+    let mean = |j: usize| pixels.iter().skip(j).step_by(36).sum::<f32>() / all.len() as f32;
+    let running = precise.get("bn1.running_mean").unwrap().data();
+    for (j, &r) in running.iter().enumerate() {
+        assert!((r - mean(j)).abs() < 1e-5, "pixel {j}: {r} against {}", mean(j));
+    }
+    assert_ne!(tracked.get("bn1.running_mean").unwrap().data(), running);
+}
