@@ -183,32 +183,36 @@ pub use arm::Portable;
 #[cfg(target_arch = "x86_64")]
 pub use x86::Portable;
 
-/// Four lanes in an array, for the compiler to vectorise as it can, on CPUs other than x86-64
-/// and 64-bit ARM.
+/// The portable level on CPUs other than x86-64 and 64-bit ARM: four lanes in an array.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub use Lanes4 as Portable;
+
+/// Four lanes in an array, for the compiler to vectorise as it can: the portable level on CPUs
+/// other than x86-64 and 64-bit ARM, compiled for tests everywhere so that they check it.
+#[cfg(any(test, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
 #[derive(Clone, Copy, Debug)]
-pub struct Portable([f32; 4]);
+pub struct Lanes4([f32; 4]);
 
 // SAFETY: plain arithmetic on arrays; the loads and stores touch only the lanes they name.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-unsafe impl F32s for Portable {
+#[cfg(any(test, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
+unsafe impl F32s for Lanes4 {
     const LANES: usize = 4;
     const FUSED: bool = false;
 
     #[inline(always)]
     unsafe fn zero() -> Self {
-        Portable([0.0; 4])
+        Lanes4([0.0; 4])
     }
 
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
-        Portable([v; 4])
+        Lanes4([v; 4])
     }
 
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller's promise: four values to read.
-        Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
+        Lanes4(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
     }
 
     #[inline(always)]
@@ -218,7 +222,7 @@ unsafe impl F32s for Portable {
             // SAFETY: the caller's promise: n values to read.
             *v = unsafe { *p.add(i) };
         }
-        Portable(v)
+        Lanes4(v)
     }
 
     type Mask = (usize, usize);
@@ -235,7 +239,7 @@ unsafe impl F32s for Portable {
             // SAFETY: the caller's promise: the mask's lanes are readable.
             *v = unsafe { *p.wrapping_add(i) };
         }
-        Portable(v)
+        Lanes4(v)
     }
 
     #[inline(always)]
@@ -255,22 +259,22 @@ unsafe impl F32s for Portable {
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         // Unfused: `f32::mul_add` would call a library function where the CPU has no FMA.
-        Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
+        Lanes4(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
 
     #[inline(always)]
     unsafe fn mul(self, b: Self) -> Self {
-        Portable(std::array::from_fn(|i| self.0[i] * b.0[i]))
+        Lanes4(std::array::from_fn(|i| self.0[i] * b.0[i]))
     }
 
     #[inline(always)]
     unsafe fn add(self, b: Self) -> Self {
-        Portable(std::array::from_fn(|i| self.0[i] + b.0[i]))
+        Lanes4(std::array::from_fn(|i| self.0[i] + b.0[i]))
     }
 
     #[inline(always)]
     unsafe fn sub(self, b: Self) -> Self {
-        Portable(std::array::from_fn(|i| self.0[i] - b.0[i]))
+        Lanes4(std::array::from_fn(|i| self.0[i] - b.0[i]))
     }
 
     #[inline(always)]
@@ -1001,5 +1005,7 @@ mod tests {
                 unsafe { check::<Portable>(cfg!(target_arch = "aarch64")) };
             }
         }
+        // SAFETY: plain arithmetic on arrays runs anywhere.
+        unsafe { check::<Lanes4>(false) };
     }
 }
