@@ -201,6 +201,7 @@ fn bad_values_are_refused_with_one_line_and_status_2() {
         (&["train", "--val-split", "1"], "--val-split must be in [0, 1), got 1"),
         (&["train", "--val-split", "-0.2"], "--val-split must be in [0, 1), got -0.2"),
         (&["train", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (&["train", "--precise-bn", "-1"], "--precise-bn must be at least 0, got -1"),
         (&["train", "--early-stop", "2"], "--early-stop needs a validation set"),
         (&["train", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
         (&["eval", "--model", "m", "--threads", "0"], "--threads must be at least 1, got 0"),

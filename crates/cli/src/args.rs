@@ -75,12 +75,10 @@ pub(crate) struct TrainArgs {
           help = format!("Passes over the training set; with --resume, the total to reach [default: {}; --recipe strong: {} for the MLP, {} for LeNet-5 and layer lists, {} for the CNN; --recipe fast: {}]",
                          train::DEFAULT_EPOCHS, Recipe::STRONG_EPOCHS_MLP, Recipe::STRONG_EPOCHS_CONV, Recipe::STRONG_EPOCHS_CNN, Recipe::FAST_EPOCHS))]
     pub(crate) epochs: Option<i64>,
-    /// notebook (the notebook's recipe), strong (augmentation, a one-cycle schedule peaking
-    /// at 3e-3, label smoothing 0.05, 30 epochs for the MLP, 15 for LeNet-5 and layer lists,
-    /// 20 for the CNN: the settings that validated best) or fast (99% in seconds: LeNet-5 unless a model is
-    /// given, 2 epochs, one-cycle peaking at 8e-3, label smoothing 0.05); flags given as well
-    /// override it [default: notebook].
-    #[arg(group = "run", long, value_enum)]
+    #[arg(group = "run", long, value_enum,
+          help = format!("notebook (the notebook's recipe), strong (augmentation, a one-cycle schedule peaking at {}, label smoothing {}, {} epochs for the MLP, {} for LeNet-5 and layer lists, {} for the CNN, whose running statistics --precise-bn {} re-estimates: the settings that validated best) or fast (99% in seconds: LeNet-5 unless a model is given, {} epochs, one-cycle peaking at {}, label smoothing {}); flags given as well override it [default: notebook]",
+                         Recipe::STRONG_LR, Recipe::STRONG_LABEL_SMOOTHING, Recipe::STRONG_EPOCHS_MLP, Recipe::STRONG_EPOCHS_CONV, Recipe::STRONG_EPOCHS_CNN,
+                         Recipe::STRONG_PRECISE_BN_CNN, Recipe::FAST_EPOCHS, Recipe::FAST_LR, Recipe::STRONG_LABEL_SMOOTHING))]
     pub(crate) recipe: Option<RecipeKind>,
     #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true,
           help = format!("Samples per optimizer step (the last batch of an epoch may be smaller) [default: {}]",
@@ -165,9 +163,10 @@ pub(crate) struct TrainArgs {
     /// [default: 0].
     #[arg(group = "run", long, value_name = "EPS", allow_negative_numbers = true)]
     pub(crate) label_smoothing: Option<f64>,
-    /// After each epoch, re-estimate batch normalisation's running statistics (what evaluation
-    /// and saved models use) as the average over N of the epoch's batches, not augmented; 0
-    /// keeps those its momentum tracked [default: 0, or the recipe's].
+    /// For models with batch normalisation: after each epoch, re-estimate its running
+    /// statistics (what evaluation and saved models use) as the average over the epoch's first
+    /// N batches, not augmented; 0 keeps those its momentum tracked [default: 0, or the
+    /// recipe's].
     #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) precise_bn: Option<i64>,
     /// Worker threads; each takes an equal part of every batch [default: all cores].

@@ -51,13 +51,14 @@ pub trait Model: Clone + Send + Sync + std::fmt::Debug {
         let _ = tape;
     }
 
-    /// Takes the batch statistics on `tape` into the running statistics as batch `k` (from 1)
-    /// of an equally weighted average, rather than with each layer's momentum: batch 1
-    /// replaces them, batch `k` weighs `1/k`. Re-estimating them so over clean training
-    /// images after training is "precise batch normalisation" (Wu and Johnson, 2021).
-    /// Nothing to do by default.
-    fn average_running_statistics(&mut self, tape: &Tape, k: u64) {
-        let _ = (tape, k);
+    /// Takes the batch statistics on `tape` into the running statistics with `weight` in
+    /// place of each layer's momentum: `running = (1 - weight)·running + weight·batch`. With
+    /// the batch's share of the samples taken in so far (1 for the first batch), the running
+    /// statistics become the average over the batches; re-estimating them so over clean
+    /// training images after training is "precise batch normalisation" (Wu and Johnson,
+    /// 2021). Nothing to do by default.
+    fn average_running_statistics(&mut self, tape: &Tape, weight: f32) {
+        let _ = (tape, weight);
     }
 
     /// The logits for `x` (one sample per row): [`Model::forward`] on `tape`, cleared first.

@@ -628,7 +628,8 @@ struct Running {
     scope: Scope,
     mean: Vec<f32>,
     var: Vec<f32>,
-    /// Training batches taken in (PyTorch's `num_batches_tracked`).
+    /// Batches taken in, by training steps and by re-estimates (PyTorch's
+    /// `num_batches_tracked`, which every forward pass in training mode counts).
     batches: i64,
 }
 
@@ -885,8 +886,8 @@ impl Model for Sequential {
         self.take_statistics(tape, None);
     }
 
-    fn average_running_statistics(&mut self, tape: &Tape, k: u64) {
-        self.take_statistics(tape, Some(1.0 / k.max(1) as f32));
+    fn average_running_statistics(&mut self, tape: &Tape, weight: f32) {
+        self.take_statistics(tape, Some(weight));
     }
 
     fn state_dict(&self) -> StateDict {

@@ -115,9 +115,8 @@ impl Optimizer for Adam {
         // Scalars in f64 and rounded once to f32, as PyTorch computes them in Python floats.
         let t = self.step as i32;
         let bias_correction1 = 1.0 - f64::from(beta1).powi(t);
-        let bias_correction2 = 1.0 - f64::from(beta2).powi(t);
         let step_size = (f64::from(lr) / bias_correction1) as f32;
-        let bc2_sqrt = bias_correction2.sqrt() as f32;
+        let bc2_sqrt = bias_correction2_sqrt(beta2, t);
         let (one_minus_beta1, one_minus_beta2) = ((1.0 - f64::from(beta1)) as f32, (1.0 - f64::from(beta2)) as f32);
         let (l2, shrink) = weight_decay.factors(lr);
 
@@ -160,6 +159,12 @@ impl Optimizer for Adam {
     fn set_learning_rate(&mut self, lr: f32) {
         self.config.lr = lr;
     }
+}
+
+/// `sqrt(1 - β2ᵗ)`, the square root of the second moment's bias correction at step `t`,
+/// computed in f64 and rounded once, as PyTorch computes it in Python floats.
+fn bias_correction2_sqrt(beta2: f32, t: i32) -> f32 {
+    (1.0 - f64::from(beta2).powi(t)).sqrt() as f32
 }
 
 /// One Adam step's constants, applied element by element.
@@ -217,8 +222,8 @@ impl AdamStep {
     }
 }
 
-/// The update compiled for one level. Every level computes the same values (no fused
-/// multiply-add changes a rounding), so results do not depend on the CPU.
+/// The update compiled for one level. Every level computes the same values (multiply-adds
+/// only where they give the division's bits), so results do not depend on the CPU.
 ///
 /// # Safety
 /// The CPU must have `V`'s level.
@@ -243,9 +248,10 @@ simd::kernel! {
     unsafe fn update_at(step: &AdamStep, p: &mut [f32], g: GradSum, m: &mut [f32], v: &mut [f32]) => update;
 }
 
-/// Division by a constant, rounded exactly as `x / divisor`, with multiplications where the
-/// level fuses them: the divider is the slowest unit an update uses, and Adam divides twice and
-/// takes a square root per element.
+/// Division by a constant, with multiplications where the level fuses them: the divider is
+/// the slowest unit an update uses, and Adam divides twice and takes a square root per element.
+/// Rounded exactly as `x / divisor` for a divisor in (2⁻²⁶, 1] and `x` zero, +∞, NaN or from
+/// 2⁻¹⁰⁰ to 2¹⁰⁰: every square root Adam divides by its bias correction.
 #[derive(Debug, Clone, Copy)]
 struct ExactDivision {
     divisor: f32,
@@ -255,6 +261,7 @@ struct ExactDivision {
 
 impl ExactDivision {
     fn by(divisor: f32) -> Self {
+        debug_assert!(divisor > 2f32.powi(-26) && divisor <= 1.0, "divisor {divisor} out of range");
         Self { divisor, reciprocal: 1.0 / divisor }
     }
 
@@ -322,12 +329,14 @@ mod tests {
 
     #[test]
     fn the_fused_division_rounds_as_the_division() {
-        // Adam's divisors (the square root of 1 - 0.999ᵗ, as `step_sum` rounds it) over a
-        // million steps, and others, each against every significand of two binades: with no
-        // underflow or overflow, the exponent of `x` only scales both sides.
-        let adams =
-            [1, 2, 3, 10, 100, 938, 1000, 9380, 100_000, 1_000_000].map(|t| (1.0 - 0.999f64.powi(t)).sqrt() as f32);
-        for divisor in adams.into_iter().chain([1.0, 0.1, 0.3, 1.0 - f32::EPSILON / 2.0, 3.0e-4]) {
+        // Adam's divisors with β2 = 0.999, as `step_sum` rounds them, up to step 16,000 (by
+        // step 16,600 they round to 1), with β2 = 0.99, and others, each against every
+        // significand of two binades: with no underflow or overflow, the exponent of `x` only
+        // scales both sides.
+        let adams = [1, 2, 3, 10, 100, 938, 1000, 4000, 9380, 16_000].map(|t| bias_correction2_sqrt(0.999, t));
+        assert!(adams.windows(2).all(|d| d[0] < d[1] && d[1] < 1.0), "distinct, below 1");
+        let others = [bias_correction2_sqrt(0.99, 1), 1.0, 0.3, 1.0 - f32::EPSILON / 2.0, 3.0e-4];
+        for divisor in adams.into_iter().chain(others) {
             let division = ExactDivision::by(divisor);
             for exponent in [127, 127 - 60] {
                 for significand in 0..1u32 << 23 {

@@ -287,14 +287,15 @@ impl<M: Model> Trainer<M> {
                 }
                 observer.step_done(step + 1, steps);
             }
+            if let Some(p) = self.model.params().iter().find(|p| p.elements().iter().any(|v| !v.is_finite())) {
+                return Err(self.diverged(epoch, format!("{} holds non-finite values", p.name())));
+            }
             if precise_bn > 0 && self.model.normalizes_over_batch() {
                 let batches = (0..steps.min(precise_bn)).map(|step| loader.batch_indices(step));
                 stepper.recalibrate(&mut self.model, data, batches);
             }
+            // The epoch's time includes the re-estimate: it is part of what training costs.
             let seconds = started.elapsed().as_secs_f64();
-            if let Some(p) = self.model.params().iter().find(|p| p.elements().iter().any(|v| !v.is_finite())) {
-                return Err(self.diverged(epoch, format!("{} holds non-finite values", p.name())));
-            }
             let val = (!val_idx.is_empty()).then(|| evaluate(&self.model, data, &val_idx));
             let record = EpochRecord {
                 epoch: epoch + 1,

@@ -49,9 +49,11 @@ pub struct Settings {
     /// Random affine transforms of the training images, a fresh draw per image and epoch.
     pub augment: Option<data::Augment>,
     /// After each epoch's steps, re-estimate the running statistics of batch normalisation as
-    /// the average over this many of the epoch's batches, not augmented ("precise batch
-    /// normalisation"); 0 keeps what the momentum tracked. Evaluation and saved models use the
-    /// running statistics; training does not, so its steps are the same either way.
+    /// the average over the epoch's first `precise_bn` batches (all of them if it has fewer),
+    /// not augmented, each weighed by its samples ("precise batch normalisation"); 0 keeps
+    /// what the momentum tracked. Evaluation and saved models use the running statistics;
+    /// training does not, so its steps are the same either way. Models without batch
+    /// normalisation ignore it.
     pub precise_bn: usize,
 }
 

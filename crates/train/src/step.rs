@@ -86,7 +86,7 @@ impl Stepper {
 impl Stepper {
     /// Re-estimates the running statistics of `model`'s batch normalisations as the average
     /// of the statistics of `batches` (training mode's forward pass, nothing augmented), each
-    /// batch split across the parts as a step splits it.
+    /// batch weighed by its samples and split across the parts as a step splits it.
     pub(crate) fn recalibrate<'a, M: Model>(
         &mut self,
         model: &mut M,
@@ -94,9 +94,12 @@ impl Stepper {
         batches: impl Iterator<Item = &'a [usize]>,
     ) {
         let clean = Recipe { smoothing: 0.0, augment: None };
-        for (k, indices) in (1..).zip(batches) {
+        let mut seen = 0;
+        for indices in batches {
             forward_backward(&mut self.shards, &mut self.grads, &mut self.sync, model, data, indices, clean, false);
-            model.average_running_statistics(&self.shards[0].tape, k);
+            seen += indices.len();
+            // Counts below 2^24 are exact in f32: equal batches weigh exactly 1/k.
+            model.average_running_statistics(&self.shards[0].tape, indices.len() as f32 / seen as f32);
         }
     }
 }

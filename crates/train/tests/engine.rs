@@ -327,37 +327,58 @@ fn a_model_that_hides_its_batch_normalisation_is_stopped_rather_than_split() {
 fn precise_batch_normalisation_averages_clean_batches_and_leaves_the_weights_alone() {
     let set = synthetic(Synthetic { rows: 6, cols: 6, classes: 3, train: 64, test: 8, seed: 3 });
     let config = SequentialConfig::parse("flatten,batchnorm,linear(8),batchnorm,relu,linear(3)", [1, 6, 6]).unwrap();
+    // Augmented training, so that the tracked statistics are those of other images.
+    let settings = |precise_bn| Settings {
+        batch_size: 16,
+        augment: Some(data::Augment::default()),
+        precise_bn,
+        ..Settings::default()
+    };
     let run = |precise_bn: usize| {
         on_threads(2, || {
-            // Augmented training, so that the tracked statistics are those of other images.
-            let settings =
-                Settings { batch_size: 16, augment: Some(data::Augment::default()), precise_bn, ..Settings::default() };
             let model = Sequential::new(&config, &mut train::init_rng(0));
-            let mut trainer = Trainer::new(model, settings.clone()).unwrap().with_threads(2);
+            let mut trainer = Trainer::new(model, settings(precise_bn)).unwrap().with_threads(2);
+            trainer.fit(&set.train, 1, &mut ()).unwrap();
+            let after_one = trainer.state().to_safetensors();
             trainer.fit(&set.train, 2, &mut ()).unwrap();
-            let back = TrainingState::<Sequential>::from_safetensors(&trainer.state().to_safetensors()).unwrap();
-            assert_eq!(back.settings, settings, "saved with the run");
+            // Stopped after the first epoch and resumed: the same end.
+            let state = TrainingState::<Sequential>::from_safetensors(&after_one).unwrap();
+            let mut resumed = Trainer::resume(state).unwrap();
+            assert_eq!(resumed.settings(), &settings(precise_bn), "saved with the run");
+            resumed.fit(&set.train, 2, &mut ()).unwrap();
+            assert_eq!(resumed.state().to_safetensors(), trainer.state().to_safetensors(), "resumed exactly");
             trainer.into_model().state_dict()
         })
     };
+    // The mean of the pixels of `images`, as the model reads them.
+    let mean = |images: &[usize]| -> Vec<f32> {
+        let mut pixels = vec![0.0; images.len() * 36];
+        data::fill_rows(&set.train, images, &mut pixels);
+        (0..36).map(|j| pixels.iter().skip(j).step_by(36).sum::<f32>() / images.len() as f32).collect()
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+    let tracked = run(0);
     // More batches than an epoch has: all four of the last epoch, 16 images each.
-    let (tracked, precise) = (run(0), run(100));
+    let every = run(100);
     for name in tracked.names() {
-        let (a, b) = (tracked.get(name), precise.get(name));
-        match name.contains("running") {
-            true => assert_ne!(a, b, "{name}: re-estimated"),
-            false => assert_eq!(a, b, "{name}: training does not use the running statistics"),
+        match (tracked.get(name), every.get(name)) {
+            (Some(a), Some(b)) if name.contains("running") => assert_ne!(a, b, "{name}: re-estimated"),
+            (Some(a), Some(b)) => assert_eq!(a, b, "{name}: training does not read the running statistics"),
+            _ => {}
         }
     }
+    // Two epochs of four steps, then four batches re-estimated after each.
+    let count = |state: &nn::StateDict| state.get_i64("bn1.num_batches_tracked").unwrap().data()[0];
+    assert_eq!((count(&tracked), count(&every)), (8, 16));
     // The first normalisation sees the pixels themselves: four equal batches average to the
-    // mean of every training image, as the model reads them.
+    // mean of every training image.
+    let running = |state: &nn::StateDict| state.get("bn1.running_mean").unwrap().data().to_vec();
     let all: Vec<usize> = (0..set.train.len()).collect();
-    let mut pixels = vec![0.0; all.len() * 36];
-    data::fill_rows(&set.train, &all, &mut pixels);
-    let mean = |j: usize| pixels.iter().skip(j).step_by(36).sum::<f32>() / all.len() as f32;
-    let running = precise.get("bn1.running_mean").unwrap().data();
-    for (j, &r) in running.iter().enumerate() {
-        assert!((r - mean(j)).abs() < 1e-5, "pixel {j}: {r} against {}", mean(j));
-    }
-    assert_ne!(tracked.get("bn1.running_mean").unwrap().data(), running);
+    assert!(close(&running(&every), &mean(&all)), "{:?} against {:?}", running(&every), mean(&all));
+    assert!(!close(&running(&tracked), &mean(&all)));
+    // One batch: the first of the last epoch, as the run's loader orders it.
+    let mut loader = data::Loader::new(&set.train, all.clone(), 16, data::Order::Shuffled { seed: 0 });
+    loader.set_epoch(1);
+    let first = mean(loader.batch_indices(0));
+    assert!(close(&running(&run(1)), &first), "{:?} against {first:?}", running(&run(1)));
 }
