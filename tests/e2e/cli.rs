@@ -457,6 +457,13 @@ fn serve_trains_a_model_when_given_none_logs_requests_and_stops_on_ctrl_c() {
 }
 
 #[test]
+fn precise_bn_for_a_model_without_batch_normalisation_is_refused() {
+    let data = arg(synthetic_dir());
+    assert_fails(&["train", "--data-dir", data, "--precise-bn", "5"], 2, "--precise-bn: the model");
+    assert_fails(&["train", "--data-dir", data, "--model", "lenet", "--precise-bn", "5"], 2, "no batch normalisation");
+}
+
+#[test]
 fn the_strong_recipe_says_what_it_expands_to_and_draws_its_augmentation() {
     let dir = tempfile::tempdir().unwrap();
     let plots = dir.path().join("plots");

@@ -69,6 +69,10 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             run.settings.check_memory(&config, cfg.threads).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
             let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
             train::check_fits(&model, &mnist.train).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
+            if run.settings.precise_bn > 0 && !model.normalizes_over_batch() {
+                let what = model.describe();
+                return Err(UsageError(format!("--precise-bn: the model {what} has no batch normalisation")).into());
+            }
             let mut settings = run.settings.clone();
             let steps = settings.steps_per_epoch(mnist.train.len());
             settings.schedule = run.schedule.in_steps(cfg.epochs, steps, settings.optimizer.lr());
