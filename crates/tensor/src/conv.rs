@@ -240,21 +240,30 @@ impl<V: F32s, const Q: usize> Lines<V, Q> {
         let vectors = ow.div_ceil(lanes);
         // SAFETY (`V` methods): the caller's promise.
         let none = unsafe { V::lanes(0, 0) };
+        let len = oh * ow;
         for (r, row) in cols.chunks_mut(stride).take(self.shape.patch_len()).enumerate() {
-            let row = &mut row[offset..offset + oh * ow];
+            let row = &mut row[offset..offset + len];
             let (c, i, j) = (r / (k * k), (r / k) % k, r % k);
             let (origin, inside) = (self.origin(c, i, j), self.rows_inside(i));
-            for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+            for oy in 0..oh {
                 let inside = inside.contains(&oy);
                 for q in 0..vectors {
                     let mask = if inside { self.masks[j][q] } else { none };
+                    let at = oy * ow + lanes * q;
                     // SAFETY: the mask enables only columns inside the image, on an input row
-                    // inside it (else nothing is read), and the store only the row's `ow`
-                    // outputs.
+                    // inside it (else nothing is read). The store stays in the entry's row:
+                    // whole where a vector fits (lanes past the output row land on later
+                    // output rows, which are written after it), else only the row's outputs.
+                    // Masked stores cost AVX2 a dozen times a plain one.
                     unsafe {
                         let src = x.as_ptr().wrapping_offset(origin + (oy * w + lanes * q) as isize);
                         let v = V::load_masked(src, mask);
-                        v.store_first(out.as_mut_ptr().add(lanes * q), (ow - lanes * q).min(lanes));
+                        let to = row.as_mut_ptr().add(at);
+                        if at + lanes <= len {
+                            v.store(to);
+                        } else {
+                            v.store_first(to, (ow - lanes * q).min(lanes));
+                        }
                     }
                 }
             }
@@ -847,6 +856,19 @@ mod tests {
                 im2col_rows(simd, &x, &sh, &mut fast, sh.positions(), 0);
                 im2col_walk(&x, &sh, walk.chunks_exact_mut(sh.positions()));
                 assert_eq!(fast, walk, "{simd}, {sh:?}");
+                // As one sample's block of a batch's rows: nothing outside it is written.
+                let (positions, rows) = (sh.positions(), sh.patch_len());
+                let (stride, offset) = (3 * positions + 5, positions + 2);
+                let mut block = vec![9.0; rows * stride];
+                im2col_rows(simd, &x, &sh, &mut block, stride, offset);
+                for (r, row) in block.chunks_exact(stride).enumerate() {
+                    assert_eq!(row[offset..offset + positions], walk[r * positions..][..positions], "{simd}, {sh:?}");
+                    let outside = row[..offset].iter().chain(&row[offset + positions..]);
+                    assert!(
+                        outside.into_iter().all(|&v| v == 9.0),
+                        "{simd}, {sh:?}: row {r} written outside its block"
+                    );
+                }
                 let c: Vec<f32> = (0..len).map(|v| (v % 5) as f32 - 2.0).collect();
                 let (mut fast, mut walk) = (vec![1.0; sh.in_len()], vec![1.0; sh.in_len()]);
                 col2im_rows(simd, &c, sh.positions(), 0, &sh, &mut fast);

@@ -245,7 +245,7 @@ unsafe fn pool_2x2_avx2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: 
                 let (outs, lo, hi) =
                     (first_lanes(count), first_lanes(2 * count), first_lanes((2 * count).saturating_sub(8)));
                 // SAFETY: the masks keep the loads within the window rows' 2·count values, in
-                // `xn` (asserted lengths), and the stores within the row's `count` outputs.
+                // `xn` (asserted lengths), and the stores within `yn` and `index`.
                 unsafe {
                     let at = xn.as_ptr().add(top + 2 * ox);
                     let load = |p: *const f32| {
@@ -270,8 +270,16 @@ unsafe fn pool_2x2_avx2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: 
                         let at = _mm256_castsi256_ps(_mm256_add_epi32(first, _mm256_set1_epi32(offset)));
                         best = _mm256_blendv_ps(best, at, m);
                     }
-                    _mm256_maskstore_ps(yn.as_mut_ptr().add(o), outs, value);
-                    _mm256_maskstore_epi32(index.as_mut_ptr().add(o).cast(), outs, _mm256_castps_si256(best));
+                    // Masked stores cost a dozen plain ones: where eight values fit, the lanes
+                    // past the row's outputs land on later outputs, which are stored after.
+                    let (y_at, i_at) = (yn.as_mut_ptr().add(o), index.as_mut_ptr().add(o).cast());
+                    if o + 8 <= yn.len() {
+                        _mm256_storeu_ps(y_at, value);
+                        _mm256_storeu_si256(i_at, _mm256_castps_si256(best));
+                    } else {
+                        _mm256_maskstore_ps(y_at, outs, value);
+                        _mm256_maskstore_epi32(i_at.cast(), outs, _mm256_castps_si256(best));
+                    }
                 }
                 o += count;
             }

@@ -215,10 +215,10 @@ unsafe fn forward_rows<V: F32s>(
         }
         for group in 0..groups {
             let wg = &weight[group * GROUP * (kk + 1)..(group + 1) * GROUP * (kk + 1)];
-            for (pass, masks) in masks.iter().enumerate().take(passes) {
-                let base = pass * 2 * lanes;
-                let stored = [(ow - base).min(lanes), (ow - base).saturating_sub(lanes).min(lanes)];
-                for oy in 0..oh {
+            for oy in 0..oh {
+                for (pass, masks) in masks.iter().enumerate().take(passes) {
+                    let base = pass * 2 * lanes;
+                    let stored = [(ow - base).min(lanes), (ow - base).saturating_sub(lanes).min(lanes)];
                     let mut acc = [[unsafe { V::zero() }; 2]; GROUP];
                     for (c, acc) in acc.iter_mut().enumerate() {
                         *acc = [unsafe { V::splat(wg[c * (kk + 1) + kk]) }; 2];
@@ -243,12 +243,22 @@ unsafe fn forward_rows<V: F32s>(
                             }
                         }
                     }
+                    let at = oy * ow + base;
                     for (c, acc) in acc.iter().enumerate().take(o - group * GROUP) {
-                        let out = &mut yn[((group * GROUP + c) * oh + oy) * ow + base..][..ow - base];
-                        // SAFETY: `stored` keeps the stores within the row's `ow` values.
+                        let plane = &mut yn[(group * GROUP + c) * oh * ow..][..oh * ow];
+                        // SAFETY: within the channel's plane: both vectors whole where they
+                        // fit (lanes past the pass's outputs land on outputs stored later, as
+                        // passes and rows go up), else as many as `stored` says. Masked stores
+                        // cost AVX2 a dozen plain ones.
                         unsafe {
-                            acc[0].store_first(out.as_mut_ptr(), stored[0]);
-                            acc[1].store_first(out.as_mut_ptr().wrapping_add(lanes), stored[1]);
+                            let out = plane.as_mut_ptr().add(at);
+                            if at + 2 * lanes <= plane.len() {
+                                acc[0].store(out);
+                                acc[1].store(out.add(lanes));
+                            } else {
+                                acc[0].store_first(out, stored[0]);
+                                acc[1].store_first(out.wrapping_add(lanes), stored[1]);
+                            }
                         }
                     }
                 }
@@ -453,12 +463,19 @@ unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
                     let at = c * plane + (oy + margin) * pitch + margin;
                     // SAFETY: the row's `ow` values, into plane c's row oy + margin (asserted
                     // sizes), a vector at a time: a copy call per row of 28 costs more than
-                    // the row.
+                    // the row. A vector past the row's end stores zeros beyond it, where the
+                    // margins are zeros and the rows that follow are copied later, whole where
+                    // that stays in `planes` (masked stores cost AVX2 a dozen plain ones).
                     unsafe {
                         let (from, to) = (row.as_ptr(), planes.as_mut_ptr().add(at));
                         for start in (0..ow).step_by(lanes) {
                             let n = (ow - start).min(lanes);
-                            V::load_first(from.add(start), n).store_first(to.add(start), n);
+                            let v = V::load_first(from.add(start), n);
+                            if at + start + lanes <= planes.len() {
+                                v.store(to.add(start));
+                            } else {
+                                v.store_first(to.add(start), n);
+                            }
                         }
                     }
                 }
