@@ -505,8 +505,8 @@ mod x86 {
             unsafe { _mm256_storeu_ps(p, self.0) }
         }
 
-        /// Plain stores of four, two and one lanes: a masked store costs a dozen plain ones
-        /// on the CPUs measured, and AMD's more.
+        /// Plain stores of four, two and one lanes: AVX2's masked store is slow on AMD's cores
+        /// (it took most of the time of the loops that used it, on the Zen 4 measured).
         #[inline(always)]
         unsafe fn store_first(self, p: *mut f32, n: usize) {
             unsafe {

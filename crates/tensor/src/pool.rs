@@ -270,7 +270,7 @@ unsafe fn pool_2x2_avx2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: 
                         let at = _mm256_castsi256_ps(_mm256_add_epi32(first, _mm256_set1_epi32(offset)));
                         best = _mm256_blendv_ps(best, at, m);
                     }
-                    // Masked stores cost a dozen plain ones: where eight values fit, the lanes
+                    // Masked stores are slow on AMD's cores: where eight values fit, the lanes
                     // past the row's outputs land on later outputs, which are stored after.
                     let (y_at, i_at) = (yn.as_mut_ptr().add(o), index.as_mut_ptr().add(o).cast());
                     if o + 8 <= yn.len() {

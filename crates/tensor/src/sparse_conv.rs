@@ -248,8 +248,8 @@ unsafe fn forward_rows<V: F32s>(
                         let plane = &mut yn[(group * GROUP + c) * oh * ow..][..oh * ow];
                         // SAFETY: within the channel's plane: both vectors whole where they
                         // fit (lanes past the pass's outputs land on outputs stored later, as
-                        // passes and rows go up), else as many as `stored` says. Masked stores
-                        // cost AVX2 a dozen plain ones.
+                        // passes and rows go up), else as many as `stored` says. AVX2's masked
+                        // stores are slow on AMD's cores.
                         unsafe {
                             let out = plane.as_mut_ptr().add(at);
                             if at + 2 * lanes <= plane.len() {
@@ -465,7 +465,7 @@ unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
                     // sizes), a vector at a time: a copy call per row of 28 costs more than
                     // the row. A vector past the row's end stores zeros beyond it, where the
                     // margins are zeros and the rows that follow are copied later, whole where
-                    // that stays in `planes` (masked stores cost AVX2 a dozen plain ones).
+                    // that stays in `planes` (AVX2's masked stores are slow on AMD's cores).
                     unsafe {
                         let (from, to) = (row.as_ptr(), planes.as_mut_ptr().add(at));
                         for start in (0..ow).step_by(lanes) {
@@ -631,6 +631,8 @@ mod tests {
             Conv2dShape { in_channels: 1, height: 6, width: 30, out_channels: 13, kernel: 5, stride: 1, padding: 2 },
             Conv2dShape { in_channels: 1, height: 7, width: 11, out_channels: 3, kernel: 4, stride: 1, padding: 1 },
             Conv2dShape { in_channels: 2, height: 7, width: 6, out_channels: 10, kernel: 3, stride: 2, padding: 1 },
+            // No margin around the output gradient (padding = kernel - 1), rows of 16 outputs.
+            Conv2dShape { in_channels: 1, height: 8, width: 14, out_channels: 9, kernel: 3, stride: 1, padding: 2 },
         ] {
             let n = 3;
             // About a fifth nonzero, and every third row blank, as around a digit.
