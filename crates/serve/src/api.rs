@@ -128,8 +128,9 @@ pub(crate) async fn predict(State(app): State<App>, request: Request) -> Respons
         Err(refused) => return refused,
     };
     let input = if image { Input::Image(body) } else { Input::Json(body) };
-    let answer = match app.workers.submit(input, held) {
-        Ok(answer) => answer,
+    // The waiter counts this request in the load until it is answered or its client goes.
+    let (answer, _waiter) = match app.workers.submit(input, held) {
+        Ok(submitted) => submitted,
         Err(busy) => {
             let why = match busy {
                 Busy::Full => format!("{} predictions are waiting already, the most accepted", app.limits.queue),

@@ -49,11 +49,12 @@ pub(crate) struct Workers {
     budget_micros: u64,
 }
 
-/// What the workers tell the queue's sending end: how many jobs wait, and how long a job has
-/// taken of late.
+/// What the queue's sending end knows of the load: how many clients wait for a job, and how
+/// long a job has taken of late.
 #[derive(Debug, Default)]
 struct Load {
-    /// Jobs queued or running.
+    /// Jobs queued or running whose client still waits for the answer: a job whose client has
+    /// gone stops counting at once, though it keeps its place until a worker skips it.
     waiting: AtomicUsize,
     /// A moving average of a job's time, in microseconds (weight 1/8 to the newest); 0 until
     /// the first job has been timed.
@@ -94,15 +95,16 @@ impl Workers {
         Self { queue, load, workers, budget_micros }
     }
 
-    /// Queues `input`; the answer comes on the receiver. Refused when the queue is full, or
-    /// when every worker is busy and what already waits or runs would keep them busy for more
-    /// than half the request timeout, at the recent time per prediction: most of what is
-    /// taken on is answered within its deadline, and what cannot be is told so at once.
+    /// Queues `input`; the answer comes on the receiver, and the job counts as waited for while
+    /// the [`Waiter`] lives. Refused when the queue is full, or when every worker is busy and
+    /// what already waits or runs for clients still there would keep them busy for more than
+    /// half the request timeout, at the recent time per prediction: most of what is taken on
+    /// is answered within its deadline, and what cannot be is told so at once.
     pub(crate) fn submit(
         &self,
         input: Input,
         held: Option<OwnedSemaphorePermit>,
-    ) -> Result<oneshot::Receiver<Answer>, Busy> {
+    ) -> Result<(oneshot::Receiver<Answer>, Waiter), Busy> {
         // With a worker free, a job is always taken: nothing waits ahead of it, and only jobs
         // that run keep the time per prediction up to date (one costly job must not lock
         // every later one out).
@@ -113,13 +115,21 @@ impl Workers {
         }
         let (answer, receiver) = oneshot::channel();
         self.load.waiting.fetch_add(1, Ordering::Relaxed);
+        let waiter = Waiter(Arc::clone(&self.load));
         match self.queue.try_send(Job { input, answer, _held: held }) {
-            Ok(()) => Ok(receiver),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.load.waiting.fetch_sub(1, Ordering::Relaxed);
-                Err(Busy::Full)
-            }
+            Ok(()) => Ok((receiver, waiter)),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy::Full),
         }
+    }
+}
+
+/// A client waiting for its job: counted in the load until dropped, when the answer has come
+/// or the request's future is dropped because its client has gone.
+pub(crate) struct Waiter(Arc<Load>);
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -134,7 +144,6 @@ fn work(model: &dyn Classify, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load
             Err(_) => return,
         };
         if job.answer.is_closed() {
-            load.waiting.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
         let started = Instant::now();
@@ -150,7 +159,6 @@ fn work(model: &dyn Classify, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load
         let _ = load.job_micros.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
             Some(if avg == 0 { micros.max(1) } else { avg - avg / 8 + micros / 8 })
         });
-        load.waiting.fetch_sub(1, Ordering::Relaxed);
         let _ = job.answer.send(answer);
     }
 }
