@@ -105,7 +105,8 @@ impl Workers {
         input: Input,
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<(oneshot::Receiver<Answer>, Waiter), Busy> {
-        // With a worker free, a job is always taken: nothing waits ahead of it, and only jobs
+        // With fewer clients waiting than workers, a job is always taken: little waits ahead
+        // of it (at most jobs whose clients have gone, skipped or finishing), and only jobs
         // that run keep the time per prediction up to date (one costly job must not lock
         // every later one out).
         let waiting = self.load.waiting.load(Ordering::Relaxed) as u64;
