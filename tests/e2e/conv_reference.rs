@@ -41,6 +41,7 @@ fn conv2d_outputs_and_gradients_match_pytorch() {
         let mut db = Array1::zeros(shape.out_channels);
         let db_arg = bias.is_some().then(|| (db.view_mut(), 0.0));
         tensor::conv2d_backward(
+            x.view(),
             w.view(),
             upstream.view(),
             &shape,

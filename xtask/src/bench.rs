@@ -547,12 +547,13 @@ fn levels_against_pytorch(
     let levels: Vec<simd::Level> = simd::Level::ALL.into_iter().filter(|&l| l <= simd::Level::detected()).collect();
     let mlp = Flops::new(&shape.widths(HIDDEN[0]), density);
     let lenet = Flops::lenet(shape, density);
+    let cnn = Flops::cnn(shape, density);
     // Each model's name, its `--model`, its FLOP at a level, and the epochs of each run.
     type Model<'a> = (&'a str, &'a str, &'a dyn Fn(simd::Level) -> Flops, usize);
     let models: [Model; 3] = [
         ("MLP", "mlp", &|_| mlp, LEVEL_EPOCHS),
         ("LeNet-5", "lenet", &|_| lenet, LEVEL_EPOCHS),
-        ("CNN", "cnn", &|level| Flops::cnn(shape, density, level), LEVEL_EPOCHS_CNN),
+        ("CNN", "cnn", &|_| cnn, LEVEL_EPOCHS_CNN),
     ];
     let ghz = cpu_mhz() / 1e3;
     let mut rows = Vec::new();
@@ -677,9 +678,9 @@ impl Flops {
 
     /// The CNN of `--model cnn` on the data's images: two 3x3 convolutions (pad 1) at 16
     /// channels, pool, two at 32, pool, 128, classes (batch normalisation's few FLOP left out).
-    /// Executed at `level`: where its 3x3 convolutions take Winograd's method, the products'
+    /// Executed: where its 3x3 convolutions take Winograd's method, the products'
     /// multiply-adds (its transforms only add, and are left out).
-    fn cnn(shape: &Shape, density: f64, level: simd::Level) -> Self {
+    fn cnn(shape: &Shape, density: f64) -> Self {
         let side = (shape.inputs as f64).sqrt() as usize;
         let conv = |in_channels: usize, out_channels: usize, side: usize| {
             let shape = tensor::Conv2dShape {
@@ -693,7 +694,7 @@ impl Flops {
             };
             (
                 2.0 * (out_channels * in_channels * 9 * side * side) as f64,
-                2.0 * tensor::conv2d_multiply_adds(&shape, level) as f64,
+                2.0 * tensor::conv2d_multiply_adds(&shape) as f64,
             )
         };
         let conv1 = conv(1, 16, side).0;
@@ -917,17 +918,14 @@ mod tests {
         // conv1 2·16·9·784 = 225792, conv2 2·16·144·784 = 3612672, conv3 2·32·144·196 = 1806336,
         // conv4 2·32·288·196 = 3612672, fc 2·(1568·128 + 128·10) = 403968: about 29 MFLOP a step.
         let shape = Shape { train: 60_000, inputs: 784, classes: 10 };
-        let f = Flops::cnn(&shape, 0.5, simd::Level::Avx512);
+        let f = Flops::cnn(&shape, 0.5);
         let rest = 3_612_672.0 + 1_806_336.0 + 3_612_672.0 + 403_968.0;
         assert_eq!(f.dense, 2.0 * 225_792.0 + 3.0 * rest);
-        assert_eq!(f.executed, 225_792.0 + 3.0 * rest);
         assert!((f.dense / 1e6 - 28.75).abs() < 0.01, "{}", f.dense);
-        // Below AVX-512 the three 3x3 convolutions from 16 and 32 channels take Winograd's
-        // method: 4/9 of their multiply-adds.
-        let winograd = Flops::cnn(&shape, 0.5, simd::Level::Avx2);
-        assert_eq!(winograd.dense, f.dense);
+        // The three 3x3 convolutions from 16 and 32 channels take Winograd's method: 4/9 of
+        // their multiply-adds.
         let rest = (3_612_672.0 + 1_806_336.0 + 3_612_672.0) * 4.0 / 9.0 + 403_968.0;
-        assert_eq!(winograd.executed, 225_792.0 + 3.0 * rest);
+        assert_eq!(f.executed, 225_792.0 + 3.0 * rest);
     }
 
     #[test]

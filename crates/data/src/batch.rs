@@ -93,19 +93,8 @@ pub(crate) fn prefetch_ahead(data: &Dataset, indices: &[usize], k: usize) {
     const AHEAD: usize = 2;
     let first = if k == 0 { 1 } else { k + AHEAD };
     for &i in indices.get(first..(k + AHEAD + 1).min(indices.len())).unwrap_or_default() {
-        prefetch(data.image(i));
+        simd::prefetch(data.image(i));
     }
-}
-
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: prefetching is only a hint; the address is within `bytes`.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// Replaces `labels` with the labels of the samples `indices` of `data`.

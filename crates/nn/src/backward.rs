@@ -176,6 +176,7 @@ impl Tape {
                     // dx_n += col2im(Wᵀ·dy_n). The patches were kept by the forward pass.
                     let input = &mut before[x.index];
                     let (rows, cols, needs_grad) = (input.rows, input.cols, input.needs_grad);
+                    let x_value = ArrayView2::from_shape((rows, cols), &input.value).expect("node buffer");
                     let dx = needs_grad.then(|| {
                         let beta = crate::grads::write_beta(&mut input.grad_written);
                         (
@@ -186,7 +187,7 @@ impl Tape {
                     let (dw, db) = grads.weight_and_bias_mut(params, weight, bias);
                     let w = params.matrix(weight);
                     let dy = ArrayView2::from_shape((node.rows, node.cols), &node.grad).expect("node buffer matches");
-                    tensor::conv2d_backward(w, dy, &shape, &mut node.aux, &mut self.conv_scratch, dw, db, dx);
+                    tensor::conv2d_backward(x_value, w, dy, &shape, &mut node.aux, &mut self.conv_scratch, dw, db, dx);
                 }
                 Op::Add { a, b } => {
                     // y = a + b:  da += dy,  db += dy (so twice dy when a and b are one value:

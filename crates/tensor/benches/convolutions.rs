@@ -64,6 +64,7 @@ fn main() {
             let middle = Instant::now();
             let input_grad = Some((dx.view_mut(), 0.0));
             conv2d_backward(
+                x.view(),
                 w.view(),
                 black_box(dy.view()),
                 &s,

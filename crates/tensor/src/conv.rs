@@ -457,13 +457,13 @@ pub struct ConvScratch {
     winograd: crate::winograd::Scratch,
 }
 
-/// The multiply-adds of one sample's forward pass through a convolution of `shape` at `level`
-/// (each gradient takes as many): `out·patch_len·positions` directly, 4/9 of that where
-/// Winograd's method takes the shape (16 for each 2x2 block of outputs and input channel
-/// rather than 36; its transforms only add).
-pub fn conv2d_multiply_adds(shape: &Conv2dShape, level: simd::Level) -> usize {
+/// The multiply-adds of one sample's forward pass through a convolution of `shape` (each
+/// gradient takes as many): `out·patch_len·positions` directly, 4/9 of that where Winograd's
+/// method takes the shape (16 for each 2x2 block of outputs and input channel rather than 36;
+/// its transforms only add).
+pub fn conv2d_multiply_adds(shape: &Conv2dShape) -> usize {
     let direct = shape.out_channels * shape.patch_len() * shape.positions();
-    if crate::winograd::takes(shape, level) { direct / 9 * 4 } else { direct }
+    if crate::winograd::fits(shape) { direct / 9 * 4 } else { direct }
 }
 
 /// `y = conv2d(x, w) + bias` for a batch: `x` is `N x in_len`, `w` is `out x patch_len`, `y` is
@@ -471,8 +471,8 @@ pub fn conv2d_multiply_adds(shape: &Conv2dShape, level: simd::Level) -> usize {
 /// N·positions`), so that the whole batch is one matrix product, and left there for
 /// [`conv2d_backward`]; for a stride-1 shape whose output is nearly as wide as its padded
 /// input, `cols` holds each sample's zero-padded input instead, which the products read
-/// shifted, or, where Winograd's method takes the shape, the eight phases of it (about twice
-/// as many values). `cols` grows as needed.
+/// shifted; where Winograd's method takes the shape, nothing (its backward pass pads `x`
+/// again). `cols` grows as needed.
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -553,9 +553,10 @@ fn conv2d_keeping(
     scratch: &mut ConvScratch,
     y: ArrayViewMut2<f32>,
 ) {
-    if crate::winograd::fits(shape, simd) {
+    if crate::winograd::fits(shape) {
         check(x.dim(), w.dim(), y.dim(), shape);
-        crate::winograd::forward(simd, x, w, bias, shape, cols, keep, &mut scratch.winograd, y);
+        // Nothing is kept: the backward pass pads the input again.
+        crate::winograd::forward(simd, x, w, bias, shape, &mut scratch.winograd, y);
     } else if crate::padded::fits(shape) {
         check(x.dim(), w.dim(), y.dim(), shape);
         crate::padded::forward(simd, x, w, bias, shape, cols, keep, &mut scratch.padded, y);
@@ -610,8 +611,8 @@ fn conv2d_chunks(
     }
 }
 
-/// The gradients of [`conv2d`] given `dy` (`N x out_len`), with `cols` as [`conv2d`] left them
-/// for the same `x`: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
+/// The gradients of [`conv2d`] given `dy` (`N x out_len`), with its input `x` and `cols` as
+/// [`conv2d`] left them for that input: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
 /// positions of dy`, and, when asked, `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites
 /// unfolded `cols`; padded inputs are left as they are).
 ///
@@ -620,6 +621,7 @@ fn conv2d_chunks(
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
+    x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -629,13 +631,14 @@ pub fn conv2d_backward(
     db: Option<(ArrayViewMut1<f32>, f32)>,
     dx: Option<(ArrayViewMut2<f32>, f32)>,
 ) {
-    conv2d_backward_at(Simd::get(), w, dy, shape, cols, scratch, dw, db, dx);
+    conv2d_backward_at(Simd::get(), x, w, dy, shape, cols, scratch, dw, db, dx);
 }
 
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_backward_at(
     simd: Simd,
+    x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -649,8 +652,8 @@ fn conv2d_backward_at(
     assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
     assert_eq!(w.dim(), (o, k), "conv2d_backward: weight {:?} for {shape:?}", w.dim());
     assert_eq!(dy.ncols(), shape.out_len(), "conv2d_backward: output gradient for {shape:?}");
-    if crate::winograd::fits(shape, simd) {
-        crate::winograd::backward(simd, w, dy, shape, cols, &mut scratch.winograd, (dw, beta_w), db, dx);
+    if crate::winograd::fits(shape) {
+        crate::winograd::backward(simd, x, w, dy, shape, &mut scratch.winograd, (dw, beta_w), db, dx);
         return;
     }
     if crate::padded::fits(shape) {
@@ -775,14 +778,21 @@ mod tests {
 
     #[test]
     fn the_forward_only_convolution_gives_the_same_bits_in_less_memory() {
-        // Three samples. 3x3 on 28 pixels: each sample's padded input (30 x 30), or below
-        // AVX-512 the eight phases of Winograd's (15 rows of 14), is kept for the backward pass,
-        // or one at a time. LeNet-5's second layer with 32 input channels: patches of 800 x 100
+        // Three samples. 3x3 on 28 pixels from 5 channels: each sample's padded input (30 x 30)
+        // is kept for the backward pass, or one at a time; from 16 channels, by Winograd's
+        // method, nothing. LeNet-5's second layer with 32 input channels: patches of 800 x 100
         // values, three chunks of one sample.
+        let cases = [
+            (shape(5, 28, 28, 4, 3, 1, 1), 5 * 30 * 30),
+            (shape(16, 28, 28, 4, 3, 1, 1), 0),
+            (shape(32, 14, 14, 4, 5, 1, 0), 800 * 100),
+        ];
+        assert_eq!(
+            cases.map(|(sh, _)| (crate::padded::fits(&sh), crate::winograd::fits(&sh))),
+            [(true, false), (true, true), (false, false)]
+        );
         for simd in Simd::every() {
-            let padded = shape(16, 28, 28, 4, 3, 1, 1);
-            let per_sample = if crate::winograd::fits(&padded, simd) { 16 * 8 * 15 * 14 } else { 16 * 30 * 30 };
-            for (sh, per_sample) in [(padded, per_sample), (shape(32, 14, 14, 4, 5, 1, 0), 800 * 100)] {
+            for (sh, per_sample) in cases {
                 let x = Array2::from_shape_fn((3, sh.in_len()), |(n, i)| ((n * 31 + i * 7) % 17) as f32 / 8.0 - 1.0);
                 let w = Array2::from_shape_fn((4, sh.patch_len()), |(o, i)| ((o * 5 + i * 3) % 11) as f32 / 10.0 - 0.5);
                 let b = Array1::from(vec![0.1, -0.2, 0.3, 0.0]);
@@ -887,7 +897,7 @@ mod tests {
         // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks). On shifted
         // rows of the padded input: the CNN's 3x3 with padding 1 on 28 and 14 pixels, 3x3
         // without padding, 5x5 with padding 2 on 28 pixels, 1x1 with padding 1. Unfolded: a
-        // padded 5x5 on a narrow input. By Winograd's method below AVX-512: the 3x3 on 28
+        // padded 5x5 on a narrow input. By Winograd's method: the 3x3 on 28
         // pixels, 32 channels on 14 (two groups of samples), 8 channels on 6x4, 4x2 and 2x2
         // (one tile across). One buffer and scratch per level serve every shape, as a tape's do.
         let cases = [
@@ -906,8 +916,7 @@ mod tests {
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
         let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
         assert_eq!(padded, [false, true, true, true, true, true, false, true, false, false, false]);
-        let winograd: Vec<bool> =
-            cases.iter().map(|(sh, _)| crate::winograd::fits(sh, Simd::every().next().unwrap())).collect();
+        let winograd: Vec<bool> = cases.iter().map(|(sh, _)| crate::winograd::fits(sh)).collect();
         assert_eq!(winograd, [false, true, false, false, false, false, false, true, true, true, true]);
         for simd in Simd::every() {
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
@@ -945,6 +954,7 @@ mod tests {
                     let mut db = Array1::from_elem(o, -2.0);
                     conv2d_backward_at(
                         simd,
+                        x.view(),
                         w.view(),
                         dy.view(),
                         &sh,
@@ -978,6 +988,7 @@ mod tests {
                 let dw_beta = (dw.view_mut(), 0.5);
                 conv2d_backward_at(
                     simd,
+                    x0.view(),
                     w.view(),
                     dy0.view(),
                     &sh,

@@ -662,6 +662,7 @@ mod tests {
                 let (mut dw_dense, mut dw_sparse) = (Array2::zeros(w.dim()), Array2::from_elem(w.dim(), 1.0));
                 let (mut db_dense, mut db_sparse) = (Array1::zeros(b.dim()), Array1::from_elem(b.dim(), 1.0));
                 crate::conv2d_backward(
+                    x.view(),
                     w.view(),
                     dy.view(),
                     &shape,

@@ -30,23 +30,14 @@ const TILE: usize = 16;
 /// bytes, so that the products read them from the cache.
 const GROUP_BYTES: usize = 256 * 1024;
 
-/// Whether `shape` is convolved this way at level `simd`: 3x3, stride 1, padding 1, even sides
-/// (whole 2x2 output blocks), and enough input channels for the products to outweigh the
-/// transforms; below AVX-512. There the CNN's layers take 12% to 43% less time this way (one
-/// thread, `cargo bench -p tensor --bench convolutions`); at AVX-512, whose direct products run
-/// closest to the vector units' peak, its 16-to-16 layer on 28x28 took 3-11% longer, the
-/// others up to 16% less, and its epoch was no faster.
-pub(crate) fn fits(shape: &Conv2dShape, simd: Simd) -> bool {
-    takes(shape, simd.level())
-}
-
-/// [`fits`] at `level`.
-pub(crate) fn takes(shape: &Conv2dShape, level: simd::Level) -> bool {
-    level < simd::Level::Avx512 && shape_fits(shape)
-}
-
-/// The shapes [`fits`] takes at levels below AVX-512.
-fn shape_fits(shape: &Conv2dShape) -> bool {
+/// Whether `shape` is convolved this way: 3x3, stride 1, padding 1, even sides (whole 2x2
+/// output blocks), and enough input channels for the products to outweigh the transforms.
+/// The CNN's layers take 12% to 43% less time this way below AVX-512 (one thread, `cargo bench
+/// -p tensor --bench convolutions`). At AVX-512 a Xeon (Sapphire Rapids), whose direct
+/// products run closest to its vector units' peak, took 3-11% longer for the 16-to-16 layer
+/// on 28x28 and up to 16% less for the others, an epoch no faster; an EPYC (Zen 4), which runs
+/// AVX-512 in two halves, takes about 18% less for the three layers together.
+pub(crate) fn fits(shape: &Conv2dShape) -> bool {
     shape.kernel == 3
         && shape.stride == 1
         && shape.padding == 1
@@ -55,9 +46,8 @@ fn shape_fits(shape: &Conv2dShape) -> bool {
         && shape.in_channels >= 8
 }
 
-/// Values per sample of the phases of the padded input: what [`forward`] keeps for
-/// [`backward`].
-pub(crate) fn padded_len(shape: &Conv2dShape) -> usize {
+/// Values per sample of the phases of the padded input.
+fn padded_len(shape: &Conv2dShape) -> usize {
     shape.in_channels * Geometry::of(shape).channel
 }
 
@@ -78,6 +68,11 @@ pub(crate) struct Scratch {
     blocks: Vec<f32>,
     /// One sample's input gradient in phases.
     dphases: Vec<f32>,
+    /// One sample's padded input in phases, written just before it is transformed: padding
+    /// again in the backward pass reads the input (half as many values as its phases) once,
+    /// in order, where phases kept from the forward pass came back from memory in sixteen
+    /// runs at once, and took four times as long to transform.
+    phases: Vec<f32>,
 }
 
 /// The sizes of one sample's tiles and phases.
@@ -96,7 +91,7 @@ impl Geometry {
     /// The geometry of a shape [`fits`] takes: the kernels' loads and stores stay within the
     /// buffers it sizes only for those (output as large as the input, whole tiles).
     fn checked(shape: &Conv2dShape) -> Self {
-        assert!(shape_fits(shape), "Winograd's convolution for {shape:?}");
+        assert!(fits(shape), "Winograd's convolution for {shape:?}");
         Self::of(shape)
     }
 
@@ -138,7 +133,14 @@ unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) {
     let (g, w) = (Geometry::checked(shape), shape.width);
     let n = g.across;
     assert!(x.len() == shape.in_len() && out.len() == shape.in_channels * g.channel);
+    let plane = shape.height * w;
     for (c, phases) in out.chunks_exact_mut(g.channel).enumerate() {
+        // The next plane, read soon: padding reads the input from memory (the backward pass
+        // long after it was written), faster when asked for ahead (7.5% of a CNN epoch's
+        // samples against 9.1% at AVX-512).
+        if let Some(next) = x.get((c + 1) * plane..(c + 2) * plane) {
+            simd::prefetch(next);
+        }
         for y in 0..shape.height + 2 {
             let (p, row) = (y % 2, y / 2);
             // Padded pixel (y, 2j + s) is x[y - 1][2j + s - 1], zero outside.
@@ -632,8 +634,27 @@ fn products(simd: Simd, a: &[f32], (m, k): (usize, usize), transpose_a: bool, b:
     }
 }
 
-/// `y = conv2d(x, w) + bias` for a batch (the shapes of [`crate::conv2d`]). Each sample's padded
-/// input is left in `padded` for [`backward`] (`keep`), or overwritten by a later group's.
+/// `V` for one sample `x` (`C·H·W` values) into `v` (`[16][in][cols]`) from column `at`, by
+/// way of its phases in `phases` (sized by [`padded_len`]).
+fn pad_and_transform(
+    simd: Simd,
+    x: ArrayView1<f32>,
+    shape: &Conv2dShape,
+    phases: &mut [f32],
+    v: &mut [f32],
+    cols: usize,
+    at: usize,
+) {
+    let x = x.to_slice().expect("rows of a standard matrix");
+    // SAFETY: padding and the transform have no requirement but the level, which `simd`
+    // vouches for.
+    unsafe {
+        pad_at(simd, x, shape, phases);
+        transform_input_at(simd, phases, shape, v, cols, at);
+    }
+}
+
+/// `y = conv2d(x, w) + bias` for a batch (the shapes of [`crate::conv2d`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     simd: Simd,
@@ -641,18 +662,15 @@ pub(crate) fn forward(
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
     shape: &Conv2dShape,
-    padded: &mut Vec<f32>,
-    keep: bool,
     scratch: &mut Scratch,
     mut y: ArrayViewMut2<f32>,
 ) {
-    let (g, n, o, c, per_sample) =
-        (Geometry::of(shape), x.nrows(), shape.out_channels, shape.in_channels, padded_len(shape));
+    let (g, n, o, c) = (Geometry::of(shape), x.nrows(), shape.out_channels, shape.in_channels);
     let group = g.group(shape, n);
     transform_weights(w, o, c, &mut scratch.u);
-    let Scratch { u, v, m, blocks, .. } = scratch;
+    let Scratch { u, v, m, blocks, phases, .. } = scratch;
     blocks.resize(4 * g.tiles, 0.0);
-    padded.resize(per_sample * if keep { n } else { group }, 0.0);
+    phases.resize(padded_len(shape), 0.0);
     v.resize(TILE * c * group * g.tiles, 0.0);
     m.resize(TILE * o * group * g.tiles, 0.0);
     for first in (0..n).step_by(group) {
@@ -660,13 +678,7 @@ pub(crate) fn forward(
         let cols = samples.len() * g.tiles;
         let (v, m) = (&mut v[..TILE * c * cols], &mut m[..TILE * o * cols]);
         for (t, s) in samples.clone().enumerate() {
-            let at = if keep { s * per_sample } else { t * per_sample };
-            let sample = &mut padded[at..at + per_sample];
-            let xs = x.row(s);
-            // SAFETY: padding has no requirement but the level, which `simd` vouches for.
-            unsafe { pad_at(simd, xs.to_slice().expect("rows of a standard matrix"), shape, sample) };
-            // SAFETY: the transform has no requirement but the level, which `simd` vouches for.
-            unsafe { transform_input_at(simd, sample, shape, v, cols, t * g.tiles) };
+            pad_and_transform(simd, x.row(s), shape, phases, v, cols, t * g.tiles);
         }
         products(simd, u, (o, c), false, v, cols, m);
         for (t, s) in samples.enumerate() {
@@ -679,14 +691,14 @@ pub(crate) fn forward(
 }
 
 /// The gradients of [`forward`] (with `keep`), as [`crate::conv2d_backward`] defines them,
-/// given the padded inputs it left in `padded`.
+/// for the same input `x`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     simd: Simd,
+    x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
-    padded: &[f32],
     scratch: &mut Scratch,
     (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
@@ -694,13 +706,14 @@ pub(crate) fn backward(
 ) {
     let (g, n, o, c, per_sample) =
         (Geometry::of(shape), dy.nrows(), shape.out_channels, shape.in_channels, padded_len(shape));
-    assert_eq!(padded.len(), n * per_sample, "conv2d_backward: the padded inputs conv2d left for this batch");
+    assert_eq!(x.dim(), (n, shape.in_len()), "conv2d_backward: input shape");
     if let Some((dx, _)) = dx.as_ref() {
         assert_eq!(dx.dim(), (n, shape.in_len()), "conv2d_backward: input gradient shape");
     }
     let group = g.group(shape, n);
     transform_weights(w, o, c, &mut scratch.u);
-    let Scratch { u, du, v, m, dv, blocks, dphases } = scratch;
+    let Scratch { u, du, v, m, dv, blocks, dphases, phases } = scratch;
+    phases.resize(per_sample, 0.0);
     blocks.resize(4 * g.tiles, 0.0);
     du.clear();
     du.resize(TILE * o * c, 0.0);
@@ -715,14 +728,11 @@ pub(crate) fn backward(
         let cols = samples.len() * g.tiles;
         let (v, m) = (&mut v[..TILE * c * cols], &mut m[..TILE * o * cols]);
         for (t, s) in samples.clone().enumerate() {
-            let sample = &padded[s * per_sample..(s + 1) * per_sample];
+            pad_and_transform(simd, x.row(s), shape, phases, v, cols, t * g.tiles);
             let dys = dy.row(s);
             let dys = dys.to_slice().expect("standard rows");
-            // SAFETY: the transforms have no requirement but the level, which `simd` vouches for.
-            unsafe {
-                transform_input_at(simd, sample, shape, v, cols, t * g.tiles);
-                transform_output_gradient_at(simd, dys, shape, m, cols, t * g.tiles, blocks);
-            }
+            // SAFETY: the transform has no requirement but the level, which `simd` vouches for.
+            unsafe { transform_output_gradient_at(simd, dys, shape, m, cols, t * g.tiles, blocks) };
         }
         // dU_ξ += dM_ξ·V_ξᵀ.
         for ((dm, v), du) in m.chunks_exact(o * cols).zip(v.chunks_exact(c * cols)).zip(du.chunks_exact_mut(o * c)) {
@@ -813,14 +823,14 @@ mod tests {
             }
         };
         for simd in Simd::every() {
-            let (mut padded, mut scratch) = (Vec::new(), Scratch::default());
+            let mut scratch = Scratch::default();
             let mut y = Array2::zeros(dy.dim());
-            forward(simd, x.view(), wt.view(), Some(b.view()), &sh, &mut padded, true, &mut scratch, y.view_mut());
+            forward(simd, x.view(), wt.view(), Some(b.view()), &sh, &mut scratch, y.view_mut());
             let (mut dw, mut dx) = (Array2::zeros(wt.dim()), Array2::zeros(x.dim()));
             let mut db = Array1::zeros(o);
             let (dw_beta, db_beta, dx_beta) =
                 ((dw.view_mut(), 0.0), Some((db.view_mut(), 0.0)), Some((dx.view_mut(), 0.0)));
-            backward(simd, wt.view(), dy.view(), &sh, &padded, &mut scratch, dw_beta, db_beta, dx_beta);
+            backward(simd, x.view(), wt.view(), dy.view(), &sh, &mut scratch, dw_beta, db_beta, dx_beta);
             close(&y, &want_y, &format!("{simd} y"));
             close(&dw, &want_dw, &format!("{simd} dw"));
             close(&dx, &want_dx, &format!("{simd} dx"));
@@ -828,7 +838,7 @@ mod tests {
             let (mut dw2, mut dx2, mut db2) = (dw.clone(), dx.clone(), db.clone());
             let (dw_beta, db_beta, dx_beta) =
                 ((dw2.view_mut(), 0.5), Some((db2.view_mut(), 0.5)), Some((dx2.view_mut(), 0.5)));
-            backward(simd, wt.view(), dy.view(), &sh, &padded, &mut scratch, dw_beta, db_beta, dx_beta);
+            backward(simd, x.view(), wt.view(), dy.view(), &sh, &mut scratch, dw_beta, db_beta, dx_beta);
             close(&dx2, &(&want_dx * 1.5), &format!("{simd} dx, beta 0.5"));
             close(&dw2, &(&want_dw * 1.5), &format!("{simd} dw, beta 0.5"));
             assert!(db2.iter().zip(&db).all(|(two, one)| (two - 1.5 * one).abs() <= 1e-5), "{simd} db, beta 0.5");
