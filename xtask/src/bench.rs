@@ -454,10 +454,9 @@ fn products_section(report: &mut String, root: &Path) -> Result<()> {
          microseconds per product, timed in turns. This project's kernels run at the level (`MNIST_SIMD`), \
          `matrixmultiply` 0.3 capped at the same instruction set at compile time (`MMTEST_FEATURE`: \
          `avx2,fma`; on the portable level its kernel without intrinsics, compiled for SSE2). `gemm` 0.18 \
-         cannot be capped: on stable Rust it runs AVX2 with FMA at every level. At AVX-512 the CNN's \
-         convolutions run these products on shifted rows of the padded input, which neither crate takes \
-         (below it, Winograd's method runs 16 smaller ones); the shapes are those of the same products \
-         over unfolded patches.\n"
+         cannot be capped: on stable Rust it runs AVX2 with FMA at every level. The CNN's 3x3 \
+         convolutions from 16 and 32 channels take Winograd's method, 16 products per group of samples (one sample on 28x28, two \
+         on 14x14): its rows are one of them.\n"
     )?;
     writeln!(report, "| product | level | this project (µs) | gemm (µs) | matrixmultiply (µs) | fastest |")?;
     writeln!(report, "|---|---|---|---|---|---|")?;
@@ -548,19 +547,17 @@ fn levels_against_pytorch(
     let mlp = Flops::new(&shape.widths(HIDDEN[0]), density);
     let lenet = Flops::lenet(shape, density);
     let cnn = Flops::cnn(shape, density);
-    // Each model's name, its `--model`, its FLOP at a level, and the epochs of each run.
-    type Model<'a> = (&'a str, &'a str, &'a dyn Fn(simd::Level) -> Flops, usize);
-    let models: [Model; 3] = [
-        ("MLP", "mlp", &|_| mlp, LEVEL_EPOCHS),
-        ("LeNet-5", "lenet", &|_| lenet, LEVEL_EPOCHS),
-        ("CNN", "cnn", &|_| cnn, LEVEL_EPOCHS_CNN),
+    // Each model's name, its `--model`, its FLOP, and the epochs of each run.
+    let models = [
+        ("MLP", "mlp", mlp, LEVEL_EPOCHS),
+        ("LeNet-5", "lenet", lenet, LEVEL_EPOCHS),
+        ("CNN", "cnn", cnn, LEVEL_EPOCHS_CNN),
     ];
     let ghz = cpu_mhz() / 1e3;
     let mut rows = Vec::new();
     let mut version = String::new();
     for &level in &levels {
         for &(name, model, flops, epochs) in &models {
-            let flops = flops(level);
             let epochs_arg = epochs.to_string();
             let (mut ours, mut theirs, mut ratios, mut accuracy) = (Vec::new(), Vec::new(), Vec::new(), (0.0, 0.0));
             let mut capability = String::new();
@@ -603,9 +600,9 @@ fn levels_against_pytorch(
          every CPU of its architecture has: SSE2 on x86-64 (NEON on 64-bit ARM). Peak: two fused multiply-adds \
          of 16 lanes a cycle per core with AVX-512, of 8 with AVX2, and a 4-lane multiply and add on the \
          portable level, at {ghz:.2} GHz, the clock the operating system reports; cores that run \
-         faster than it make these shares overstate how busy the vector units are. Below AVX-512 the \
-         CNN's 3x3 convolutions take Winograd's method, and its executed rate counts the multiply-adds \
-         of their products (4/9 of the direct method's; the transforms only add).\n",
+         faster than it make these shares overstate how busy the vector units are. The CNN's 3x3 \
+         convolutions from 16 and 32 channels take Winograd's method, and its executed rate counts the multiply-adds of their \
+         products (4/9 of the direct method's; the transforms only add).\n",
         opts.level_pairs,
         started.elapsed().as_secs_f64()
     )?;

@@ -173,7 +173,8 @@ impl Tape {
                 }
                 Op::Conv2d { x, weight, bias, shape, sparse: false } => {
                     // y_n = W·im2col(x_n) + b:  dW += Σ_n dy_n·im2col(x_n)ᵀ,  db += Σ dy,
-                    // dx_n += col2im(Wᵀ·dy_n). The patches were kept by the forward pass.
+                    // dx_n += col2im(Wᵀ·dy_n). What the forward pass kept (unfolded patches or
+                    // padded inputs; nothing for Winograd's method, which pads x again) is in aux.
                     let input = &mut before[x.index];
                     let (rows, cols, needs_grad) = (input.rows, input.cols, input.needs_grad);
                     let x_value = ArrayView2::from_shape((rows, cols), &input.value).expect("node buffer");

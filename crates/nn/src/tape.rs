@@ -437,7 +437,8 @@ impl Tape {
             // Nothing is kept for a backward pass: a few samples' patches at a time.
             tensor::conv2d_forward(x, w, bias, &shape, &mut self.conv_scratch, y_view);
         } else {
-            // The unfolded patches stay in the node for the backward pass.
+            // What the backward pass needs besides x (unfolded patches, padded inputs) stays
+            // in the node.
             tensor::conv2d(x, w, bias, &shape, &mut node.aux, &mut self.conv_scratch, y_view);
         }
         y

@@ -177,7 +177,7 @@ pub use vector::{Avx2, Avx512, F32s, Portable};
 /// Asks the CPU to start loading `data` into its caches, a hint that costs a few cycles per
 /// 64-byte line and changes no result: for data a kernel reads soon in an order the hardware
 /// prefetchers do not follow (rows in random order), or that comes back from memory faster
-/// when asked for ahead. Does nothing where there is no such instruction in stable Rust (on
+/// when asked for ahead. Does nothing outside x86-64 (stable Rust has no such instruction for
 /// ARM).
 ///
 /// ```
@@ -190,7 +190,9 @@ pub fn prefetch<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         let (start, bytes) = (data.as_ptr().cast::<u8>(), size_of_val(data));
-        for offset in (0..bytes).step_by(64) {
+        // Every 64 bytes, and the last byte: its line is a line further when `data` does not
+        // start on one.
+        for offset in (0..bytes).step_by(64).chain(bytes.checked_sub(1)) {
             // SAFETY: SSE is part of x86-64; prefetching is only a hint, and the address is
             // within `data`.
             unsafe {

@@ -1,6 +1,6 @@
 //! The convolutions of LeNet-5 and the CNN at their shapes in a training step (32 samples, as
 //! one thread takes of a batch of 64), whole: the forward pass (padding or unfolding, the
-//! product, laying the output out; for the CNN's 3x3 layers below AVX-512, Winograd's
+//! product, laying the output out; for the CNN's 3x3 layers, Winograd's
 //! transforms and products) and the backward pass (the weight and input gradients; no bias).
 //! Prints one tab-separated line per layer: the median microseconds of each
 //! pass over 101 steps, each backward pass after its forward pass (an unfolding convolution's

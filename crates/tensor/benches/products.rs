@@ -1,7 +1,7 @@
 //! The dense matrix products of LeNet-5 and the CNN at their shapes in a training step (32
-//! samples per thread; a convolution's product covers the samples whose unfolded columns fit
-//! the cache), three ways: this crate's kernels, the `gemm` crate and `matrixmultiply` (which
-//! ndarray uses). Each result is checked against ndarray's product before it is timed. Prints
+//! samples per thread; LeNet-5's convolution product covers the samples whose unfolded
+//! columns fit the cache, the CNN's Winograd products a group of samples), three ways: this
+//! crate's kernels, the `gemm` crate and `matrixmultiply` (which ndarray uses). Each result is checked against ndarray's product before it is timed. Prints
 //! one tab-separated line per shape: the median microseconds of each, timed in turns so that
 //! a busy machine slows all three alike.
 //!
@@ -93,7 +93,9 @@ const fn case(what: &'static str, form: Form, m: usize, k: usize, n: usize) -> C
     Case { what, form, m, k, n }
 }
 
-/// Each layer's forward product, weight gradient and input gradient.
+/// Each layer's forward product, weight gradient and input gradient. The CNN's 3x3 layers
+/// take Winograd's method: one of the 16 products per group of samples (one sample's 196
+/// tiles on 28x28, two samples' 49 on 14x14).
 const CASES: &[Case] = &[
     case("lenet conv2 forward", Form::AB, 16, 150, 800),
     case("lenet conv2 weight grad", Form::ABt, 16, 800, 150),
@@ -101,12 +103,12 @@ const CASES: &[Case] = &[
     case("lenet fc1 forward", Form::ABt, 32, 400, 120),
     case("lenet fc1 weight grad", Form::AtB, 120, 32, 400),
     case("lenet fc1 input grad", Form::AB, 32, 120, 400),
-    case("cnn conv2 forward", Form::AB, 16, 144, 784),
-    case("cnn conv2 weight grad", Form::ABt, 16, 784, 144),
-    case("cnn conv2 input grad", Form::AtB, 144, 16, 784),
-    case("cnn conv4 forward", Form::AB, 32, 288, 392),
-    case("cnn conv4 weight grad", Form::ABt, 32, 392, 288),
-    case("cnn conv4 input grad", Form::AtB, 288, 32, 392),
+    case("cnn conv2 winograd forward", Form::AB, 16, 16, 196),
+    case("cnn conv2 winograd weight grad", Form::ABt, 16, 196, 16),
+    case("cnn conv2 winograd input grad", Form::AtB, 16, 16, 196),
+    case("cnn conv4 winograd forward", Form::AB, 32, 32, 98),
+    case("cnn conv4 winograd weight grad", Form::ABt, 32, 98, 32),
+    case("cnn conv4 winograd input grad", Form::AtB, 32, 32, 98),
     case("cnn fc1 forward", Form::ABt, 32, 1568, 128),
 ];
 

@@ -2,9 +2,9 @@
 //! and its gradients, by unfolding each sample's input patches into the columns of a matrix
 //! (`im2col`) so that the work is matrix products. Stride-1 convolutions whose output is
 //! nearly as wide as the padded input (3x3 with padding 1) skip the unfolding: their products
-//! read shifted rows of the padded input where they lie (see the `padded` module). Below
-//! AVX-512, 3x3 convolutions with padding 1 of an even height and width from 8 or more channels
-//! take Winograd's F(2x2, 3x3) instead: fewer multiplications, for some transforms (see the
+//! read shifted rows of the padded input where they lie (see the `padded` module). 3x3
+//! convolutions with padding 1 of an even height and width from 8 or more channels take
+//! Winograd's F(2x2, 3x3) instead: fewer multiplications, for some transforms (see the
 //! `winograd` module).
 //!
 //! Activations are rows of a batch: sample `n`'s `[C, H, W]` values, row-major, form row `n`.
@@ -538,8 +538,8 @@ fn conv2d_at(
     conv2d_keeping(simd, x, w, bias, shape, cols, true, scratch, y);
 }
 
-/// The forward pass by whichever method takes `shape` at `simd`; with `keep`, what the
-/// backward pass needs stays in `cols`.
+/// The forward pass by whichever method takes `shape`; with `keep`, what the backward pass
+/// needs besides the input stays in `cols`.
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_keeping(
@@ -611,10 +611,11 @@ fn conv2d_chunks(
     }
 }
 
-/// The gradients of [`conv2d`] given `dy` (`N x out_len`), with its input `x` and `cols` as
-/// [`conv2d`] left them for that input: `dw = beta_w·dw + Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and
-/// positions of dy`, and, when asked, `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites
-/// unfolded `cols`; padded inputs are left as they are).
+/// The gradients of [`conv2d`] given `dy` (`N x out_len`), with the input `x` it was given
+/// (standard rows) and `cols` as it left them for that input: `dw = beta_w·dw +
+/// Σ_n dy_n·colsᵀ`, `db = beta_b·db + Σ over samples and positions of dy`, and, when asked,
+/// `dx = beta_x·dx + col2im(wᵀ·dy_n)` (which overwrites unfolded `cols`; padded inputs are
+/// left as they are).
 ///
 /// # Panics
 /// If the shapes do not fit.
@@ -652,6 +653,7 @@ fn conv2d_backward_at(
     assert!(shape.is_valid(), "conv2d: invalid shape {shape:?}");
     assert_eq!(w.dim(), (o, k), "conv2d_backward: weight {:?} for {shape:?}", w.dim());
     assert_eq!(dy.ncols(), shape.out_len(), "conv2d_backward: output gradient for {shape:?}");
+    assert_eq!(x.dim(), (dy.nrows(), shape.in_len()), "conv2d_backward: input for {shape:?}");
     if crate::winograd::fits(shape) {
         crate::winograd::backward(simd, x, w, dy, shape, &mut scratch.winograd, (dw, beta_w), db, dx);
         return;
@@ -895,11 +897,12 @@ mod tests {
     #[test]
     fn gradients_are_the_definitions() {
         // LeNet-5's second layer, unfolded in chunks (nine samples: three chunks). On shifted
-        // rows of the padded input: the CNN's 3x3 with padding 1 on 28 and 14 pixels, 3x3
-        // without padding, 5x5 with padding 2 on 28 pixels, 1x1 with padding 1. Unfolded: a
-        // padded 5x5 on a narrow input. By Winograd's method: the 3x3 on 28
-        // pixels, 32 channels on 14 (two groups of samples), 8 channels on 6x4, 4x2 and 2x2
-        // (one tile across). One buffer and scratch per level serve every shape, as a tape's do.
+        // rows of the padded input: 3x3 with padding 1 from 5 channels on 14 pixels, 3x3
+        // without padding, 5x5 with padding 2 on 28 pixels, 1x1 with padding 1, and 3x3 with
+        // padding 1 from 16 and 32 channels on an odd side (28x27, 15x14). Unfolded: a padded
+        // 5x5 on a narrow input. By Winograd's method: the CNN's 3x3 on 28 pixels, 32 channels
+        // on 14 (two groups of samples), 8 channels on 6x4, 4x2 and 2x2 (one tile across). One
+        // buffer and scratch per level serve every shape, as a tape's do.
         let cases = [
             (shape(6, 14, 14, 16, 5, 1, 0), 9),
             (shape(16, 28, 28, 4, 3, 1, 1), 3),
@@ -912,12 +915,14 @@ mod tests {
             (shape(8, 6, 4, 3, 3, 1, 1), 5),
             (shape(8, 4, 2, 3, 3, 1, 1), 2),
             (shape(8, 2, 2, 3, 3, 1, 1), 3),
+            (shape(16, 28, 27, 4, 3, 1, 1), 2),
+            (shape(32, 15, 14, 8, 3, 1, 1), 3),
         ];
         assert!(chunks(9, cases[0].0.patch_len() * cases[0].0.positions()).count() > 1);
         let padded: Vec<bool> = cases.iter().map(|(sh, _)| crate::padded::fits(sh)).collect();
-        assert_eq!(padded, [false, true, true, true, true, true, false, true, false, false, false]);
+        assert_eq!(padded, [false, true, true, true, true, true, false, true, false, false, false, true, true]);
         let winograd: Vec<bool> = cases.iter().map(|(sh, _)| crate::winograd::fits(sh)).collect();
-        assert_eq!(winograd, [false, true, false, false, false, false, false, true, true, true, true]);
+        assert_eq!(winograd, [false, true, false, false, false, false, false, true, true, true, true, false, false]);
         for simd in Simd::every() {
             let (mut cols, mut scratch) = (Vec::new(), ConvScratch::default());
             for (sh, n) in cases {

@@ -12,7 +12,7 @@
 //! results differ from the direct sums in rounding (the transformed values can be four times
 //! as large as the inputs, and an infinite input gives NaN where the direct sum gives
 //! infinity). They run on whole vectors of tiles: each sample's padded
-//! input is kept as eight phases, `phase(p, s)[y][j]` holding padded pixel `(2y + p, 2j + s)`,
+//! input is written as eight phases, `phase(p, s)[y][j]` holding padded pixel `(2y + p, 2j + s)`,
 //! so that value `(r, s)` of tile `(i, j)` is `phase(r mod 2, s)[i + r/2][j]`, and tile
 //! `t = i·n + j` (`n` tiles across) reads it at `t + (r/2)·n`: one run of values for every tile
 //! of a sample.
@@ -690,7 +690,7 @@ pub(crate) fn forward(
     }
 }
 
-/// The gradients of [`forward`] (with `keep`), as [`crate::conv2d_backward`] defines them,
+/// The gradients of [`forward`], as [`crate::conv2d_backward`] defines them,
 /// for the same input `x`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
@@ -784,9 +784,9 @@ mod tests {
 
     use super::*;
 
-    /// Winograd's convolution at every level, AVX-512's included (which [`fits`] leaves to the
-    /// direct products), against the definition summed in f64, on values whose sums round: 15
-    /// tiles a sample (a partial vector at every level), three samples in one group.
+    /// Winograd's convolution at every level against the definition summed in f64, on values
+    /// whose sums round: 15 tiles a sample (a partial vector at every level), three samples in
+    /// one group.
     #[test]
     fn every_level_is_the_definition_within_rounding() {
         let sh =
