@@ -11,11 +11,10 @@
 //! The transforms only add and subtract (`G`'s halves are exact), so for finite values the
 //! results differ from the direct sums in rounding (the transformed values can be four times
 //! as large as the inputs, and an infinite input gives NaN where the direct sum gives
-//! infinity). They run on whole vectors of tiles: each sample's padded
-//! input is written as eight phases, `phase(p, s)[y][j]` holding padded pixel `(2y + p, 2j + s)`,
-//! so that value `(r, s)` of tile `(i, j)` is `phase(r mod 2, s)[i + r/2][j]`, and tile
-//! `t = i·n + j` (`n` tiles across) reads it at `t + (r/2)·n`: one run of values for every tile
-//! of a sample.
+//! infinity). They run on whole vectors of tiles: each sample's padded input is written as
+//! eight phases, `phase(p, s)[y][j]` holding padded pixel `(2y + p, 2j + s)`, so that value
+//! `(r, s)` of tile `(i, j)` is `phase(r mod 2, s)[i + r/2][j]`, and tile `t = i·n + j` (`n`
+//! tiles across) reads it at `t + (r/2)·n`: one run of values for every tile of a sample.
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use simd::{F32s, Simd};
@@ -690,8 +689,8 @@ pub(crate) fn forward(
     }
 }
 
-/// The gradients of [`forward`], as [`crate::conv2d_backward`] defines them,
-/// for the same input `x`.
+/// The gradients of [`forward`] for the same input `x`, as [`crate::conv2d_backward`] defines
+/// them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     simd: Simd,
