@@ -7,9 +7,10 @@
 //! Output channels are kept contiguous (padded to a multiple of 8) while summing, so that each
 //! term is one vector operation over the channels.
 //!
-//! With AVX2 or AVX-512 and one input channel (MNIST's case), both directions work row by row
-//! instead: the forward pass keeps a row's outputs in vectors and skips input rows without ink,
-//! and the weight gradient keeps its sums in registers while visiting the nonzero pixels.
+//! With one input channel (MNIST's case), both directions work row by row instead: the forward
+//! pass keeps a row's outputs in vectors and skips input rows without ink (at every level), and
+//! the weight gradient keeps its sums in registers while visiting the nonzero pixels (where the
+//! level's vectors hold a kernel row).
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
@@ -29,6 +30,8 @@ pub struct SparseConvScratch {
     outputs: Vec<f32>,
     /// Whether each row of one sample's input has a nonzero value.
     inked: Vec<bool>,
+    /// One sample's input rows with ink, each between zero margins.
+    margined: Vec<f32>,
 }
 
 fn padded(channels: usize) -> usize {
@@ -129,8 +132,7 @@ fn sparse_conv2d_at(
     y: ArrayViewMut2<f32>,
 ) {
     crate::conv::check(x.dim(), w.dim(), y.dim(), shape);
-    // On the portable level, masked lanes are a loop each: scattering is faster.
-    if rows_fit(shape) && simd.avx2() {
+    if rows_fit(shape) {
         // SAFETY: `forward_rows` needs only the level, which `simd` vouches for.
         return unsafe { forward_rows_at(simd, x, w, bias, shape, scratch, y) };
     }
@@ -145,17 +147,11 @@ fn sparse_conv2d_at(
 /// Output channels computed together by [`forward_rows`]: LeNet-5's first layer has six.
 const GROUP: usize = 6;
 
-/// The widest kernel [`forward_rows`] takes.
-const MAX_KERNEL: usize = 16;
-
-/// Whether [`forward_rows`] handles `shape`: one input channel, stride 1, input and output rows
-/// of at most 32 values, and a kernel of at most [`MAX_KERNEL`].
+/// Whether [`forward_rows`] (and, where its kernel fits the vectors, [`backward_rows`]) handles
+/// `shape`: one input channel, stride 1, and input and output rows of at most 32 values (the
+/// backward pass keeps a bit per input column).
 fn rows_fit(shape: &Conv2dShape) -> bool {
-    shape.in_channels == 1
-        && shape.stride == 1
-        && shape.width <= 32
-        && shape.out_width() <= 32
-        && shape.kernel <= MAX_KERNEL
+    shape.in_channels == 1 && shape.stride == 1 && shape.width <= 32 && shape.out_width() <= 32
 }
 
 /// The forward product a row of outputs at a time, for one-channel inputs such as MNIST's:
@@ -163,7 +159,8 @@ fn rows_fit(shape: &Conv2dShape) -> bool {
 /// (the whole row of 28 with AVX-512, half of it with AVX2) while every kernel row over an
 /// input row with ink is added in, and the rows without ink, about a third of a digit, are
 /// skipped. The outputs go straight into the channel-major layout, against one output channel
-/// per lane and a transposition in the scattering path.
+/// per lane and a transposition in the scattering path. Each row with ink is read from a copy
+/// between zero margins, so that every load is a whole vector: the zeros stand for the padding.
 ///
 /// # Safety
 /// The CPU must have `V`'s level.
@@ -182,7 +179,7 @@ unsafe fn forward_rows<V: F32s>(
     let (kk, lanes) = (k * k, V::LANES);
     // The weights and biases, in groups of GROUP channels, zero past the last channel.
     let groups = o.div_ceil(GROUP);
-    let SparseConvScratch { weight, inked, .. } = scratch;
+    let SparseConvScratch { weight, inked, margined, .. } = scratch;
     weight.clear();
     weight.resize(groups * GROUP * (kk + 1), 0.0);
     for ((oc, kidx), &v) in w.indexed_iter() {
@@ -192,31 +189,27 @@ unsafe fn forward_rows<V: F32s>(
     for oc in 0..o {
         weight[oc * (kk + 1) + kk] = bias.map_or(0.0, |b| b[oc]);
     }
-    // Per pass over a row's columns `base..base + 2·lanes`, and per kernel column j, the lanes
-    // of each vector whose output exists and whose input column `col + j - p` is in the row.
-    // At most four passes: rows of 32 values, two vectors of at least four lanes a pass.
+    // Passes over a row's outputs, two vectors a pass. The output at column `col` meets input
+    // column `col + j - p` with kernel column `j`: at `col + j` of a copy of the row after `p`
+    // zeros, zeros after it as far as the last pass's loads reach.
     let passes = ow.div_ceil(2 * lanes);
-    // SAFETY (all `V` methods): the CPU has V's level (the caller's promise).
-    let mut masks = [[[unsafe { V::lanes(0, 0) }; 2]; MAX_KERNEL]; 4];
-    for (pass, masks) in masks.iter_mut().enumerate() {
-        for (j, masks) in masks.iter_mut().enumerate() {
-            for (half, mask) in masks.iter_mut().enumerate() {
-                let first = pass * 2 * lanes + half * lanes;
-                let (lo, hi) = crate::conv::lanes_inside(first, lanes, ow, j, p, wd);
-                *mask = unsafe { V::lanes(lo, hi) };
-            }
-        }
-    }
+    let pitch = (passes * 2 * lanes + k - 1).max(p + wd);
+    margined.clear();
+    margined.resize(h * pitch, 0.0);
     inked.resize(h, false);
     for (xn, mut yn) in x.rows().into_iter().zip(y.rows_mut()) {
         let (xn, yn) = (xn.to_slice().expect("standard rows"), yn.as_slice_mut().expect("standard rows"));
         for (r, row) in xn.chunks_exact(wd).enumerate() {
             inked[r] = row.iter().any(|&v| v != 0.0);
+            if inked[r] {
+                // Rows without ink are never read: what an earlier sample left there stays.
+                margined[r * pitch + p..][..wd].iter_mut().zip(row).for_each(|(m, &v)| *m = v);
+            }
         }
         for group in 0..groups {
             let wg = &weight[group * GROUP * (kk + 1)..(group + 1) * GROUP * (kk + 1)];
             for oy in 0..oh {
-                for (pass, masks) in masks.iter().enumerate().take(passes) {
+                for pass in 0..passes {
                     let base = pass * 2 * lanes;
                     let stored = [(ow - base).min(lanes), (ow - base).saturating_sub(lanes).min(lanes)];
                     let mut acc = [[unsafe { V::zero() }; 2]; GROUP];
@@ -228,13 +221,12 @@ unsafe fn forward_rows<V: F32s>(
                         let Some(r) = (oy + i).checked_sub(p).filter(|&r| r < h && inked[r]) else {
                             continue;
                         };
-                        let row = xn[r * wd..(r + 1) * wd].as_ptr();
-                        for (j, &[m0, m1]) in masks.iter().enumerate().take(k) {
-                            // SAFETY: the masks enable only lanes whose input column is within
-                            // row `r`; masked-off lanes are never read, wherever they would point.
+                        let row = &margined[r * pitch..(r + 1) * pitch];
+                        for j in 0..k {
+                            // SAFETY: `base + j + 2·lanes <= passes·2·lanes + k - 1 <= pitch`.
                             let (x0, x1) = unsafe {
-                                let at = row.wrapping_add(base + j).wrapping_sub(p);
-                                (V::load_masked(at, m0), V::load_masked(at.wrapping_add(lanes), m1))
+                                let at = row.as_ptr().add(base + j);
+                                (V::load(at), V::load(at.add(lanes)))
                             };
                             for (c, acc) in acc.iter_mut().enumerate() {
                                 let wv = unsafe { V::splat(wg[c * (kk + 1) + i * k + j]) };
@@ -635,9 +627,10 @@ mod tests {
             Conv2dShape { in_channels: 1, height: 8, width: 14, out_channels: 9, kernel: 3, stride: 1, padding: 2 },
         ] {
             let n = 3;
-            // About a fifth nonzero, and every third row blank, as around a digit.
+            // About a fifth nonzero, and every third row blank, as around a digit: other rows
+            // in each sample, so that a row with ink in one is blank in the next.
             let x = Array2::from_shape_fn((n, shape.in_len()), |(a, b)| {
-                let blank = (b / shape.width) % 3 == 1;
+                let blank = (b / shape.width + a) % 3 == 1;
                 if (a * 13 + b * 7) % 5 == 0 && !blank { ((a + b) % 9) as f32 * 0.25 - 1.0 } else { 0.0 }
             });
             let w = Array2::from_shape_fn((shape.out_channels, shape.patch_len()), |(a, b)| {
