@@ -385,12 +385,12 @@ simd::kernel! {
 
 /// Whether [`backward_rows_any`] takes a kernel of `kernel` columns with vectors of `lanes`.
 fn backward_rows_fit(kernel: usize, lanes: usize) -> bool {
-    matches!((kernel, lanes), (3, 4 | 8 | 16) | (5, 8 | 16))
+    matches!((kernel, lanes), (3 | 5, 4 | 8 | 16))
 }
 
 /// [`backward_rows`] with the channels per pass that the level's registers hold: `G·K` sums
-/// of a vector each, plus the loads (32 registers with AVX-512, 16 otherwise), for the kernels
-/// [`backward_rows_fit`] takes.
+/// of `W` vectors each (as many as a kernel row needs), plus the loads (32 registers with
+/// AVX-512, 16 otherwise), for the kernels [`backward_rows_fit`] takes.
 ///
 /// # Safety
 /// The CPU must have `V`'s level.
@@ -406,10 +406,11 @@ unsafe fn backward_rows_any<V: F32s>(
     // SAFETY: the caller's promise.
     unsafe {
         match (shape.kernel, V::LANES) {
-            (3, 16) => backward_rows::<V, 3, 10>(x, dy, shape, scratch, dw, db),
-            (5, 16) => backward_rows::<V, 5, 6>(x, dy, shape, scratch, dw, db),
-            (3, _) => backward_rows::<V, 3, 4>(x, dy, shape, scratch, dw, db),
-            (5, _) => backward_rows::<V, 5, 2>(x, dy, shape, scratch, dw, db),
+            (3, 16) => backward_rows::<V, 3, 10, 1>(x, dy, shape, scratch, dw, db),
+            (5, 16) => backward_rows::<V, 5, 6, 1>(x, dy, shape, scratch, dw, db),
+            (3, _) => backward_rows::<V, 3, 4, 1>(x, dy, shape, scratch, dw, db),
+            (5, 8) => backward_rows::<V, 5, 2, 1>(x, dy, shape, scratch, dw, db),
+            (5, _) => backward_rows::<V, 5, 1, 2>(x, dy, shape, scratch, dw, db),
             _ => unreachable!("backward_rows_fit takes kernels of 3 and 5"),
         }
     }
@@ -417,14 +418,14 @@ unsafe fn backward_rows_any<V: F32s>(
 
 /// The weight gradient of a `K x K` kernel over one-channel inputs, `G` output channels at a
 /// time: for each nonzero input value, each kernel row meets `K` neighbouring outputs of one
-/// output row, which one unaligned vector load reads from a zero-margined copy of the output
-/// gradient (lanes past `K` are ignored). The `G·K` sums stay in registers for the whole batch,
-/// instead of being read and written back for every input value.
+/// output row, which `W` unaligned vector loads read from a zero-margined copy of the output
+/// gradient (lanes past `K` are ignored). The `G·K·W` sums stay in registers for the whole
+/// batch, instead of being read and written back for every input value.
 ///
 /// # Safety
-/// The CPU must have `V`'s level, and `K <= V::LANES`.
+/// The CPU must have `V`'s level, and `K <= W·V::LANES <= 16`.
 #[inline(always)]
-unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
+unsafe fn backward_rows<V: F32s, const K: usize, const G: usize, const W: usize>(
     x: ArrayView2<f32>,
     dy: ArrayView2<f32>,
     shape: &Conv2dShape,
@@ -432,21 +433,21 @@ unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
     (mut dw, beta_w): (ArrayViewMut2<f32>, f32),
     db: Option<(ArrayViewMut1<f32>, f32)>,
 ) {
-    assert!(rows_fit(shape) && shape.kernel == K && shape.padding < K && K <= V::LANES);
+    assert!(rows_fit(shape) && shape.kernel == K && shape.padding < K && K <= W * V::LANES && W * V::LANES <= 16);
     let (o, p, pad, lanes) = (shape.out_channels, shape.positions(), shape.padding, V::LANES);
     let (wd, oh, ow) = (shape.width, shape.out_height(), shape.out_width());
     // Each channel's output gradient inside a margin wide enough that every kernel row of
-    // every input pixel reads within it (zeros where no output is), plus a vector's slack.
+    // every input pixel reads within it (zeros where no output is), plus `W` vectors' slack.
     let margin = K - 1 - pad;
     let (pitch, plane_rows) = (ow + 2 * margin, oh + 2 * margin);
     let plane = pitch * plane_rows;
     let SparseConvScratch { outputs: planes, .. } = scratch;
     planes.clear();
-    planes.resize(G * plane + lanes, 0.0);
+    planes.resize(G * plane + W * lanes, 0.0);
     for group in (0..o).step_by(G) {
         let channels = (o - group).min(G);
         // SAFETY (all `V` methods): the CPU has V's level (the caller's promise).
-        let mut acc = [[unsafe { V::zero() }; K]; G];
+        let mut acc = [[[unsafe { V::zero() }; W]; K]; G];
         for (xn, dy_n) in x.rows().into_iter().zip(dy.rows()) {
             let (xn, dy_n) = (xn.to_slice().expect("standard rows"), dy_n.to_slice().expect("standard rows"));
             for c in 0..channels {
@@ -491,10 +492,13 @@ unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
                     for (c, acc) in acc.iter_mut().enumerate().take(channels) {
                         for (i, acc) in acc.iter_mut().enumerate() {
                             // SAFETY: within plane c: its rows yy + pad + margin - i are inside
-                            // it (the margin), and the vector from any of its positions stays
+                            // it (the margin), and the `W` vectors from any of its positions stay
                             // within the planes and their slack.
-                            let g = unsafe { V::load(planes.as_ptr().add(c * plane + first - i * pitch)) };
-                            *acc = unsafe { v.mul_add(g, *acc) };
+                            let at = unsafe { planes.as_ptr().add(c * plane + first - i * pitch) };
+                            for (w, acc) in acc.iter_mut().enumerate() {
+                                let g = unsafe { V::load(at.add(w * lanes)) };
+                                *acc = unsafe { v.mul_add(g, *acc) };
+                            }
                         }
                     }
                 }
@@ -503,8 +507,10 @@ unsafe fn backward_rows<V: F32s, const K: usize, const G: usize>(
         for (c, acc) in acc.iter().enumerate().take(channels) {
             for (i, acc) in acc.iter().enumerate() {
                 let mut sums = [0.0f32; 16];
-                // SAFETY: at most sixteen floats into an array of sixteen.
-                unsafe { acc.store(sums.as_mut_ptr()) };
+                for (w, acc) in acc.iter().enumerate() {
+                    // SAFETY: `W·LANES <= 16` floats into an array of sixteen (asserted).
+                    unsafe { acc.store(sums.as_mut_ptr().add(w * lanes)) };
+                }
                 for j in 0..K {
                     let d = &mut dw[[group + c, i * K + j]];
                     let g = sums[K - 1 - j];
