@@ -137,23 +137,21 @@ fn pool_2x2(xn: &[f32], shape: &Pool2dShape, yn: &mut [f32], index: &mut [u32]) 
         for oy in 0..oh {
             let top = c * h * w + 2 * oy * w;
             let (upper, lower) = (&xn[top..top + w], &xn[top + w..top + 2 * w]);
-            for ox in 0..ow {
+            let (yn, index) = (&mut yn[o..o + ow], &mut index[o..o + ow]);
+            for (ox, (y, index)) in yn.iter_mut().zip(index.iter_mut()).enumerate() {
                 let x = 2 * ox;
-                // In row-major order, replacing only on a strictly greater value.
-                let (mut best, mut value) = (top + x, upper[x]);
-                if upper[x + 1] > value {
-                    (best, value) = (top + x + 1, upper[x + 1]);
+                // In row-major order, replacing only on a strictly greater value: selections
+                // rather than branches, which the compiler turns into vector code.
+                let (mut best, mut value) = (0, upper[x]);
+                for (v, offset) in [(upper[x + 1], 1), (lower[x], w), (lower[x + 1], w + 1)] {
+                    let replace = v > value;
+                    best = if replace { offset } else { best };
+                    value = if replace { v } else { value };
                 }
-                if lower[x] > value {
-                    (best, value) = (top + w + x, lower[x]);
-                }
-                if lower[x + 1] > value {
-                    (best, value) = (top + w + x + 1, lower[x + 1]);
-                }
-                yn[o] = value;
-                index[o] = best as u32;
-                o += 1;
+                *y = value;
+                *index = (top + x + best) as u32;
             }
+            o += ow;
         }
     }
 }
