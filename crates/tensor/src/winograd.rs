@@ -65,12 +65,11 @@ pub(crate) struct Scratch {
     dv: Vec<f32>,
     /// One channel's 2x2 output blocks (or output gradient), `[4][tiles]`.
     blocks: Vec<f32>,
-    /// One sample's input gradient in phases.
-    dphases: Vec<f32>,
     /// One sample's padded input in phases, written just before it is transformed: padding
     /// again in the backward pass reads the input (half as many values as its phases) once,
     /// in order, where phases kept from the forward pass came back from memory in sixteen
-    /// runs at once, and took four times as long to transform.
+    /// runs at once, and took four times as long to transform. The backward pass also
+    /// gathers each sample's input gradient here, once that sample's input is transformed.
     phases: Vec<f32>,
 }
 
@@ -711,7 +710,7 @@ pub(crate) fn backward(
     }
     let group = g.group(shape, n);
     transform_weights(w, o, c, &mut scratch.u);
-    let Scratch { u, du, v, m, dv, blocks, dphases, phases } = scratch;
+    let Scratch { u, du, v, m, dv, blocks, phases } = scratch;
     phases.resize(per_sample, 0.0);
     blocks.resize(4 * g.tiles, 0.0);
     du.clear();
@@ -720,7 +719,6 @@ pub(crate) fn backward(
     m.resize(TILE * o * group * g.tiles, 0.0);
     if dx.is_some() {
         dv.resize(TILE * c * group * g.tiles, 0.0);
-        dphases.resize(per_sample, 0.0);
     }
     for first in (0..n).step_by(group) {
         let samples = first..(first + group).min(n);
@@ -747,7 +745,7 @@ pub(crate) fn backward(
                 let mut dxn = dx.row_mut(s);
                 let dxn = dxn.as_slice_mut().expect("standard rows");
                 // SAFETY: as above.
-                unsafe { transform_input_gradient_at(simd, dv, shape, cols, t * g.tiles, dphases, dxn, *beta_x) };
+                unsafe { transform_input_gradient_at(simd, dv, shape, cols, t * g.tiles, phases, dxn, *beta_x) };
             }
         }
     }
