@@ -25,6 +25,10 @@ use crate::matmul::{matmul_at, matmul_nt_at, matmul_tn_at};
 /// Positions of a transformed tile.
 const TILE: usize = 16;
 
+/// Values after each phase that nothing reads: room for a vector (of any level) that a row's
+/// last store writes past its end.
+const SLACK: usize = 16;
+
 /// Transformed values kept at once: each group of samples' `V` and `M` within about this many
 /// bytes, so that the products read them from the cache.
 const GROUP_BYTES: usize = 256 * 1024;
@@ -79,7 +83,8 @@ struct Geometry {
     /// Tiles across, and in all.
     across: usize,
     tiles: usize,
-    /// Values per phase: `H/2 + 1` rows of `across`.
+    /// Values per phase: `H/2 + 1` rows of `across`, then [`SLACK`] that [`pad`]'s whole-vector
+    /// stores may overrun.
     phase: usize,
     /// Values per channel: eight phases.
     channel: usize,
@@ -95,7 +100,7 @@ impl Geometry {
 
     fn of(shape: &Conv2dShape) -> Self {
         let across = shape.width / 2;
-        let phase = (shape.height / 2 + 1) * across;
+        let phase = (shape.height / 2 + 1) * across + SLACK;
         Self { across, tiles: across * shape.height / 2, phase, channel: 8 * phase }
     }
 
@@ -122,7 +127,9 @@ simd::kernel! {
     unsafe fn pad_at(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) => pad;
 }
 
-/// Writes sample `x` (`C·H·W` values) into `out` as the phases of its zero-padded planes.
+/// Writes sample `x` (`C·H·W` values) into `out` as the phases of its zero-padded planes. Rows
+/// go in whole vectors where the input has values enough after them, so the stores overrun
+/// each phase's run into its next row or its slack, which then holds anything.
 ///
 /// # Safety
 /// The level's (see [`F32s`]).
@@ -132,6 +139,9 @@ unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) {
     let n = g.across;
     assert!(x.len() == shape.in_len() && out.len() == shape.in_channels * g.channel);
     let plane = shape.height * w;
+    // A row's whole vectors: values each store loop writes to a phase, half what it reads.
+    const { assert!(V::LANES <= SLACK, "a phase's slack holds a vector's overrun") };
+    let whole = n.div_ceil(V::LANES) * V::LANES;
     for (c, phases) in out.chunks_exact_mut(g.channel).enumerate() {
         // The next plane, read soon: padding reads the input from memory (the backward pass
         // long after it was written), faster when asked for ahead (7.5% of a CNN epoch's
@@ -142,7 +152,31 @@ unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) {
         for y in 0..shape.height + 2 {
             let (p, row) = (y % 2, y / 2);
             // Padded pixel (y, 2j + s) is x[y - 1][2j + s - 1], zero outside.
-            let source = (1..=shape.height).contains(&y).then(|| &x[(c * shape.height + y - 1) * w..][..w]);
+            let from = (1..=shape.height).contains(&y).then(|| (c * shape.height + y - 1) * w);
+            if let Some(from) = from.filter(|&from| from + 2 * whole < x.len()) {
+                let at = [0, 1, 2, 3].map(|s| g.phase_at(p, s) + row * n);
+                let (src, dst) = (x[from..].as_ptr(), phases.as_mut_ptr());
+                // SAFETY: the loads read up to `from + 2·whole` (checked above), the stores
+                // write `whole` values from each phase's run (phase 0's one later): past the
+                // run's n, into the phase's next row (written after this one) or its slack.
+                unsafe {
+                    let mut j = 0;
+                    while j < n {
+                        let (even, odd) = V::load(src.add(2 * j)).deinterleave(V::load(src.add(2 * j + V::LANES)));
+                        even.store(dst.add(at[1] + j));
+                        odd.store(dst.add(at[2] + j));
+                        let next = src.add(2 * j + 1);
+                        let (odd, even) = V::load(next).deinterleave(V::load(next.add(V::LANES)));
+                        odd.store(dst.add(at[0] + 1 + j));
+                        even.store(dst.add(at[3] + j));
+                        j += V::LANES;
+                    }
+                    *dst.add(at[0]) = 0.0;
+                    *dst.add(at[3] + n - 1) = 0.0;
+                }
+                continue;
+            }
+            let source = from.map(|from| &x[from..][..w]);
             let runs = [0, 1, 2, 3].map(|s| {
                 let at = g.phase_at(p, s) + row * n;
                 at..at + n
@@ -550,8 +584,14 @@ unsafe fn transform_input_gradient<V: F32s>(
     let n = g.across;
     assert!(at + g.tiles <= cols && dv.len() >= TILE * channels * cols && dphases.len() == channels * g.channel);
     assert_eq!(dx.len(), shape.in_len(), "one sample's input gradient");
-    dphases.fill(0.0);
     for (c, phases) in dphases.chunks_exact_mut(g.channel).enumerate() {
+        // Only rows 0 take a single tile row's value (r = 0 or 1), added to zero; every other
+        // value's first write is a store (below).
+        for p in 0..2 {
+            for s in 0..4 {
+                phases[g.phase_at(p, s)..][..n].fill(0.0);
+            }
+        }
         let sources = tile_sources(dv, c, channels, cols, at);
         let dst = phases.as_mut_ptr();
         let targets = [0, 1, 2, 3].map(|r| [0, 1, 2, 3].map(|s| g.phase_at(r % 2, s) + r / 2 * n));
@@ -559,17 +599,24 @@ unsafe fn transform_input_gradient<V: F32s>(
         while t < g.tiles {
             let k = (g.tiles - t).min(V::LANES);
             // SAFETY: each source run holds `tiles` values (the check above); value (r, s)
-            // adds to phase (r mod 2, s) from row r/2, within the phase's rows.
+            // goes to phase (r mod 2, s) from row r/2, within the phase's rows.
             unsafe {
                 let x = load16::<V>(&sources, t, k);
                 // Down each column, then along each row.
                 let x = transpose(x);
                 let down = transpose([input_1d_t(x[0]), input_1d_t(x[1]), input_1d_t(x[2]), input_1d_t(x[3])]);
                 let across = [input_1d_t(down[0]), input_1d_t(down[1]), input_1d_t(down[2]), input_1d_t(down[3])];
-                for r in 0..4 {
+                // Rows r and r + 2 go to the same phase, n tiles apart. Tiles run in order, so
+                // row r + 2 of tile t is the first to reach value t + n of its phase (row r of
+                // tile t + n comes later, in this run or the next): a store. Row r then adds
+                // to what row r + 2 of tile t - n left (or to the zeros of rows 0).
+                for r in 2..4 {
                     for s in 0..4 {
-                        // Rows r and r + 2 add to the same phase, n tiles apart: each add
-                        // completes before the next reads.
+                        store(across[r][s], dst.add(targets[r][s] + t), k);
+                    }
+                }
+                for r in 0..2 {
+                    for s in 0..4 {
                         let p = dst.add(targets[r][s] + t);
                         store(load::<V>(p, k).add(across[r][s]), p, k);
                     }
