@@ -115,8 +115,7 @@ impl Workers {
             return Err(Busy::Slow(wait as f64 / 1e6));
         }
         let (answer, receiver) = oneshot::channel();
-        self.load.waiting.fetch_add(1, Ordering::Relaxed);
-        let waiter = Waiter(Arc::clone(&self.load));
+        let waiter = Waiter::new(&self.load);
         match self.queue.try_send(Job { input, answer, _held: held }) {
             Ok(()) => Ok((receiver, waiter)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy::Full),
@@ -127,6 +126,14 @@ impl Workers {
 /// A client waiting for its job: counted in the load until dropped, when the answer has come
 /// or the request's future is dropped because its client has gone.
 pub(crate) struct Waiter(Arc<Load>);
+
+impl Waiter {
+    /// One more client waiting, until the `Waiter` is dropped.
+    fn new(load: &Arc<Load>) -> Self {
+        load.waiting.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(load))
+    }
+}
 
 impl Drop for Waiter {
     fn drop(&mut self) {
@@ -161,5 +168,66 @@ fn work(model: &dyn Classify, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load
             Some(if avg == 0 { micros.max(1) } else { avg - avg / 8 + micros / 8 })
         });
         let _ = job.answer.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, Sender};
+
+    use axum::body::Bytes;
+
+    use super::*;
+
+    /// A model that tells `started` each time it is asked, waits for a word on `gate`, then
+    /// answers class 0 for every image.
+    struct Gated {
+        calls: AtomicUsize,
+        started: Mutex<Sender<()>>,
+        gate: Mutex<Receiver<()>>,
+    }
+
+    impl Classify for Gated {
+        fn classify_with(&self, x: ArrayView2<f32>, _: &mut Tape) -> (Vec<usize>, Array2<f32>) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.started.lock().unwrap().send(()).unwrap();
+            self.gate.lock().unwrap().recv().unwrap();
+            (vec![0; x.nrows()], Array2::from_elem((x.nrows(), 10), 0.1))
+        }
+    }
+
+    fn blank() -> Input {
+        Input::Json(Bytes::from(format!("{{\"pixels\":[{}]}}", vec!["0"; 784].join(","))))
+    }
+
+    #[test]
+    fn a_job_whose_client_has_gone_stops_counting_at_once_and_is_skipped_in_its_turn() {
+        let ((started, has_started), (go, gate)) = (mpsc::channel(), mpsc::channel());
+        let model =
+            Arc::new(Gated { calls: AtomicUsize::new(0), started: Mutex::new(started), gate: Mutex::new(gate) });
+        let classify: Arc<dyn Classify> = model.clone();
+        let workers = Workers::start(&classify, Limits { workers: 1, queue: 4, ..Limits::default() });
+        let waiting = || workers.load.waiting.load(Ordering::Relaxed);
+
+        let (first, first_waiter) = workers.submit(blank(), None).expect("queued");
+        has_started.recv().unwrap();
+        // The only worker is busy: these two wait in the queue.
+        let (gone, gone_waiter) = workers.submit(blank(), None).expect("queued");
+        let (last, last_waiter) = workers.submit(blank(), None).expect("queued");
+        assert_eq!(waiting(), 3);
+        drop((gone, gone_waiter));
+        assert_eq!(waiting(), 2, "the client that has gone no longer counts, though its job is queued");
+
+        go.send(()).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok(), "the first job is answered");
+        drop(first_waiter);
+        // The worker skips the job whose client has gone and runs the last one. A word for
+        // each, so that a worker that ran both would answer rather than wait forever.
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        assert!(last.blocking_recv().unwrap().is_ok(), "the last job is answered");
+        drop(last_waiter);
+        assert_eq!(model.calls.load(Ordering::SeqCst), 2, "the model ran for the two clients still there");
+        assert_eq!(waiting(), 0);
     }
 }
