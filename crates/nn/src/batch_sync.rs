@@ -49,15 +49,14 @@ struct Round {
 impl BatchSync {
     /// A meeting point for `parts` parts (at least 1).
     pub fn new(parts: usize) -> Self {
-        let round = Round { brought: vec![Vec::new(); parts.max(1)], ..Round::default() };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self {
-            parts: parts.max(1),
-            state: Mutex::new(round),
-            turn: Condvar::new(),
-            completed: AtomicU64::new(0),
-            spin: parts <= cpus,
-        }
+        Self::spinning(parts, parts <= cpus)
+    }
+
+    /// [`BatchSync::new`], saying whether parts that arrive early spin first.
+    fn spinning(parts: usize, spin: bool) -> Self {
+        let round = Round { brought: vec![Vec::new(); parts.max(1)], ..Round::default() };
+        Self { parts: parts.max(1), state: Mutex::new(round), turn: Condvar::new(), completed: AtomicU64::new(0), spin }
     }
 
     /// The number of parts.
@@ -130,9 +129,9 @@ mod tests {
 
     #[test]
     fn every_part_leaves_with_the_sums_of_all_in_part_order() {
-        // Two parts spin while they wait on a machine of two CPUs or more; three sleep on two.
-        for parts in [2, 3] {
-            let sync = BatchSync::new(parts);
+        // Parts that spin before they sleep and parts that sleep at once, whatever the CPUs.
+        for (parts, spin) in [(2, true), (2, false), (3, true), (3, false)] {
+            let sync = BatchSync::spinning(parts, spin);
             let results: Vec<Vec<f64>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..parts)
                     .map(|part| {
@@ -153,7 +152,11 @@ mod tests {
             let (p, base) = (parts as f64, (0..parts).sum::<usize>() as f64);
             for r in &results {
                 for round in 0..50 {
-                    assert_eq!(&r[2 * round..2 * round + 2], &[base + p * round as f64, p], "{parts} parts");
+                    assert_eq!(
+                        &r[2 * round..2 * round + 2],
+                        &[base + p * round as f64, p],
+                        "{parts} parts, spin {spin}"
+                    );
                 }
             }
         }

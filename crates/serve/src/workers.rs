@@ -174,6 +174,7 @@ fn work(model: &dyn Classify, limits: &Limits, jobs: &Mutex<Receiver<Job>>, load
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc::{Receiver, Sender};
+    use std::time::Duration;
 
     use axum::body::Bytes;
 
@@ -210,7 +211,8 @@ mod tests {
         let waiting = || workers.load.waiting.load(Ordering::Relaxed);
 
         let (first, first_waiter) = workers.submit(blank(), None).expect("queued");
-        has_started.recv().unwrap();
+        // Bounded, so that a first job that never reaches the model fails the test.
+        has_started.recv_timeout(Duration::from_secs(60)).expect("the worker runs the first job");
         // The only worker is busy: these two wait in the queue.
         let (gone, gone_waiter) = workers.submit(blank(), None).expect("queued");
         let (last, last_waiter) = workers.submit(blank(), None).expect("queued");

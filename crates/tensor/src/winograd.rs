@@ -70,7 +70,7 @@ pub(crate) struct Scratch {
     /// One channel's 2x2 output blocks (or output gradient), `[4][tiles]`.
     blocks: Vec<f32>,
     /// One sample's padded input in phases, written just before it is transformed: padding
-    /// again in the backward pass reads the input (half as many values as its phases) once,
+    /// again in the backward pass reads the input (under half as many values as its phases) once,
     /// in order, where phases kept from the forward pass came back from memory in sixteen
     /// runs at once, and took four times as long to transform. The backward pass also
     /// gathers each sample's input gradient here, once that sample's input is transformed.
@@ -585,8 +585,8 @@ unsafe fn transform_input_gradient<V: F32s>(
     assert!(at + g.tiles <= cols && dv.len() >= TILE * channels * cols && dphases.len() == channels * g.channel);
     assert_eq!(dx.len(), shape.in_len(), "one sample's input gradient");
     for (c, phases) in dphases.chunks_exact_mut(g.channel).enumerate() {
-        // Only rows 0 take a single tile row's value (r = 0 or 1), added to zero; every other
-        // value's first write is a store (below).
+        // Rows 0 are the only values that a row r = 0 or 1 reaches before anything is stored
+        // there: they start at zero. Every other value's first write is a store (below).
         for p in 0..2 {
             for s in 0..4 {
                 phases[g.phase_at(p, s)..][..n].fill(0.0);
@@ -608,7 +608,7 @@ unsafe fn transform_input_gradient<V: F32s>(
                 let across = [input_1d_t(down[0]), input_1d_t(down[1]), input_1d_t(down[2]), input_1d_t(down[3])];
                 // Rows r and r + 2 go to the same phase, n tiles apart. Tiles run in order, so
                 // row r + 2 of tile t is the first to reach value t + n of its phase (row r of
-                // tile t + n comes later, in this run or the next): a store. Row r then adds
+                // tile t + n comes later, in this run or a later one): a store. Row r then adds
                 // to what row r + 2 of tile t - n left (or to the zeros of rows 0).
                 for r in 2..4 {
                     for s in 0..4 {
