@@ -159,18 +159,10 @@ unsafe fn pad<V: F32s>(x: &[f32], shape: &Conv2dShape, out: &mut [f32]) {
                 // SAFETY: the loads read up to `from + 2·whole` (checked above), the stores
                 // write `whole` values from each phase's run (phase 0's one later): past the
                 // run's n, into the phase's next row (written after this one) or its slack.
+                // A multiple of the lanes, `whole` splits in whole vectors.
                 unsafe {
-                    let mut j = 0;
-                    while j < n {
-                        let (even, odd) = V::load(src.add(2 * j)).deinterleave(V::load(src.add(2 * j + V::LANES)));
-                        even.store(dst.add(at[1] + j));
-                        odd.store(dst.add(at[2] + j));
-                        let next = src.add(2 * j + 1);
-                        let (odd, even) = V::load(next).deinterleave(V::load(next.add(V::LANES)));
-                        odd.store(dst.add(at[0] + 1 + j));
-                        even.store(dst.add(at[3] + j));
-                        j += V::LANES;
-                    }
+                    split::<V>(src, whole, dst.add(at[1]), dst.add(at[2]));
+                    split::<V>(src.add(1), whole, dst.add(at[0] + 1), dst.add(at[3]));
                     *dst.add(at[0]) = 0.0;
                     *dst.add(at[3] + n - 1) = 0.0;
                 }
