@@ -90,12 +90,18 @@ fn max_pool2d_at(
             unsafe { pool_2x2_avx2(xn, shape, yn, index) };
             continue;
         }
-        if k == 2 && s == 2 && !xn.iter().any(|v| v.is_nan()) {
+        if k == 2 && s == 2 && !has_nan(xn) {
             pool_2x2(xn, shape, yn, index);
             continue;
         }
         pool_any(xn, shape, yn, index);
     }
+}
+
+/// Whether `x` holds a NaN, looked for in blocks without stopping inside one: a search that
+/// stops at the first NaN tests one value at a time, this one whole vectors.
+fn has_nan(x: &[f32]) -> bool {
+    x.chunks(64).any(|block| block.iter().fold(false, |nan, v| nan | v.is_nan()))
 }
 
 /// One sample of [`max_pool2d`], for any window and stride.
