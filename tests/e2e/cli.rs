@@ -464,6 +464,22 @@ fn precise_bn_for_a_model_without_batch_normalisation_is_refused() {
 }
 
 #[test]
+fn the_ranges_of_the_augmentation_change_a_recipe_s_and_need_one() {
+    let out = train_synthetic(&["--recipe", "strong", "--epochs", "1", "--rotate", "7", "--scale", "0.05"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("Recipe strong: --epochs 1 --lr 0.003 --augment --rotate 7 --shift 2 --scale 0.05"),
+        "{stderr}"
+    );
+    let data = arg(synthetic_dir());
+    assert_fails(
+        &["train", "--data-dir", data, "--shift", "1"],
+        2,
+        "--shift sets a range of the augmentation, which is off: add --augment",
+    );
+}
+
+#[test]
 fn the_strong_recipe_says_what_it_expands_to_and_draws_its_augmentation() {
     let dir = tempfile::tempdir().unwrap();
     let plots = dir.path().join("plots");

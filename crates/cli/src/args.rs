@@ -150,14 +150,14 @@ pub(crate) struct TrainArgs {
     /// draw per image and epoch from the run's seed.
     #[arg(group = "run", long)]
     pub(crate) augment: bool,
-    #[arg(group = "run", long, value_name = "DEGREES", allow_negative_numbers = true, requires = "augment",
-          help = format!("The largest rotation of --augment, either way [default: {}]", data::Augment::default().rotate))]
+    #[arg(group = "run", long, value_name = "DEGREES", allow_negative_numbers = true,
+          help = format!("The largest rotation of the augmentation (--augment, or a recipe's), either way [default: {}]", data::Augment::default().rotate))]
     pub(crate) rotate: Option<f64>,
-    #[arg(group = "run", long, value_name = "PIXELS", allow_negative_numbers = true, requires = "augment",
-          help = format!("The largest shift of --augment along each axis [default: {}]", data::Augment::default().shift))]
+    #[arg(group = "run", long, value_name = "PIXELS", allow_negative_numbers = true,
+          help = format!("The largest shift of the augmentation (--augment, or a recipe's) along each axis [default: {}]", data::Augment::default().shift))]
     pub(crate) shift: Option<f64>,
-    #[arg(group = "run", long, value_name = "FRACTION", allow_negative_numbers = true, requires = "augment",
-          help = format!("The largest change of size of --augment, either way [default: {}]", data::Augment::default().scale))]
+    #[arg(group = "run", long, value_name = "FRACTION", allow_negative_numbers = true,
+          help = format!("The largest change of size of the augmentation (--augment, or a recipe's), either way [default: {}]", data::Augment::default().scale))]
     pub(crate) scale: Option<f64>,
     /// Label smoothing of the training loss, as F.cross_entropy(label_smoothing=EPS)
     /// [default: 0].
@@ -499,7 +499,13 @@ impl TrainArgs {
     /// defaults) for those not given.
     fn augment_flags(&self, recipe: Option<data::Augment>) -> Result<Option<data::Augment>, UsageError> {
         if !self.augment && recipe.is_none() {
-            return Ok(None);
+            let given = [("--rotate", self.rotate), ("--shift", self.shift), ("--scale", self.scale)];
+            return match given.iter().find(|(_, value)| value.is_some()) {
+                Some((flag, _)) => {
+                    Err(usage(format!("{flag} sets a range of the augmentation, which is off: add --augment")))
+                }
+                None => Ok(None),
+            };
         }
         let d = recipe.unwrap_or_default();
         let augment = data::Augment {
