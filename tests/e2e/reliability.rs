@@ -167,6 +167,18 @@ fn corrupt_or_truncated_gzip_data_is_named() {
     assert_fails(&["train", "--epochs", "1", "--data-dir", d], 1, &expected);
 }
 
+#[test]
+fn a_folder_where_a_data_file_should_be_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in data::FILES {
+        std::fs::copy(synthetic_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    let images = dir.path().join("train-images-idx3-ubyte");
+    std::fs::remove_file(&images).unwrap();
+    std::fs::create_dir(&images).unwrap();
+    assert_fails(&["train", "--epochs", "1", "--data-dir", arg(dir.path())], 1, &format!("{}: ", images.display()));
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -29,6 +29,8 @@ pub(crate) fn assert_fails(args: &[&str], code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{args:?}: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line: {stderr}");
+    let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]), "{args:?}: a cause said twice: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?}: printed {}", text(&out.stdout));
 }

@@ -52,10 +52,27 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send
         // A closed pipe (`mnist train | head`) is the reader's choice, not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             if e.is::<UsageError>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// `e` and its causes on one line, each said once: many errors write their cause into their
+/// own message as well as naming it as their source, and a cause their message already holds is
+/// not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// The run `mnist train ARGS` describes, validated as the program validates it, or the one-line
