@@ -168,6 +168,44 @@ fn corrupt_or_truncated_gzip_data_is_named() {
 }
 
 #[test]
+fn two_flags_that_name_one_file_are_refused_before_anything_is_written() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let d = arg(synthetic_dir());
+    let file = dir.path().join("out");
+    // The same file spelled two ways.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let other = dir.path().join("sub").join("..").join("out");
+    let (f, o) = (arg(&file), arg(&other));
+    for (args, needle) in [
+        (vec!["--save", f, "--checkpoint", o], "--checkpoint and --save name the same file"),
+        (vec!["--metrics-csv", f, "--summary-json", f], "--metrics-csv and --summary-json name the same file"),
+        (vec!["--save", f, "--plots", f], "--save and --plots name the same file"),
+    ] {
+        assert_fails(&[&["train", "--data-dir", d, "--epochs", "1"][..], &args].concat(), 2, needle);
+        assert!(!file.exists(), "{args:?}: wrote {}", file.display());
+    }
+    // A run may write its checkpoint over the one it resumes, not its model.
+    let checkpoint = dir.path().join("run.ckpt");
+    std::fs::copy(&t.checkpoint, &checkpoint).unwrap();
+    let before = std::fs::read(&checkpoint).unwrap();
+    let c = arg(&checkpoint);
+    let args = ["train", "--data-dir", d, "--resume", c, "--epochs", "3", "--save", c];
+    assert_fails(&args, 2, "--resume and --save name the same file");
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "the checkpoint was written");
+
+    let model = dir.path().join("m.safetensors");
+    std::fs::copy(&t.model, &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    assert_fails(
+        &["export", "--model", arg(&model), "--onnx", arg(&model)],
+        2,
+        "--model and --onnx name the same file",
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the model was written");
+}
+
+#[test]
 fn a_folder_where_a_data_file_should_be_is_named_once() {
     let dir = tempfile::tempdir().unwrap();
     for name in data::FILES {

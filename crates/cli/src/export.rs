@@ -6,10 +6,11 @@ use anyhow::Result;
 use nn::Model;
 
 use crate::args::ExportArgs;
-use crate::files::{load_model_file, write_output};
+use crate::files::{self, load_model_file, write_output};
 
 /// `export --model PATH --onnx PATH`: the model and its recorded facts as ONNX.
 pub(crate) fn run(args: &ExportArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    files::check_distinct(&[("--model", Some(&args.model)), ("--onnx", Some(&args.onnx))])?;
     let (model, state) = load_model_file(&args.model)?;
     let [c, h, w] = model.config().input;
     let mut metadata = vec![("architecture".to_owned(), model.describe())];

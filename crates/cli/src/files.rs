@@ -2,7 +2,7 @@
 //! or the file.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use data::{DataError, Mnist};
@@ -43,4 +43,34 @@ pub(crate) fn write_output(
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<()> {
     atomic_file::write(path, write).map_err(|e| anyhow!("{flag} {e}"))
+}
+
+/// Refuses two flags that name one file, which would leave only the last written of them (or
+/// write over the input being read): `files` are each flag with its path, if given.
+pub(crate) fn check_distinct(files: &[(&str, Option<&Path>)]) -> Result<()> {
+    let given: Vec<(&str, &Path, PathBuf)> =
+        files.iter().filter_map(|&(flag, path)| path.map(|p| (flag, p, resolved(p)))).collect();
+    for (i, (flag, path, file)) in given.iter().enumerate() {
+        if let Some((other, ..)) = given[..i].iter().find(|(.., earlier)| earlier == file) {
+            return Err(crate::UsageError(format!(
+                "{other} and {flag} name the same file, {}: give each its own",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The file `path` names, however spelled: symbolic links and `.` and `..` resolved as far as
+/// the path exists.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(file) = path.canonicalize() {
+        return file;
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
 }

@@ -14,7 +14,7 @@ use train::{Architecture, EpochRecord, Evaluation, Observer, ObserverError, Trai
 use crate::UsageError;
 use crate::args::{Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
-use crate::files::{load_mnist, write_output};
+use crate::files::{self, load_mnist, write_output};
 use crate::svg;
 
 /// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
@@ -33,6 +33,26 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             atomic_file::check_writable(path).map_err(|e| anyhow!("{flag} {e}"))?;
         }
     }
+    // The checkpoint may be the one resumed from: it is read before it is written over.
+    let resume = match &cfg.start {
+        Start::Resume(path) => Some(path.as_path()),
+        Start::New(_) => None,
+    };
+    let o = &cfg.outputs;
+    files::check_distinct(&[
+        ("--resume", resume),
+        ("--save", o.save.as_deref()),
+        ("--metrics-csv", o.metrics_csv.as_deref()),
+        ("--summary-json", o.summary_json.as_deref()),
+        ("--plots", o.plots.as_deref()),
+    ])?;
+    files::check_distinct(&[
+        ("--checkpoint", o.checkpoint.as_deref()),
+        ("--save", o.save.as_deref()),
+        ("--metrics-csv", o.metrics_csv.as_deref()),
+        ("--summary-json", o.summary_json.as_deref()),
+        ("--plots", o.plots.as_deref()),
+    ])?;
     if let Some(dir) = &cfg.outputs.plots {
         svg::prepare_dir(dir)?;
     }
