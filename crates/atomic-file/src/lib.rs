@@ -5,6 +5,11 @@
 //! `.part` files of writers that were killed; [`check_writable`] tells before any long work
 //! whether a path can be written at all.
 //!
+//! A target that is a symbolic link is written through: the file it points to is replaced and
+//! the link kept. A target that exists and is not a regular file (a device such as
+//! `/dev/stdout`, a named pipe) cannot be replaced without breaking it, so it is written in
+//! place, without the guarantee. A regular file that is replaced keeps its permissions.
+//!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("out.txt");
@@ -76,50 +81,113 @@ fn part_prefix(path: &Path) -> String {
 }
 
 /// A file being written; it appears under its target's name only at [`AtomicFile::commit`].
-/// Dropped without a commit, it is removed.
+/// Dropped without a commit, it is removed. (A target that is not a regular file is written in
+/// place instead: see the crate's documentation.)
 #[derive(Debug)]
 pub struct AtomicFile {
-    tmp: tempfile::NamedTempFile,
+    sink: Sink,
+    /// The target as given, for errors.
     path: PathBuf,
+}
+
+#[derive(Debug)]
+enum Sink {
+    /// A temporary file to rename over `target`, with the permissions to give it.
+    Temporary { tmp: tempfile::NamedTempFile, target: PathBuf, permissions: Option<fs::Permissions> },
+    /// A device or pipe, written in place.
+    InPlace(File),
 }
 
 impl AtomicFile {
     /// Starts writing `path`.
     ///
     /// # Errors
-    /// The folder does not exist or does not accept a new file, or `path` is a folder.
+    /// The folder does not exist or does not accept a new file, or `path` is a folder (or, for
+    /// a target written in place, cannot be opened for writing).
     pub fn create(path: &Path) -> Result<Self, Error> {
-        check_target(path)?;
-        let dir = folder(path);
+        let (target, existing) = resolve(path)?;
+        if existing.as_ref().is_some_and(|m| !m.is_file()) {
+            // The system follows the links, those of /dev/stdout to a pipe included.
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| Error::Write { path: path.to_owned(), source })?;
+            return Ok(Self { sink: Sink::InPlace(file), path: path.to_owned() });
+        }
+        let dir = folder(&target);
         let tmp = tempfile::Builder::new()
-            .prefix(&part_prefix(path))
+            .prefix(&part_prefix(&target))
             .suffix(".part")
             .tempfile_in(&dir)
             .map_err(|source| Error::Create { path: path.to_owned(), dir, source })?;
-        Ok(Self { tmp, path: path.to_owned() })
+        let permissions = existing.map(|m| m.permissions()).or_else(default_permissions);
+        Ok(Self { sink: Sink::Temporary { tmp, target, permissions }, path: path.to_owned() })
     }
 
-    /// The temporary file, to write into.
+    /// The file to write into.
     pub fn file(&mut self) -> &mut File {
-        self.tmp.as_file_mut()
+        match &mut self.sink {
+            Sink::Temporary { tmp, .. } => tmp.as_file_mut(),
+            Sink::InPlace(file) => file,
+        }
     }
 
-    /// Syncs the file, gives it the usual permissions and renames it over the target.
+    /// Syncs the file, gives it the target's permissions (the usual ones for a new file) and
+    /// renames it over the target.
     ///
     /// # Errors
     /// Syncing or renaming failed; the target is then untouched.
     pub fn commit(self) -> Result<(), Error> {
         let failed = |source| Error::Write { path: self.path.clone(), source };
-        self.tmp.as_file().sync_all().map_err(failed)?;
-        // Temporary files are private; outputs get the usual permissions.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            self.tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(failed)?;
+        match self.sink {
+            // A pipe or a terminal cannot be synced; what was written has been handed over.
+            Sink::InPlace(_) => Ok(()),
+            Sink::Temporary { tmp, target, permissions } => {
+                tmp.as_file().sync_all().map_err(failed)?;
+                // Temporary files are private; outputs get the target's permissions.
+                if let Some(permissions) = permissions {
+                    tmp.as_file().set_permissions(permissions).map_err(failed)?;
+                }
+                tmp.persist(&target).map_err(|e| failed(e.error))?;
+                Ok(())
+            }
         }
-        let path = self.path.clone();
-        self.tmp.persist(&path).map_err(|e| Error::Write { path, source: e.error })?;
-        Ok(())
+    }
+}
+
+/// The permissions of a new output: read and write for its owner, read for others (where a
+/// temporary file is private; elsewhere, those it was created with).
+fn default_permissions() -> Option<fs::Permissions> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        Some(fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The file `path` names, after its symbolic links, and what it is if it exists (not a folder,
+/// whose folder is one when it does not).
+fn resolve(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>), Error> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(Error::IsFolder { path: path.to_owned() }),
+        // A device or pipe is written where the links lead, by the system.
+        Ok(meta) if !meta.is_file() => Ok((path.to_owned(), Some(meta))),
+        Ok(meta) => Ok((fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()), Some(meta))),
+        Err(_) => {
+            // Not there yet, or a link to a file not there yet: where the links lead, but not
+            // round in circles.
+            let mut target = path.to_path_buf();
+            for _ in 0..40 {
+                match fs::read_link(&target) {
+                    Ok(to) => target = folder(&target).join(to),
+                    Err(_) => break,
+                }
+            }
+            check_folder(path, &target)?;
+            Ok((target, None))
+        }
     }
 }
 
@@ -145,13 +213,19 @@ pub fn write(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) 
 /// # Errors
 /// The reason, naming the path.
 pub fn check_writable(path: &Path) -> Result<(), Error> {
+    if resolve(path)?.1.is_some_and(|m| !m.is_file()) {
+        // Written in place, and opening a pipe would wait for its reader.
+        return Ok(());
+    }
     AtomicFile::create(path).map(drop)
 }
 
 /// Removes the temporary files that writers of `path` killed part-way left in its folder.
 pub fn remove_leftovers(path: &Path) {
-    let prefix = part_prefix(path);
-    let Ok(entries) = fs::read_dir(folder(path)) else { return };
+    // They are beside the file the path names, after its links.
+    let target = resolve(path).map_or_else(|_| path.to_owned(), |(target, _)| target);
+    let prefix = part_prefix(&target);
+    let Ok(entries) = fs::read_dir(folder(&target)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -161,11 +235,9 @@ pub fn remove_leftovers(path: &Path) {
     }
 }
 
-fn check_target(path: &Path) -> Result<(), Error> {
-    if path.is_dir() {
-        return Err(Error::IsFolder { path: path.to_owned() });
-    }
-    let dir = folder(path);
+/// Checks that the folder of `target`, the file `path` names, is one.
+fn check_folder(path: &Path, target: &Path) -> Result<(), Error> {
+    let dir = folder(target);
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotAFolder { path: path.to_owned(), dir });
     }
@@ -203,8 +275,11 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "new");
         #[cfg(unix)]
         {
+            // A new file gets the usual permissions, not the temporary file's private ones.
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+            let fresh = dir.path().join("fresh.txt");
+            write(&fresh, |w| w.write_all(b"new")).unwrap();
+            assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o644);
         }
     }
 
@@ -221,6 +296,49 @@ mod tests {
         fs::remove_file(&file).unwrap();
         check_writable(&dir.path().join("ok")).unwrap();
         assert!(entries(dir.path()).is_empty(), "the probe leaves nothing");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_written_through_and_a_file_keeps_its_permissions() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("real")).unwrap();
+        let target = dir.path().join("real").join("model.onnx");
+        let link = dir.path().join("link.onnx");
+        symlink(Path::new("real").join("model.onnx"), &link).unwrap();
+        // A link to a file not written yet, then to one that exists.
+        for text in ["first", "second"] {
+            check_writable(&link).unwrap();
+            write(&link, |w| w.write_all(text.as_bytes())).unwrap();
+            assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is kept");
+            assert_eq!(fs::read_to_string(&target).unwrap(), text);
+        }
+        assert_eq!(entries(&dir.path().join("real")), ["model.onnx"], "no temporary file is left");
+
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        write(&target, |w| w.write_all(b"private")).unwrap();
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_is_written_into_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&pipe).status().unwrap();
+        assert!(made.success(), "mkfifo");
+        check_writable(&pipe).unwrap();
+        let reader = {
+            let pipe = pipe.clone();
+            std::thread::spawn(move || fs::read_to_string(pipe).unwrap())
+        };
+        write(&pipe, |w| w.write_all(b"{\"accuracy\": 0.98}")).unwrap();
+        // A pipe replaced by a file would leave the reader waiting: check before joining it.
+        assert!(fs::symlink_metadata(&pipe).unwrap().file_type().is_fifo(), "the pipe was replaced");
+        assert_eq!(reader.join().unwrap(), "{\"accuracy\": 0.98}");
+        assert_eq!(entries(dir.path()), ["pipe"], "no temporary file is left");
     }
 
     #[test]
