@@ -21,7 +21,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 #[derive(Debug, Parser)]
-#[command(name = "mnist", version, about = "Train, evaluate and use MLPs on MNIST", max_term_width = 100)]
+#[command(name = "mnist", version, about = "Train, evaluate and use neural networks on MNIST", max_term_width = 100)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -29,7 +29,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Train an MLP (by default the notebook's recipe), then evaluate it on the test set.
+    /// Train a model (by default the notebook's MLP and recipe), then evaluate it on the test
+    /// set.
     Train(Box<TrainArgs>),
     /// Evaluate a saved model on the test set.
     Eval(EvalArgs),
@@ -138,13 +139,13 @@ pub(crate) struct TrainArgs {
     #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) warmup_epochs: Option<i64>,
     /// The lowest learning rate of --schedule cosine [default: 0].
-    #[arg(group = "run", long, value_name = "RATE", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "RATE", allow_negative_numbers = true)]
     pub(crate) min_lr: Option<f64>,
     /// Epochs between decays of --schedule step [default: a third of --epochs].
-    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "N", allow_negative_numbers = true)]
     pub(crate) step_epochs: Option<i64>,
     /// The factor of each decay of --schedule step [default: 0.1].
-    #[arg(group = "run", long, value_name = "FACTOR", allow_negative_numbers = true, requires = "schedule")]
+    #[arg(group = "run", long, value_name = "FACTOR", allow_negative_numbers = true)]
     pub(crate) gamma: Option<f64>,
     /// Train on randomly transformed images: each rotated, shifted and scaled a little, a fresh
     /// draw per image and epoch from the run's seed.
@@ -350,8 +351,13 @@ fn count(flag: &str, value: i64, min: i64) -> Result<usize, UsageError> {
     usize::try_from(value).map_err(|_| usage(format!("{flag} is too large: {value}")))
 }
 
+/// The most `--threads` asks for: beyond any CPU's cores, where a pool of threads costs memory
+/// and start-up time and only slows training.
+const MAX_THREADS: i64 = 1024;
+
 pub(crate) fn threads(value: Option<i64>) -> Result<usize, UsageError> {
     match value {
+        Some(n) if n > MAX_THREADS => Err(usage(format!("--threads must be at most {MAX_THREADS}, got {n}"))),
         Some(n) => count("--threads", n, 1),
         None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
@@ -398,6 +404,10 @@ impl TrainArgs {
         if momentum.is_some() && kind != OptimizerKind::Sgd {
             return Err(usage("--momentum applies to --optimizer sgd only".into()));
         }
+        if let Some(m) = momentum.filter(|&m| m >= 1.0) {
+            // The velocity would grow without end.
+            return Err(usage(format!("--momentum must be below 1, got {m}")));
+        }
         let lr = float("--lr", self.lr, true)?.unwrap_or(defaults.optimizer.lr());
         let decay = float("--weight-decay", self.weight_decay, false)?;
         let l2 = decay.map_or(WeightDecay::None, WeightDecay::L2);
@@ -439,6 +449,18 @@ impl TrainArgs {
             Some(ScheduleKind::Step) => train::ScheduleKind::Step { every_epochs, gamma },
             Some(ScheduleKind::Onecycle) => train::ScheduleKind::OneCycle,
         };
+        // A flag of another schedule than the one in force would change nothing.
+        let applies = |flag: &str, given: bool, to: &str, ok: bool| match given && !ok {
+            true => Err(usage(format!("{flag} applies to --schedule {to} only"))),
+            false => Ok(()),
+        };
+        applies("--min-lr", self.min_lr.is_some(), "cosine", matches!(kind, train::ScheduleKind::Cosine { .. }))?;
+        let step = matches!(kind, train::ScheduleKind::Step { .. });
+        applies("--step-epochs", self.step_epochs.is_some(), "step", step)?;
+        applies("--gamma", self.gamma.is_some(), "step", step)?;
+        if min_lr > lr {
+            return Err(usage(format!("--min-lr must not be above the learning rate ({lr}), got {min_lr}")));
+        }
         let warmup_epochs = self.warmup_epochs.map(|w| count("--warmup-epochs", w, 0)).transpose()?;
         let schedule = EpochSchedule { kind, warmup_epochs: warmup_epochs.unwrap_or(plan.schedule.warmup_epochs) };
         let settings = Settings {
@@ -513,7 +535,7 @@ impl TrainArgs {
             shift: float("--shift", self.shift, false)?.unwrap_or(d.shift),
             scale: float("--scale", self.scale, false)?.unwrap_or(d.scale),
         };
-        augment.validate().map_err(|e| usage(format!("--augment: {e}")))?;
+        augment.validate().map_err(|e| usage(format!("--{} must be in [0, {}], got {}", e.name, e.max, e.value)))?;
         Ok(Some(augment))
     }
 }

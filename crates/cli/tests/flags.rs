@@ -50,6 +50,13 @@ fn bad_values_name_their_flag() {
         (&["--threads", "0"], "--threads must be at least 1, got 0"),
         (&["--schedule", "cosine", "--gamma", "-5"], "--gamma must be a finite number above 0, got -5"),
         (&["--schedule", "step", "--min-lr", "-1"], "--min-lr must be a finite number of at least 0, got -1"),
+        (&["--gamma", "0.5"], "--gamma applies to --schedule step only"),
+        (&["--schedule", "cosine", "--step-epochs", "3"], "--step-epochs applies to --schedule step only"),
+        (&["--recipe", "strong", "--min-lr", "0"], "--min-lr applies to --schedule cosine only"),
+        (&["--schedule", "cosine", "--min-lr", "0.5"], "--min-lr must not be above the learning rate (0.001), got 0.5"),
+        (&["--optimizer", "sgd", "--momentum", "1.5"], "--momentum must be below 1, got 1.5"),
+        (&["--augment", "--rotate", "400"], "--rotate must be in [0, 180], got 400"),
+        (&["--threads", "1000000"], "--threads must be at most 1024, got 1000000"),
     ] {
         assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
     }
@@ -106,7 +113,7 @@ fn schedules_are_counted_in_the_runs_steps() {
     assert_eq!(one.lr(0.01, 29), 0.01, "the peak, 30% of the way");
     assert!(new_run(&[]).schedule.in_steps(10, 938, 0.001).is_constant());
     assert_eq!(parse(&["--label-smoothing", "1"]).unwrap_err(), "--label-smoothing must be below 1, got 1");
-    assert_eq!(parse(&["--min-lr", "0.1"]).unwrap_err(), "one or more required arguments were not provided");
+    assert_eq!(parse(&["--min-lr", "0.0001"]).unwrap_err(), "--min-lr applies to --schedule cosine only");
 }
 
 #[test]
