@@ -59,6 +59,24 @@ fn serve_refuses_a_model_that_does_not_take_28x28_images() {
 }
 
 #[test]
+fn serve_listens_on_a_host_name_and_refuses_an_address_without_a_port() {
+    use std::io::{BufRead, BufReader};
+    let t = trained();
+    let mut child = crate::support::program()
+        .args(["serve", "--model", arg(&t.model), "--addr", "localhost:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.starts_with("Serving on http://127.0.0.1:") || line.starts_with("Serving on http://[::1]:"), "{line}");
+    assert_fails(&["serve", "--model", arg(&t.model), "--addr", "localhost"], 1, "--addr localhost: not a HOST:PORT");
+}
+
+#[test]
 fn an_unknown_vector_level_is_refused_before_any_work() {
     let out = crate::support::program()
         .env("MNIST_SIMD", "sse9")

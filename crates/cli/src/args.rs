@@ -287,9 +287,9 @@ pub(crate) struct ServeArgs {
     /// default model is trained first, which takes a few seconds.
     #[arg(long, value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
-    /// The address to listen on.
+    /// The address to listen on: an IP address or a host name, and a port.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
-    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) addr: String,
     /// Where MNIST is, to train a model when --model is not given.
     #[command(flatten)]
     pub(crate) data: DataArgs,

@@ -1,6 +1,7 @@
 //! The `serve` command: a model over HTTP, with a line per request on stderr.
 
 use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use anyhow::{Context, Result};
 use nn::{Model, Sequential};
@@ -10,6 +11,12 @@ use crate::files::{load_mnist, load_model_file, recorded_class_names};
 
 /// Serves until Ctrl-C, then finishes the requests under way.
 pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    // Before any work: a host name is looked up here, once.
+    let addrs: Vec<SocketAddr> = args
+        .addr
+        .to_socket_addrs()
+        .with_context(|| format!("--addr {}: not a HOST:PORT this machine can listen on", args.addr))?
+        .collect();
     let (model, accuracy, names) = match &args.model {
         Some(path) => {
             // The file is read once: the model, and the test accuracy and class names its
@@ -31,7 +38,7 @@ pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener =
-            tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("--addr {}", args.addr))?;
+            tokio::net::TcpListener::bind(&addrs[..]).await.with_context(|| format!("--addr {}", args.addr))?;
         writeln!(
             out,
             "Serving on http://{} (Ctrl-C stops; up to {} connections)",
