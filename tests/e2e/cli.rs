@@ -228,9 +228,14 @@ fn bad_values_are_refused_with_one_line_and_status_2() {
             "--lr cannot be used with --resume: a resumed run keeps the settings it was started with",
         ),
         (&["train", "--hidden", "8", "--resume", "run.ckpt"], "--hidden cannot be used with --resume"),
+        (&["train", "--epochs", "1", "--epochs", "2"], "--epochs was given twice"),
     ] {
         assert_fails(args, 2, needle);
     }
+    // What only the data can tell is a usage error all the same.
+    let d = arg(synthetic_dir());
+    let needle = "--val-split: a validation split of 1e-9 leaves 1200 training and 0 validation samples of 1200";
+    assert_fails(&["train", "--data-dir", d, "--val-split", "1e-9"], 2, needle);
 }
 
 #[test]

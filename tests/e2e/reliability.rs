@@ -87,7 +87,7 @@ fn resuming_refuses_a_model_file_a_finished_run_and_a_damaged_file() {
     );
     assert_fails(
         &["train", "--data-dir", d, "--resume", arg(&t.checkpoint), "--epochs", "2"],
-        1,
+        2,
         "--resume: the run has 2 epochs done already",
     );
     let dir = tempfile::tempdir().unwrap();

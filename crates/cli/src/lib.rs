@@ -115,6 +115,9 @@ fn conflict(e: &clap::Error, args: &[OsString]) -> String {
         _ => "?".into(),
     };
     let (a, b) = (flag(ContextKind::InvalidArg), flag(ContextKind::PriorArg));
+    if a == b {
+        return format!("{a} was given twice");
+    }
     let (given, with) = if a == "--resume" { (b, a) } else { (a, b) };
     let why = if with == "--resume" { ": a resumed run keeps the settings it was started with" } else { "" };
     format!("{given} cannot be used with {with}{why}")

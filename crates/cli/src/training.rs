@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 use nn::{Model, Sequential};
 use train::{Architecture, EpochRecord, Evaluation, Observer, ObserverError, Trainer, TrainingState};
@@ -67,10 +67,11 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     let mut trainer = match (resumed, &cfg.start) {
         (Some((path, state)), _) => {
             if cfg.epochs <= state.epochs_done() {
-                bail!(
+                return Err(UsageError(format!(
                     "--resume: the run has {} epochs done already; pass an --epochs above that to train on",
                     state.epochs_done()
-                );
+                ))
+                .into());
             }
             train::check_fits(&state.model, &mnist.train).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
             if state.threads != cfg.threads && !cfg.outputs.quiet {
@@ -89,6 +90,8 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
             run.settings.check_memory(&config, cfg.threads).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
             let model = Sequential::new(&config, &mut train::init_rng(run.settings.seed));
             train::check_fits(&model, &mnist.train).map_err(|e| UsageError(format!("{chosen_by}: {e}")))?;
+            train::check_split(mnist.train.len(), run.settings.val_split)
+                .map_err(|e| UsageError(format!("--val-split: {e}")))?;
             if run.settings.precise_bn > 0 && !model.normalizes_over_batch() {
                 let what = model.describe();
                 return Err(UsageError(format!("--precise-bn: the model {what} has no batch normalisation")).into());

@@ -28,7 +28,7 @@ pub enum TrainError {
         data_classes: usize,
     },
     /// The validation split leaves no sample on one side.
-    #[error("a validation split of {split} leaves {train} training and {val} validation samples of {total}")]
+    #[error("a validation split of {split:?} leaves {train} training and {val} validation samples of {total}")]
     EmptySplit {
         /// The fraction asked for.
         split: f64,
@@ -46,7 +46,7 @@ pub enum TrainError {
         done: usize,
     },
     /// The loss stopped being finite or became absurdly large.
-    #[error("epoch {epoch}, {what}; training diverged, most likely because the learning rate ({lr}) is too high")]
+    #[error("epoch {epoch}, {what}; training diverged, most likely because the learning rate ({}) is too high", shown(*.lr))]
     Diverged {
         /// The 1-based epoch.
         epoch: usize,
@@ -80,4 +80,10 @@ pub enum TrainError {
         /// Bytes available.
         available: u64,
     },
+}
+
+/// A learning rate as a person would write it: `0.001` and `100`, but `1e30` rather than
+/// thirty-one digits.
+fn shown(lr: f32) -> String {
+    if lr != 0.0 && !(1e-4..1e7).contains(&lr.abs()) { format!("{lr:e}") } else { lr.to_string() }
 }

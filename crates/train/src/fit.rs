@@ -326,6 +326,16 @@ impl<M: Model> Trainer<M> {
     }
 }
 
+/// Checks that a validation split of `val_split` leaves samples on both sides of a training
+/// set of `samples`, as [`Trainer::fit`] checks before it trains.
+///
+/// # Errors
+/// [`TrainError::EmptySplit`] when either side would be empty.
+pub fn check_split(samples: usize, val_split: f64) -> Result<(), TrainError> {
+    // The sides' sizes do not depend on the seed.
+    split(samples, val_split, 0).map(drop)
+}
+
 /// The training and validation indices of a run.
 fn split(n: usize, val_split: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>), TrainError> {
     if val_split == 0.0 {

@@ -41,7 +41,7 @@ mod step;
 
 pub use error::{ObserverError, TrainError};
 pub use evaluate::{Evaluation, check_fits, evaluate, evaluate_all};
-pub use fit::{EpochRecord, Observer, Trainer};
+pub use fit::{EpochRecord, Observer, Trainer, check_split};
 pub use recipe::{Architecture, EpochSchedule, ModelFamily, Plan, Recipe, ScheduleKind, fit_notebook, mlp_for};
 pub use settings::{DEFAULT_EPOCHS, Settings, init_rng};
 pub use state::{
