@@ -131,7 +131,9 @@ fn outputs_that_cannot_be_written_fail_before_training() {
         ("--checkpoint", file.join("m.ckpt"), "is not a folder"),
         ("--metrics-csv", dir.path().to_path_buf(), "is a folder, not a file"),
         ("--summary-json", dir.path().join("missing").join("s.json"), "does not exist"),
-        ("--plots", file.join("plots"), "--plots "),
+        ("--plots", file.join("plots"), "a-file is not a folder"),
+        ("--plots", dir.path().join("missing").join("plots"), "does not exist"),
+        ("--plots", file.clone(), "is a file, not a folder"),
     ] {
         let started = std::time::Instant::now();
         assert_fails(&["train", "--data-dir", d, flag, arg(&path)], 1, &format!("{flag} "));
@@ -139,6 +141,15 @@ fn outputs_that_cannot_be_written_fail_before_training() {
         assert!(started.elapsed().as_secs() < 20, "{flag}: it failed only after {:?}", started.elapsed());
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file was left");
+    // A run that fails takes away the plots folder it made, and only that.
+    let (made, there) = (dir.path().join("plots"), dir.path().join("there"));
+    std::fs::create_dir(&there).unwrap();
+    for plots in [&made, &there] {
+        let out = run(&["train", "--data-dir", d, "--lr", "1e6", "--plots", arg(plots)]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    }
+    assert!(!made.exists(), "the failed run left the folder it made");
+    assert!(there.is_dir(), "the failed run took away a folder it did not make");
 }
 
 #[test]

@@ -40,9 +40,8 @@ pub(crate) fn evaluate_test<M: nn::Model>(model: &M, test: &data::Dataset) -> (E
 
 /// `eval --model PATH`: the test-set results of a saved model, as at the end of `train`.
 pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    if let Some(dir) = &args.plots {
-        svg::prepare_dir(dir)?;
-    }
+    // Held to the end: a run that fails leaves no empty folder.
+    let _plots = args.plots.as_deref().map(svg::prepare_dir).transpose()?;
     let (model, state) = load_model_file(&args.model)?;
     let mnist = load_mnist(&args.data.data_dir)?;
     // The names the model was trained with, else the data set's.

@@ -1,16 +1,50 @@
 //! `--plots DIR`: the `plots` library's pictures of a run, written into the folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 
-/// Creates the folder `dir` (and its parents) for the plots, checking that it accepts files.
+/// The folder of `--plots`, made for the run if it was not there. Dropped, it is removed again
+/// if it is still empty: a run that fails before its plots leaves no folder behind.
+pub(crate) struct PlotsFolder {
+    path: PathBuf,
+    made: bool,
+}
+
+impl Drop for PlotsFolder {
+    fn drop(&mut self) {
+        if self.made {
+            // Only an empty folder is removed.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// Makes the folder `dir` for the plots, in a folder that exists, unless it is there, and checks
+/// that it accepts files.
 ///
 /// # Errors
 /// A one-line reason naming the flag and the folder.
-pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow!("--plots {}: cannot create the folder: {e}", dir.display()))?;
-    atomic_file::check_writable(&dir.join("probe")).map_err(|e| anyhow!("--plots {e}"))
+pub(crate) fn prepare_dir(dir: &Path) -> Result<PlotsFolder> {
+    let made = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => false,
+        Ok(_) => return Err(anyhow!("--plots {}: is a file, not a folder", dir.display())),
+        Err(_) => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if parent.exists() && !parent.is_dir() {
+                return Err(anyhow!("--plots {}: {} is not a folder", dir.display(), parent.display()));
+            }
+            if !parent.is_dir() {
+                return Err(anyhow!("--plots {}: folder {} does not exist", dir.display(), parent.display()));
+            }
+            std::fs::create_dir(dir)
+                .map_err(|e| anyhow!("--plots {}: cannot create the folder: {e}", dir.display()))?;
+            true
+        }
+    };
+    let folder = PlotsFolder { path: dir.to_path_buf(), made };
+    atomic_file::check_writable(&dir.join("probe")).map_err(|e| anyhow!("--plots {e}"))?;
+    Ok(folder)
 }
 
 /// Writes `dir/name`, an SVG document or the reason it could not be drawn.

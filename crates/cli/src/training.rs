@@ -53,9 +53,8 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         ("--summary-json", o.summary_json.as_deref()),
         ("--plots", o.plots.as_deref()),
     ])?;
-    if let Some(dir) = &cfg.outputs.plots {
-        svg::prepare_dir(dir)?;
-    }
+    // Held to the end: a run that fails leaves no empty folder.
+    let _plots = cfg.outputs.plots.as_deref().map(svg::prepare_dir).transpose()?;
     let resumed = match &cfg.start {
         Start::Resume(path) => Some((path, read_state(path)?)),
         Start::New(_) => None,
