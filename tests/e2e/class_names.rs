@@ -70,6 +70,7 @@ fn class_names_travel_from_the_data_set_to_every_output() {
         assert!(stdout.contains("  0: 0.") && !stdout.contains('\u{1b}'), "{bad}: {stdout}");
         assert!(stderr.starts_with("warning: ") && stderr.contains("the classes are numbered instead"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains(r#"\\\""#), "quoted once, not escaped twice: {stderr}");
     }
 
     // Without names anywhere, classes are numbers, as before.

@@ -221,7 +221,8 @@ pub fn recorded_class_names(state: &StateDict, classes: usize) -> Result<Option<
 }
 
 fn bad_class_names(text: &str) -> TrainError {
-    let shown: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+    // The error quotes it as Rust does, escaping quotes and control characters once.
+    let shown: String = text.chars().take(80).collect();
     bad_meta(keys::CLASS_NAMES, &shown, "a JSON array of one name per class, without control characters")
 }
 
