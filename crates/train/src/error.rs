@@ -45,6 +45,16 @@ pub enum TrainError {
         /// Epochs done.
         done: usize,
     },
+    /// The run stopped early already: its patience ran out, so it has nothing left to train.
+    #[error(
+        "the run stopped early after epoch {done}, its validation loss last improved at epoch {best}; it has nothing left to train"
+    )]
+    StoppedEarly {
+        /// Epochs done.
+        done: usize,
+        /// The epoch with the best validation loss, whose weights the run kept.
+        best: usize,
+    },
     /// The loss stopped being finite or became absurdly large.
     #[error("epoch {epoch}, {what}; training diverged, most likely because the learning rate ({}) is too high", shown(*.lr))]
     Diverged {

@@ -239,7 +239,7 @@ impl<M: Model> Trainer<M> {
     ///
     /// # Errors
     /// The model does not fit the data, the split leaves an empty side, `epochs` are done
-    /// already, training diverged (a batch loss not finite or above 1e4, or a weight not
+    /// already or the run stopped early already, training diverged (a batch loss not finite or above 1e4, or a weight not
     /// finite after an epoch), or the observer returned an error. After divergence the model's
     /// weights are unusable; nothing should be saved from the run.
     pub fn fit(&mut self, data: &Dataset, epochs: usize, observer: &mut dyn Observer<M>) -> Result<(), TrainError> {
@@ -247,6 +247,9 @@ impl<M: Model> Trainer<M> {
         let first = self.epochs_done();
         if epochs <= first {
             return Err(TrainError::AlreadyDone { done: first });
+        }
+        if let (true, Some(best)) = (self.patience_spent(first), self.best_epoch()) {
+            return Err(TrainError::StoppedEarly { done: first, best });
         }
         let Settings {
             batch_size, seed, val_split, early_stop, schedule, label_smoothing, augment, precise_bn, ..

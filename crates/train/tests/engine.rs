@@ -202,6 +202,10 @@ fn early_stopping_keeps_the_best_epochs_weights() {
     assert_eq!(losses[best - 1], min);
     let best_state = TrainingState::<Sequential>::from_safetensors(&rec.states[best - 1]).unwrap();
     assert_eq!(trainer.into_model().params(), best_state.model.params());
+    // Resumed from its last state, the run has nothing left to train, and says so.
+    let last = TrainingState::<Sequential>::from_safetensors(&rec.states[done - 1]).unwrap();
+    let err = Trainer::resume(last).unwrap().fit(&set.train, 30, &mut ()).unwrap_err();
+    assert!(matches!(err, TrainError::StoppedEarly { done: d, best: b } if (d, b) == (done, best)), "{err}");
 }
 
 #[test]
