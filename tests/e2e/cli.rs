@@ -73,7 +73,11 @@ fn serve_listens_on_a_host_name_and_refuses_an_address_without_a_port() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(line.starts_with("Serving on http://127.0.0.1:") || line.starts_with("Serving on http://[::1]:"), "{line}");
-    assert_fails(&["serve", "--model", arg(&t.model), "--addr", "localhost"], 1, "--addr localhost: not a HOST:PORT");
+    assert_fails(
+        &["serve", "--model", arg(&t.model), "--addr", "localhost"],
+        2,
+        "--addr localhost: expected HOST:PORT",
+    );
 }
 
 #[test]

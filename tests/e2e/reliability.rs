@@ -217,6 +217,32 @@ fn two_flags_that_name_one_file_are_refused_before_anything_is_written() {
 }
 
 #[test]
+fn outputs_written_in_place_are_written_once_and_may_be_shared() {
+    let d = arg(synthetic_dir());
+    for flag in ["--metrics-csv", "--checkpoint"] {
+        assert_fails(&["train", "--data-dir", d, flag, "/dev/stdout"], 2, "rewritten after every epoch");
+    }
+    let out = run(&["train", "--data-dir", d, "--save", "/dev/null", "--summary-json", "/dev/stdout", "--quiet"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("Test Accuracy: ") && stdout.contains("\"epochs\""), "the summary follows: {stdout}");
+}
+
+#[test]
+fn resuming_a_run_that_stopped_early_says_so_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("run.ckpt");
+    let c = arg(&checkpoint);
+    let d = arg(synthetic_dir());
+    let args = ["--val-split", "0.5", "--early-stop", "1", "--lr", "0.3", "--seed", "3", "--checkpoint", c];
+    let out = run(&[&["train", "--data-dir", d, "--epochs", "20"][..], &args].concat());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success() && stdout.contains("Early stop"), "the run must stop early: {stdout}");
+    let needle = format!("--resume {c}: the run stopped early after epoch");
+    assert_fails(&["train", "--data-dir", d, "--resume", c, "--epochs", "30"], 2, &needle);
+}
+
+#[test]
 fn a_folder_where_a_data_file_should_be_is_named_once() {
     let dir = tempfile::tempdir().unwrap();
     for name in data::FILES {

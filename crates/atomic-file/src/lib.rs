@@ -6,9 +6,10 @@
 //! whether a path can be written at all.
 //!
 //! A target that is a symbolic link is written through: the file it points to is replaced and
-//! the link kept. A target that exists and is not a regular file (a device such as
-//! `/dev/stdout`, a named pipe) cannot be replaced without breaking it, so it is written in
-//! place, without the guarantee. A regular file that is replaced keeps its permissions.
+//! the link kept. A target that cannot be replaced without breaking something (a device, a
+//! named pipe, or whatever one of the process's open descriptors names, as `/dev/stdout` does)
+//! is appended to in place instead, without the guarantee: see [`Target`]. A regular file that
+//! is replaced keeps its permissions.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
@@ -56,6 +57,12 @@ pub enum Error {
         dir: PathBuf,
         /// The operating system's reason.
         source: io::Error,
+    },
+    /// The target's symbolic links go round in a circle, or too deep to follow.
+    #[error("{}: too many levels of symbolic links", path.display())]
+    Links {
+        /// The target.
+        path: PathBuf,
     },
     /// Writing, syncing or renaming failed.
     #[error("{}: write failed: {source}", path.display())]
@@ -105,22 +112,23 @@ impl AtomicFile {
     /// The folder does not exist or does not accept a new file, or `path` is a folder (or, for
     /// a target written in place, cannot be opened for writing).
     pub fn create(path: &Path) -> Result<Self, Error> {
-        let (target, existing) = resolve(path)?;
-        if existing.as_ref().is_some_and(|m| !m.is_file()) {
-            // The system follows the links, those of /dev/stdout to a pipe included.
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|source| Error::Write { path: path.to_owned(), source })?;
-            return Ok(Self { sink: Sink::InPlace(file), path: path.to_owned() });
-        }
+        let target = match target(path)? {
+            Target::InPlace => {
+                let file = fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::Write { path: path.to_owned(), source })?;
+                return Ok(Self { sink: Sink::InPlace(file), path: path.to_owned() });
+            }
+            Target::File(target) => target,
+        };
         let dir = folder(&target);
         let tmp = tempfile::Builder::new()
             .prefix(&part_prefix(&target))
             .suffix(".part")
             .tempfile_in(&dir)
             .map_err(|source| Error::Create { path: path.to_owned(), dir, source })?;
-        let permissions = existing.map(|m| m.permissions()).or_else(default_permissions);
+        let permissions = fs::metadata(&target).map(|m| m.permissions()).ok().or_else(default_permissions);
         Ok(Self { sink: Sink::Temporary { tmp, target, permissions }, path: path.to_owned() })
     }
 
@@ -133,7 +141,7 @@ impl AtomicFile {
     }
 
     /// Syncs the file, gives it the target's permissions (the usual ones for a new file) and
-    /// renames it over the target.
+    /// renames it over the target (for a target written in place, there is nothing left to do).
     ///
     /// # Errors
     /// Syncing or renaming failed; the target is then untouched.
@@ -167,35 +175,61 @@ fn default_permissions() -> Option<fs::Permissions> {
     None
 }
 
-/// The file `path` names, after its symbolic links, and what it is if it exists (not a folder,
-/// whose folder is one when it does not).
-fn resolve(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>), Error> {
-    match fs::metadata(path) {
+/// Where writing a path goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A regular file, there or to be made, after the path's symbolic links: replaced whole
+    /// through a temporary file beside it.
+    File(PathBuf),
+    /// A device, a named pipe, or what one of the process's open descriptors names
+    /// (`/dev/stdout`, `/dev/fd/3`, `/proc/self/fd/1`): appended to in place, since replacing
+    /// it would break it, or replace the file the shell redirected output to.
+    InPlace,
+}
+
+/// Where writing `path` goes: the file at the end of its symbolic links, or in place.
+///
+/// # Errors
+/// The path names a folder, its links go round in a circle, or (for a file to be made) its
+/// folder does not exist or is not a folder.
+pub fn target(path: &Path) -> Result<Target, Error> {
+    // Links to links, but not round in circles.
+    const MAX_LINKS: usize = 40;
+    let mut at = path.to_path_buf();
+    let mut links = 0;
+    while fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+        if through_descriptor(&at) {
+            return Ok(Target::InPlace);
+        }
+        links += 1;
+        let to = fs::read_link(&at).map_err(|source| Error::Write { path: path.to_owned(), source })?;
+        if links > MAX_LINKS {
+            return Err(Error::Links { path: path.to_owned() });
+        }
+        at = folder(&at).join(to);
+    }
+    match fs::metadata(&at) {
         Ok(meta) if meta.is_dir() => Err(Error::IsFolder { path: path.to_owned() }),
-        // A device or pipe is written where the links lead, by the system.
-        Ok(meta) if !meta.is_file() => Ok((path.to_owned(), Some(meta))),
-        Ok(meta) => Ok((fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()), Some(meta))),
+        Ok(meta) if !meta.is_file() => Ok(Target::InPlace),
+        Ok(_) => Ok(Target::File(at)),
         Err(_) => {
-            // Not there yet, or a link to a file not there yet: where the links lead, but not
-            // round in circles.
-            let mut target = path.to_path_buf();
-            for _ in 0..40 {
-                match fs::read_link(&target) {
-                    Ok(to) => target = folder(&target).join(to),
-                    Err(_) => break,
-                }
-            }
-            check_folder(path, &target)?;
-            Ok((target, None))
+            check_folder(path, &at)?;
+            Ok(Target::File(at))
         }
     }
+}
+
+/// Whether the link `link` is one of a process's open descriptors, which the system keeps in
+/// `/proc/PID/fd` (and `/dev/fd` leads to): it names whatever the descriptor is open on.
+fn through_descriptor(link: &Path) -> bool {
+    fs::canonicalize(folder(link)).is_ok_and(|dir| dir.starts_with("/proc") && dir.ends_with("fd"))
 }
 
 /// Writes `path` whole or not at all with what `write` puts into a buffered writer.
 ///
 /// # Errors
 /// As [`AtomicFile::create`] and [`AtomicFile::commit`], or `write`'s own error; `path` is
-/// then untouched and no temporary file is left.
+/// then untouched (unless it is written in place) and no temporary file is left.
 pub fn write(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Error> {
     let mut file = AtomicFile::create(path)?;
     {
@@ -208,14 +242,19 @@ pub fn write(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) 
 }
 
 /// Checks, before any long work, that a file can be written at `path`: its folder exists and
-/// accepts a new file, and `path` is not a folder. Leaves nothing behind.
+/// accepts a new file, and `path` is not a folder (or, written in place, that it opens for
+/// writing; a named pipe is not opened). Leaves nothing behind.
 ///
 /// # Errors
 /// The reason, naming the path.
 pub fn check_writable(path: &Path) -> Result<(), Error> {
-    if resolve(path)?.1.is_some_and(|m| !m.is_file()) {
-        // Written in place, and opening a pipe would wait for its reader.
-        return Ok(());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // Opening a pipe waits for its reader: it is taken as it is.
+        if fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+            return Ok(());
+        }
     }
     AtomicFile::create(path).map(drop)
 }
@@ -223,7 +262,7 @@ pub fn check_writable(path: &Path) -> Result<(), Error> {
 /// Removes the temporary files that writers of `path` killed part-way left in its folder.
 pub fn remove_leftovers(path: &Path) {
     // They are beside the file the path names, after its links.
-    let target = resolve(path).map_or_else(|_| path.to_owned(), |(target, _)| target);
+    let Ok(Target::File(target)) = target(path) else { return };
     let prefix = part_prefix(&target);
     let Ok(entries) = fs::read_dir(folder(&target)) else { return };
     for entry in entries.flatten() {
@@ -319,6 +358,36 @@ mod tests {
         fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
         write(&target, |w| w.write_all(b"private")).unwrap();
         assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_in_a_circle_are_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        symlink("b", &a).unwrap();
+        symlink("a", &b).unwrap();
+        let err = write(&a, |w| w.write_all(b"x")).unwrap_err().to_string();
+        assert!(err.ends_with("a: too many levels of symbolic links"), "{err}");
+        assert!(fs::symlink_metadata(&b).unwrap().file_type().is_symlink(), "a link in the circle was replaced");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn what_an_open_descriptor_names_is_appended_to_not_replaced() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.txt");
+        fs::write(&log, "earlier\n").unwrap();
+        // As a shell's `>> log.txt` leaves it for /dev/stdout to name.
+        let open = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let via = PathBuf::from(format!("/proc/self/fd/{}", open.as_raw_fd()));
+        assert_eq!(target(&via).unwrap(), Target::InPlace);
+        check_writable(&via).unwrap();
+        write(&via, |w| w.write_all(b"summary\n")).unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "earlier\nsummary\n");
+        assert_eq!(entries(dir.path()), ["log.txt"], "no temporary file is left");
     }
 
     #[cfg(unix)]

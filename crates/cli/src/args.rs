@@ -439,15 +439,32 @@ impl TrainArgs {
             return Err(usage(format!("--label-smoothing must be below 1, got {label_smoothing}")));
         }
         // Every schedule flag given is checked, whichever schedule it shapes.
-        let min_lr = float("--min-lr", self.min_lr, false)?.unwrap_or(0.0);
-        let every_epochs = self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?;
-        let gamma = float("--gamma", self.gamma, true)?.unwrap_or(optim::STEP_GAMMA as f32);
+        let min_lr_flag = float("--min-lr", self.min_lr, false)?;
+        let every_epochs_flag = self.step_epochs.map(|s| count("--step-epochs", s, 1)).transpose()?;
+        let gamma_flag = float("--gamma", self.gamma, true)?;
         let kind = match self.schedule {
             None => plan.schedule.kind,
             Some(ScheduleKind::Constant) => train::ScheduleKind::Constant,
-            Some(ScheduleKind::Cosine) => train::ScheduleKind::Cosine { min_lr },
-            Some(ScheduleKind::Step) => train::ScheduleKind::Step { every_epochs, gamma },
+            Some(ScheduleKind::Cosine) => train::ScheduleKind::Cosine { min_lr: 0.0 },
+            Some(ScheduleKind::Step) => {
+                train::ScheduleKind::Step { every_epochs: None, gamma: optim::STEP_GAMMA as f32 }
+            }
             Some(ScheduleKind::Onecycle) => train::ScheduleKind::OneCycle,
+        };
+        // The flags given shape the schedule in force, a recipe's too.
+        let kind = match kind {
+            train::ScheduleKind::Cosine { min_lr } => {
+                train::ScheduleKind::Cosine { min_lr: min_lr_flag.unwrap_or(min_lr) }
+            }
+            train::ScheduleKind::Step { every_epochs, gamma } => train::ScheduleKind::Step {
+                every_epochs: every_epochs_flag.or(every_epochs),
+                gamma: gamma_flag.unwrap_or(gamma),
+            },
+            other => other,
+        };
+        let min_lr = match kind {
+            train::ScheduleKind::Cosine { min_lr } => min_lr,
+            _ => 0.0,
         };
         // A flag of another schedule than the one in force would change nothing.
         let applies = |flag: &str, given: bool, to: &str, ok: bool| match given && !ok {

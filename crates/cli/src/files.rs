@@ -46,28 +46,31 @@ pub(crate) fn write_output(
 }
 
 /// Refuses two flags that name one file, which would leave only the last written of them (or
-/// write over the input being read): `files` are each flag with its path, if given.
+/// write over the input being read): `files` are each flag with its path, if given. Paths
+/// written in place (a device, a pipe, a standard stream) may be shared.
 pub(crate) fn check_distinct(files: &[(&str, Option<&Path>)]) -> Result<()> {
-    let given: Vec<(&str, &Path, PathBuf)> =
-        files.iter().filter_map(|&(flag, path)| path.map(|p| (flag, p, resolved(p)))).collect();
-    for (i, (flag, path, file)) in given.iter().enumerate() {
-        if let Some((other, ..)) = given[..i].iter().find(|(.., earlier)| earlier == file) {
+    let mut seen: Vec<(&str, &Path, PathBuf)> = Vec::new();
+    for &(flag, path) in files {
+        let Some(path) = path else { continue };
+        let file = match atomic_file::target(path) {
+            Ok(atomic_file::Target::File(file)) => resolved(&file),
+            // Written in place, or an error that writing it will report.
+            _ => continue,
+        };
+        if let Some((other, ..)) = seen.iter().find(|(.., earlier)| *earlier == file) {
             return Err(crate::UsageError(format!(
                 "{other} and {flag} name the same file, {}: give each its own",
                 path.display()
             ))
             .into());
         }
+        seen.push((flag, path, file));
     }
     Ok(())
 }
 
-/// The file `path` names, however spelled: symbolic links and `.` and `..` resolved as far as
-/// the path exists.
+/// The file `path` names, however spelled: its folder's links and `.` and `..` resolved.
 fn resolved(path: &Path) -> PathBuf {
-    if let Ok(file) = path.canonicalize() {
-        return file;
-    }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     match (parent.canonicalize(), path.file_name()) {
         (Ok(dir), Some(name)) => dir.join(name),

@@ -58,16 +58,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut (dyn Write + Send
     }
 }
 
-/// `e` and its causes on one line, each said once: many errors write their cause into their
-/// own message as well as naming it as their source, and a cause their message already holds is
-/// not repeated.
+/// `e` and its causes on one line, each said once: many errors write their cause at the end of
+/// their own message as well as naming it as their source, and such a cause is not repeated.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
         if line.is_empty() {
             line = text;
-        } else if !line.contains(&text) {
+        } else if !line.ends_with(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }

@@ -16,6 +16,7 @@ use crate::args::{Start, TrainConfig};
 use crate::eval::{evaluate_test, print_test_results};
 use crate::files::{self, load_mnist, write_output};
 use crate::svg;
+use atomic_file::Target;
 
 /// Runs `train`: prints the notebook's lines on `out`, progress and notes on stderr.
 ///
@@ -28,6 +29,13 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
         ("--checkpoint", &cfg.outputs.checkpoint),
         ("--metrics-csv", &cfg.outputs.metrics_csv),
     ];
+    for (flag, path) in &outputs[1..] {
+        // Rewritten whole after every epoch: in place, each epoch would follow the last.
+        if let Some(path) = path.as_deref().filter(|p| atomic_file::target(p).is_ok_and(|t| t == Target::InPlace)) {
+            let what = "rewritten after every epoch, so it must be a file, not a device, a pipe or a standard stream";
+            return Err(UsageError(format!("{flag} {}: {what}", path.display())).into());
+        }
+    }
     for (flag, path) in outputs.into_iter().chain([("--summary-json", &cfg.outputs.summary_json)]) {
         if let Some(path) = path {
             atomic_file::check_writable(path).map_err(|e| anyhow!("{flag} {e}"))?;
@@ -80,7 +88,16 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
                     state.threads, cfg.threads
                 );
             }
-            Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?
+            let trainer = Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
+            if let Some(best) = trainer.stopped_early() {
+                let (done, path) = (trainer.epochs_done(), path.display());
+                return Err(UsageError(format!(
+                    "--resume {path}: the run stopped early after epoch {done}, its validation loss last improved at \
+                     epoch {best}; it has nothing left to train"
+                ))
+                .into());
+            }
+            trainer
         }
         (None, Start::New(run)) => {
             let chosen_by = flag(&run.architecture);

@@ -200,6 +200,12 @@ impl<M: Model> Trainer<M> {
         self.best.as_ref().map(|b| b.epoch)
     }
 
+    /// The epoch whose weights the run kept, if early stopping has ended it: then [`Self::fit`]
+    /// has nothing left to train.
+    pub fn stopped_early(&self) -> Option<usize> {
+        self.best_epoch().filter(|_| self.patience_spent(self.epochs_done()))
+    }
+
     /// The current learning rate.
     pub fn learning_rate(&self) -> f32 {
         self.optimizer.config().lr()
@@ -248,7 +254,7 @@ impl<M: Model> Trainer<M> {
         if epochs <= first {
             return Err(TrainError::AlreadyDone { done: first });
         }
-        if let (true, Some(best)) = (self.patience_spent(first), self.best_epoch()) {
+        if let Some(best) = self.stopped_early() {
             return Err(TrainError::StoppedEarly { done: first, best });
         }
         let Settings {
