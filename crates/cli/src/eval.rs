@@ -7,7 +7,7 @@ use nn::Model;
 use train::Evaluation;
 
 use crate::args::EvalArgs;
-use crate::files::{load_mnist, load_model_file, recorded_class_names};
+use crate::files::{load_model_file, load_test_set, recorded_class_names};
 use crate::svg;
 
 /// Prints the notebook's `Test Accuracy` line, then (unless quiet) precision, recall and F1 per
@@ -43,16 +43,15 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     // Held to the end: a run that fails leaves no empty folder.
     let _plots = args.plots.as_deref().map(svg::prepare_dir).transpose()?;
     let (model, state) = load_model_file(&args.model)?;
-    let mnist = load_mnist(&args.data.data_dir)?;
+    let (test, data_names) = load_test_set(&args.data.data_dir)?;
     // The names the model was trained with, else the data set's.
-    let class_names =
-        recorded_class_names(&args.model, &state, model.classes()).unwrap_or_else(|| mnist.class_names.clone());
-    train::check_fits(&model, &mnist.test).map_err(|e| anyhow!("{}: {e}", args.model.display()))?;
-    let (eval, seconds) = evaluate_test(&model, &mnist.test);
-    eprintln!("Evaluated {} test images in {:.1} ms", mnist.test.len(), seconds * 1e3);
+    let class_names = recorded_class_names(&args.model, &state, model.classes()).unwrap_or(data_names);
+    train::check_fits(&model, &test).map_err(|e| anyhow!("{}: {e}", args.model.display()))?;
+    let (eval, seconds) = evaluate_test(&model, &test);
+    eprintln!("Evaluated {} test images in {:.1} ms", test.len(), seconds * 1e3);
     print_test_results(out, &eval, &class_names, false)?;
     if let Some(dir) = &args.plots {
-        svg::evaluation(dir, &mnist.test, &eval, &class_names)?;
+        svg::evaluation(dir, &test, &eval, &class_names)?;
     }
     Ok(())
 }

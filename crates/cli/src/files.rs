@@ -5,17 +5,27 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
-use data::{DataError, Mnist};
+use data::{DataError, Dataset, Mnist};
 use nn::{Sequential, StateDict};
 
 /// Loads the data set, with a hint on how to get it when files are missing.
 pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
-    Mnist::load(dir).map_err(|e| match e {
+    Mnist::load(dir).map_err(with_hint)
+}
+
+/// Loads the test set alone (the training files may be absent) and its class names, with a
+/// hint on how to get it when files are missing.
+pub(crate) fn load_test_set(dir: &Path) -> Result<(Dataset, Vec<String>)> {
+    data::load_test(dir).map_err(with_hint)
+}
+
+fn with_hint(e: DataError) -> anyhow::Error {
+    match e {
         DataError::MissingFile { .. } => {
             anyhow!("{e}; run `cargo xtask fetch-data` or point --data-dir at a folder with MNIST")
         }
         other => other.into(),
-    })
+    }
 }
 
 /// Reads a model file (or the model of a training checkpoint), of any architecture: the model,

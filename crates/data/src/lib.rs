@@ -23,6 +23,6 @@ pub use augment::{Augment, AugmentError, fill_rows_augmented};
 pub use batch::{Batch, Loader, Order, fill_labels, fill_rows, pixel_to_f32, split_indices, validation_count};
 pub use error::DataError;
 pub use idx::{IdxU8, parse_idx_u8, read_idx_u8};
-pub use mnist::{Dataset, FILES, Mnist, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, locate};
+pub use mnist::{Dataset, FILES, Mnist, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, load_test, locate};
 pub use sets::{CLASS_NAMES_FILE, KNOWN_SETS, KnownSet, Layout, MNIST, class_name_fault, emnist_files, known_set};
 pub use shuffle::shuffle;

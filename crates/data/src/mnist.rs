@@ -196,14 +196,7 @@ impl Mnist {
     /// the two sets, a test label the training set does not have, or a class names file that
     /// does not name each class once.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        // MNIST's file names, else a known EMNIST split's (whose names then name the classes).
-        let (names, known) = match locate(dir, TRAIN_IMAGES) {
-            Ok(_) => (FILES.map(String::from), None),
-            Err(missing) => match emnist_in(dir) {
-                Some((split, set)) => (emnist_files(split), Some(set)),
-                None => return Err(missing),
-            },
-        };
+        let (names, known) = file_names(dir, 0)?;
         let layout = known.map_or(Layout::Mnist, |set| set.layout);
         let path = |name: &str| locate(dir, name);
         let (train_images, train_labels) = (path(&names[0])?, path(&names[1])?);
@@ -225,10 +218,39 @@ impl Mnist {
     }
 }
 
-/// The known EMNIST split whose training images are in `dir`, with its name.
-fn emnist_in(dir: &Path) -> Option<(&'static str, &'static KnownSet)> {
+/// The test set alone, found in `dir` as [`Mnist::load`] finds it (the training files may be
+/// absent), and its class names: what evaluating a model needs. Its classes are counted from
+/// its own labels.
+///
+/// # Errors
+/// As [`Mnist::load`], for the test files.
+pub fn load_test(dir: &Path) -> Result<(Dataset, Vec<String>), DataError> {
+    let (names, known) = file_names(dir, 2)?;
+    let layout = known.map_or(Layout::Mnist, |set| set.layout);
+    let (images, labels) = (locate(dir, &names[2])?, locate(dir, &names[3])?);
+    let (image_idx, label_idx) = read_part(&images, &labels, layout)?;
+    let classes = label_idx.data.iter().max().map_or(1, |&m| usize::from(m) + 1);
+    let test = Dataset::from_idx(image_idx, &images, label_idx, &labels, classes)?;
+    let class_names = class_names(dir, classes, known)?;
+    Ok((test, class_names))
+}
+
+/// The four files' names in `dir`, looked for by the one at `index` of [`FILES`]: MNIST's, else
+/// a known EMNIST split's (whose names then name the classes), with that split.
+fn file_names(dir: &Path, index: usize) -> Result<([String; 4], Option<&'static KnownSet>), DataError> {
+    match locate(dir, FILES[index]) {
+        Ok(_) => Ok((FILES.map(String::from), None)),
+        Err(missing) => match emnist_in(dir, index) {
+            Some((split, set)) => Ok((emnist_files(split), Some(set))),
+            None => Err(missing),
+        },
+    }
+}
+
+/// The known EMNIST split whose file at `index` (of the four) is in `dir`, with its name.
+fn emnist_in(dir: &Path, index: usize) -> Option<(&'static str, &'static KnownSet)> {
     KNOWN_SETS.iter().find_map(|set| match set.layout {
-        Layout::Emnist { split, .. } if locate(dir, &emnist_files(split)[0]).is_ok() => Some((split, set)),
+        Layout::Emnist { split, .. } if locate(dir, &emnist_files(split)[index]).is_ok() => Some((split, set)),
         _ => None,
     })
 }
