@@ -130,6 +130,19 @@ fn eval_of_the_saved_model_and_of_the_checkpoint_give_the_same_report() {
     for name in [data::TEST_IMAGES, data::TEST_LABELS] {
         std::fs::copy(synthetic_dir().join(name), test_only.path().join(name)).unwrap();
     }
+    // And a test set need not hold every class of the model.
+    let without_nines = tempfile::tempdir().unwrap();
+    let (images, labels) = (synthetic_dir().join(data::TEST_IMAGES), synthetic_dir().join(data::TEST_LABELS));
+    let test = data::Dataset::from_idx_files(&images, &labels, 10).unwrap();
+    let kept: Vec<usize> = (0..test.len()).filter(|&i| test.labels()[i] != 9).collect();
+    let pixels: Vec<u8> = kept.iter().flat_map(|&i| test.image(i).to_vec()).collect();
+    let kept_labels: Vec<u8> = kept.iter().map(|&i| test.labels()[i]).collect();
+    let n = kept.len() as u32;
+    std::fs::write(without_nines.path().join(data::TEST_IMAGES), testkit::idx_bytes(&[n, 28, 28], &pixels)).unwrap();
+    std::fs::write(without_nines.path().join(data::TEST_LABELS), testkit::idx_bytes(&[n], &kept_labels)).unwrap();
+    let out = run(&["eval", "--model", arg(&t.model), "--data-dir", arg(without_nines.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("Evaluated {n} test images")), "{}", text(&out.stderr));
     for (model, dir) in [(&t.model, synthetic_dir()), (&t.checkpoint, synthetic_dir()), (&t.model, test_only.path())] {
         let out = run(&["eval", "--model", arg(model), "--data-dir", arg(dir)]);
         assert!(out.status.success(), "{}", text(&out.stderr));

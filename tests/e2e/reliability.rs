@@ -88,7 +88,7 @@ fn resuming_refuses_a_model_file_a_finished_run_and_a_damaged_file() {
     assert_fails(
         &["train", "--data-dir", d, "--resume", arg(&t.checkpoint), "--epochs", "2"],
         2,
-        "--resume: the run has 2 epochs done already",
+        "the run has 2 epochs done already",
     );
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.ckpt");
@@ -222,14 +222,35 @@ fn two_flags_that_name_one_file_are_refused_before_anything_is_written() {
 #[test]
 fn outputs_written_in_place_are_written_once_and_may_be_shared() {
     let d = arg(synthetic_dir());
-    let (stdout, stderr) = ("/proc/self/fd/1", "/proc/self/fd/2");
+    let stdout = "/proc/self/fd/1";
     for flag in ["--metrics-csv", "--checkpoint"] {
         assert_fails(&["train", "--data-dir", d, flag, stdout], 2, "rewritten after every epoch");
     }
-    let out = run(&["train", "--data-dir", d, "--save", stderr, "--summary-json", stdout, "--quiet"]);
-    let stdout = text(&out.stdout);
+    // Two outputs into one stream, a pipe here.
+    let out = run(&["train", "--data-dir", d, "--save", stdout, "--summary-json", stdout, "--quiet"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.starts_with("Test Accuracy: ") && stdout.contains("\"epochs\""), "the summary follows: {stdout}");
+    assert!(printed.starts_with("Test Accuracy: ") && printed.contains("\"epochs\""), "{printed:.300}");
+
+    // Standard output redirected to a file, as a shell's `>` does: what is written through
+    // /dev/stdout lands where the program's own output has got to, and its lines follow.
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out");
+    let status = crate::support::program()
+        .args(["export", "--model", arg(&t.model), "--onnx", stdout])
+        .stdout(std::fs::File::create(&file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&file).unwrap();
+    let onnx = dir.path().join("m.onnx");
+    assert!(run(&["export", "--model", arg(&t.model), "--onnx", arg(&onnx)]).status.success());
+    let model = std::fs::read(&onnx).unwrap();
+    assert!(bytes.starts_with(&model), "the model comes first, whole");
+    let after = String::from_utf8_lossy(&bytes[model.len()..]);
+    assert!(after.starts_with("Wrote /proc/self/fd/1 ("), "then the program's line: {after}");
 }
 
 #[test]

@@ -112,15 +112,13 @@ impl AtomicFile {
     /// The folder does not exist or does not accept a new file, or `path` is a folder (or, for
     /// a target written in place, cannot be opened for writing).
     pub fn create(path: &Path) -> Result<Self, Error> {
-        let target = match target(path)? {
-            Target::InPlace => {
-                let file = fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| Error::Write { path: path.to_owned(), source })?;
+        let target = match resolve(path)? {
+            Resolved::File(target) => target,
+            place => {
+                let file =
+                    open_in_place(path, &place).map_err(|source| Error::Write { path: path.to_owned(), source })?;
                 return Ok(Self { sink: Sink::InPlace(file), path: path.to_owned() });
             }
-            Target::File(target) => target,
         };
         let dir = folder(&target);
         let tmp = tempfile::Builder::new()
@@ -190,16 +188,41 @@ pub enum Target {
 /// Where writing `path` goes: the file at the end of its symbolic links, or in place.
 ///
 /// # Errors
-/// The path names a folder, its links go round in a circle, or (for a file to be made) its
-/// folder does not exist or is not a folder.
+/// The path names a folder (or ends as one, in `/`), its links go round in a circle, or (for a
+/// file to be made) its folder does not exist or is not a folder.
 pub fn target(path: &Path) -> Result<Target, Error> {
+    Ok(match resolve(path)? {
+        Resolved::File(file) => Target::File(file),
+        Resolved::Descriptor(_) | Resolved::Special => Target::InPlace,
+    })
+}
+
+/// [`Target`], with what writing in place needs to know.
+#[derive(Debug)]
+enum Resolved {
+    File(PathBuf),
+    /// One of this process's open descriptors: written through a duplicate of it, which
+    /// shares its position (a reopened file would write from its own, over what the
+    /// descriptor writes).
+    Descriptor(i32),
+    /// A device, a named pipe, or another process's descriptor.
+    Special,
+}
+
+fn resolve(path: &Path) -> Result<Resolved, Error> {
     // Links to links, but not round in circles.
     const MAX_LINKS: usize = 40;
+    if ends_as_folder(path) {
+        return Err(Error::IsFolder { path: path.to_owned() });
+    }
     let mut at = path.to_path_buf();
     let mut links = 0;
-    while fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-        if through_descriptor(&at) {
-            return Ok(Target::InPlace);
+    loop {
+        if let Some(place) = descriptor(&at) {
+            return Ok(place);
+        }
+        if !fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            break;
         }
         links += 1;
         let to = fs::read_link(&at).map_err(|source| Error::Write { path: path.to_owned(), source })?;
@@ -210,19 +233,74 @@ pub fn target(path: &Path) -> Result<Target, Error> {
     }
     match fs::metadata(&at) {
         Ok(meta) if meta.is_dir() => Err(Error::IsFolder { path: path.to_owned() }),
-        Ok(meta) if !meta.is_file() => Ok(Target::InPlace),
-        Ok(_) => Ok(Target::File(at)),
+        Ok(meta) if !meta.is_file() => Ok(Resolved::Special),
+        Ok(_) => Ok(Resolved::File(at)),
         Err(_) => {
             check_folder(path, &at)?;
-            Ok(Target::File(at))
+            Ok(Resolved::File(at))
         }
     }
 }
 
-/// Whether the link `link` is one of a process's open descriptors, which the system keeps in
-/// `/proc/PID/fd` (and `/dev/fd` leads to): it names whatever the descriptor is open on.
-fn through_descriptor(link: &Path) -> bool {
-    fs::canonicalize(folder(link)).is_ok_and(|dir| dir.starts_with("/proc") && dir.ends_with("fd"))
+/// Whether `path` can only name a folder: it ends in a separator, `.` or `..`.
+fn ends_as_folder(path: &Path) -> bool {
+    let text = path.as_os_str().to_string_lossy();
+    let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
+    text.ends_with(std::path::is_separator) || last == "." || last == ".."
+}
+
+/// What `path` is if it is a process's open descriptor: an entry of `/proc/PID/fd` (where
+/// `/dev/stdout` and, on Linux, `/dev/fd` lead) or of `/dev/fd` (elsewhere). It names whatever
+/// the descriptor is open on, which is written in place.
+fn descriptor(path: &Path) -> Option<Resolved> {
+    let dir = fs::canonicalize(folder(path)).ok()?;
+    let own = dir == Path::new("/dev/fd") || dir == Path::new(&format!("/proc/{}/fd", std::process::id()));
+    if own {
+        let n = path.file_name()?.to_str()?.parse().ok()?;
+        return Some(Resolved::Descriptor(n));
+    }
+    (dir.starts_with("/proc") && dir.ends_with("fd") && fs::symlink_metadata(path).is_ok()).then_some(Resolved::Special)
+}
+
+/// Opens a target written in place for appending: a duplicate of the process's descriptor, or
+/// the path. A named pipe that no process reads is an error, not a wait without end.
+fn open_in_place(path: &Path, place: &Resolved) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        if let Resolved::Descriptor(n) = *place {
+            // SAFETY: `dup` reads only its argument; a descriptor not open gives EBADF.
+            let copy = unsafe { libc::dup(n) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `copy` was just made and nothing else owns it.
+            return Ok(unsafe { File::from_raw_fd(copy) });
+        }
+        if fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+            let file =
+                fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::ENXIO) => io::Error::other("no process is reading the pipe"),
+                        _ => e,
+                    }
+                })?;
+            // Writes wait for the reader, as a pipe's usually do.
+            let fd = file.into_raw_fd();
+            // SAFETY: `fd` is open and owned here; F_GETFL and F_SETFL only change its flags.
+            let cleared = unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK) };
+            // SAFETY: `fd` came from `into_raw_fd` above and is owned by nothing else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            if cleared < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(file);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = place;
+    fs::OpenOptions::new().append(true).open(path)
 }
 
 /// Writes `path` whole or not at all with what `write` puts into a buffered writer.
@@ -375,38 +453,54 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn what_an_open_descriptor_names_is_appended_to_not_replaced() {
+    fn what_an_open_descriptor_names_is_written_at_its_position_not_replaced() {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log.txt");
-        fs::write(&log, "earlier\n").unwrap();
-        // As a shell's `>> log.txt` leaves it for /dev/stdout to name.
-        let open = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        // As a shell's `> log.txt` leaves it for /dev/stdout to name, after a line of output.
+        let mut open = File::create(&log).unwrap();
+        open.write_all(b"earlier\n").unwrap();
         let via = PathBuf::from(format!("/proc/self/fd/{}", open.as_raw_fd()));
         assert_eq!(target(&via).unwrap(), Target::InPlace);
         check_writable(&via).unwrap();
         write(&via, |w| w.write_all(b"summary\n")).unwrap();
-        assert_eq!(fs::read_to_string(&log).unwrap(), "earlier\nsummary\n");
+        // The descriptor goes on after what was written through it, not over it.
+        open.write_all(b"later\n").unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "earlier\nsummary\nlater\n");
         assert_eq!(entries(dir.path()), ["log.txt"], "no temporary file is left");
+    }
+
+    #[test]
+    fn a_path_that_ends_as_a_folder_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["new.st/", "new.st/.", "new.st/.."] {
+            let path = PathBuf::from(format!("{}/{name}", dir.path().display()));
+            let err = check_writable(&path).unwrap_err().to_string();
+            assert!(err.ends_with("is a folder, not a file"), "{name}: {err}");
+        }
+        assert!(entries(dir.path()).is_empty());
     }
 
     #[cfg(unix)]
     #[test]
     fn a_named_pipe_is_written_into_not_replaced() {
-        use std::os::unix::fs::FileTypeExt;
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let dir = tempfile::tempdir().unwrap();
         let pipe = dir.path().join("pipe");
         let made = std::process::Command::new("mkfifo").arg(&pipe).status().unwrap();
         assert!(made.success(), "mkfifo");
         check_writable(&pipe).unwrap();
-        let reader = {
-            let pipe = pipe.clone();
-            std::thread::spawn(move || fs::read_to_string(pipe).unwrap())
-        };
+        // With no process reading, writing fails at once instead of waiting for ever.
+        let err = write(&pipe, |w| w.write_all(b"lost")).unwrap_err().to_string();
+        assert!(err.ends_with("pipe: write failed: no process is reading the pipe"), "{err}");
+        // A reader that opened first (without waiting for a writer) gets what is written.
+        let mut reader = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&pipe).unwrap();
         write(&pipe, |w| w.write_all(b"{\"accuracy\": 0.98}")).unwrap();
-        // A pipe replaced by a file would leave the reader waiting: check before joining it.
         assert!(fs::symlink_metadata(&pipe).unwrap().file_type().is_fifo(), "the pipe was replaced");
-        assert_eq!(reader.join().unwrap(), "{\"accuracy\": 0.98}");
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "{\"accuracy\": 0.98}");
         assert_eq!(entries(dir.path()), ["pipe"], "no temporary file is left");
     }
 

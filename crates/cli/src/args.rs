@@ -55,8 +55,9 @@ Running the file with ONNX Runtime in Python (pip install onnxruntime numpy):
 
 #[derive(Debug, Args)]
 pub(crate) struct DataArgs {
-    /// Folder with the four MNIST files, plain or .gz (`cargo xtask fetch-data` fills data/mnist).
-    /// Any data set in MNIST's layout works (Fashion-MNIST, KMNIST).
+    /// Folder with the four MNIST files, plain or .gz (`cargo xtask fetch-data` fills data/mnist;
+    /// eval needs only the two test files). Any data set in MNIST's layout works (Fashion-MNIST,
+    /// KMNIST).
     #[arg(long, value_name = "DIR", default_value = "data/mnist")]
     pub(crate) data_dir: PathBuf,
 }

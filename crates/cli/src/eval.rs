@@ -43,7 +43,7 @@ pub(crate) fn run(args: &EvalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     // Held to the end: a run that fails leaves no empty folder.
     let _plots = args.plots.as_deref().map(svg::prepare_dir).transpose()?;
     let (model, state) = load_model_file(&args.model)?;
-    let (test, data_names) = load_test_set(&args.data.data_dir)?;
+    let (test, data_names) = load_test_set(&args.data.data_dir, model.classes())?;
     // The names the model was trained with, else the data set's.
     let class_names = recorded_class_names(&args.model, &state, model.classes()).unwrap_or(data_names);
     train::check_fits(&model, &test).map_err(|e| anyhow!("{}: {e}", args.model.display()))?;

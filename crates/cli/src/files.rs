@@ -13,10 +13,10 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<Mnist> {
     Mnist::load(dir).map_err(with_hint)
 }
 
-/// Loads the test set alone (the training files may be absent) and its class names, with a
-/// hint on how to get it when files are missing.
-pub(crate) fn load_test_set(dir: &Path) -> Result<(Dataset, Vec<String>)> {
-    data::load_test(dir).map_err(with_hint)
+/// Loads the test set alone (the training files may be absent) for `classes` classes, and
+/// their names, with a hint on how to get it when files are missing.
+pub(crate) fn load_test_set(dir: &Path, classes: usize) -> Result<(Dataset, Vec<String>)> {
+    data::load_test(dir, classes).map_err(with_hint)
 }
 
 fn with_hint(e: DataError) -> anyhow::Error {

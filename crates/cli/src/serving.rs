@@ -12,10 +12,17 @@ use crate::files::{load_mnist, load_model_file, recorded_class_names};
 /// Serves until Ctrl-C, then finishes the requests under way.
 pub(crate) fn run(args: &ServeArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     // Before any work: a host name is looked up here, once.
-    if !args.addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
-        return Err(
-            crate::UsageError(format!("--addr {}: expected HOST:PORT, such as 127.0.0.1:8080", args.addr)).into()
-        );
+    // A host, or an IPv6 address in brackets, then a port.
+    let well_formed = |(host, port): (&str, &str)| {
+        let host_ok = !host.is_empty() && (!host.contains(':') || host.starts_with('[') && host.ends_with(']'));
+        host_ok && port.parse::<u16>().is_ok()
+    };
+    if !args.addr.rsplit_once(':').is_some_and(well_formed) {
+        return Err(crate::UsageError(format!(
+            "--addr {}: expected HOST:PORT, such as 127.0.0.1:8080 or [::1]:8080",
+            args.addr
+        ))
+        .into());
     }
     let addrs: Vec<SocketAddr> = args
         .addr

@@ -73,29 +73,29 @@ pub(crate) fn run(cfg: &TrainConfig, out: &mut (dyn Write + Send)) -> Result<()>
     let load_seconds = started.elapsed().as_secs_f64();
     let mut trainer = match (resumed, &cfg.start) {
         (Some((path, state)), _) => {
-            if cfg.epochs <= state.epochs_done() {
-                return Err(UsageError(format!(
-                    "--resume: the run has {} epochs done already; pass an --epochs above that to train on",
-                    state.epochs_done()
-                ))
-                .into());
-            }
+            let (done, threads) = (state.epochs_done(), state.threads);
             train::check_fits(&state.model, &mnist.train).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
-            if state.threads != cfg.threads && !cfg.outputs.quiet {
-                eprintln!(
-                    "note: the run used {} threads and resumes on {}; results will differ in the last bits from a \
-                     run that never stopped",
-                    state.threads, cfg.threads
-                );
-            }
             let trainer = Trainer::resume(state).map_err(|e| anyhow!("--resume {}: {e}", path.display()))?;
+            let path = path.display();
             if let Some(best) = trainer.stopped_early() {
-                let (done, path) = (trainer.epochs_done(), path.display());
                 return Err(UsageError(format!(
                     "--resume {path}: the run stopped early after epoch {done}, its validation loss last improved at \
                      epoch {best}; it has nothing left to train"
                 ))
                 .into());
+            }
+            if cfg.epochs <= done {
+                return Err(UsageError(format!(
+                    "--resume {path}: the run has {done} epochs done already; pass an --epochs above that to train on"
+                ))
+                .into());
+            }
+            if threads != cfg.threads && !cfg.outputs.quiet {
+                eprintln!(
+                    "note: the run used {threads} threads and resumes on {}; results will differ in the last bits \
+                     from a run that never stopped",
+                    cfg.threads
+                );
             }
             trainer
         }

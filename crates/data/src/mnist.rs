@@ -219,17 +219,18 @@ impl Mnist {
 }
 
 /// The test set alone, found in `dir` as [`Mnist::load`] finds it (the training files may be
-/// absent), and its class names: what evaluating a model needs. Its classes are counted from
-/// its own labels.
+/// absent), and its class names: what evaluating a model needs. It has at least `classes`
+/// classes (those of the model it is to evaluate: a test set need not hold every one), more if
+/// its labels go higher.
 ///
 /// # Errors
 /// As [`Mnist::load`], for the test files.
-pub fn load_test(dir: &Path) -> Result<(Dataset, Vec<String>), DataError> {
+pub fn load_test(dir: &Path, classes: usize) -> Result<(Dataset, Vec<String>), DataError> {
     let (names, known) = file_names(dir, 2)?;
     let layout = known.map_or(Layout::Mnist, |set| set.layout);
     let (images, labels) = (locate(dir, &names[2])?, locate(dir, &names[3])?);
     let (image_idx, label_idx) = read_part(&images, &labels, layout)?;
-    let classes = label_idx.data.iter().max().map_or(1, |&m| usize::from(m) + 1);
+    let classes = label_idx.data.iter().map(|&m| usize::from(m) + 1).fold(classes, usize::max);
     let test = Dataset::from_idx(image_idx, &images, label_idx, &labels, classes)?;
     let class_names = class_names(dir, classes, known)?;
     Ok((test, class_names))
