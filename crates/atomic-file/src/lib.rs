@@ -8,8 +8,8 @@
 //! A target that is a symbolic link is written through: the file it points to is replaced and
 //! the link kept. A target that cannot be replaced without breaking something (a device, a
 //! named pipe, or whatever one of the process's open descriptors names, as `/dev/stdout` does)
-//! is appended to in place instead, without the guarantee: see [`Target`]. A regular file that
-//! is replaced keeps its permissions.
+//! is written in place instead, without the guarantee: see [`Target`]. A regular file that is
+//! replaced keeps its permissions.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
@@ -101,7 +101,7 @@ pub struct AtomicFile {
 enum Sink {
     /// A temporary file to rename over `target`, with the permissions to give it.
     Temporary { tmp: tempfile::NamedTempFile, target: PathBuf, permissions: Option<fs::Permissions> },
-    /// A device or pipe, written in place.
+    /// A target written in place.
     InPlace(File),
 }
 
@@ -180,8 +180,10 @@ pub enum Target {
     /// through a temporary file beside it.
     File(PathBuf),
     /// A device, a named pipe, or what one of the process's open descriptors names
-    /// (`/dev/stdout`, `/dev/fd/3`, `/proc/self/fd/1`): appended to in place, since replacing
-    /// it would break it, or replace the file the shell redirected output to.
+    /// (`/dev/stdout`, `/dev/fd/3`, `/proc/self/fd/1`): written in place, since replacing it
+    /// would break it, or replace the file the shell redirected output to. A device or pipe is
+    /// appended to; a descriptor of this process is written through a duplicate, at its
+    /// position; a pipe that no process reads is an error.
     InPlace,
 }
 
