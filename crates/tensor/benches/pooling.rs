@@ -34,21 +34,22 @@ fn activations(shape: &Pool2dShape) -> Array2<f32> {
     Array2::from_shape_fn((SAMPLES, shape.in_len()), |_| rng.random_range(-1.0f32..1.0).max(0.0))
 }
 
-#[divan::bench(args = LAYERS)]
-fn forward(bencher: Bencher, layer: (usize, usize)) {
+/// A layer's shape, its input, and buffers for its output and maxima.
+fn pooled(layer: (usize, usize)) -> (Pool2dShape, Array2<f32>, Array2<f32>, Vec<u32>) {
     let shape = shape(layer);
     let x = activations(&shape);
-    let mut y = Array2::zeros((SAMPLES, shape.out_len()));
-    let mut argmax = Vec::new();
+    (shape, x, Array2::zeros((SAMPLES, shape.out_len())), Vec::new())
+}
+
+#[divan::bench(args = LAYERS)]
+fn forward(bencher: Bencher, layer: (usize, usize)) {
+    let (shape, x, mut y, mut argmax) = pooled(layer);
     bencher.bench_local(|| tensor::max_pool2d(x.view(), &shape, y.view_mut(), &mut argmax));
 }
 
 #[divan::bench(args = LAYERS)]
 fn backward(bencher: Bencher, layer: (usize, usize)) {
-    let shape = shape(layer);
-    let x = activations(&shape);
-    let mut y = Array2::zeros((SAMPLES, shape.out_len()));
-    let mut argmax = Vec::new();
+    let (shape, x, mut y, mut argmax) = pooled(layer);
     tensor::max_pool2d(x.view(), &shape, y.view_mut(), &mut argmax);
     let mut dx = Array2::zeros(x.dim());
     bencher.bench_local(|| tensor::max_pool2d_backward(y.view(), &argmax, 0.0, dx.view_mut()));
